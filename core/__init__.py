@@ -1,0 +1,1 @@
+"""Pure computation and storage adapters. Imports neither Prefect nor a Dask cluster."""

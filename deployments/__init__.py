@@ -1,0 +1,1 @@
+"""Deployments of every flow: ``prefect.yaml`` and a ``serve`` entry point."""

@@ -1,0 +1,1 @@
+"""Prefect flows, one per job, and the ``shadeflow`` command line."""

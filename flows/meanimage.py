@@ -1,0 +1,63 @@
+"""The meanimage job: per-slide masked mean images of a cohort."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Literal
+
+from prefect import flow, unmapped
+from prefect.futures import wait
+from pydantic import BaseModel, Field
+
+from shadeflow.infra.cluster import task_runner
+from shadeflow.tasks.artifacts import publish_meanimage_summary
+from shadeflow.tasks.meanimage import background_thresholds, mask_and_stack_fields, plan_slide, write_mean_image
+
+
+class MeanImageParameters(BaseModel):
+    """Parameters of a meanimage run (the Prefect UI renders them as a form)."""
+
+    slides: list[str] = Field(min_length=1, description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv")
+    mask_binning: Literal[1, 2, 4, 8] | None = Field(
+        None, description="Block size of the grid masks are computed on; empty: 4 for native-resolution fields, less for coarser ones"
+    )
+    skip_masking: bool = Field(False, description="Stack every pixel of every bulk field, without thresholds or masks")
+    overwrite: bool = Field(False, description="Replace existing complete outputs made with other parameters")
+    seed: int = Field(0, ge=0, description="Seed for the random example fields in the masking summary")
+
+    def recorded(self) -> dict:
+        """The parameters recorded with (and compared against) each output."""
+        return {"mask_binning": self.mask_binning, "skip_masking": self.skip_masking, "seed": self.seed}
+
+
+class SlidesFailed(RuntimeError):
+    """Some slides failed; the message names each one and why."""
+
+
+@flow(name="meanimage", task_runner=task_runner(), log_prints=True)
+def meanimage(params: MeanImageParameters) -> list[dict]:
+    """Masked mean image of every slide.
+
+    All slides are validated first; then, per slide and in parallel: background thresholds from the
+    edge fields, tissue/blur/saturation masks of every field with the bulk fields stacked, and the
+    mean image with its statistics, tables and summary PDFs written to ``<slide>/meanimage/``.
+    """
+    recorded = params.recorded()
+    plans = plan_slide.map(params.slides, unmapped(recorded), unmapped(params.overwrite))
+    wait(plans)
+    invalid = [f"{url}: {p.state.message}" for url, p in zip(params.slides, plans) if not p.state.is_completed()]
+    if invalid:  # nothing has been written yet
+        raise SlidesFailed("; ".join(invalid))
+    planned = [p.result() for p in plans]
+    reports = []
+    for slide in planned:
+        thresholds = background_thresholds.submit(slide)
+        stacked = mask_and_stack_fields.submit(slide, thresholds)
+        reports.append(write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed))
+    wait(reports)
+    failed = [f"{s.plan.slide.slide_id}: {r.state.message}" for s, r in zip(planned, reports) if not r.state.is_completed()]
+    done = [r.result() for r in reports if r.state.is_completed()]
+    publish_meanimage_summary(done)
+    if failed:
+        raise SlidesFailed("; ".join(failed))
+    return [asdict(r) for r in done]

@@ -1,0 +1,79 @@
+"""Running a flow from the command line with a progress bar.
+
+The bar follows the run's progress artifacts (the same numbers the Prefect UI shows): each reports
+``label: done/total`` for one slide and stage, and the bar shows their sum.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+from uuid import UUID
+
+_COUNTS = re.compile(r"(\d+)/(\d+)\s*$")
+
+
+def progress_counts(descriptions: list[str]) -> tuple[int, int]:
+    """Sum ``done/total`` over progress-artifact descriptions such as ``"SYN1_1 thresholds: 12/24"``."""
+    done = total = 0
+    for text in descriptions:
+        match = _COUNTS.search(text or "")
+        if match:
+            done += int(match.group(1))
+            total += int(match.group(2))
+    return done, total
+
+
+def _read_progress(run_id: UUID) -> tuple[int, int]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])),
+            limit=200,
+            offset=0,
+        )
+    return progress_counts([a.description or "" for a in artifacts])
+
+
+def run_with_progress(flow, parameters: dict[str, Any], task_runner, description: str) -> Any:
+    """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar follows its artifacts."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    run: dict[str, UUID] = {}
+
+    def remember_run(_flow, flow_run, _state) -> None:
+        run["id"] = flow_run.id
+
+    stop = threading.Event()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("fields"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        bar_task = bar.add_task(description, total=None)
+
+        def follow() -> None:
+            while not stop.wait(0.5):
+                if "id" not in run:
+                    continue
+                try:
+                    done, total = _read_progress(run["id"])
+                except Exception:  # the API may not be up yet or already gone; the next poll retries
+                    continue
+                if total:
+                    bar.update(bar_task, completed=done, total=total)
+
+        follower = threading.Thread(target=follow, name="shadeflow-progress", daemon=True)
+        follower.start()
+        try:
+            return flow.with_options(task_runner=task_runner, on_running=[remember_run])(**parameters)
+        finally:
+            stop.set()
+            follower.join(timeout=5)
+            if "id" in run:
+                try:
+                    done, total = _read_progress(run["id"])
+                    if total:
+                        bar.update(bar_task, completed=done, total=total)
+                except Exception:
+                    pass

@@ -1,0 +1,3 @@
+from shadeflow.flows.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over ``shadeflow.core`` (retries, logging, artifacts, Dask graphs)."""

@@ -1,0 +1,225 @@
+"""Prefect tasks of the meanimage job.
+
+One Prefect task per slide and stage (plan, thresholds, masking and stacking, writing): units a
+person wants to see and retry. The per-field work inside a stage is a Dask graph on the flow run's
+cluster, never a Prefect task per field.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from shadeflow.core import meanimage as core
+from shadeflow.core import storage
+from shadeflow.core.mask_params import MaskParameters
+from shadeflow.core.meanimage_outputs import OUTPUT_DIR, output_url, write_meanimage_outputs
+from shadeflow.core.outputs import StagedOutput, is_complete, read_manifest
+from shadeflow.core.slide import SlideError, load_slide
+from shadeflow.core.threshold import slide_thresholds
+from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter, reduce_as_completed, scatter
+from shadeflow.tasks.progress import Progress, artifact_key
+
+
+@dataclass
+class SlideReport:
+    """What happened to one slide (for the run's artifact and the CLI)."""
+
+    slide_id: str
+    output: str
+    status: str  # "written" or "skipped"
+    fields: int
+    edge_fields: int
+    bulk_fields: int
+    stacked_fields: int = 0
+    n_images: list[int] = field(default_factory=list)
+    thresholds: list[int] = field(default_factory=list)
+    flagged_fields: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class PlannedSlide:
+    """A validated slide with the decision whether to compute it."""
+
+    plan: core.SlidePlan
+    skip: bool
+    started: float
+
+
+def _manifest_matches(url: str, parameters: dict[str, Any], inputs: list[str]) -> bool:
+    manifest = read_manifest(url)
+    return manifest.get("parameters") == parameters and manifest.get("inputs") == inputs
+
+
+@task(name="plan-slide", task_run_name="plan-slide[{slide_url}]", cache_policy=NO_CACHE)
+def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = False) -> PlannedSlide:
+    """Validate a slide, split its fields into edge and bulk, and decide whether it needs computing.
+
+    A complete output made with the same parameters from the same fields is kept (the run skips the
+    slide); one made differently is refused unless ``overwrite``. Stale partial outputs of crashed
+    runs are removed.
+    """
+    slide = load_slide(slide_url)
+    plan = core.plan_slide(
+        slide,
+        MaskParameters(microscope=slide.microscope),
+        binning=parameters.get("mask_binning"),
+        skip_masking=parameters.get("skip_masking", False),
+    )
+    out = output_url(slide.url)
+    skip = False
+    if is_complete(out):
+        inputs = [slide.field_url(f) for f in slide.fields]
+        if _manifest_matches(out, parameters, inputs) and not overwrite:
+            get_run_logger().info("%s: complete meanimage output with the same parameters and fields exists, skipping", slide.slide_id)
+            skip = True
+        elif not overwrite:
+            made = read_manifest(out).get("created", "?")
+            raise SlideError(
+                f"slide {slide.slide_id}: {out} already holds a complete mean image made {made} with other "
+                "parameters or fields; rerun with --overwrite to replace it"
+            )
+    _remove_stale_partials(slide.url)
+    return PlannedSlide(plan=plan, skip=skip, started=time.monotonic())
+
+
+def _remove_stale_partials(slide_url: str) -> None:
+    fs, path = storage.filesystem(slide_url)
+    for entry in fs.ls(path, detail=False):
+        name = entry.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith(f".{OUTPUT_DIR}.partial-"):
+            fs.rm(entry, recursive=True)
+
+
+@dataclass
+class _ThresholdPartial:
+    keys: list[str]
+    rows: list[np.ndarray]
+    histogram: np.ndarray
+
+    @classmethod
+    def of_field(cls, plan: core.SlidePlan, f) -> "_ThresholdPartial":
+        thresholds, histogram = core.field_thresholds(plan, f)
+        return cls([f.key], [thresholds], histogram)
+
+    def merge(self, other: "_ThresholdPartial") -> "_ThresholdPartial":
+        return _ThresholdPartial(self.keys + other.keys, self.rows + other.rows, self.histogram + other.histogram)
+
+
+def _threshold_field(plan: core.SlidePlan, f) -> _ThresholdPartial:
+    return _ThresholdPartial.of_field(plan, f)
+
+
+def _merge(a, b):
+    return a.merge(b)
+
+
+@task(name="background-thresholds", task_run_name="background-thresholds[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
+def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
+    """Per-layer background thresholds from the slide's edge fields (one Dask task per field)."""
+    if planned.skip:
+        return None
+    plan = planned.plan
+    fields = plan.edge_fields
+    slide_id = plan.slide.slide_id
+    if plan.skip_masking:
+        n = plan.slide.n_layers
+        return core.ThresholdResult([], np.zeros((0, n), np.int64), np.zeros(n, np.int64), np.zeros((n, 65536), np.int64))
+    progress = Progress(f"{slide_id} thresholds", len(fields), key=artifact_key("thresholds", slide_id))
+    with cluster_client() as client:
+        shared = scatter(client, plan)
+        futures = [client.submit(_threshold_field, shared, f, pure=False) for f in fields]
+        for future in futures:
+            future.add_done_callback(lambda _: progress.advance(1))
+        merged = reduce_as_completed(client, futures, _merge, progress)
+    order = {key: i for i, key in enumerate(merged.keys)}
+    rows = np.array([merged.rows[order[f.key]] for f in fields])
+    thresholds = slide_thresholds(rows)
+    logger = get_run_logger()
+    logger.info("%s: background thresholds (counts) per layer: %s", slide_id, " ".join(str(int(t)) for t in thresholds))
+    if not thresholds.any():
+        logger.warning("%s: every threshold is 0 — no background found in the edge fields; layers are effectively unmasked", slide_id)
+    return core.ThresholdResult(fields, rows, thresholds, merged.histogram)
+
+
+def _mask_and_stack(plan, fields, thresholds, mask_dir_url, reporter):
+    return core.mask_and_stack(plan, fields, thresholds, mask_dir_url, on_field=reporter)
+
+
+@task(name="mask-and-stack", task_run_name="mask-and-stack[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
+def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResult | None) -> tuple[StagedOutput, core.BatchResult] | None:
+    """Mask every field (mask files go to the staged output) and stack the bulk ones.
+
+    Fields run in batches, about two per worker thread, each stacking into its own accumulator;
+    the accumulators merge as a tree as batches finish.
+    """
+    if planned.skip:
+        return None
+    plan = planned.plan
+    slide = plan.slide
+    fields = list(slide.fields)
+    staged = StagedOutput(output_url(slide.url))
+    progress = Progress(f"{slide.slide_id} masks and stack", len(fields), key=artifact_key("mask-and-stack", slide.slide_id))
+    try:
+        with cluster_client() as client:
+            n_batches = max(1, min(len(fields), 2 * sum(client.nthreads().values())))
+            batches = [fields[i::n_batches] for i in range(n_batches)]
+            shared = scatter(client, plan)
+            with field_events(client, progress):
+                futures = [
+                    client.submit(_mask_and_stack, shared, batch, thresholds.thresholds, staged.url(core.MASK_DIR), field_reporter(progress), pure=False)
+                    for batch in batches
+                ]
+                merged = reduce_as_completed(client, futures, _merge, progress)
+        core.check_tissue_found(plan, merged)
+    except BaseException:
+        staged.abort()
+        raise
+    return staged, merged
+
+
+@task(name="write-mean-image", task_run_name="write-mean-image[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
+def write_mean_image(
+    planned: PlannedSlide,
+    thresholds: core.ThresholdResult | None,
+    stacked: tuple[StagedOutput, core.BatchResult] | None,
+    parameters: dict[str, Any],
+    seed: int = 0,
+) -> SlideReport:
+    """Write the mean image, its statistics, tables and summary PDFs, and publish the folder."""
+    plan = planned.plan
+    slide = plan.slide
+    report = SlideReport(
+        slide_id=slide.slide_id,
+        output=output_url(slide.url),
+        status="skipped",
+        fields=len(slide.fields),
+        edge_fields=len(plan.edge_fields),
+        bulk_fields=len(plan.bulk_fields),
+    )
+    if planned.skip:
+        manifest = read_manifest(report.output)
+        report.n_images = manifest.get("n_images", [])
+        report.thresholds = manifest.get("thresholds", [])
+        return report
+    staged, batches = stacked
+    try:
+        result = core.finish_mean_image(plan, thresholds, batches)
+        write_meanimage_outputs(staged, result, parameters, seed=seed)
+    except BaseException:
+        staged.abort()
+        raise
+    report.status = "written"
+    report.stacked_fields = sum(1 for s in result.summaries if s.stacked_layers)
+    report.flagged_fields = sum(1 for s in result.summaries if s.blur_pixels or any(s.saturated_pixels))
+    report.n_images = [int(v) for v in result.stack.n_images]
+    report.thresholds = [int(v) for v in thresholds.thresholds]
+    report.seconds = round(time.monotonic() - planned.started, 1)
+    get_run_logger().info("%s: mean image written to %s (%d of %d bulk fields stacked)", slide.slide_id, report.output, report.stacked_fields, report.bulk_fields)
+    return report

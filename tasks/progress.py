@@ -1,0 +1,60 @@
+"""Progress of per-field Dask work, shown in the Prefect UI, the run's logs and the CLI's progress bar.
+
+A task that runs many fields on the cluster creates a Prefect *progress artifact* for its slide and
+updates it as fields finish. Fields report from the workers as Dask events (``log_event``), so the
+count is per field even when fields run in large batches; the task's own thread pulls the count and
+talks to the Prefect API.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+MIN_UPDATE_SECONDS = 1.0
+
+
+def artifact_key(*parts: str) -> str:
+    """A valid artifact key (lowercase letters, digits and dashes)."""
+    return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+
+
+class Progress:
+    """Counts finished units of one task towards ``total`` and reports them."""
+
+    def __init__(self, label: str, total: int, key: str | None = None):
+        self.label = label
+        self.total = max(1, total)
+        self.done = 0
+        self._lock = threading.Lock()
+        self._last_update = 0.0
+        self._last_logged_decile = -1
+        self._artifact = create_progress_artifact(0.0, key=key, description=f"{label}: 0/{total}")
+        self.topic = f"shadeflow-progress-{uuid.uuid4().hex}"
+
+    def advance(self, n: int = 1) -> None:
+        """Count ``n`` more units (thread-safe)."""
+        with self._lock:
+            self.done = min(self.total, self.done + n)
+
+    def publish(self, force: bool = False) -> None:
+        """Send the count to the Prefect API and the log (rate-limited); call from the task's thread."""
+        now = time.monotonic()
+        if not force and now - self._last_update < MIN_UPDATE_SECONDS:
+            return
+        self._last_update = now
+        done, total = self.done, self.total
+        update_progress_artifact(self._artifact, 100.0 * done / total, description=f"{self.label}: {done}/{total}")
+        decile = int(10 * done / total)
+        if decile != self._last_logged_decile:
+            self._last_logged_decile = decile
+            get_run_logger().info("%s: %d/%d", self.label, done, total)
+
+    def event_handler(self, event) -> None:
+        """Handler for the Dask events workers send to :attr:`topic` (one per finished field)."""
+        self.advance(1)

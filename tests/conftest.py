@@ -1,0 +1,95 @@
+"""Shared fixtures: real components only (Prefect test server, S3 server on loopback, Dask LocalCluster)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+
+import pytest
+
+# Offline and quiet, before Prefect is imported anywhere.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Small, fast clusters in tests: one process, threads.
+os.environ.setdefault("SHADEFLOW_TEST_MODE", "1")
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A temporary Prefect API (own database) for the whole session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on 127.0.0.1; yields its endpoint URL and sets AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield endpoint
+    finally:
+        if previous is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = previous
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request):
+    """A fresh, empty bucket on the loopback S3 server; yields its name."""
+    import boto3
+
+    name = "sf-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    client = boto3.client("s3", endpoint_url=s3_server)
+    client.create_bucket(Bucket=name)
+    yield name
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory):
+    """A seeded synthetic cohort (3 slides, 48 small fields each) shared read-only by tests.
+
+    Tests must not modify it: copy it (``copy_cohort``) before writing into slide folders.
+    """
+    from shadeflow.core.synth import SynthConfig, write_cohort
+
+    root = tmp_path_factory.mktemp("cohort")
+    config = SynthConfig(slides=3, fields=48, seed=7)
+    urls = write_cohort(str(root), config)
+    return {"root": str(root), "urls": urls, "config": config}
+
+
+@pytest.fixture
+def copy_cohort(small_cohort, tmp_path):
+    """A private, writable copy of the shared synthetic cohort."""
+    target = tmp_path / "cohort"
+    shutil.copytree(small_cohort["root"], target)
+    return {
+        "root": str(target),
+        "urls": [str(target / os.path.basename(u)) for u in small_cohort["urls"]],
+        "config": small_cohort["config"],
+    }
