@@ -38,7 +38,8 @@ def normalized_laplacian(image: np.ndarray, presmooth_sigma: float, binning: int
     """
     nl_binned, nl2_binned = [], []
     for layer in image:
-        s = ndi.gaussian_filter(layer, presmooth_sigma, output=np.float32, mode="mirror") if presmooth_sigma > 0 else layer.astype(np.float32)
+        # kernel to 3σ: OpenCV's 9-tap σ=1 kernel has ±4 taps of 1.3e-4; 7 taps are ~20 % faster
+        s = ndi.gaussian_filter(layer, presmooth_sigma, output=np.float32, mode="mirror", truncate=3.0) if presmooth_sigma > 0 else layer.astype(np.float32)
         p = np.pad(s, 1, mode="reflect")
         neighbours = p[:-2, 1:-1] + p[2:, 1:-1]
         neighbours += p[1:-1, :-2]

@@ -90,6 +90,7 @@ def compute_field_masks(
     groups: tuple[LayerGroup, ...],
     grid: WorkingGrid,
     params: MaskParameters,
+    dark_current: float = 0.0,
 ) -> FieldMasks:
     """Tissue, blur and saturation masks of one exposure-corrected (L, H, W) field.
 
@@ -99,9 +100,11 @@ def compute_field_masks(
         Slide background threshold per layer (counts).
     exposure_ms
         Exposure time per layer the field is normalised to (the slide median).
+    dark_current
+        The camera's dark current (counts); nothing at or below it is tissue.
     """
     smoothed = working_smoothed(image, grid, params)
-    tissue = tissue_mask(smoothed, thresholds, groups, grid, params)
+    tissue = tissue_mask(smoothed, thresholds, groups, grid, params, dark_current)
     nl, nl2 = normalized_laplacian(image, params.cuts.presmooth_sigma, grid.binning)
     blur = blur_mask(nl, nl2, tissue, groups, grid, params)
     saturation = saturation_masks(smoothed, exposure_ms, groups, grid, params)

@@ -183,7 +183,7 @@ def mask_and_stack(
                 tissue=np.ones((h, w), bool), blur=np.zeros((h, w), bool), saturation=np.zeros((len(slide.layer_groups), h, w), bool), binning=1, shape=(h, w)
             )
         else:
-            masks = compute_field_masks(image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params)
+            masks = compute_field_masks(image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params, slide.dark_current)
             _write_mask_files(mask_dir_url, f, masks, slide, result.regions)
         stacked: tuple[int, ...] = ()
         bulk = plan.is_bulk(f)

@@ -57,9 +57,19 @@ class StagedOutput:
         """Where to write a file of this output while it is being made."""
         return storage.join(self.staging, *parts)
 
-    def commit(self, kind: str, parameters: dict[str, Any], inputs: list[str], **extra: Any) -> dict[str, Any]:
-        """Publish the staged files with a manifest and return the manifest."""
+    def commit(self, kind: str, parameters: dict[str, Any], inputs: list[str], outside: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+        """Publish the staged files with a manifest and return the manifest.
+
+        ``outside`` maps staged files to final URLs outside the folder (e.g. AstroPath's
+        ``flatfield_<V>.bin`` beside ``flatfield_<V>/``); they are moved first, and the manifest,
+        which makes the output complete, comes last.
+        """
+        outside = outside or {}
+        for name in outside:
+            if not storage.exists(self.url(name)):
+                raise FileNotFoundError(f"staged file {name} is missing")
         files = storage.file_sizes(self.staging)
+        files.update({f"../{storage.basename(url)}": files.pop(name) for name, url in outside.items()})
         manifest = {
             "kind": kind,
             "shadeflow_version": shadeflow_version(),
@@ -72,8 +82,12 @@ class StagedOutput:
         text = json.dumps(manifest, indent=2, default=str)
         fs, final_path = storage.filesystem(self.final)
         _, staging_path = storage.filesystem(self.staging)
+        storage.remove(storage.join(self.final, MANIFEST))  # an old output stops being complete first
+        for name, url in outside.items():
+            _, target = storage.filesystem(url)
+            _, source = storage.filesystem(self.url(name))
+            fs.mv(source, target)
         if storage.is_remote(self.final):
-            storage.remove(storage.join(self.final, MANIFEST))  # the old output stops being complete first
             storage.remove(self.final)
             if files:
                 fs.copy(staging_path, final_path, recursive=True)

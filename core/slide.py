@@ -296,6 +296,8 @@ def _read_fields_csv(url: str, slide_id: str, groups: tuple[LayerGroup, ...]) ->
         where = f"slide {slide_id}: {FIELDS_CSV} row {row_number} (field {key or '?'})"
         if not key:
             raise SlideError(f"{where}: empty field key")
+        if _unsafe_key(key):
+            raise SlideError(f"{where}: field key {key!r} must be a plain name (it names the field's mask files): no '/', '\\', '..', drive or control characters")
         if key in seen:
             raise SlideError(f"{where}: field key repeats an earlier row")
         seen.add(key)
@@ -341,6 +343,10 @@ def _safe_relative_path(path: str, where: str) -> str:
     if ".." in parts or not parts:
         raise SlideError(f"{where}: file path {path!r} escapes the slide folder")
     return posixpath.join(*parts)
+
+
+def _unsafe_key(key: str) -> bool:
+    return any(c in key for c in "/\\") or key in (".", "..") or bool(_WINDOWS_DRIVE.match(key)) or any(ord(c) < 32 for c in key)
 
 
 def _number(value, what: str, positive: bool = False) -> float:

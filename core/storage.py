@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from typing import Any
 
 import fsspec
@@ -76,9 +77,20 @@ def read_text(url: str) -> str:
 
 
 def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole file. Never half-written: locally via a temporary name and an atomic rename;
+    object stores replace objects atomically anyway."""
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        temporary = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+            os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        return
     fs.pipe_file(path, data)
 
 

@@ -15,6 +15,7 @@ def tissue_mask(
     groups: tuple[LayerGroup, ...],
     grid: WorkingGrid,
     params: MaskParameters,
+    dark_current: float = 0.0,
 ) -> np.ndarray:
     """Boolean tissue mask (True = tissue) on the working grid.
 
@@ -31,8 +32,12 @@ def tissue_mask(
         (L, h, w) exposure-corrected counts smoothed with σ = 5 native px, on the working grid.
     thresholds
         Slide background threshold per layer (counts), shape (L,).
+    dark_current
+        Counts at or below it are never tissue, even in a layer whose threshold is 0 (no background
+        was found in the edge fields): a dark frame must not pass as tissue.
     """
-    above = np.rint(smoothed) > thresholds[:, None, None]
+    floor = np.maximum(thresholds, np.floor(dark_current))
+    above = np.rint(smoothed) > floor[:, None, None]
     layer_fp = morph.ellipse(grid.length(params.layer_morph))
     above = morph.open_(morph.close(above, layer_fp), layer_fp)
 

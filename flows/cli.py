@@ -16,6 +16,8 @@ app = typer.Typer(
 )
 synth_app = typer.Typer(help="Synthetic data with a known flatfield, for demos, tests and benchmarks.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
+model_app = typer.Typer(help="Flatfield models: build a version, compare mean images, list a store.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 
 
 def _prefect_defaults() -> None:
@@ -23,6 +25,8 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # the progress bar and summary go to the console; run logs still reach the Prefect API and UI
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -34,7 +38,43 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from shadeflow.core.slide import SlideError
     from shadeflow.infra.sizing import SettingsError
 
-    return (SlideError, SettingsError, FileNotFoundError, ValueError)
+    return (SlideError, SettingsError, FileNotFoundError, FileExistsError, ValueError)
+
+
+def _hide_user_error_tracebacks() -> None:
+    """On the console, a bad input is the one-line error this CLI prints, not Prefect's traceback of it
+    (the run's logs in the Prefect API keep everything)."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    from shadeflow.core.models_csv import ModelError
+    from shadeflow.flows.meanimage import SlidesFailed
+
+    expected = (*_user_errors(), ModelError, SlidesFailed)
+
+    class HideUserErrors(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not (record.exc_info and isinstance(record.exc_info[1], expected))
+
+    for logger in [logging.getLogger(), *[logging.getLogger(n) for n in logging.root.manager.loggerDict]]:
+        for handler in getattr(logger, "handlers", []):
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.addFilter(HideUserErrors())
+
+
+def _run(flow, params, label: str, memory: str | None = None, workers: int | None = None):
+    """Run a flow with a progress bar; user errors become one-line messages."""
+    from shadeflow.flows.run import run_with_progress
+    from shadeflow.infra.cluster import check_settings, task_runner
+
+    _hide_user_error_tracebacks()
+    try:
+        size = check_settings(memory=memory, workers=workers)
+        typer.echo(f"cluster: {size.describe()}")
+        return run_with_progress(flow, {"params": params}, task_runner(memory=memory, workers=workers), label)
+    except _user_errors() as exc:
+        _fail(str(exc))
 
 
 @synth_app.command("slides")
@@ -70,26 +110,122 @@ def meanimage(
 ) -> None:
     """Per-slide masked mean images, written to <slide>/meanimage/."""
     _prefect_defaults()
-    from shadeflow.infra.cluster import check_settings, task_runner
+    from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed
+    from shadeflow.flows.meanimage import meanimage as flow
+
+    from shadeflow.core.slide import load_slide
+    from shadeflow.infra.cluster import check_settings
 
     try:
-        size = check_settings(memory=memory, workers=workers)
-        from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed
-        from shadeflow.flows.meanimage import meanimage as meanimage_flow
-        from shadeflow.flows.run import run_with_progress
-
+        check_settings(memory=memory, workers=workers)  # settings first: they apply to every slide
         params = MeanImageParameters(slides=slides, mask_binning=mask_binning, skip_masking=skip_masking, overwrite=overwrite, seed=seed)
+        for url in slides:  # a typo fails here, before a Prefect server or cluster starts
+            load_slide(url)
     except _user_errors() as exc:
         _fail(str(exc))
-    typer.echo(f"cluster: {size.describe()}")
     try:
-        reports = run_with_progress(meanimage_flow, {"params": params}, task_runner(memory=memory, workers=workers), "mean images")
+        reports = _run(flow, params, "fields", memory=memory, workers=workers)
     except SlidesFailed as exc:
         _fail(str(exc), code=1)
-    except _user_errors() as exc:
-        _fail(str(exc))
     for report in reports:
         typer.echo(f"{report['slide_id']}: {report['status']} → {report['output']}")
+
+
+@model_app.command("build")
+def model_build(
+    version: str = typer.Option(..., "--version", help="Version to build (rows of the models CSV with this version)"),
+    models_csv: str = typer.Option(..., "--models-csv", help="Models CSV: version,Project,Cohort,BatchID,SlideID"),
+    roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
+    store: Optional[str] = typer.Option(None, "--store", help="Model store (default: the models CSV's folder)"),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"),
+    border: str = typer.Option("linear", "--border", help="Border handling of the smoothing: linear or replicate"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing version"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
+) -> None:
+    """Build a flatfield model version from the slides the models CSV lists for it."""
+    _prefect_defaults()
+    from shadeflow.flows.model import ModelBuildParameters
+    from shadeflow.flows.model import model_build as flow
+
+    try:
+        params = ModelBuildParameters(version=version, models_csv=models_csv, roots=roots, store=store, sigma=sigma, border=border, overwrite=overwrite)
+    except ValueError as exc:
+        _fail(str(exc))
+    result = _run(flow, params, "slides", memory=memory)
+    summary = result["statistics"]
+    typer.echo(f"model {result['version']}: {len(result['slides'])} slides → {result['folder']}")
+    typer.echo(f"flatfield range {summary['min']:.3f}–{summary['max']:.3f}, mean std {summary['mean_std']:.4f}")
+
+
+@model_app.command("list")
+def model_list(store: str = typer.Option(..., "--store", help="Model store")) -> None:
+    """List the versions in a model store with their slide counts and statistics."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from shadeflow.core.model_build import model_summary_line
+    from shadeflow.core.model_store import list_versions
+
+    try:
+        rows = [model_summary_line(m) for m in list_versions(store)]
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if not rows:
+        typer.echo(f"no model versions in {store}")
+        return
+    table = Table(title=f"Flatfield models in {store}")
+    for column in ("version", "slides", "fields", "shape", "min", "max", "mean std", "created"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["version"], str(row["slides"]), str(row["fields"]), row["shape"], f"{row['min']:.3f}", f"{row['max']:.3f}", f"{row['mean_std']:.4f}", row["created"])
+    Console(width=140).print(table)
+
+
+@model_app.command("compare")
+def model_compare(
+    roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
+    slides: Optional[str] = typer.Option(None, "--slides", help="Regular expression the SlideIDs must match from their start"),
+    store_as: Optional[str] = typer.Option(None, "--store-as", help="Append the compared slides to the models CSV as this version"),
+    models_csv: Optional[str] = typer.Option(None, "--models-csv", help="Models CSV for --store-as"),
+    workdir: Optional[str] = typer.Option(None, "--workdir", help="Folder for the comparison table and plots (default <first root>/meanimagecomparison)"),
+    band: tuple[float, float] = typer.Option((0.85, 1.15), "--band", help="Compatible range of the pairwise statistic"),
+    min_images_stacked: int = typer.Option(1, "--min-images-stacked", help="Skip slides with fewer fields stacked at some pixel"),
+) -> None:
+    """Compare slides' mean images pairwise (δ/σ) and suggest a compatible set."""
+    _prefect_defaults()
+    from shadeflow.flows.model_compare import compare_command
+
+    try:
+        code = compare_command(roots, slides, store_as, models_csv, workdir, band[0], band[1], min_images_stacked)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command("applied-test")
+def applied_test(
+    roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
+    out: str = typer.Option(..., "--out", help="Folder for the test's outputs"),
+    slides: Optional[str] = typer.Option(None, "--slides", help="Regular expression the SlideIDs must match from their start"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split into halves"),
+    sigma: Optional[float] = typer.Option(None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"),
+    border: str = typer.Option("linear", "--border", help="Border handling of the smoothing: linear or replicate"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier test in --out"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
+) -> None:
+    """Test a flatfield on held-out fields: build it from one half of each slide, correct the other half."""
+    _prefect_defaults()
+    from shadeflow.flows.model import AppliedTestParameters
+    from shadeflow.flows.model import applied_test as flow
+
+    try:
+        params = AppliedTestParameters(roots=roots, out=out, slides=slides, seed=seed, sigma=sigma, border=border, overwrite=overwrite)
+    except ValueError as exc:
+        _fail(str(exc))
+    result = _run(flow, params, "fields", memory=memory)
+    change = result["summary"]["change_percent"]
+    typer.echo(f"applied test on {len(result['slides'])} slides → {result['out']}")
+    typer.echo(f"illumination variation (std of smoothed mean-relative intensity): {change['mean_std']:+.1f} % whole image, {change['mean_central_std']:+.1f} % central")
 
 
 @app.command()

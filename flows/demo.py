@@ -7,12 +7,14 @@ import time
 
 import numpy as np
 
-from shadeflow.core import storage
-from shadeflow.core.meanimage_outputs import output_url, read_mean_image_stack
+from shadeflow.core import astropath_io, storage
+from shadeflow.core.meanimage_outputs import read_mean_image_stack
+from shadeflow.core.model_store import read_model
 from shadeflow.core.smoothing import flatfield_sigma, masked_smooth, relative_rms
 from shadeflow.core.synth import TRUTH_DIR, SynthConfig, read_truth_flatfield, write_cohort
 
-DEMO_CONFIG = SynthConfig(slides=3, fields=48, seed=2026)
+DEMO_CONFIG = SynthConfig(slides=3, fields=64, seed=2026)
+DEMO_VERSION = "demo-v1"
 
 
 def mean_image_accuracy(slide_url: str, truth: np.ndarray) -> np.ndarray:
@@ -23,54 +25,79 @@ def mean_image_accuracy(slide_url: str, truth: np.ndarray) -> np.ndarray:
     return relative_rms(smoothed, truth, where=stack.count > 0)
 
 
+def _percent(values: np.ndarray) -> str:
+    return f"{100 * np.nanmedian(values):.2f} % (worst layer {100 * np.nanmax(values):.2f} %)"
+
+
 def run_demo(out: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from shadeflow.flows.meanimage import MeanImageParameters, meanimage
+    from shadeflow.flows.model import AppliedTestParameters, ModelBuildParameters, applied_test, model_build
     from shadeflow.flows.run import run_with_progress
     from shadeflow.infra.cluster import check_settings, task_runner
 
-    console = Console()
+    console = Console(width=110)
     out = storage.normalize(out)
     cohort = storage.join(out, "cohort")
+    store = storage.join(out, "models")
     console.rule("[bold]shadeflow demo")
+    c = DEMO_CONFIG
     console.print(
-        f"1. Synthetic cohort: {DEMO_CONFIG.slides} slides × {DEMO_CONFIG.fields} fields of "
-        f"{DEMO_CONFIG.shape[0]}×{DEMO_CONFIG.shape[1]} px, {DEMO_CONFIG.shape[2]} layers, with a planted flatfield, "
-        "tissue, folds, saturated spots, varied exposure times and a dark current."
+        f"[bold]1. Synthetic cohort[/]: {c.slides} slides × {c.fields} fields of {c.shape[0]}×{c.shape[1]} px, {c.shape[2]} layers, "
+        "with a planted flatfield (≈30 % corner fall-off), tissue with holes, folds, saturated spots, varied exposure times and a dark current."
     )
-    storage.remove(cohort)  # regenerate: the demo always starts from the same seeded data
+    storage.remove(out)  # the demo always starts from the same seeded data
     start = time.monotonic()
-    slides = write_cohort(cohort, DEMO_CONFIG, workers=os.cpu_count() or 2)
+    slides = write_cohort(cohort, c, workers=os.cpu_count() or 2)
     console.print(f"   written to {cohort} in {time.monotonic() - start:.1f} s")
+    console.print(f"   local Dask cluster per run: {check_settings().describe()}; Prefect's ephemeral API")
 
-    size = check_settings()
-    console.print(f"2. meanimage flow on a local Dask cluster ({size.describe()}), Prefect's ephemeral API:")
-    start = time.monotonic()
-    reports = run_with_progress(meanimage, {"params": MeanImageParameters(slides=slides, overwrite=True)}, task_runner(), "mean images")
-    console.print(f"   done in {time.monotonic() - start:.1f} s")
+    console.print("[bold]2. meanimage[/]: thresholds, masks and the masked mean image of every slide")
+    reports = run_with_progress(meanimage, {"params": MeanImageParameters(slides=slides)}, task_runner(), "fields")
+    truth = read_truth_flatfield(cohort, c.shape)
 
-    truth = read_truth_flatfield(cohort, DEMO_CONFIG.shape)
-    table = Table(title="Mean images vs. the known shading (smoothed, normalised per layer)")
-    for column in ("slide", "fields (edge/bulk)", "stacked", "flagged fields", "error median", "error worst layer", "output"):
-        table.add_column(column)
+    models_csv = storage.join(store, "AstroPathFlatfieldModels.csv")
+    astropath_io.write_csv(models_csv, ["version", "Project", "Cohort", "BatchID", "SlideID"], [[DEMO_VERSION, c.project, c.cohort, i + 1, storage.basename(url)] for i, url in enumerate(slides)])
+    console.print(f"[bold]3. model build[/]: version {DEMO_VERSION} from all {c.slides} slides (listed in {models_csv})")
+    run_with_progress(model_build, {"params": ModelBuildParameters(version=DEMO_VERSION, models_csv=models_csv, roots=[cohort], store=store)}, task_runner(), "slides")
+    model = read_model(store, DEMO_VERSION)
+    model_error = relative_rms(model.flatfield, truth)
+
+    tested = storage.join(out, "applied-test")
+    console.print("[bold]4. applied test[/]: flatfield from one half of each slide's fields, applied to the other half")
+    applied = run_with_progress(applied_test, {"params": AppliedTestParameters(roots=[cohort], out=tested, seed=1)}, task_runner(), "fields")
+    change = applied["summary"]["change_percent"]
+
+    table = Table(title="Results against the known (planted) shading", show_lines=False)
+    table.add_column("step")
+    table.add_column("result")
+    table.add_column("where")
     for report in reports:
         errors = mean_image_accuracy(storage.join(cohort, report["slide_id"]), truth)
         table.add_row(
-            report["slide_id"],
-            f"{report['fields']} ({report['edge_fields']}/{report['bulk_fields']})",
-            str(report["stacked_fields"]),
-            str(report["flagged_fields"]),
-            f"{100 * np.nanmedian(errors):.2f} %",
-            f"{100 * np.nanmax(errors):.2f} %",
-            output_url(storage.join(cohort, report["slide_id"])),
+            f"mean image {report['slide_id']}",
+            f"{report['stacked_fields']}/{report['bulk_fields']} bulk fields stacked, {report['flagged_fields']} fields with blur/saturation; "
+            f"smoothed mean image vs truth: {_percent(errors)} relative RMS",
+            report["output"],
         )
+    table.add_row(
+        f"model {DEMO_VERSION}",
+        f"flatfield vs truth: {_percent(model_error)} relative RMS; range {model.flatfield.min():.3f}–{model.flatfield.max():.3f}",
+        f"{store}/flatfield/",
+    )
+    table.add_row(
+        "applied test",
+        f"illumination variation (std of smoothed mean-relative intensity) {change['mean_std']:+.1f} % "
+        f"(central 64 %: {change['mean_central_std']:+.1f} %)",
+        tested,
+    )
     console.print(table)
     console.print(
-        "What this means: each slide's mean image (masked tissue only, counts/ms) already has the shape of the\n"
-        "microscope's illumination; after smoothing it differs from the planted flatfield by the error above\n"
-        "(relative RMS over the image). In each meanimage/ folder: AstroPath-format .bin images and CSV tables,\n"
-        "image_masking/ with per-field masks, three summary PDFs, a self-describing .zarr copy, and shadeflow.json.\n"
-        f"The known flatfield and masks are in {storage.join(cohort, TRUTH_DIR)}."
+        "How to read this: a flatfield is the microscope's uneven illumination. Each slide's mean image (masked\n"
+        "tissue only, in counts/ms) already has its shape; the model combines slides and smooths them, and is\n"
+        "compared with the shading planted in the synthetic data. The applied test divides held-out fields by a\n"
+        "flatfield made from the other fields: a large negative change means the illumination became flat.\n"
+        f"Outputs use AstroPath's file names; PDFs summarise each step. Known truth: {storage.join(cohort, TRUTH_DIR)}."
     )

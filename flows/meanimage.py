@@ -49,14 +49,19 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
     if invalid:  # nothing has been written yet
         raise SlidesFailed("; ".join(invalid))
     planned = [p.result() for p in plans]
-    reports = []
+    stages = []
     for slide in planned:
         thresholds = background_thresholds.submit(slide)
         stacked = mask_and_stack_fields.submit(slide, thresholds)
-        reports.append(write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed))
-    wait(reports)
-    failed = [f"{s.plan.slide.slide_id}: {r.state.message}" for s, r in zip(planned, reports) if not r.state.is_completed()]
-    done = [r.result() for r in reports if r.state.is_completed()]
+        stages.append((thresholds, stacked, write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed)))
+    wait([future for futures in stages for future in futures])
+    # a slide's error is its first stage that failed (later stages only say "upstream failed")
+    failed = [
+        f"{s.plan.slide.slide_id}: {next(f.state.message for f in futures if not f.state.is_completed())}"
+        for s, futures in zip(planned, stages)
+        if not futures[-1].state.is_completed()
+    ]
+    done = [futures[-1].result() for futures in stages if futures[-1].state.is_completed()]
     publish_meanimage_summary(done)
     if failed:
         raise SlidesFailed("; ".join(failed))

@@ -38,8 +38,8 @@ def _read_progress(run_id: UUID) -> tuple[int, int]:
     return progress_counts([a.description or "" for a in artifacts])
 
 
-def run_with_progress(flow, parameters: dict[str, Any], task_runner, description: str) -> Any:
-    """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar follows its artifacts."""
+def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) -> Any:
+    """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar counts its ``unit`` (fields, slides…)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     run: dict[str, UUID] = {}
@@ -48,9 +48,9 @@ def run_with_progress(flow, parameters: dict[str, Any], task_runner, description
         run["id"] = flow_run.id
 
     stop = threading.Event()
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("fields"), TimeElapsedColumn())
+    columns = (TextColumn(f"[bold]{flow.name}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
-        bar_task = bar.add_task(description, total=None)
+        bar_task = bar.add_task(flow.name, total=None)
 
         def follow() -> None:
             while not stop.wait(0.5):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
 
 from distributed import Client, Future, wait
 
-from shadeflow.tasks.progress import Progress
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # Prefect is not needed to run a graph
+    from shadeflow.tasks.progress import Progress
 
 T = TypeVar("T")
 
@@ -29,15 +32,23 @@ def cluster_client():
         yield client
 
 
-def _log_field_event(topic: str, key: str) -> None:
-    from distributed import get_worker
-
-    get_worker().log_event(topic, key)
+class Stopped(RuntimeError):
+    """A batch stopped early because another part of the same work failed."""
 
 
-def field_reporter(progress: Progress) -> Callable[[str], None]:
-    """A picklable callback for workers: one Dask event on the progress topic per finished field."""
-    return partial(_log_field_event, progress.topic)
+def _field_done(topic: str | None, stop: str | None, key: str) -> None:
+    from distributed import Event, get_worker
+
+    if topic is not None:
+        get_worker().log_event(topic, key)
+    if stop is not None and Event(stop).is_set():
+        raise Stopped(f"stopped after field {key}: another batch failed")
+
+
+def field_reporter(progress: Progress | None = None, stop: str | None = None) -> Callable[[str], None]:
+    """A picklable callback workers call after each field: reports progress (a Dask event on the
+    progress topic) and stops the batch once the Dask ``Event`` named ``stop`` is set."""
+    return partial(_field_done, progress.topic if progress is not None else None, stop)
 
 
 @contextmanager
@@ -50,36 +61,46 @@ def field_events(client: Client, progress: Progress):
         client.unsubscribe_topic(progress.topic)
 
 
-def reduce_as_completed(client: Client, futures: Iterable[Future], combine: Callable[[T, T], T], progress: Progress | None = None) -> T:
-    """Merge results pairwise on the cluster as they finish (a tree reduction), publishing progress.
+def reduce_tree(
+    client: Client, futures: list[Future], combine: Callable[[T, T], T], progress: Progress | None = None, on_error: Callable[[], None] | None = None
+) -> T:
+    """Merge results pairwise on the cluster along a fixed binary tree, publishing progress.
 
-    Memory stays at a few partial results however many there are. The first failure is raised.
+    The tree is fixed by the order of ``futures`` (not by which finishes first), so floating-point
+    merges give bit-identical results run after run; merges start as soon as both inputs exist, so
+    memory stays at a few partial results. The first failure is raised: without ``on_error`` the other
+    work is cancelled; with it, ``on_error`` is called (e.g. to tell running tasks to stop) and the
+    rest is waited for, so nothing still writes when this returns.
     """
-    pending: set[Future] = set(futures)
-    ready: list[Future] = []
-    if not pending:
+    level = list(futures)
+    if not level:
         raise ValueError("nothing to reduce")
-    while pending or len(ready) > 1:
-        if pending:
-            try:
-                done, still = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done, still = set(), pending
-            pending = set(still)
-            for future in done:
-                if future.status == "error":
-                    for other in pending:
-                        other.cancel()
-                    future.result()  # raises the task's exception
-                ready.append(future)
-        while len(ready) >= 2:
-            a, b = ready.pop(), ready.pop()
-            pending.add(client.submit(combine, a, b, pure=False))
+    every = list(level)
+    while len(level) > 1:
+        merged = [client.submit(combine, level[i], level[i + 1], pure=False) for i in range(0, len(level) - 1, 2)]
+        level = merged + level[len(merged) * 2 :]
+        every += merged
+    pending = set(every)
+    while pending:
+        try:
+            done, still = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done, still = set(), pending
+        pending = set(still)
+        failed = next((f for f in done if f.status == "error"), None)
+        if failed is not None:
+            if on_error is None:
+                for other in pending:
+                    other.cancel()
+            else:
+                on_error()
+                wait(list(pending))  # running tasks cannot be killed: let them stop
+            failed.result()  # raises the task's exception
         if progress is not None:
             progress.publish()
     if progress is not None:
         progress.publish(force=True)
-    return ready[0].result()
+    return level[0].result()
 
 
 def scatter(client: Client, value: Any) -> Future:

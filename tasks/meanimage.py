@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -21,8 +20,8 @@ from shadeflow.core.mask_params import MaskParameters
 from shadeflow.core.meanimage_outputs import OUTPUT_DIR, output_url, write_meanimage_outputs
 from shadeflow.core.outputs import StagedOutput, is_complete, read_manifest
 from shadeflow.core.slide import SlideError, load_slide
-from shadeflow.core.threshold import slide_thresholds
-from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter, reduce_as_completed, scatter
+from shadeflow.tasks.dask_work import cluster_client
+from shadeflow.tasks.meanimage_graph import stack_on_cluster, thresholds_on_cluster
 from shadeflow.tasks.progress import Progress, artifact_key
 
 
@@ -97,29 +96,6 @@ def _remove_stale_partials(slide_url: str) -> None:
             fs.rm(entry, recursive=True)
 
 
-@dataclass
-class _ThresholdPartial:
-    keys: list[str]
-    rows: list[np.ndarray]
-    histogram: np.ndarray
-
-    @classmethod
-    def of_field(cls, plan: core.SlidePlan, f) -> "_ThresholdPartial":
-        thresholds, histogram = core.field_thresholds(plan, f)
-        return cls([f.key], [thresholds], histogram)
-
-    def merge(self, other: "_ThresholdPartial") -> "_ThresholdPartial":
-        return _ThresholdPartial(self.keys + other.keys, self.rows + other.rows, self.histogram + other.histogram)
-
-
-def _threshold_field(plan: core.SlidePlan, f) -> _ThresholdPartial:
-    return _ThresholdPartial.of_field(plan, f)
-
-
-def _merge(a, b):
-    return a.merge(b)
-
-
 @task(name="background-thresholds", task_run_name="background-thresholds[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
 def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
     """Per-layer background thresholds from the slide's edge fields (one Dask task per field)."""
@@ -128,36 +104,22 @@ def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
     plan = planned.plan
     fields = plan.edge_fields
     slide_id = plan.slide.slide_id
-    if plan.skip_masking:
-        n = plan.slide.n_layers
-        return core.ThresholdResult([], np.zeros((0, n), np.int64), np.zeros(n, np.int64), np.zeros((n, 65536), np.int64))
     progress = Progress(f"{slide_id} thresholds", len(fields), key=artifact_key("thresholds", slide_id))
     with cluster_client() as client:
-        shared = scatter(client, plan)
-        futures = [client.submit(_threshold_field, shared, f, pure=False) for f in fields]
-        for future in futures:
-            future.add_done_callback(lambda _: progress.advance(1))
-        merged = reduce_as_completed(client, futures, _merge, progress)
-    order = {key: i for i, key in enumerate(merged.keys)}
-    rows = np.array([merged.rows[order[f.key]] for f in fields])
-    thresholds = slide_thresholds(rows)
+        result = thresholds_on_cluster(client, plan, progress)
+    thresholds = result.thresholds
     logger = get_run_logger()
     logger.info("%s: background thresholds (counts) per layer: %s", slide_id, " ".join(str(int(t)) for t in thresholds))
-    if not thresholds.any():
+    if not plan.skip_masking and not thresholds.any():
         logger.warning("%s: every threshold is 0 — no background found in the edge fields; layers are effectively unmasked", slide_id)
-    return core.ThresholdResult(fields, rows, thresholds, merged.histogram)
-
-
-def _mask_and_stack(plan, fields, thresholds, mask_dir_url, reporter):
-    return core.mask_and_stack(plan, fields, thresholds, mask_dir_url, on_field=reporter)
+    return result
 
 
 @task(name="mask-and-stack", task_run_name="mask-and-stack[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
 def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResult | None) -> tuple[StagedOutput, core.BatchResult] | None:
     """Mask every field (mask files go to the staged output) and stack the bulk ones.
 
-    Fields run in batches, about two per worker thread, each stacking into its own accumulator;
-    the accumulators merge as a tree as batches finish.
+    Fields run in batches on the cluster and their stacks merge as a tree (``stack_on_cluster``).
     """
     if planned.skip:
         return None
@@ -168,15 +130,7 @@ def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResul
     progress = Progress(f"{slide.slide_id} masks and stack", len(fields), key=artifact_key("mask-and-stack", slide.slide_id))
     try:
         with cluster_client() as client:
-            n_batches = max(1, min(len(fields), 2 * sum(client.nthreads().values())))
-            batches = [fields[i::n_batches] for i in range(n_batches)]
-            shared = scatter(client, plan)
-            with field_events(client, progress):
-                futures = [
-                    client.submit(_mask_and_stack, shared, batch, thresholds.thresholds, staged.url(core.MASK_DIR), field_reporter(progress), pure=False)
-                    for batch in batches
-                ]
-                merged = reduce_as_completed(client, futures, _merge, progress)
+            merged = stack_on_cluster(client, plan, thresholds.thresholds, staged.url(core.MASK_DIR), progress)
         core.check_tissue_found(plan, merged)
     except BaseException:
         staged.abort()

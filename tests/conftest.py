@@ -93,3 +93,44 @@ def copy_cohort(small_cohort, tmp_path):
         "urls": [str(target / os.path.basename(u)) for u in small_cohort["urls"]],
         "config": small_cohort["config"],
     }
+
+
+def write_mean_images(urls: list[str]) -> None:
+    """meanimage outputs for synthetic slides, computed in-process (the reference path, no Prefect)."""
+    from shadeflow.core.meanimage import MASK_DIR, compute_mean_image, plan_slide
+    from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
+    from shadeflow.core.outputs import StagedOutput
+    from shadeflow.core.slide import load_slide
+
+    for url in urls:
+        staged = StagedOutput(output_url(url))
+        with staged:
+            result = compute_mean_image(plan_slide(load_slide(url)), staged.url(MASK_DIR))
+            write_meanimage_outputs(staged, result, {"mask_binning": None, "skip_masking": False, "seed": 0})
+
+
+@pytest.fixture(scope="session")
+def meanimage_cohort(tmp_path_factory):
+    """A seeded cohort (3 slides × 80 small fields) with meanimage outputs, shared read-only.
+
+    Large enough for accuracy tests of models and applied tests; copy it before writing into it.
+    """
+    from shadeflow.core.synth import SynthConfig, write_cohort
+
+    root = tmp_path_factory.mktemp("meanimage-cohort")
+    config = SynthConfig(slides=3, fields=80, seed=21)
+    urls = write_cohort(str(root), config)
+    write_mean_images(urls)
+    return {"root": str(root), "urls": urls, "config": config}
+
+
+def snapshot(folder) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes (to prove inputs are unchanged)."""
+    folder = str(folder)
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, folder)] = handle.read()
+    return out

@@ -1,0 +1,156 @@
+"""Building a flatfield model version from slides' mean images (AstroPath §4), as plain functions.
+
+``shadeflow.tasks.model`` runs these with the slide stacks merged as a tree on the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from shadeflow.core import astropath_io
+from shadeflow.core.cohort import SlideRef, read_field_log, read_stacked_metadata
+from shadeflow.core.flatfield import Flatfield
+from shadeflow.core.model_store import publish_version, write_version_files
+from shadeflow.core.outputs import StagedOutput
+from shadeflow.core.stack import FieldLogRow, MeanImageStack
+
+METADATA_COLUMNS = ["slideID", "project", "cohort", "microscope_name", "mindate", "maxdate"]
+
+
+@dataclass(frozen=True)
+class LayerStatistics:
+    """Per-layer statistics of a flatfield (mean-relative: the flatfield averages 1)."""
+
+    layer: int
+    group: str
+    n_images: int
+    minimum: float
+    maximum: float
+    p5: float
+    p95: float
+    spread: float
+    std: float
+    central_p5: float
+    central_p95: float
+    central_spread: float
+    central_std: float
+
+
+def layer_statistics(flatfield: Flatfield, n_images: np.ndarray, layer_groups: dict[str, list[int]]) -> list[LayerStatistics]:
+    group_of = {layer: name for name, (first, last) in layer_groups.items() for layer in range(first, last + 1)}
+    rows = []
+    for index, (whole, central) in enumerate(flatfield.layer_statistics()):
+        layer = flatfield.flatfield[index]
+        rows.append(
+            LayerStatistics(
+                layer=index + 1,
+                group=group_of.get(index + 1, ""),
+                n_images=int(n_images[index]),
+                minimum=float(layer.min()),
+                maximum=float(layer.max()),
+                p5=whole.p5,
+                p95=whole.p95,
+                spread=whole.spread,
+                std=whole.std,
+                central_p5=central.p5,
+                central_p95=central.p95,
+                central_spread=central.spread,
+                central_std=central.std,
+            )
+        )
+    return rows
+
+
+def summary_statistics(rows: list[LayerStatistics]) -> dict[str, float]:
+    """AstroPath's statistics table: extremes over layers and spreads averaged over layers."""
+    used = [r for r in rows if r.n_images > 0] or rows
+    return {
+        "max": max(r.maximum for r in used),
+        "min": min(r.minimum for r in used),
+        "mean_spread": float(np.mean([r.spread for r in used])),
+        "mean_std": float(np.mean([r.std for r in used])),
+        "mean_central_spread": float(np.mean([r.central_spread for r in used])),
+        "mean_central_std": float(np.mean([r.central_std for r in used])),
+    }
+
+
+def write_model_version(
+    staged: StagedOutput,
+    store: str,
+    version: str,
+    model: Flatfield,
+    stack: MeanImageStack,
+    slides: list[SlideRef],
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
+    """Write every file of a model version into ``staged`` and publish it; returns the manifest."""
+    first = slides[0]
+    layer_groups = {name: [a, b] for name, a, b in first.layer_groups}
+    statistics = layer_statistics(model, stack.n_images, layer_groups)
+    slide_rows = [
+        {
+            "slide_id": ref.slide_id,
+            "root": ref.root,
+            "project": ref.project,
+            "cohort": ref.cohort,
+            "batch": ref.batch,
+            "fields_stacked": sum(1 for row in stack.fields if row.slide == ref.slide_id and row.stacked_in_layers),
+        }
+        for ref in slides
+    ]
+    attributes = {
+        "version": version,
+        "shape": list(first.shape),
+        "layer_groups": layer_groups,
+        "microscope": first.microscope,
+        "sigma": model.sigma,
+        "border": model.border,
+        "empty_layers": list(model.empty_layers),
+        "slides": [r["slide_id"] for r in slide_rows],
+    }
+    write_version_files(staged, version, model.flatfield, model.uncertainty, stack.count, attributes)
+    field_log = [row for ref in slides for row in read_field_log(ref)]
+    astropath_io.write_dataclass_csv(staged.url("fields_used.csv"), field_log, FieldLogRow)
+    metadata = [[row.get(c, "") for c in METADATA_COLUMNS] for ref in slides for row in read_stacked_metadata(ref)]
+    astropath_io.write_csv(staged.url("metadata_summary_stacked_images.csv"), METADATA_COLUMNS, metadata)
+
+    from shadeflow.core import model_report  # matplotlib: imported only when writing
+
+    model_report.write_model_summary(staged.url(f"flatfield_summary_{version}.pdf"), version, model, stack, statistics, slide_rows, parameters)
+    return publish_version(
+        staged,
+        store,
+        version,
+        parameters,
+        inputs=[ref.meanimage_url for ref in slides],
+        shape=list(first.shape),
+        layer_groups=layer_groups,
+        microscope=first.microscope,
+        slides=slide_rows,
+        statistics={"summary": summary_statistics(statistics), "layers": [s.__dict__ for s in statistics]},
+        empty_layers=list(model.empty_layers),
+    )
+
+
+def merge_stacks(a: MeanImageStack, b: MeanImageStack) -> MeanImageStack:
+    """Pixel-count weighted merge of two slides' stacks (a tree-reduction step)."""
+    return a.merge(b)
+
+
+def model_summary_line(manifest: dict[str, Any]) -> dict[str, Any]:
+    """One row of ``model list``."""
+    summary = manifest.get("statistics", {}).get("summary", {})
+    slides = manifest.get("slides", [])
+    return {
+        "version": manifest.get("version"),
+        "slides": len(slides),
+        "fields": sum(s.get("fields_stacked", 0) for s in slides),
+        "shape": "×".join(str(v) for v in manifest.get("shape", [])),
+        "min": summary.get("min"),
+        "max": summary.get("max"),
+        "mean_std": summary.get("mean_std"),
+        "created": manifest.get("created"),
+    }

@@ -1,0 +1,191 @@
+"""The model-compare job: which slides' mean images are compatible enough to make one flatfield model.
+
+AstroPath's ``meanimagecomparison`` (reference spec §3) with its NaN bug fixed and the choice of
+slides suggested instead of left to the eye.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+from shadeflow.core.compare import DEFAULT_BAND
+from shadeflow.core.models_csv import check_version_name
+from shadeflow.infra.cluster import check_settings, task_runner
+from shadeflow.tasks.model_compare import (
+    check_pattern,
+    check_slides,
+    check_store_request,
+    compare_pairs,
+    comparison_result,
+    plan_comparison,
+    publish_comparison,
+    store_version,
+    write_comparison,
+)
+
+
+class ModelCompareParameters(BaseModel):
+    """Parameters of a model-compare run (the Prefect UI renders them as a form)."""
+
+    roots: list[str] = Field(min_length=1, description="Folders (local paths or s3:// URLs) holding slide folders with meanimage/ outputs")
+    slides: str | None = Field(
+        None, description="Regular expression matched from the start of each SlideID (AstroPath's --sampleregex); empty: every slide"
+    )
+    workdir: str | None = Field(
+        None, description="Folder for meanimagecomparison_table.csv and the plots; empty: <first root>/meanimagecomparison"
+    )
+    band_low: float = Field(DEFAULT_BAND[0], gt=0, description="Lower end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)")
+    band_high: float = Field(DEFAULT_BAND[1], gt=0, description="Upper end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)")
+    min_images_stacked: int = Field(1, ge=0, description="Skip slides with fewer images than this stacked in some pixel")
+    store_as: str | None = Field(None, description="Append the compared slides to the models CSV as this new version (needs models_csv)")
+    models_csv: str | None = Field(None, description="Models CSV (version,Project,Cohort,BatchID,SlideID) to append the version to")
+
+    @field_validator("slides", "workdir", "store_as", "models_csv", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("store_as")
+    @classmethod
+    def _safe_version(cls, value: str | None) -> str | None:
+        return check_version_name(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelCompareParameters":
+        if not self.band_low < self.band_high:
+            raise ValueError(f"band {self.band_low:g}–{self.band_high:g}: the low end must be below the high end")
+        if (self.store_as is None) != (self.models_csv is None):
+            given, missing = ("--store-as", "--models-csv") if self.store_as else ("--models-csv", "--store-as")
+            raise ValueError(f"{given} needs {missing}: give both to append the compared slides to a models CSV, or neither")
+        return self
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return (self.band_low, self.band_high)
+
+
+@flow(name="model-compare", task_runner=task_runner(), log_prints=True)
+def model_compare(params: ModelCompareParameters) -> dict[str, Any]:
+    """Compare slides' mean images pairwise and suggest the largest compatible set.
+
+    Find the slides (and those already in the comparison table), check every request first; read
+    each slide's mean image and skip unusable ones; compute δ/σ for every new pair of slides and
+    layer (pairs in the table are reused); write the table, the slide × slide grids and a summary;
+    with ``store_as``, append the compared slides to the models CSV as a new version.
+    """
+    plan = plan_comparison(params.roots, params.slides, params.workdir, params.band, params.min_images_stacked, params.store_as, params.models_csv)
+    checked = check_slides.submit(plan).result()
+    pairs = compare_pairs.submit(plan, checked).result()
+    outputs = write_comparison.submit(plan, checked, pairs, params.model_dump()).result()
+    stored = store_version(plan, checked, outputs.suggested) if plan.store_as else None
+    publish_comparison(plan, checked, pairs, outputs, stored)
+    return comparison_result(plan, checked, pairs, outputs, stored)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in error.get("loc", ()))
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def print_result(result: dict[str, Any], console=None) -> None:
+    """The run's conclusions on the terminal: skipped slides, the matrix (if it fits), the suggested set, outputs."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console()
+    ids = result["slides"]
+    low, high = result["band"]
+    for slide_id, reason in result["skipped"].items():
+        console.print(Text(f"skipped {slide_id}: {reason}", style="yellow"))
+    if len(ids) <= 12:
+        table = Table(title=f"δ/σ std. dev., averaged over layers (band {low:g}–{high:g})")
+        table.add_column("slide", style="bold")
+        for b in ids:
+            table.add_column(b, justify="right")
+        for a in ids:
+            cells = []
+            for b in ids:
+                value = result["average"][a][b]
+                if value is None:
+                    cells.append(Text("–" if a == b else "nan", style="dim"))
+                else:
+                    cells.append(Text(f"{value:.3f}", style="green" if low <= value <= high else "red"))
+            table.add_row(a, *cells)
+        console.print(table)
+    console.print(Text(f"{len(ids)} slides compared: {result['pairs_computed']} pair(s) computed, {result['pairs_reused']} reused from the table"))
+    suggested = result["suggested"]
+    console.print(Text(f"largest compatible set ({len(suggested)} of {len(ids)} slides, band {low:g}–{high:g}): ", style="bold") + Text(", ".join(suggested)))
+    console.print(Text(f"table: {result['table']}"))
+    console.print(Text(f"plots: {result['pdf']} (+ {len(result['plots'])} PNG)"))
+    if len(suggested) < len(ids):
+        console.print(Text(f"to compare (or store) only the suggested set: --slides '{result['suggested_regex']}'"))
+    if result.get("stored"):
+        stored = result["stored"]
+        console.print(Text(f"stored as version {stored['version']} in {stored['models_csv']} ({stored['rows']} slides)", style="green"))
+        if len(suggested) < len(ids):
+            console.print(Text("note: every compared slide was stored, including those outside the suggested set", style="yellow"))
+
+
+def compare_command(
+    roots: list[str],
+    slides: str | None,
+    store_as: str | None,
+    models_csv: str | None,
+    workdir: str | None,
+    band_low: float,
+    band_high: float,
+    min_images_stacked: int,
+) -> int:
+    """``shadeflow model compare``: run the flow with a progress bar and print its results.
+
+    Returns the exit code: 0 on success, 2 for bad input (the message names what is wrong).
+    """
+    from rich.console import Console
+    from rich.text import Text
+
+    from shadeflow.core.slide import SlideError
+    from shadeflow.flows.run import run_with_progress
+
+    errors = Console(stderr=True)
+
+    def fail(message: str) -> int:
+        errors.print(Text("error: ", style="bold red") + Text(message))
+        return 2
+
+    try:
+        params = ModelCompareParameters(
+            roots=roots,
+            slides=slides,
+            workdir=workdir,
+            band_low=band_low,
+            band_high=band_high,
+            min_images_stacked=min_images_stacked,
+            store_as=store_as,
+            models_csv=models_csv,
+        )
+    except ValidationError as exc:
+        return fail(_validation_message(exc))
+    try:  # the checks that need no slide listing, before a Prefect server or cluster starts
+        check_store_request(params.store_as, params.models_csv)
+        check_pattern(params.slides)
+        size = check_settings()
+    except ValueError as exc:  # ModelError, SettingsError
+        return fail(str(exc))
+    Console().print(Text(f"cluster: {size.describe()}"))
+    try:
+        result = run_with_progress(model_compare, {"params": params}, task_runner(), "pairs")
+    except (SlideError, FileNotFoundError, ValueError) as exc:  # ModelError is a ValueError
+        return fail(str(exc))
+    print_result(result)
+    return 0

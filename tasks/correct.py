@@ -1,0 +1,119 @@
+"""Prefect tasks of the correct job: plan a tile, correct a tile, publish the run's table.
+
+One Prefect task per tile and stage (a unit a person wants to see and retry); the per-chunk work of
+a tile is one Dask graph on the flow run's cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from distributed import wait
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from shadeflow.core.corrected_tile import USER_ERRORS, CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
+from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter
+from shadeflow.tasks.progress import Progress, artifact_key
+
+TABLE_KEY = "correct-summary"
+
+
+@task(name="plan-tile", task_run_name="plan-tile[{tile_url}]", cache_policy=NO_CACHE)
+def plan_tile_task(tile_url: str, request: CorrectRequest) -> TilePlan:
+    """Validate a tile, its flatfield and background and its output location; nothing is written."""
+    plan = plan_tile(tile_url, request)
+    logger = get_run_logger()
+    logger.info("%s: %s, level %s → %s (%s)", plan.name, plan.image.describe(plan.level), plan.level.path, plan.output, plan.action)
+    for note in plan.notes:
+        logger.info("%s", note)
+    return plan
+
+
+def _computer(client, progress: Progress):
+    """``compute(*collections)`` on the cluster that publishes progress while it waits."""
+
+    def compute(*collections):
+        futures = client.compute(list(collections))
+        while True:
+            try:
+                wait(futures, timeout=1.0)
+                break
+            except TimeoutError:
+                progress.publish()
+        progress.publish()
+        return client.gather(futures)
+
+    return compute
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry storage or cluster hiccups, not errors in the input (they would fail the same way again)."""
+    try:
+        state.result()
+    except USER_ERRORS:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+@task(name="correct-tile", task_run_name="correct-tile[{plan.name}]", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
+def correct_tile_task(plan: TilePlan) -> TileReport:
+    """Background, flatfield, correction and pyramid of one tile, written chunk by chunk; the
+    completion marker comes last. A retry redoes the partial output."""
+    from functools import partial
+
+    logger = get_run_logger()
+    progress = Progress(f"{plan.name} chunks", plan.n_blocks if plan.action != "skip" else 0, key=artifact_key("correct", plan.name))
+    if plan.action == "skip":
+        progress.done = progress.total
+        progress.publish(force=True)
+        return run_tile(plan, log=logger.info)
+    with cluster_client() as client, field_events(client, progress):
+        on_block = partial(field_reporter(progress), plan.name)  # one Dask event per corrected chunk
+        report = run_tile(plan, compute=_computer(client, progress), on_block=on_block, log=_logger(logger))
+    progress.done = progress.total
+    progress.publish(force=True)
+    logger.info("%s: written in %.1f s (%.0f MB/s) → %s; flatfield %s; background %s", plan.name, report.seconds, report.mb_per_s, report.output, report.flatfield, report.background)
+    return report
+
+
+def _logger(logger):
+    def log(message: str) -> None:
+        if message.startswith("WARNING "):
+            logger.warning("%s", message[len("WARNING ") :])
+        else:
+            logger.info("%s", message)
+
+    return log
+
+
+TABLE_COLUMNS = ("tile", "status", "shape", "flatfield source", "background", "seconds", "MB/s", "output")
+
+
+def table_rows(reports: list[TileReport]) -> list[dict]:
+    """One row per tile with the columns of :data:`TABLE_COLUMNS`."""
+    return [
+        {
+            "tile": r.tile,
+            "status": r.status,
+            "shape": "×".join(str(s) for s in r.shape) + f" {r.dtype}",
+            "flatfield source": r.flatfield,
+            "background": r.background,
+            "seconds": r.seconds,
+            "MB/s": r.mb_per_s,
+            "output": r.output,
+        }
+        for r in reports
+    ]
+
+
+@task(name="publish-correct-summary")
+def publish_correct_table(reports: list[TileReport]) -> None:
+    create_table_artifact(table_rows(reports), key=TABLE_KEY, description="Corrected tiles: shape, flatfield source, background, time and throughput")
+
+
+def report_dicts(reports: list[TileReport]) -> list[dict]:
+    return [asdict(r) for r in reports]

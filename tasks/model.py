@@ -1,0 +1,130 @@
+"""Prefect tasks of the model-build and applied-test jobs.
+
+Slide stacks are loaded and merged as a tree on the flow run's cluster, so memory stays at a few
+stacks however many slides a model has.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from shadeflow.core import applied_test as applied
+from shadeflow.core import cohort, model_store
+from shadeflow.core.applied_test_outputs import write_applied_test_outputs
+from shadeflow.core.flatfield import Flatfield, build_flatfield
+from shadeflow.core.meanimage import plan_slide
+from shadeflow.core.model_build import merge_stacks, write_model_version
+from shadeflow.core.models_csv import check_version_name, read_models_csv, select_version
+from shadeflow.core.outputs import StagedOutput
+from shadeflow.core.slide import load_slide
+from shadeflow.core.stack import MeanImageStack
+from shadeflow.tasks.dask_work import cluster_client, reduce_tree
+from shadeflow.tasks.progress import Progress, artifact_key
+
+
+@task(name="select-model-slides", cache_policy=NO_CACHE)
+def select_model_slides(version: str, models_csv: str, roots: list[str], store: str, overwrite: bool) -> list[cohort.SlideRef]:
+    """The slides of a version, each found once under the roots with a usable mean image; nothing is written."""
+    check_version_name(version)
+    entries = select_version(read_models_csv(models_csv), version, models_csv)
+    refs = cohort.find_slides(roots, slide_ids=[e.slide_id for e in entries])
+    for ref in refs:
+        cohort.check_meanimage(ref)
+    cohort.check_compatible(refs)
+    model_store.check_version_free(store, version, overwrite)
+    get_run_logger().info("model %s: %d slides from %s", version, len(refs), models_csv)
+    return refs
+
+
+@task(name="merge-slide-stacks", cache_policy=NO_CACHE)
+def merge_slide_stacks(refs: list[cohort.SlideRef]) -> MeanImageStack:
+    """All slides' mean-image stacks merged (pixel-count weighted), loaded and reduced as a tree."""
+    progress = Progress("slides merged", len(refs), key=artifact_key("merge-slide-stacks"))
+    with cluster_client() as client:
+        futures = [client.submit(cohort.load_stack, ref, pure=False) for ref in refs]
+        for future in futures:
+            future.add_done_callback(lambda _: progress.advance(1))
+        return reduce_tree(client, futures, merge_stacks, progress)
+
+
+@task(name="build-flatfield", cache_policy=NO_CACHE)
+def build_model(stack: MeanImageStack, sigma: float | None, border: str) -> Flatfield:
+    """Smooth the merged mean image and normalise each layer (inverse-variance weighted mean)."""
+    model = build_flatfield(stack, sigma, border)
+    logger = get_run_logger()
+    logger.info("flatfield: σ = %.1f px, range %.3f–%.3f", model.sigma, model.flatfield.min(), model.flatfield.max())
+    if model.empty_layers:
+        logger.warning("layers with nothing stacked were set to 1: %s", model.empty_layers)
+    return model
+
+
+@task(name="write-model", cache_policy=NO_CACHE)
+def write_model(store: str, version: str, model: Flatfield, stack: MeanImageStack, refs: list[cohort.SlideRef], parameters: dict[str, Any]) -> dict[str, Any]:
+    """Write the version to the store; it appears only when complete."""
+    staged = model_store.staged_version(store, version)
+    with staged:
+        manifest = write_model_version(staged, store, version, model, stack, refs, parameters)
+    get_run_logger().info("model %s written to %s", version, model_store.version_folder(store, version))
+    return manifest
+
+
+@task(name="select-applied-test-slides", cache_policy=NO_CACHE)
+def select_applied_slides(roots: list[str], pattern: str | None, seed: int) -> list[tuple[cohort.SlideRef, applied.Split]]:
+    """Slides with mean images, matched by ``pattern``, each with its seeded split of bulk fields."""
+    refs = cohort.find_slides(roots, pattern=pattern)
+    if not refs:
+        raise cohort.ModelError(f"no slides under {', '.join(roots)} match {pattern or '.*'!r}")
+    for ref in refs:
+        cohort.check_meanimage(ref)
+    cohort.check_compatible(refs)
+    selected = []
+    for ref in refs:
+        plan = plan_slide(load_slide(ref.url, check_files=True))
+        selected.append((ref, applied.split_fields(ref.slide_id, [f.key for f in plan.bulk_fields], seed)))
+    return selected
+
+
+def _restack(url: str, keys: tuple[str, ...], half: str) -> MeanImageStack:
+    plan = plan_slide(load_slide(url, check_files=False))
+    return applied.restack(plan, [plan.slide.field_by_key(k) for k in keys], half)
+
+
+@task(name="restack-halves", cache_policy=NO_CACHE)
+def restack_halves(selected: list[tuple[cohort.SlideRef, applied.Split]]) -> tuple[MeanImageStack, MeanImageStack]:
+    """Every slide's two halves re-stacked with its meanimage masks; each half merged across slides."""
+    total = sum(len(split.flatfield) + len(split.corrected) for _, split in selected)
+    progress = Progress("fields restacked", total, key=artifact_key("restack-halves"))
+    with cluster_client() as client:
+        submitted = []
+        for attribute, use in (("flatfield", "flatfield"), ("corrected", "corrected_mean_image")):
+            futures = []
+            for ref, split in selected:
+                keys = getattr(split, attribute)
+                future = client.submit(_restack, ref.url, keys, use, pure=False)
+                future.add_done_callback(lambda _, n=len(keys): progress.advance(n))
+                futures.append(future)
+            submitted.append(futures)
+        halves = [reduce_tree(client, futures, merge_stacks, progress) for futures in submitted]
+    return halves[0], halves[1]
+
+
+@task(name="evaluate-flatfield", cache_policy=NO_CACHE)
+def evaluate_halves(flatfield_stack: MeanImageStack, corrected_stack: MeanImageStack, sigma: float | None, border: str) -> applied.AppliedTestResult:
+    """Test flatfield from one half, applied to the other half's mean image; variation before and after."""
+    result = applied.evaluate(flatfield_stack, corrected_stack, sigma, border)
+    change = result.summary()["change_percent"]
+    get_run_logger().info("illumination variation (std, whole image) changed by %.1f %%", change["mean_std"])
+    return result
+
+
+@task(name="write-applied-test", cache_policy=NO_CACHE)
+def write_applied_test(out: str, result: applied.AppliedTestResult, selected: list[tuple[cohort.SlideRef, applied.Split]], parameters: dict[str, Any]) -> dict[str, Any]:
+    """Write the test's outputs; they appear only when complete."""
+    staged = StagedOutput(out)
+    with staged:
+        manifest = write_applied_test_outputs(staged, result, selected, parameters)
+    get_run_logger().info("applied test written to %s", out)
+    return manifest

@@ -1,0 +1,189 @@
+"""Served deployments end to end: a real ``prefect server start`` on 127.0.0.1 (own PREFECT_HOME), the
+deployments served by ``python -m shadeflow.deployments.serve`` in a subprocess (what ``shadeflow
+serve`` runs), runs started with ``run_deployment`` and parameters (what the UI's Run button does),
+and a short interval schedule that creates and completes a run by itself.
+
+Every process is started by a context manager here and stopped by it (SIGTERM), also on failure.
+The served runs size their cluster from ``SHADEFLOW_MEMORY=4GiB`` in the serve process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+from dask.utils import format_bytes, parse_bytes
+
+from prefect_processes import child_env, prefect_server, started, sync_client, tail, wait_for
+from shadeflow.core import astropath_io
+from shadeflow.core.model_store import read_model, version_folder
+from shadeflow.core.outputs import is_complete, read_manifest
+from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.deployments.serve import PREFECT_FILE, read_deployments
+
+SERVE_MEMORY = "4GiB"
+SMALL = {"fields": 20, "shape": (96, 128, 4)}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with prefect_server(tmp_path_factory.mktemp("server") / "home") as url:
+        yield url
+
+
+def deployment_names(prefect_file: Path) -> list[str]:
+    from prefect.flows import load_flow_from_entrypoint
+
+    return [f"{load_flow_from_entrypoint(e.entrypoint).name}/{e.name}" for e in read_deployments(prefect_file)]
+
+
+def deployment_exists(api_url: str, name: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    with sync_client(api_url) as client:
+        try:
+            client.read_deployment_by_name(name)
+            return True
+        except ObjectNotFound:
+            return False
+
+
+@contextmanager
+def serving(api_url: str, prefect_file: Path, work: Path) -> Iterator[Path]:
+    """``python -m shadeflow.deployments.serve`` for ``prefect_file`` until the block ends; yields its log."""
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "serve.log"
+    env = child_env(work / "home", PREFECT_API_URL=api_url, SHADEFLOW_MEMORY=SERVE_MEMORY, PREFECT_RUNNER_POLL_FREQUENCY="2")
+    with started([sys.executable, "-m", "shadeflow.deployments.serve", "--prefect-file", str(prefect_file)], env, log, cwd=work) as process:
+        for name in deployment_names(prefect_file):
+            wait_for(lambda: deployment_exists(api_url, name), 120, f"deployment {name} to be served", process=process, log=log)
+        yield log
+
+
+@pytest.fixture(scope="module")
+def packaged(server, tmp_path_factory):
+    """The packaged prefect.yaml (every flow) served from a subprocess for this module's tests."""
+    with serving(server, PREFECT_FILE, tmp_path_factory.mktemp("serve-packaged")) as log:
+        yield log
+
+
+def run_and_wait(api_url: str, name: str, parameters: dict, log: Path):
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        run = run_deployment(name, parameters=parameters, timeout=300, poll_interval=1)
+    assert run.state.is_completed(), f"{name}: {run.state.type} {run.state.message}\n{tail(log)}"
+    return run
+
+
+def run_logs(api_url: str, run_id) -> list[str]:
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with sync_client(api_url) as client:
+        return [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0)]
+
+
+def cluster_line_logged(api_url: str, run_id) -> str:
+    """The cluster the run's factory reported (logs reach the API shortly after the run)."""
+    return wait_for(lambda: next((m for m in run_logs(api_url, run_id) if "cluster for this run" in m), ""), 60, f"the cluster log line of run {run_id}")
+
+
+def assert_mean_images(slide: str) -> None:
+    """The slide's meanimage output is complete and the AstroPath mean image has the slide's shape."""
+    meta = json.loads(Path(slide, "slide.json").read_text())
+    out = os.path.join(slide, "meanimage")
+    assert is_complete(out)
+    h, w, layers = meta["shape"]
+    assert os.path.getsize(os.path.join(out, f"{meta['slide_id']}-mean_image.bin")) == h * w * layers * 8
+
+
+def test_the_run_button_runs_a_served_deployment_with_its_parameters(server, packaged, tmp_path):
+    log = packaged
+    slides = write_cohort(str(tmp_path / "cohort"), SynthConfig(slides=1, seed=21, **SMALL))
+
+    run = run_and_wait(server, "meanimage/on-demand", {"params": {"slides": slides, "seed": 3}}, log)
+
+    assert run.parameters == {"params": {"slides": slides, "seed": 3}}
+    assert_mean_images(slides[0])
+    assert read_manifest(os.path.join(slides[0], "meanimage"))["parameters"]["seed"] == 3  # the form's values reached the flow
+    line = cluster_line_logged(server, run.id)
+    assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in line, line  # sized from the serve process's setting
+
+
+def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged, tmp_path):
+    log = packaged
+    root = tmp_path / "cohort"
+    slides = write_cohort(str(root), SynthConfig(slides=2, seed=22, **SMALL))
+    models_csv = tmp_path / "models" / "AstroPathFlatfieldModels.csv"
+    rows = []
+    for slide in slides:
+        meta = json.loads(Path(slide, "slide.json").read_text())
+        rows.append(["nightly-test", meta["project"], meta["cohort"], meta["batch"], meta["slide_id"]])
+    astropath_io.write_csv(str(models_csv), ["version", "Project", "Cohort", "BatchID", "SlideID"], rows)
+    (nightly,) = [e for e in read_deployments() if e.schedules]
+    params = {"meanimage": {"slides": slides}, "model": {"version": "nightly-test", "models_csv": str(models_csv), "roots": [str(root)], "overwrite": True}}
+
+    run = run_and_wait(server, f"cohort-refresh/{nightly.name}", {"params": params}, log)
+
+    for slide in slides:
+        assert_mean_images(slide)
+    store = str(models_csv.parent)  # the model store defaults to the models CSV's folder
+    assert is_complete(version_folder(store, "nightly-test"))
+    model = read_model(store, "nightly-test")
+    h, w, layers = json.loads(Path(slides[0], "slide.json").read_text())["shape"]
+    assert model.flatfield.shape == (layers, h, w)
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with sync_client(server) as client:
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])), sort=FlowRunSort.START_TIME_ASC)
+        names = [client.read_flow(child.flow_id).name for child in children]
+    assert names == ["meanimage", "model-build"]  # mean images first, then the model
+    assert children[0].end_time <= children[1].start_time
+    assert all(child.state.is_completed() for child in children)
+    for child in children:  # each subflow run made its own cluster from the serve process's setting
+        assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in cluster_line_logged(server, child.id)
+
+
+def test_a_short_interval_schedule_creates_and_completes_a_run(server, tmp_path):
+    slides = write_cohort(str(tmp_path / "cohort"), SynthConfig(slides=1, seed=23, **SMALL))
+    prefect_file = tmp_path / "prefect.yaml"
+    (meanimage,) = [e for e in read_deployments() if e.entrypoint.endswith(".meanimage")]
+    prefect_file.write_text(
+        yaml.safe_dump(
+            {
+                "deployments": [
+                    {
+                        "name": "every-10s",
+                        "entrypoint": meanimage.entrypoint,
+                        "parameters": {"params": {"slides": slides}},
+                        "schedules": [{"interval": 10, "active": True}],
+                    }
+                ]
+            }
+        )
+    )
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+    with serving(server, prefect_file, tmp_path / "serve") as log:
+        with sync_client(server) as client:
+            deployment = client.read_deployment_by_name("meanimage/every-10s")
+
+        def completed_run():
+            with sync_client(server) as client:
+                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])))
+            failed = [r for r in runs if r.state and r.state.is_failed()]
+            assert not failed, f"{failed[0].state.message}\n{tail(log)}"
+            return next((r for r in runs if r.state and r.state.is_completed()), None)
+
+        run = wait_for(completed_run, 240, "a scheduled run to complete", interval=1, log=log)
+    assert run.auto_scheduled  # made by the scheduler, not by us
+    assert run.parameters == {"params": {"slides": slides}}
+    assert_mean_images(slides[0])
