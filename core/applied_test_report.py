@@ -30,8 +30,8 @@ from matplotlib.figure import Figure
 from shadeflow.core import storage
 from shadeflow.core.applied_test import AppliedTestResult, LayerMetrics, Split
 from shadeflow.core.illumination import central
-from shadeflow.core.meanimage_report import A4, LAYERS_PER_PAGE, Tile, _group_separators, _pages_of, _table, _write_pdf, colour_limits, downsample, mosaic
-from shadeflow.core.model_report import CENTRAL_LABEL, ReportHeader, as_layer_groups, table_pages
+from shadeflow.core.report_pages import A4, LAYERS_PER_PAGE, ReportHeader, Tile, as_layer_groups, colour_limits, downsample, group_separators, mosaic, pages_of, table, table_pages, write_pdf
+from shadeflow.core.model_report import CENTRAL_LABEL
 from shadeflow.core.slide import LayerGroup
 
 PRE_COLOUR, POST_COLOUR = "#d95f02", "#1b9e77"  # before / after correction
@@ -161,7 +161,7 @@ def _layer_axis(ax: Axes, layers: np.ndarray, groups: Sequence[LayerGroup], ylab
     ax.set_ylabel(ylabel, fontsize=7)
     ax.tick_params(labelsize=6)
     if groups:
-        _group_separators(ax, groups)
+        group_separators(ax, groups)
 
 
 def intensities_figure(result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup] = ()) -> Figure:
@@ -250,11 +250,11 @@ def write_applied_test_summary(url: str, result: AppliedTestResult, splits: list
         f"seed {parameters.get('seed', 'not recorded')}; {n_layers} layers of {h}x{w} px; sigma {flatfield.sigma:g} px, {flatfield.border} borders",
     )
     groups = as_layer_groups(layer_groups) if layer_groups else ()
-    _write_pdf(url, header.metadata("applied_flatfield_summary"), _pages(header, result, splits, groups))
+    write_pdf(url, header.metadata("applied_flatfield_summary"), _pages(header, result, splits, groups))
 
 
 def _values_table(ax: Axes, header: list[str], rows: list[list], percent: bool = False) -> None:
-    _table(ax, [[name, *(_fmt(v, percent) for v in values)] for name, *values in rows], header, 7, row_in=0.2)
+    table(ax, [[name, *(_fmt(v, percent) for v in values)] for name, *values in rows], header, 7, row_in=0.2)
 
 
 def _pages(header: ReportHeader, result: AppliedTestResult, splits: Sequence[Split], groups: Sequence[LayerGroup]) -> Iterator[Figure]:
@@ -278,14 +278,14 @@ def _pages(header: ReportHeader, result: AppliedTestResult, splits: Sequence[Spl
     top -= 0.11
     fig.text(0.06, top, f"Fields per slide ({len(splits)} slides; stacked = in at least one layer)", fontsize=9, weight="bold", va="top")
     if slide_pages[0]:
-        _table(_axes(fig, top - 0.02, top - 0.05), slide_pages[0], SPLIT_TABLE_HEADER, 6)
+        table(_axes(fig, top - 0.02, top - 0.05), slide_pages[0], SPLIT_TABLE_HEADER, 6)
     yield fig
     for rows in slide_pages[1:]:
         fig = Figure(figsize=A4)
-        _table(_axes(fig, 0.97, 0.94), rows, SPLIT_TABLE_HEADER, 6)
+        table(_axes(fig, 0.97, 0.94), rows, SPLIT_TABLE_HEADER, 6)
         yield fig
 
-    for page, rows in enumerate(_pages_of(layer_rows(result), LAYER_TABLE_ROWS)):
+    for page, rows in enumerate(pages_of(layer_rows(result), LAYER_TABLE_ROWS)):
         fig = Figure(figsize=A4)
         if page == 0:
             fig.text(0.06, 0.975, "Illumination variation per layer", fontsize=11, weight="bold", va="top")
@@ -293,7 +293,7 @@ def _pages(header: ReportHeader, result: AppliedTestResult, splits: Sequence[Spl
                 0.06, 0.95, f"spread = 95th - 5th percentile of the smoothed mean-relative intensity; c. = {CENTRAL_LABEL}; % = change after correction",
                 fontsize=7, va="top",
             )  # fmt: skip
-        _table(_axes(fig, 0.93, 0.9), rows, LAYER_TABLE_HEADER, 5)
+        table(_axes(fig, 0.93, 0.9), rows, LAYER_TABLE_HEADER, 5)
         yield fig
 
     for kind, central_region in PLOTS.values():
@@ -314,7 +314,7 @@ def _layer_pages(result: AppliedTestResult, groups: Sequence[LayerGroup]) -> Ite
     group_of = {layer: g.name for g in groups for layer in range(g.first, g.last + 1)}
     diverging = colormaps["RdBu_r"]
     empty = set(result.flatfield.empty_layers)
-    for page_layers in _pages_of(range(result.mean.shape[0]), LAYERS_PER_PAGE):
+    for page_layers in pages_of(range(result.mean.shape[0]), LAYERS_PER_PAGE):
         tiles = []
         for layer in page_layers:
             label = f"layer {layer + 1}" + (f" ({group_of[layer + 1]})" if layer + 1 in group_of else "")

@@ -114,7 +114,8 @@ class TilePlan:
 
     @property
     def n_blocks(self) -> int:
-        return math.prod(math.ceil(s / c) for s, c in zip(self.level.shape, self.level.chunks))
+        """Level-0 Dask blocks (chunks, or shards of sharded tiles): the progress bar's unit."""
+        return math.prod(math.ceil(s / c) for s, c in zip(self.level.shape, self.level.blocks))
 
 
 @dataclass
@@ -340,7 +341,7 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
     keep = [i for i, r in enumerate(CANONICAL) if r in roles]  # the tile's axes among t, c, z, y, x
     canonical = tuple(image.size(r, level.index) for r in CANONICAL)
     pyramid = select_axes(plan_pyramid(canonical, _canonical(level.scale, roles, 1.0), _canonical(level.translation, roles, 0.0), plan.recorded["levels"]), keep)
-    source = da.from_zarr(image.array(level))  # the tile's own axes: no reshaping layers in the graph
+    source = da.from_zarr(image.array(level), chunks=level.blocks)  # the tile's own axes: no reshaping layers
     # (C, Y, X) fields as arrays broadcastable to the tile: size 1 along t and z, C along c
     ff = flat.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
     bg = background.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
@@ -348,8 +349,11 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
     try:
         group = create_image_group(plan.output, plan.zarr_format, {PROVENANCE_KEY: provenance})
         paths = [str(i) for i in range(len(pyramid))]
-        targets = [create_level_array(group, p, lv.shape, level.chunks, level.dtype, image.axis_names) for p, lv in zip(paths, pyramid)]
-        outputs = correction_pyramid(source, ff, bg, pyramid, level.chunks, on_block=on_block)
+        shards = level.shards if plan.zarr_format == 3 else None
+        targets = [create_level_array(group, p, lv.shape, level.chunks, level.dtype, image.axis_names, shards) for p, lv in zip(paths, pyramid)]
+        # Dask blocks = the arrays' shards (or chunks), so no two tasks ever write into the same one
+        write_blocks = [target.shards or target.chunks for target in targets]
+        outputs = correction_pyramid(source, ff, bg, pyramid, write_blocks, on_block=on_block)
         stored = da.store(outputs, targets, lock=False, compute=False)
         with graph_constants_allowed():
             compute(*(stored if isinstance(stored, tuple) else (stored,)))

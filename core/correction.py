@@ -225,8 +225,9 @@ def correction_pyramid(
         float32, broadcastable like ``flatfield`` (a field per channel, or one value per channel).
     levels : list of PyramidLevel
         One per output level, with shapes and factors in the tile's axes.
-    chunks : tuple of int
-        Chunk shape of every output level (clamped to each level's shape).
+    chunks : tuple of int, or one per level
+        Dask block shape of the output levels (clamped to each level's shape): the zarr chunks, or
+        the shards of sharded outputs.
     on_block : callable, optional
         Called after each level-0 chunk is corrected (progress reporting on the workers).
     """
@@ -242,13 +243,15 @@ def correction_pyramid(
     return reduced_levels(corrected, levels, chunks)
 
 
-def reduced_levels(level0, levels: list[PyramidLevel], chunks: tuple[int, ...]) -> list:
-    """``[level0, level1, …]``: each level the block mean of the previous one's Dask array, rechunked to ``chunks``."""
+def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:
+    """``[level0, level1, …]``: each level the block mean of the previous one's Dask array, rechunked
+    to ``chunks`` (one shape for all levels, or one per level)."""
     import dask.array as da
 
     dtype = level0.dtype
-    outputs = [level0]
-    for level in levels[1:]:
+    per_level = list(chunks) if chunks and isinstance(chunks[0], (tuple, list)) else [tuple(chunks)] * len(levels)
+    outputs = [level0 if level0.chunksize == tuple(min(c, n) for c, n in zip(per_level[0], level0.shape)) else level0.rechunk(per_level[0])]
+    for level, target_chunks in zip(levels[1:], per_level[1:]):
         prev = outputs[-1]
         prev = prev.rechunk(_aligned_chunks(prev.chunks, level.factors))
         down_chunks = tuple(tuple(s // f for s in sizes) for sizes, f in zip(prev.chunks, level.factors))
@@ -257,6 +260,6 @@ def reduced_levels(level0, levels: list[PyramidLevel], chunks: tuple[int, ...]) 
         reduced = da.map_blocks(downsample_block, prev, level.factors, chunks=down_chunks, dtype=dtype, token="shadeflow-downsample")
         if any(0 in sizes for sizes in down_chunks):
             reduced = reduced[tuple(slice(0, n) for n in level.shape)]
-        target = tuple(max(1, min(c, n)) for c, n in zip(chunks, level.shape))
+        target = tuple(max(1, min(c, n)) for c, n in zip(target_chunks, level.shape))
         outputs.append(reduced.rechunk(target))
     return outputs

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
 
 from shadeflow.core import astropath_io, storage
 from shadeflow.core.field_masks import MaskRegion

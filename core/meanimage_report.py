@@ -15,20 +15,15 @@ in a header on its first page.
 
 from __future__ import annotations
 
-import datetime as dt
-import io
-import json
 import math
-import textwrap
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
-from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.collections import PatchCollection
-from matplotlib.colors import Colormap, ListedColormap, to_rgba
+from matplotlib.colors import ListedColormap, to_rgba
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
@@ -38,19 +33,31 @@ from shadeflow.core import storage
 from shadeflow.core.field_masks import unpack_tissue_mask
 from shadeflow.core.geometry import field_size_um
 from shadeflow.core.meanimage import MASK_DIR, FieldSummary, MeanImageResult, read_corrected_field, read_mask_file
-from shadeflow.core.morphology import bin_mean
-from shadeflow.core.outputs import StagedOutput, shadeflow_version
+from shadeflow.core.outputs import StagedOutput
 from shadeflow.core.slide import Field, LayerGroup, Slide
+from shadeflow.core.report_pages import (
+    A4,
+    BULK_COLOUR,
+    EDGE_COLOUR,
+    LAYERS_PER_PAGE,
+    MAX_PANEL_PX,
+    ReportHeader,
+    Tile,
+    colour_limits,
+    downsample,
+    group_separators,
+    mosaic,
+    mosaic_scale,
+    pages_of,
+    table,
+    write_pdf,
+)
 from shadeflow.core.stack import mean_and_std_err
 
-A4 = (8.27, 11.69)  # inches, portrait
-MAX_PANEL_PX = 300  # long side of a plotted image
 MAX_HISTOGRAM_BINS = 200  # pixel histograms are re-binned to at most this many bars
-LAYERS_PER_PAGE = 5
 N_TOP_EXAMPLES = 10  # per reason (blur, saturation), as AstroPath
 N_EXAMPLES = 20
 
-EDGE_COLOUR, BULK_COLOUR = "#e08214", "#3572b0"
 BACKGROUND_COLOUR, TISSUE_COLOUR = "#9e9e9e", "#2e8b57"
 # mask categories of the example sheets, in category order 0..3
 MASK_CATEGORIES = {"background": "#202020", "tissue": "#5aae61", "blurred": "#f4a736", "saturated": "#d7191c"}
@@ -58,49 +65,16 @@ MASK_CMAP = ListedColormap(list(MASK_CATEGORIES.values()))
 FLAG_COLOURS = {"not flagged": "#b8c9dc", "blurred": "#f4a736", "saturated": "#d7191c", "blurred and saturated": "#7b3294"}
 
 
-@dataclass(frozen=True)
-class Provenance:
-    """What made the reports: written into every PDF's metadata and first-page header."""
-
-    slide_id: str
-    version: str
-    created: str
-    parameters_json: str
-    context: str  # slide, fields and masking grid, one line
-
-    @classmethod
-    def of(cls, result: MeanImageResult, parameters: dict) -> "Provenance":
-        plan, slide = result.plan, result.plan.slide
-        h, w, l = slide.shape
-        masking = "masking skipped" if plan.skip_masking else f"masks on a {plan.grid.binning}x binned grid"
-        context = (
-            f"project {slide.project}, cohort {slide.cohort}, batch {slide.batch}, {slide.microscope} {h}x{w}x{l}; "
-            f"{len(slide.fields)} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk); {masking}"
-        )
-        return cls(
-            slide_id=slide.slide_id,
-            version=shadeflow_version(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            parameters_json=json.dumps(parameters, default=str, sort_keys=True),
-            context=context,
-        )
-
-    def metadata(self, title: str) -> dict[str, str]:
-        return {
-            "Title": f"{self.slide_id} {title}",
-            "Subject": f"{title} of slide {self.slide_id}, made by shadeflow {self.version} on {self.created}",
-            "Keywords": f"shadeflow {self.version}; parameters {self.parameters_json}",
-            "Creator": f"shadeflow {self.version}",
-        }
-
-    def header(self, fig: Figure, title: str, lines: Sequence[str] = ()) -> None:
-        """Title and provenance at the top of a first page (the upper ~18 % of it)."""
-        fig.text(0.06, 0.975, f"{self.slide_id} — {title}", fontsize=13, weight="bold", va="top")
-        params = textwrap.wrap(f"parameters: {self.parameters_json}", 125, subsequent_indent="  ")
-        if len(params) > 4:  # the full set is always in the PDF metadata
-            params = params[:4] + ["  … (all parameters are in this PDF's Keywords metadata)"]
-        text = [f"shadeflow {self.version}, created {self.created}", self.context, *params, *lines]
-        fig.text(0.06, 0.950, "\n".join(text), fontsize=6.5, va="top", family="monospace", linespacing=1.4)
+def _provenance(result: MeanImageResult, parameters: dict) -> ReportHeader:
+    """What made the reports: the slide, its fields and masking grid, the parameters."""
+    plan, slide = result.plan, result.plan.slide
+    h, w, l = slide.shape
+    masking = "masking skipped" if plan.skip_masking else f"masks on a {plan.grid.binning}x binned grid"
+    context = (
+        f"project {slide.project}, cohort {slide.cohort}, batch {slide.batch}, {slide.microscope} {h}x{w}x{l}; "
+        f"{len(slide.fields)} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk); {masking}"
+    )
+    return ReportHeader.of(slide.slide_id, parameters, context)
 
 
 def write_reports(out: StagedOutput, result: MeanImageResult, parameters: dict, seed: int = 0) -> None:
@@ -115,38 +89,15 @@ def write_reports(out: StagedOutput, result: MeanImageResult, parameters: dict, 
     seed
         Seed of the random example fields of the masking summary.
     """
-    provenance = Provenance.of(result, parameters)
+    provenance = _provenance(result, parameters)
     preview = StackPreview.of(result)
     sid = result.slide_id
-    _write_pdf(out.url(f"{sid}-thresholding_summary.pdf"), provenance.metadata("thresholding summary"), _thresholding_pages(result, provenance))
-    _write_pdf(out.url(f"{sid}-masking_summary.pdf"), provenance.metadata("masking summary"), _masking_pages(out, result, preview, provenance, seed))
-    _write_pdf(out.url(f"{sid}-meanimage_summary.pdf"), provenance.metadata("mean image summary"), _meanimage_pages(result, preview, provenance))
-
-
-def _write_pdf(url: str, metadata: dict[str, str], pages: Iterable[Figure]) -> None:
-    """Render pages one at a time into memory, then write the PDF in one call (works on S3 too)."""
-    buffer = io.BytesIO()
-    with PdfPages(buffer, metadata=metadata) as pdf:
-        for fig in pages:
-            pdf.savefig(fig)
-    storage.write_bytes(url, buffer.getvalue())
+    write_pdf(out.url(f"{sid}-thresholding_summary.pdf"), provenance.metadata("thresholding summary"), _thresholding_pages(result, provenance))
+    write_pdf(out.url(f"{sid}-masking_summary.pdf"), provenance.metadata("masking summary"), _masking_pages(out, result, preview, provenance, seed))
+    write_pdf(out.url(f"{sid}-meanimage_summary.pdf"), provenance.metadata("mean image summary"), _meanimage_pages(result, preview, provenance))
 
 
 # --- images -----------------------------------------------------------------------------------
-
-
-def downsample(image: np.ndarray, max_px: int = MAX_PANEL_PX) -> np.ndarray:
-    """Block mean over the last two axes so the long side is at most ``max_px`` (float32)."""
-    return bin_mean(image, math.ceil(max(image.shape[-2:]) / max_px))
-
-
-def colour_limits(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple[float, float]:
-    """Robust display range: percentiles of the non-zero pixels (zero = nothing stacked); never empty."""
-    values = image[image != 0]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    return (lo, hi) if hi > lo else (lo, lo + max(abs(lo), 1.0) * 1e-3)
 
 
 @dataclass(frozen=True)
@@ -200,56 +151,6 @@ class StackPreview:
         return [group.first - 1 + int(np.argmax(self.layer_mean[group.index])) for group in groups]
 
 
-@dataclass(frozen=True)
-class Tile:
-    """One image of a mosaic, coloured by ``cmap`` between ``limits``, with a labelled colour ramp unless categorical."""
-
-    image: np.ndarray  # 2-D
-    title: str
-    cmap: Colormap
-    limits: tuple[float, float]
-    ramp: bool = True
-
-
-TILE_TITLE_IN, TILE_RAMP_IN, TILE_GAP_IN = 0.2, 0.22, 0.15  # around each tile: title above, ramp below, gap beside
-
-
-def mosaic_scale(fig: Figure, rect: tuple[float, float, float, float], shape: tuple[int, int], n_tiles: int, n_cols: int) -> float:
-    """Inches per tile pixel when ``n_tiles`` tiles of ``shape`` fill ``rect``, ``n_cols`` to a row."""
-    fig_w, fig_h = fig.get_size_inches()
-    n_rows = math.ceil(n_tiles / n_cols)
-    return min((rect[2] * fig_w / n_cols - TILE_GAP_IN) / shape[1], (rect[3] * fig_h / n_rows - TILE_TITLE_IN - TILE_RAMP_IN) / shape[0])
-
-
-def mosaic(fig: Figure, rect: tuple[float, float, float, float], tiles: Sequence[Tile], n_cols: int) -> None:
-    """Equal-shaped tiles, ``n_cols`` to a row, drawn as one RGB image in one axes within ``rect`` (figure fraction).
-
-    A page of many images thus costs one axes instead of dozens: axes dominate matplotlib's rendering time.
-    The image is embedded unresampled (``interpolation="none"``), so its pixels are the tiles' pixels.
-    """
-    th, tw = tiles[0].image.shape
-    n_rows = math.ceil(len(tiles) / n_cols)
-    fig_w, fig_h = fig.get_size_inches()
-    left, bottom, width, height = rect
-    inch = mosaic_scale(fig, rect, (th, tw), len(tiles), n_cols)
-    gap, title, ramp = (round(v / inch) for v in (TILE_GAP_IN, TILE_TITLE_IN, TILE_RAMP_IN))
-    cell_h, cell_w = th + title + ramp, tw + gap
-    canvas = np.full((n_rows * cell_h, n_cols * cell_w, 3), 255, np.uint8)
-    ax_h, ax_w = canvas.shape[0] * inch / fig_h, canvas.shape[1] * inch / fig_w
-    ax = fig.add_axes((left + (width - ax_w) / 2, bottom + height - ax_h, ax_w, ax_h))  # centred, from the top
-    for i, tile in enumerate(tiles):
-        y, x = (i // n_cols) * cell_h + title, (i % n_cols) * cell_w + gap // 2
-        lo, hi = tile.limits
-        canvas[y : y + th, x : x + tw] = tile.cmap(np.clip((tile.image - lo) / (hi - lo), 0, 1), bytes=True)[..., :3]
-        ax.text(x, y - 0.15 * title, tile.title, fontsize=6, va="bottom")
-        if tile.ramp:
-            y0, x0, x1 = y + th + round(0.3 * ramp), x + tw // 4, x + 3 * tw // 4
-            y1 = y0 + max(1, round(0.35 * ramp))
-            canvas[y0:y1, x0:x1] = tile.cmap(np.linspace(0, 1, x1 - x0), bytes=True)[:, :3]
-            ax.text(x0 - 0.02 * tw, (y0 + y1) / 2, f"{lo:.3g}", fontsize=5.5, ha="right", va="center")
-            ax.text(x1 + 0.02 * tw, (y0 + y1) / 2, f"{hi:.3g}", fontsize=5.5, ha="left", va="center")
-    ax.imshow(canvas, interpolation="none")
-    ax.set_axis_off()
 
 
 def _no_data(ax: Axes, message: str) -> None:
@@ -265,11 +166,6 @@ def _group_name(layer: int, groups: Sequence[LayerGroup]) -> str:
 
 def _layer_label(layer: int, groups: Sequence[LayerGroup]) -> str:
     return f"layer {layer + 1} ({_group_name(layer, groups)})"
-
-
-def _pages_of(items: Sequence, per_page: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), per_page):
-        yield items[start : start + per_page]
 
 
 # --- field maps -------------------------------------------------------------------------------
@@ -293,14 +189,6 @@ def _field_map(ax: Axes, slide: Slide, colours: Sequence, legend: dict[str, str]
     ax.legend(handles=[Patch(color=c, label=name) for name, c in legend.items()], fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
 
 
-def _group_separators(ax: Axes, groups: Sequence[LayerGroup]) -> None:
-    """Dotted lines between layer groups, with the group names along the top."""
-    for group in groups[:-1]:
-        ax.axvline(group.last + 0.5, color="0.6", linestyle=":", linewidth=0.8)
-    for group in groups:
-        ax.text((group.first + group.last) / 2, 1.01, group.name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=6)
-
-
 # --- thresholding summary ---------------------------------------------------------------------
 
 
@@ -317,11 +205,11 @@ def nonzero_percentiles(field_thresholds: np.ndarray, percentiles: Sequence[floa
     return result
 
 
-def _thresholding_pages(result: MeanImageResult, provenance: Provenance) -> Iterator[Figure]:
+def _thresholding_pages(result: MeanImageResult, provenance: ReportHeader) -> Iterator[Figure]:
     plan, t = result.plan, result.thresholds
     slide, groups = plan.slide, plan.slide.layer_groups
     fig = Figure(figsize=A4)
-    provenance.header(
+    provenance.draw(
         fig,
         "background thresholds",
         [
@@ -344,7 +232,7 @@ def _thresholding_pages(result: MeanImageResult, provenance: Provenance) -> Iter
         ax.set_xlabel("layer", fontsize=7)
         ax.set_ylabel(f"threshold ({unit})", fontsize=7)
         ax.tick_params(labelsize=6)
-        _group_separators(ax, groups)
+        group_separators(ax, groups)
         ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     yield fig
 
@@ -354,7 +242,7 @@ def _thresholding_pages(result: MeanImageResult, provenance: Provenance) -> Iter
         Patch(color=BACKGROUND_COLOUR, label="pixels ≤ T (background)"),
         Patch(color=TISSUE_COLOUR, label="pixels > T (tissue)"),
     ]
-    for page_layers in _pages_of(range(slide.n_layers), LAYERS_PER_PAGE):
+    for page_layers in pages_of(range(slide.n_layers), LAYERS_PER_PAGE):
         fig = Figure(figsize=A4)
         fig.legend(handles=legend, loc="upper center", ncols=4, fontsize=7, frameon=False)  # one per page: legends are slow to draw
         axes = fig.subplots(LAYERS_PER_PAGE, 2, squeeze=False, gridspec_kw=dict(top=0.93, bottom=0.05, left=0.08, right=0.97, hspace=0.5, wspace=0.25))
@@ -456,14 +344,14 @@ def _flag(summary: FieldSummary) -> str:
     return {(False, False): "not flagged", (True, False): "blurred", (False, True): "saturated", (True, True): "blurred and saturated"}[blurred, saturated]
 
 
-def _masking_pages(out: StagedOutput, result: MeanImageResult, preview: StackPreview, provenance: Provenance, seed: int) -> Iterator[Figure]:
+def _masking_pages(out: StagedOutput, result: MeanImageResult, preview: StackPreview, provenance: ReportHeader, seed: int) -> Iterator[Figure]:
     plan, summaries = result.plan, result.summaries
     slide, groups = plan.slide, plan.slide.layer_groups
     top = top_flagged(summaries)
     examples = example_fields(summaries, seed=seed)
     n_random = len(examples) - len(top)
     fig = Figure(figsize=A4)
-    provenance.header(
+    provenance.draw(
         fig,
         "masking",
         [
@@ -538,16 +426,7 @@ def _example_table(ax: Axes, examples: Sequence[FieldSummary], top: set[str], gr
         ]
         for s in examples
     ]
-    _table(ax, rows, ["n", "field", "location", "tissue", "blurred px", "saturated px", "saturated groups", "shown as"], 5.5)
-
-
-def _table(ax: Axes, rows: Sequence[Sequence], header: Sequence[str], fontsize: float, row_in: float = 0.135) -> None:
-    """A table from the top of ``ax`` down, ``row_in`` inches a row (shrunk to fit ``ax``)."""
-    height_in = ax.get_position().height * ax.get_figure().get_size_inches()[1]
-    fraction = min(1.0, (len(rows) + 1) * row_in / height_in)
-    table = ax.table(cellText=rows, colLabels=header, cellLoc="center", bbox=(0, 1 - fraction, 1, fraction))
-    table.auto_set_font_size(False)
-    table.set_fontsize(fontsize)
+    table(ax, rows, ["n", "field", "location", "tissue", "blurred px", "saturated px", "saturated groups", "shown as"], 5.5)
 
 
 def mask_categories(out: StagedOutput, key: str, shape: tuple[int, int], n_groups: int) -> np.ndarray | None:
@@ -609,7 +488,7 @@ def _example_sheet(out: StagedOutput, result: MeanImageResult, summary: FieldSum
 # --- mean image summary -----------------------------------------------------------------------
 
 
-def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance: Provenance) -> Iterator[Figure]:
+def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance: ReportHeader) -> Iterator[Figure]:
     slide, stack = result.plan.slide, result.stack
     groups = slide.layer_groups
     header = ["layer", "group", "images", "mean", "min", "max", "max mask stack"]
@@ -623,10 +502,10 @@ def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance:
         ]
         for layer in range(slide.n_layers)
     ]
-    for page, page_rows in enumerate(_pages_of(rows, 45)):
+    for page, page_rows in enumerate(pages_of(rows, 45)):
         fig = Figure(figsize=A4)
         if page == 0:
-            provenance.header(
+            provenance.draw(
                 fig,
                 "mean image",
                 [
@@ -637,10 +516,10 @@ def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance:
             _layer_statistics(fig.add_axes((0.1, 0.64, 0.8, 0.2)), preview, groups)
         ax = fig.add_axes((0.08, 0.03, 0.84, 0.55 if page == 0 else 0.94))
         ax.axis("off")
-        _table(ax, page_rows, header, 6)
+        table(ax, page_rows, header, 6)
         yield fig
 
-    for page_layers in _pages_of(range(slide.n_layers), LAYERS_PER_PAGE):  # one row of three images per layer
+    for page_layers in pages_of(range(slide.n_layers), LAYERS_PER_PAGE):  # one row of three images per layer
         tiles = []
         for layer in page_layers:
             label = _layer_label(layer, groups)
@@ -664,4 +543,4 @@ def _layer_statistics(ax: Axes, preview: StackPreview, groups: Sequence[LayerGro
     ax.set_ylabel("mean image (counts/ms)", fontsize=7)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6, loc="upper right")
-    _group_separators(ax, groups)
+    group_separators(ax, groups)

@@ -13,12 +13,8 @@ shadeflow version, the date and the parameters, in its metadata and on its first
 
 from __future__ import annotations
 
-import datetime as dt
 import io
-import json
-import textwrap
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from matplotlib import colormaps
@@ -27,71 +23,31 @@ from matplotlib.figure import Figure
 
 from shadeflow.core.flatfield import Flatfield
 from shadeflow.core.illumination import CENTRAL_CLIP, central
-from shadeflow.core.meanimage_report import (
+from shadeflow.core.report_pages import (
     A4,
     BULK_COLOUR,
     EDGE_COLOUR,
     LAYERS_PER_PAGE,
+    ReportHeader,
     Tile,
-    _group_separators,
-    _pages_of,
-    _table,
-    _write_pdf,
+    as_layer_groups,
     colour_limits,
     downsample,
+    group_separators,
     mosaic,
+    pages_of,
+    table,
+    table_pages,
+    write_pdf,
 )
 from shadeflow.core.model_build import LayerStatistics, summary_statistics
-from shadeflow.core.outputs import shadeflow_version
 from shadeflow.core.slide import LayerGroup
 from shadeflow.core.stack import MeanImageStack
 
-FIRST_PAGE_ROWS = 50  # table rows below the first page's header
-PAGE_ROWS = 70  # table rows on a continuation page
 LAYER_TABLE_ROWS = 45  # per-layer statistics rows per page
 PREVIEW_WIDTH_PX = 256  # width of the artifact previews
 CENTRAL_LABEL = f"central {(1 - 2 * CENTRAL_CLIP) ** 2:.0%}"
 EMPTY_COLOUR = "0.85"
-
-
-@dataclass(frozen=True)
-class ReportHeader:
-    """What made a cohort-level report (a model version, an applied test): PDF metadata and page-1 header."""
-
-    subject: str  # e.g. "flatfield model 2024-01"
-    version: str  # shadeflow's
-    created: str
-    parameters_json: str
-    context: str
-
-    @classmethod
-    def of(cls, subject: str, parameters: dict, context: str) -> "ReportHeader":
-        return cls(
-            subject=subject,
-            version=shadeflow_version(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            parameters_json=json.dumps(parameters, default=str, sort_keys=True),
-            context=context,
-        )
-
-    def metadata(self, title: str) -> dict[str, str]:
-        return {
-            "Title": f"{self.subject} {title}",
-            "Subject": f"{title} of {self.subject}, made by shadeflow {self.version} on {self.created}",
-            "Keywords": f"shadeflow {self.version}; {self.subject}; parameters {self.parameters_json}",
-            "Creator": f"shadeflow {self.version}",
-        }
-
-    def draw(self, fig: Figure, title: str, lines: Sequence[str] = ()) -> float:
-        """Title and provenance at the top of a first page; returns the figure fraction where it ends."""
-        fig.text(0.06, 0.975, f"{self.subject} — {title}", fontsize=13, weight="bold", va="top")
-        params = textwrap.wrap(f"parameters: {self.parameters_json}", 125, subsequent_indent="  ")
-        if len(params) > 4:  # the full set is always in the PDF metadata
-            params = params[:4] + ["  … (all parameters are in this PDF's Keywords metadata)"]
-        text = [f"shadeflow {self.version}, created {self.created}", self.context, *params, *lines]
-        fig.text(0.06, 0.950, "\n".join(text), fontsize=6.5, va="top", family="monospace", linespacing=1.4)
-        line = 6.5 * 1.4 / 72 / fig.get_size_inches()[1]  # one text line, as a figure fraction
-        return 0.950 - len(text) * line - 0.015
 
 
 def layer_groups_of(statistics: Sequence[LayerStatistics]) -> tuple[LayerGroup, ...]:
@@ -103,11 +59,6 @@ def layer_groups_of(statistics: Sequence[LayerStatistics]) -> tuple[LayerGroup, 
         else:
             groups.append(LayerGroup(row.group, row.layer, row.layer))
     return tuple(groups)
-
-
-def as_layer_groups(layer_groups: dict[str, Sequence[int]]) -> tuple[LayerGroup, ...]:
-    """``{name: [first, last]}`` (1-based, inclusive) as :class:`LayerGroup` objects, in order."""
-    return tuple(LayerGroup(name, int(first), int(last)) for name, (first, last) in layer_groups.items())
 
 
 def layer_label(layer: int, group: str) -> str:
@@ -168,13 +119,6 @@ def _shorten(text: str, n: int) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1) :]
 
 
-def table_pages(rows: Sequence, first: int = FIRST_PAGE_ROWS, rest: int = PAGE_ROWS) -> list[Sequence]:
-    """``rows`` split into a first page of ``first`` rows and further pages of ``rest`` (at least one page)."""
-    pages = [rows[:first]]
-    pages += [rows[start : start + rest] for start in range(first, len(rows), rest)]
-    return pages
-
-
 def _table_axes(fig: Figure, top: float, bottom: float = 0.03) -> Axes:
     ax = fig.add_axes((0.06, bottom, 0.88, top - bottom))
     ax.axis("off")
@@ -217,7 +161,7 @@ def write_model_summary(
         f"{len(slides)} slides, {fields} fields stacked; {n_layers} layers of {h}x{w} px; "
         f"smoothing sigma {model.sigma:g} px, {model.border} borders; empty layers (F = 1): {empty}",
     )
-    _write_pdf(url, header.metadata(f"flatfield_summary_{version}"), _model_pages(header, model, stack, statistics, slides))
+    write_pdf(url, header.metadata(f"flatfield_summary_{version}"), _model_pages(header, model, stack, statistics, slides))
 
 
 def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, statistics: list[LayerStatistics], slides: list[dict]) -> Iterator[Figure]:
@@ -237,7 +181,7 @@ def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, 
             fig.text(0.06, top, f"slides ({len(slides)})", fontsize=9, weight="bold", va="top")
             top -= 0.02
         if rows:
-            _table(_table_axes(fig, top), rows, SLIDE_TABLE_HEADER, 6)
+            table(_table_axes(fig, top), rows, SLIDE_TABLE_HEADER, 6)
         yield fig
 
     fig = Figure(figsize=A4)
@@ -257,16 +201,16 @@ def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, 
     table_header, rows = statistics_table(model, statistics)
     ax = fig.add_axes((0.1, 0.05, 0.8, 0.13))
     ax.axis("off")
-    _table(ax, rows, table_header, 7, row_in=0.2)
+    table(ax, rows, table_header, 7, row_in=0.2)
     yield fig
 
     rows = layer_table_rows(statistics)
-    for page, page_rows in enumerate(_pages_of(rows, LAYER_TABLE_ROWS)):
+    for page, page_rows in enumerate(pages_of(rows, LAYER_TABLE_ROWS)):
         fig = Figure(figsize=A4)
         if page == 0:
             fig.text(0.06, 0.975, "Statistics of F per layer", fontsize=11, weight="bold", va="top")
             fig.text(0.06, 0.95, f"images = fields stacked; spread = 95th - 5th percentile (p95 - p5); c. = {CENTRAL_LABEL}", fontsize=7, va="top")
-        _table(_table_axes(fig, 0.93), page_rows, LAYER_TABLE_HEADER, 5.5)
+        table(_table_axes(fig, 0.93), page_rows, LAYER_TABLE_HEADER, 5.5)
         yield fig
 
     yield from _layer_pages(model, stack, statistics)
@@ -285,7 +229,7 @@ def _layer_axis(ax: Axes, statistics: Sequence[LayerStatistics], groups: Sequenc
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
     _empty_layers(ax, statistics)
-    _group_separators(ax, groups)
+    group_separators(ax, groups)
 
 
 def _plotted(statistics: Sequence[LayerStatistics], attr: str) -> np.ndarray:
@@ -315,7 +259,7 @@ def _layer_pages(model: Flatfield, stack: MeanImageStack, statistics: Sequence[L
     """One row per layer, ``LAYERS_PER_PAGE`` to a page: F, δF and the mask stack (downsampled a layer at a time)."""
     groups = {r.layer: r.group for r in statistics}
     empty = set(model.empty_layers)
-    for page_layers in _pages_of(range(model.flatfield.shape[0]), LAYERS_PER_PAGE):
+    for page_layers in pages_of(range(model.flatfield.shape[0]), LAYERS_PER_PAGE):
         tiles = []
         for layer in page_layers:
             label = layer_label(layer + 1, groups.get(layer + 1, ""))

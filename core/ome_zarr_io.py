@@ -44,6 +44,12 @@ class Level:
     dtype: np.dtype
     scale: tuple[float, ...]
     translation: tuple[float, ...]
+    shards: tuple[int, ...] | None = None  # zarr v3 sharding: the shard shape (``chunks`` are inside it)
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        """The unit of reading and writing: a shard when sharded (two writers must never share one), else a chunk."""
+        return self.shards or self.chunks
 
 
 @dataclass
@@ -78,12 +84,6 @@ class OmeImage:
     def n_channels(self) -> int:
         return self.size("c")
 
-    def channel_labels(self) -> list[str]:
-        """Channel labels from ``omero`` metadata, or the channel indices as text."""
-        channels = (self.omero or {}).get("channels") or []
-        labels = [str(c.get("label", i)) if isinstance(c, dict) else str(i) for i, c in enumerate(channels)]
-        return labels if len(labels) == self.n_channels else [str(i) for i in range(self.n_channels)]
-
     def level(self, selector: int | str) -> Level:
         """A level by index (``0`` is full resolution) or by dataset path; an error lists those present."""
         text = str(selector).strip()
@@ -116,7 +116,7 @@ def axis_roles(axes: list[dict[str, Any]]) -> tuple[str, ...]:
 def open_group(url: str, mode: str = "r") -> zarr.Group:
     """The zarr group at ``url`` (local path or ``s3://``), v2 or v3 as found."""
     options = storage.storage_options(url) or None
-    return zarr.open_group(storage.normalize(url) if not storage.is_remote(url) else url, mode=mode, storage_options=options)
+    return zarr.open_group(storage.normalize(url), mode=mode, storage_options=options)
 
 
 def _ngff_metadata(url: str, attrs: dict[str, Any], zarr_format: int) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
@@ -200,7 +200,7 @@ def open_image(url: str) -> OmeImage:
     """
     url = storage.normalize(url)
     try:
-        node = zarr.open(url if storage.is_remote(url) else url, mode="r", storage_options=storage.storage_options(url) or None)
+        node = zarr.open(url, mode="r", storage_options=storage.storage_options(url) or None)
     except FileNotFoundError:  # zarr's NodeNotFoundError is one too
         what = "no zarr group or array there" if storage.exists(url) else "it does not exist"
         raise TileError(f"tile {url}: not an OME-Zarr image ({what})") from None
@@ -233,7 +233,8 @@ def open_image(url: str) -> OmeImage:
         if dtype not in SUPPORTED_DTYPES:
             raise TileError(f"tile {url}: unsupported dtype {dtype} in dataset {path!r}; supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)}")
         scale, translation = _transform(url, path, dataset.get("coordinateTransformations"), ndim)
-        levels.append(Level(index, path, tuple(int(s) for s in array.shape), tuple(int(c) for c in array.chunks), dtype, scale, translation))
+        shards = tuple(int(c) for c in array.shards) if getattr(array, "shards", None) else None
+        levels.append(Level(index, path, tuple(int(s) for s in array.shape), tuple(int(c) for c in array.chunks), dtype, scale, translation, shards))
     first = levels[0]
     for level in levels[1:]:
         if level.dtype != first.dtype:
@@ -277,17 +278,31 @@ def create_image_group(url: str, zarr_format: int, attributes: dict[str, Any]) -
     return zarr.create_group(url, zarr_format=zarr_format, attributes=attributes, storage_options=options, overwrite=True)
 
 
-def create_level_array(group: zarr.Group, path: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, axis_names: tuple[str, ...]) -> zarr.Array:
+def create_level_array(
+    group: zarr.Group, path: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, axis_names: tuple[str, ...], shards: tuple[int, ...] | None = None
+) -> zarr.Array:
     """An empty level array: blosc-zstd; ``/``-separated chunk keys for both formats
-    (v2 ``dimension_separator: "/"``, as NGFF 0.4 asks; v3's default ``c/…`` keys) and v3 dimension names."""
+    (v2 ``dimension_separator: "/"``, as NGFF 0.4 asks; v3's default ``c/…`` keys) and v3 dimension
+    names; ``shards`` (v3 only) clamped to the level's shape in whole chunks.
+
+    Every chunk is written, even one that is all zeros: zarr's check for empty chunks is a pass over
+    each chunk (a third of the cost of writing it), and corrected images are rarely empty.
+    """
     zarr_format = int(group.metadata.zarr_format)
     chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
-    kwargs: dict[str, Any] = {"compressors": blosc_zstd(zarr_format), "fill_value": 0}
+    kwargs: dict[str, Any] = {"compressors": blosc_zstd(zarr_format), "fill_value": 0, "config": {"write_empty_chunks": True}}
     if zarr_format == 2:
         kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
         kwargs["dimension_names"] = list(axis_names)
+        if shards:
+            kwargs["shards"] = shard_shape(shape, chunks, shards)
     return group.create_array(path, shape=shape, chunks=chunks, dtype=dtype, overwrite=True, **kwargs)
+
+
+def shard_shape(shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...]) -> tuple[int, ...]:
+    """``shards`` no larger than needed to cover ``shape``, in whole chunks (a shard is a multiple of the chunk)."""
+    return tuple(min(s, -(-n // c) * c) for n, c, s in zip(shape, chunks, shards))
 
 
 def write_multiscales(

@@ -41,6 +41,7 @@ class SynthTileConfig:
     axes: str = "zyx"
     dtype: str = "uint16"
     chunks: tuple[int, ...] | None = None  # default: 64 planes × 256 × 256 (clamped)
+    shards: tuple[int, ...] | None = None  # zarr v3 only: shard shape along ``axes`` (multiples of the chunks)
     zarr_format: int = 3
     levels: int = 1  # resolution levels of the input itself
     scale: dict[str, float] = field(default_factory=lambda: {"z": 2.0, "y": 0.75, "x": 0.75})
@@ -61,6 +62,8 @@ class SynthTileConfig:
             raise ValueError(f"dtype {self.dtype} is not one of {', '.join(str(d) for d in SUPPORTED_DTYPES)}")
         if self.zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, got {self.zarr_format}")
+        if self.shards is not None and (self.zarr_format != 3 or len(self.shards) != len(self.axes)):
+            raise ValueError(f"shards {self.shards} need zarr format 3 and one entry per axis of {self.axes!r}")
 
     def size(self, axis: str) -> int:
         return self.shape[self.axes.index(axis)] if axis in self.axes else 1
@@ -143,19 +146,26 @@ def write_synthetic_tile(url: str, config: SynthTileConfig, compute=None) -> dic
     compute = compute or dask.compute
     url = storage.normalize(url)
     shape, chunks = config.canonical_shape(), config.canonical_chunks()
+    shards = tuple(dict(zip(config.axes, config.shards)).get(a, 1) for a in CANONICAL) if config.shards else None
+    blocks = shards or chunks  # one Dask block per shard: no two tasks write into the same one
     flatfield = planted_fields(config).astype(np.float32)
     envelope = sample_envelope(config.size("z"), config.quiet_fraction)
-    blocks = da.core.normalize_chunks(chunks, shape)
-    pieces = chunked_constant(flatfield[None, :, None], blocks)
-    level0 = da.map_blocks(_block, da.broadcast_to(pieces, shape, chunks=blocks), config, envelope, dtype=np.dtype(config.dtype), token="synth-tile")
+    grid = da.core.normalize_chunks(blocks, shape)
+    pieces = chunked_constant(flatfield[None, :, None], grid)
+    level0 = da.map_blocks(_block, da.broadcast_to(pieces, shape, chunks=grid), config, envelope, dtype=np.dtype(config.dtype), token="synth-tile")
     scale = tuple(config.scale.get(a, 1.0) for a in CANONICAL)
     translation = tuple(config.translation.get(a, 0.0) for a in CANONICAL)
     plan = plan_pyramid(shape, scale, translation, config.levels)
-    arrays = reduced_levels(level0, plan, chunks)
     keep = tuple(slice(None) if a in config.axes else 0 for a in CANONICAL)
+    own = [j for j, a in enumerate(CANONICAL) if a in config.axes]
     axes = [{"name": a, "type": {"t": "time", "c": "channel"}.get(a, "space"), **({"unit": "micrometer"} if a in "zyx" else {})} for a in config.axes]
     group = create_image_group(url, config.zarr_format, {})
-    targets = [create_level_array(group, str(i), tuple(lv.shape[j] for j, a in enumerate(CANONICAL) if a in config.axes), tuple(c for c, a in zip(chunks, CANONICAL) if a in config.axes), np.dtype(config.dtype), tuple(config.axes)) for i, lv in enumerate(plan)]
+    targets = [
+        create_level_array(group, str(i), tuple(lv.shape[j] for j in own), tuple(chunks[j] for j in own), np.dtype(config.dtype), tuple(config.axes), config.shards)
+        for i, lv in enumerate(plan)
+    ]
+    write_blocks = [tuple(t.shards or t.chunks) for t in targets]
+    arrays = reduced_levels(level0, plan, [_canonical_blocks(b, config.axes) for b in write_blocks])
     with graph_constants_allowed():  # the planted flatfield rides in the graph
         compute(da.store([a[keep] for a in arrays], targets, lock=False, compute=False))
     dims = [i for i, a in enumerate(CANONICAL) if a in config.axes]
@@ -190,6 +200,11 @@ def write_synthetic_tile(url: str, config: SynthTileConfig, compute=None) -> dic
     storage.write_bytes(storage.join(folder, f"{stem}_flatfield.npy"), buffer)
     storage.write_text(storage.join(folder, f"{stem}.json"), json.dumps(truth, indent=2))
     return truth
+
+
+def _canonical_blocks(blocks: tuple[int, ...], axes: str) -> tuple[int, ...]:
+    given = dict(zip(axes, blocks))
+    return tuple(given.get(a, 1) for a in CANONICAL)
 
 
 def _stem(url: str) -> str:

@@ -228,6 +228,40 @@ def applied_test(
     typer.echo(f"illumination variation (std of smoothed mean-relative intensity): {change['mean_std']:+.1f} % whole image, {change['mean_central_std']:+.1f} % central")
 
 
+@app.command("cluster")
+def cluster_command(
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 64GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
+    kind: Optional[str] = typer.Option(None, "--cluster", help="local, kubernetes or tcp://host:port (default: SHADEFLOW_CLUSTER, else local)"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Fix the number of Dask workers"),
+) -> None:
+    """Show the cluster a run would get (for kubernetes the DaskCluster spec as YAML); creates nothing."""
+    from shadeflow.infra.preview import cluster_preview
+
+    try:
+        text, warnings = cluster_preview(memory=memory, cluster=kind, workers=workers)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    typer.echo(text)
+    for warning in warnings:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("serve")
+def serve_command(
+    prefect_file: Optional[str] = typer.Option(None, "--prefect-file", help="prefect.yaml whose deployments to serve (default: shadeflow's own)"),
+    limit: int = typer.Option(1, "--limit", min=0, help="Most flow runs at once (0: no limit); each local run sizes its cluster from the whole machine"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="Serve only this flow/deployment, e.g. meanimage/on-demand (repeatable)"),
+) -> None:
+    """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect server: PREFECT_API_URL)."""
+    _prefect_defaults()
+    from shadeflow.deployments.serve import serve_all
+
+    try:
+        serve_all(prefect_file, limit=limit or None, only=only or None)
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def demo(out: str = typer.Option("demo-output", "--out", help="Folder for the synthetic cohort and all outputs")) -> None:
     """Synthetic cohort → mean images, with a short report on how close they are to the known shading."""

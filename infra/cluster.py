@@ -26,7 +26,7 @@ from shadeflow.infra.sizing import ClusterSize, SettingsError, size_from_setting
 
 KINDS = ("local", "kubernetes")
 DEFAULT_SCHEDULER_PORT = 8786
-#: seconds to wait for an existing scheduler to accept a connection before the run is refused
+#: seconds an existing scheduler has to accept a connection and answer before the run is refused
 CONNECT_TIMEOUT = 5.0
 
 #: the class each kind of cluster is made with (a dotted path or a callable); tests swap in recording classes

@@ -61,6 +61,8 @@ class ClusterSize:
 def parse_size(value: str | int, setting: str, bytes_only: bool = False) -> int:
     """Bytes from ``16GiB``, ``16Gi``, ``500MB`` or a plain integer; a clear error naming ``setting`` otherwise."""
     text = str(value).strip()
+    if not text:  # dask's parse_bytes("") is 1 byte
+        raise SettingsError(f"{setting} is empty: expected {'a whole number of bytes' if bytes_only else 'bytes or a size like 16GiB'}")
     try:
         size = int(text) if bytes_only else parse_bytes(text)
     except (ValueError, TypeError):

@@ -67,20 +67,25 @@ def reduce_tree(
     """Merge results pairwise on the cluster along a fixed binary tree, publishing progress.
 
     The tree is fixed by the order of ``futures`` (not by which finishes first), so floating-point
-    merges give bit-identical results run after run; merges start as soon as both inputs exist, so
-    memory stays at a few partial results. The first failure is raised: without ``on_error`` the other
+    merges give bit-identical results run after run; merges start as soon as both inputs exist and
+    only pending futures are referenced, so memory stays at a few partial results. ``futures`` is
+    emptied: the caller must not hold the leaves either. The first failure is raised: without ``on_error`` the other
     work is cancelled; with it, ``on_error`` is called (e.g. to tell running tasks to stop) and the
     rest is waited for, so nothing still writes when this returns.
     """
     level = list(futures)
+    futures.clear()  # the tree owns the leaves now: a finished, merged input must not stay referenced
     if not level:
         raise ValueError("nothing to reduce")
-    every = list(level)
+    pending = set(level)
+    depth = 0
     while len(level) > 1:
-        merged = [client.submit(combine, level[i], level[i + 1], pure=False) for i in range(0, len(level) - 1, 2)]
+        depth += 1
+        # merges outrank new leaves: a worker merges what is ready before loading more partial results
+        merged = [client.submit(combine, level[i], level[i + 1], pure=False, priority=100 + depth) for i in range(0, len(level) - 1, 2)]
         level = merged + level[len(merged) * 2 :]
-        every += merged
-    pending = set(every)
+        pending.update(merged)
+    final = level.pop()
     while pending:
         try:
             done, still = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
@@ -100,7 +105,7 @@ def reduce_tree(
             progress.publish()
     if progress is not None:
         progress.publish(force=True)
-    return level[0].result()
+    return final.result()
 
 
 def scatter(client: Client, value: Any) -> Future:

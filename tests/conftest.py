@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -124,13 +125,13 @@ def meanimage_cohort(tmp_path_factory):
     return {"root": str(root), "urls": urls, "config": config}
 
 
-def snapshot(folder) -> dict[str, bytes]:
-    """Every file below ``folder`` with its bytes (to prove inputs are unchanged)."""
+def tree(folder) -> dict[str, str]:
+    """Every file below ``folder`` (hidden ones included) → sha256 of its bytes: proves inputs unchanged."""
     folder = str(folder)
     out = {}
     for dirpath, _, files in os.walk(folder):
         for name in files:
             path = os.path.join(dirpath, name)
             with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = handle.read()
+                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
     return out

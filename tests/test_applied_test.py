@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import snapshot
+from conftest import tree
 
 from shadeflow.core import astropath_io
 from shadeflow.core.applied_test import correct_mean_image, split_fields
@@ -124,10 +124,10 @@ def test_corrected_mean_image_is_the_mean_divided_by_the_flatfield(tested):
 
 
 def test_existing_complete_output_is_refused(tested):
-    before = snapshot(tested["out"])
+    before = tree(tested["out"])
     with pytest.raises(FileExistsError, match="already holds a complete applied test"):
         run(roots=[tested["root"]], out=tested["out"], seed=3)
-    assert snapshot(tested["out"]) == before
+    assert tree(tested["out"]) == before
 
 
 def test_no_matching_slides_writes_nothing(tested, tmp_path):
@@ -142,11 +142,11 @@ def test_slide_without_meanimage_output_is_named(tested, tmp_path):
 
     root = tmp_path / "raw"
     write_cohort(str(root), SynthConfig(slides=1, fields=12, shape=(64, 80, 5), seed=2, project=4))
-    before = snapshot(root)
+    before = tree(root)
     out = tmp_path / "out"
     with pytest.raises(ModelError, match=r"slide SYN4_1: no meanimage output"):
         run(roots=[str(root)], out=str(out))
-    assert not out.exists() and snapshot(root) == before
+    assert not out.exists() and tree(root) == before
 
 
 def test_artifacts_hold_metrics_and_images(tested):

@@ -8,13 +8,13 @@ ephemeral server, as a user would.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+from conftest import tree
 from typer.testing import CliRunner
 
 from shadeflow.flows.cli import app
@@ -22,14 +22,6 @@ from shadeflow.flows.cli import app
 HEAVY_MODULES = ("prefect", "prefect_dask", "dask", "distributed", "numpy", "zarr", "matplotlib", "scipy")
 
 
-def tree(folder) -> dict[str, str]:
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            path = os.path.join(d, f)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -6,13 +6,12 @@ import json
 import os
 
 import pytest
+from conftest import tree
 
 from shadeflow.core import storage
 from shadeflow.core.outputs import MANIFEST, StagedOutput, is_complete, read_manifest, shadeflow_version
 
 
-def _tree(folder) -> dict[str, bytes]:
-    return {os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read() for d, _, files in os.walk(folder) for f in files}
 
 
 def test_files_are_staged_in_a_hidden_folder_until_commit(tmp_path):
@@ -51,7 +50,7 @@ def test_exception_removes_staging_and_keeps_previous_output(tmp_path):
     with StagedOutput(str(final)) as out:
         storage.write_text(out.url("result.txt"), "first")
         out.commit("test", {}, [])
-    before = _tree(final)
+    before = tree(final)
 
     with pytest.raises(RuntimeError, match="boom"):
         with StagedOutput(str(final)) as out:
@@ -59,7 +58,7 @@ def test_exception_removes_staging_and_keeps_previous_output(tmp_path):
             staging = out.staging
             raise RuntimeError("boom")
     assert not os.path.exists(staging)
-    assert _tree(final) == before
+    assert tree(final) == before
     assert sorted(os.listdir(tmp_path)) == ["out"]
     assert is_complete(str(final))
 

@@ -133,7 +133,8 @@ def test_formats_axes_dtypes(tmp_path, zarr_format, axes, shape, chunks, dtype, 
         np.testing.assert_allclose(l1.astype(np.float64), expected.astype(np.float64), rtol=1e-6, atol=0 if dtype != "float32" else 1e-3)
 
     # the completion marker comes with the provenance
-    marker = json.load(open(os.path.join(out, "shadeflow.json")))
+    with open(os.path.join(out, "shadeflow.json")) as handle:
+        marker = json.load(handle)
     assert marker["kind"] == "corrected-tile" and marker["inputs"] == [tile]
     assert provenance["status"] == "complete" and provenance["source"]["url"] == tile
     assert provenance["flatfield"]["kind"] == "file" and provenance["parameters"]["levels"] == 3
@@ -342,3 +343,21 @@ def test_background_fallback_is_logged_and_recorded(tmp_path):
     channel = attrs(report.output)["shadeflow"]["background"]["channels"][0]
     assert channel["fallback"] and channel["planes"] == channel["candidates"]
     assert any("fell back" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("zarr_format", [3, 2])
+def test_sharded_input(tmp_path, zarr_format):
+    """A sharded zarr v3 tile (as ExASPIM writes them): read and written shard by shard, the output
+    sharded like the input (or plain chunks when converted to zarr v2)."""
+    tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 96), chunks=(4, 16, 32), shards=(8, 32, 96))
+    assert zarr.open_array(os.path.join(tile, "0"), mode="r").shards == (8, 32, 96)
+    plan, report = correct(tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="100", levels=3, zarr_format=zarr_format)
+    assert plan.n_blocks == 2 * 2 * 1
+    out0 = zarr.open_array(os.path.join(report.output, "0"), mode="r")
+    assert out0.chunks == (4, 16, 32) and out0.shards == ((8, 32, 96) if zarr_format == 3 else None)
+    if zarr_format == 3:
+        assert zarr.open_array(os.path.join(report.output, "2"), mode="r").shards == (8, 16, 24)  # 8×16×24 level: clamped
+    x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
+    ff = normalised(np.load(truth["flatfield"]))[0]
+    np.testing.assert_array_equal(out0[...], reference(x, 100.0, ff, "uint16"))
+    assert len(list(Reader(parse_url(report.output))())[0].data) == 3

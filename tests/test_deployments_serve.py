@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from dask.utils import format_bytes, parse_bytes
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.sorting import FlowRunSort
 
 from prefect_processes import child_env, prefect_server, started, sync_client, tail, wait_for
 from shadeflow.core import astropath_io
@@ -139,9 +141,6 @@ def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged,
     model = read_model(store, "nightly-test")
     h, w, layers = json.loads(Path(slides[0], "slide.json").read_text())["shape"]
     assert model.flatfield.shape == (layers, h, w)
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-    from prefect.client.schemas.sorting import FlowRunSort
-
     with sync_client(server) as client:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])), sort=FlowRunSort.START_TIME_ASC)
         names = [client.read_flow(child.flow_id).name for child in children]
@@ -170,8 +169,6 @@ def test_a_short_interval_schedule_creates_and_completes_a_run(server, tmp_path)
             }
         )
     )
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
-
     with serving(server, prefect_file, tmp_path / "serve") as log:
         with sync_client(server) as client:
             deployment = client.read_deployment_by_name("meanimage/every-10s")

@@ -9,7 +9,6 @@ slide — and that every input file is byte-identical to before the run.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -18,6 +17,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import tree
 import tifffile
 
 from shadeflow.core.synth import SynthConfig, write_cohort
@@ -34,15 +34,6 @@ def run_flow(slides: list[str]):
     return meanimage.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=MeanImageParameters(slides=slides))
 
 
-def tree(folder) -> dict[str, str]:
-    """Every file below ``folder`` (hidden ones included) → sha256 of its bytes."""
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            path = os.path.join(d, f)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 class SlideCopy:

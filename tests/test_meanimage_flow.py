@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import statistics
 
 import numpy as np
 import pytest
+from conftest import tree
 from scipy import ndimage as ndi
 
 import shadeflow
@@ -44,15 +44,6 @@ def run_flow(slides: list[str], return_state: bool = False, **options):
     return flow(params=MeanImageParameters(slides=slides, **options), return_state=return_state)
 
 
-def tree(folder) -> dict[str, str]:
-    """Every file below ``folder`` (hidden ones included) → sha256 of its bytes."""
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            path = os.path.join(d, f)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 def leftovers(slide_dir) -> list[str]:

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import snapshot, write_mean_images
+from conftest import tree, write_mean_images
 from typer.testing import CliRunner
 
 from shadeflow.core import model_store
@@ -102,10 +102,10 @@ def test_model_list_shows_versions_with_slide_counts(built):
 
 
 def test_existing_version_is_refused_and_the_store_is_untouched(built):
-    before = snapshot(built["store"])
+    before = tree(built["store"])
     with pytest.raises(ModelError, match=r"'v1' already exists.*--overwrite"):
         build(version="v1", models_csv=built["csv"], roots=[built["root"]])
-    assert snapshot(built["store"]) == before
+    assert tree(built["store"]) == before
 
 
 def test_overwrite_replaces_a_version(built, tmp_path):
@@ -166,11 +166,11 @@ def meanimage_only_copy(cohort, slide_id: str, root) -> str:
 
 def expect_refused(tmp_path, inputs: list, match: str, **params) -> None:
     store = tmp_path / "store"
-    before = {str(i): snapshot(i) for i in inputs}
+    before = {str(i): tree(i) for i in inputs}
     with pytest.raises(ModelError, match=match):
         build(store=str(store), **params)
     assert not store.exists() or os.listdir(store) == [] or not (store / "flatfield").exists()
-    assert {str(i): snapshot(i) for i in inputs} == before
+    assert {str(i): tree(i) for i in inputs} == before
 
 
 def test_missing_models_csv(built, tmp_path):

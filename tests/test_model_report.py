@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from shadeflow.core import meanimage_report, model_report, storage
+from shadeflow.core import meanimage_report, model_report, report_pages, storage
 from shadeflow.core.cohort import find_slides, load_stack
 from shadeflow.core.flatfield import build_flatfield
 from shadeflow.core.illumination import central
@@ -39,8 +39,8 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 def expected_pages(n_layers: int, n_slides: int) -> int:
     """Slide table pages, the variation page, per-layer table pages, and one image page per LAYERS_PER_PAGE layers."""
-    slide_pages = 1 + math.ceil(max(0, n_slides - model_report.FIRST_PAGE_ROWS) / model_report.PAGE_ROWS)
-    return slide_pages + 1 + math.ceil(n_layers / model_report.LAYER_TABLE_ROWS) + math.ceil(n_layers / meanimage_report.LAYERS_PER_PAGE)
+    slide_pages = 1 + math.ceil(max(0, n_slides - report_pages.FIRST_PAGE_ROWS) / report_pages.PAGE_ROWS)
+    return slide_pages + 1 + math.ceil(n_layers / model_report.LAYER_TABLE_ROWS) + math.ceil(n_layers / report_pages.LAYERS_PER_PAGE)
 
 
 def make_mean_images(root) -> str:
@@ -107,7 +107,7 @@ def test_page_count_follows_layers_and_slides(model, tmp_path):
     n_layers = model["flatfield"].flatfield.shape[0]
     assert n_pages(model["pdf"]) == expected_pages(n_layers, 2) == 1 + 1 + 1 + math.ceil(n_layers / 5)
     # a cohort whose slide table overflows the first page gets continuation pages
-    many = [dict(model["slides"][0], slide_id=f"S{i}") for i in range(model_report.FIRST_PAGE_ROWS + 5)]
+    many = [dict(model["slides"][0], slide_id=f"S{i}") for i in range(report_pages.FIRST_PAGE_ROWS + 5)]
     url = str(tmp_path / "many.pdf")
     model_report.write_model_summary(url, VERSION, model["flatfield"], model["stack"], model["statistics"], many, {})
     assert n_pages(storage.read_bytes(url)) == expected_pages(n_layers, len(many)) == n_pages(model["pdf"]) + 1
