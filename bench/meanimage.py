@@ -95,18 +95,22 @@ def main() -> None:
     print(f"slide: {n} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk) of {VECTRA[0]}×{VECTRA[1]}×{VECTRA[2]} uint16")
     print(f"cluster: {size.describe()} (memory from {source}); mask grid binning {plan.grid.binning}")
     with LocalCluster(**local_cluster_kwargs(size)) as cluster, Client(cluster) as client:
-        read_and_sum(client, slide)  # warm the page cache so both measurements read from memory
-        mask_dir = tempfile.mkdtemp(prefix="shadeflow-bench-masks-")
-        try:
-            t_thresholds, t_stack = full_masking(client, plan, mask_dir)
-        finally:
-            shutil.rmtree(mask_dir, ignore_errors=True)
+        read_and_sum(client, slide)  # warm the page cache so every measurement reads from memory
+        passes = []
+        for _ in range(2):  # the first pass also pays one-off costs (fresh buffers, first page faults)
+            mask_dir = tempfile.mkdtemp(prefix="shadeflow-bench-masks-")
+            try:
+                passes.append(full_masking(client, plan, mask_dir))
+            finally:
+                shutil.rmtree(mask_dir, ignore_errors=True)
         t_plain = read_and_sum(client, slide)
-    t_full = t_thresholds + t_stack
-    full_rate, plain_rate = n / t_full, n / t_plain
-    print(f"full masking : {full_rate:6.2f} fields/s  ({t_full:.1f} s: thresholds {t_thresholds:.1f} s on {len(plan.edge_fields)} edge fields, masks+stack {t_stack:.1f} s on {n})")
-    print(f"read-and-sum : {plain_rate:6.2f} fields/s  ({t_plain:.1f} s)")
-    print(f"ratio        : {full_rate / plain_rate:6.3f}  (full masking ÷ read-and-sum; target ≥ 2 fields/s with full masking)")
+    plain_rate = n / t_plain
+    for label, (t_thresholds, t_stack) in zip(("first pass", "second pass"), passes):
+        t_full = t_thresholds + t_stack
+        print(f"full masking, {label:11s}: {n / t_full:5.2f} fields/s  ({t_full:.1f} s: thresholds {t_thresholds:.1f} s on {len(plan.edge_fields)} edge fields, masks+stack {t_stack:.1f} s on {n})")
+    print(f"read-and-sum             : {plain_rate:5.2f} fields/s  ({t_plain:.1f} s)")
+    best = n / min(sum(p) for p in passes)
+    print(f"ratio                    : {best / plain_rate:5.3f}  (best full-masking pass ÷ read-and-sum; target ≥ 2 fields/s with full masking)")
     print(f"peak RSS     : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

@@ -266,12 +266,12 @@ def model_flatfield(store: str, version: str, shape: tuple[int, int], n_channels
     return Flatfield(fields.astype(np.float32), "model", summary, details, notes)
 
 
-def read_field_file(url: str) -> np.ndarray:
-    """A flatfield file as an array: TIFF (``.tif``/``.tiff``), NumPy ``.npy``, or zarr (an array,
-    or a group holding an OME-Zarr image, a ``flatfield`` array or exactly one array)."""
+def read_field_file(url: str, what: str = "flatfield file") -> np.ndarray:
+    """A flatfield (or darkfield) file as an array: TIFF (``.tif``/``.tiff``), NumPy ``.npy``, or
+    zarr (an array, or a group holding an OME-Zarr image, a ``flatfield`` array or exactly one array)."""
     name = storage.basename(url).lower()
     if not storage.exists(url):
-        raise FlatfieldError(f"flatfield file {url} does not exist")
+        raise FlatfieldError(f"{what} {url} does not exist")
     try:
         if name.endswith(".npy"):
             return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
@@ -283,7 +283,7 @@ def read_field_file(url: str) -> np.ndarray:
     except FlatfieldError:
         raise
     except Exception as exc:
-        raise FlatfieldError(f"flatfield file {url} cannot be read as TIFF, .npy or zarr ({type(exc).__name__}: {exc})") from None
+        raise FlatfieldError(f"{what} {url} cannot be read as TIFF, .npy or zarr ({type(exc).__name__}: {exc})") from None
 
 
 def _read_zarr_field(url: str) -> np.ndarray:
@@ -301,14 +301,17 @@ def _read_zarr_field(url: str) -> np.ndarray:
         return arrays["flatfield"][...]
     if len(arrays) == 1:
         return next(iter(arrays.values()))[...]
-    raise FlatfieldError(f"flatfield file {url}: a zarr group with {len(arrays)} arrays and no 'flatfield' array or OME-Zarr image; point at the array")
+    raise FlatfieldError(f"{url}: a zarr group with {len(arrays)} arrays and no 'flatfield' array or OME-Zarr image; point at the array")
 
 
 def file_flatfield(url: str, shape: tuple[int, int], n_channels: int, repair: bool, tile: str) -> Flatfield:
     """Channel fields from a file (rules in the module description)."""
     url = storage.normalize(url)
-    data = np.asarray(read_field_file(url))
     where = f"tile {tile}: flatfield {url}"
+    try:
+        data = np.asarray(read_field_file(url))
+    except FlatfieldError as exc:
+        raise FlatfieldError(f"tile {tile}: {exc}") from None
     while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim == 2:
@@ -344,8 +347,11 @@ def file_flatfield(url: str, shape: tuple[int, int], n_channels: int, repair: bo
 def darkfield_fields(url: str, shape: tuple[int, int], n_channels: int, tile: str) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """Darkfield images (counts, subtracted as they are) from a file, one per channel."""
     url = storage.normalize(url)
-    data = np.asarray(read_field_file(url), dtype=np.float64)
     where = f"tile {tile}: darkfield {url}"
+    try:
+        data = np.asarray(read_field_file(url, "darkfield file"), dtype=np.float64)
+    except FlatfieldError as exc:
+        raise FlatfieldError(f"tile {tile}: {exc}") from None
     while data.ndim > 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim == 2:
@@ -366,14 +372,16 @@ def darkfield_fields(url: str, shape: tuple[int, int], n_channels: int, tile: st
 
 
 def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bool = False) -> Flatfield:
-    """A simple, robust flatfield from the tile's own planes (a later issue brings the accurate one).
+    """A flatfield from the tile's own planes.
 
     Per channel: up to :data:`ESTIMATE_MAX_PLANES` planes spread evenly over z (and t), block-mean
     reduced to about :data:`ESTIMATE_SIZE` px across, background subtracted; the planes carrying
     sample (mean ≥ half the 90th percentile of plane means and more than 5 standard errors above the
-    background) are each divided by their mean, the
-    per-pixel median taken, smoothed with a Gaussian of σ = 7.5 % of the field (edges replicated),
-    resampled to the tile's size and normalised to mean 1. Only the chunks holding those planes are read.
+    background) go to :func:`shadeflow.core.estimate.estimate_shading` (the robust floor regression of
+    ``shadeflow estimate``, darkfield = the subtracted background). With fewer than 8 such planes,
+    they are each divided by their mean, the per-pixel median taken and smoothed with a Gaussian of
+    σ = 7.5 % of the field (edges replicated). The field is resampled to the tile's size and
+    normalised to mean 1. Only the chunks holding those planes are read.
 
     Raises
     ------
@@ -382,6 +390,8 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
     """
     import dask.array as da
 
+    from shadeflow.core.estimate import estimate_shading
+    from shadeflow.core.estimate_grid import frames_needed
     from shadeflow.core.ome_zarr_io import to_canonical
     from shadeflow.core.smoothing import gaussian_smooth
 
@@ -415,9 +425,12 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
         if not np.any(bright):
             raise FlatfieldError(f"tile {image.url} channel {c}: no plane is brighter than the background; cannot estimate a flatfield (give --model or --flatfield)")
         keep = bright
-        estimate = np.median(low[c][keep] / means[keep, None, None], axis=0)
-        smooth = gaussian_smooth(estimate[None], sigma)[0]
-        smooth = np.clip(smooth, 1e-3 * smooth.mean(), None)
+        if keep.sum() >= frames_needed(False):  # the floor regression of `shadeflow estimate` (issue 6)
+            smooth = estimate_shading(low[c][keep], where=f"tile {image.url} channel {c}").flatfield.astype(np.float64)
+        else:  # too few planes for it: the simple median of mean-normalised planes
+            estimate = np.median(low[c][keep] / means[keep, None, None], axis=0)
+            smooth = gaussian_smooth(estimate[None], sigma)[0]
+            smooth = np.clip(smooth, 1e-3 * smooth.mean(), None)
         full = resample_field(smooth, (n_y, n_x), f"tile {image.url}") if (h, w) != (n_y, n_x) else smooth
         fields.append(full / full.mean())
         used.append(int(keep.sum()))
@@ -426,7 +439,7 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
     fields_arr, counts = checked(np.stack(fields), repair, f"tile {image.url}: estimated flatfield")
     details = {
         "kind": "estimate",
-        "method": "median of mean-normalised planes at reduced resolution, Gaussian-smoothed (simple estimator)",
+        "method": "shadeflow floor regression of the planes with sample at reduced resolution (core.estimate); with fewer than 8 such planes, their median, Gaussian-smoothed",
         "planes_sampled": len(picks),
         "planes_used": used,
         "reduction": factor,

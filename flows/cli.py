@@ -228,6 +228,76 @@ def applied_test(
     typer.echo(f"illumination variation (std of smoothed mean-relative intensity): {change['mean_std']:+.1f} % whole image, {change['mean_central_std']:+.1f} % central")
 
 
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.replace("×", ",").replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        _fail(f"{option} {text!r} is not comma-separated whole numbers (e.g. 64,256,256)")
+
+
+@synth_app.command("tile")
+def synth_tile(
+    out: str = typer.Option(..., "--out", help="Folder (or s3:// URL) to write the tile into"),
+    name: str = typer.Option("tile.ome.zarr", "--name", help="The tile's folder name"),
+    shape: str = typer.Option("64,256,256", "--shape", help="Shape along --axes, e.g. 128,1024,1024"),
+    axes: str = typer.Option("zyx", "--axes", help="Axes: a subsequence of tczyx ending in yx"),
+    dtype: str = typer.Option("uint16", "--dtype", help="uint8, uint16 or float32"),
+    chunks: Optional[str] = typer.Option(None, "--chunks", help="Chunk shape along --axes (default 64 planes × 256 × 256)"),
+    zarr_format: int = typer.Option(3, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5)"),
+    levels: int = typer.Option(1, "--levels", min=1, help="Resolution levels of the synthetic tile itself"),
+    background: float = typer.Option(100.0, "--background", help="Background offset in counts"),
+    seed: int = typer.Option(0, "--seed", help="Random seed"),
+) -> None:
+    """Write a synthetic OME-Zarr tile with a planted flatfield and background (saved beside it)."""
+    from shadeflow.core.synth_tiles import synth_tile_command
+
+    try:
+        truth = synth_tile_command(out, name, _ints(shape, "--shape"), axes, dtype, _ints(chunks, "--chunks") if chunks else None, zarr_format, levels, background, seed)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {truth['tile']} ({'×'.join(map(str, truth['config']['shape']))} {axes} {dtype}, zarr v{zarr_format})")
+    typer.echo(f"planted flatfield: {truth['flatfield']}; background {truth['background']:g} counts; background-only planes: {truth['quiet_planes']}")
+
+
+@app.command()
+def correct(
+    tiles: list[str] = typer.Argument(..., help="OME-Zarr tiles (image folders; local paths or s3:// URLs)"),
+    out: str = typer.Option(..., "--out", help="Folder for the corrected tiles; each goes to <out>/<tile name>"),
+    model: Optional[str] = typer.Option(None, "--model", help="Flatfield model version to apply (needs --store)"),
+    store: Optional[str] = typer.Option(None, "--store", help="Model store holding --model"),
+    layer: Optional[int] = typer.Option(None, "--layer", min=1, help="Model layer (1-based) for every channel"),
+    channel_map: Optional[str] = typer.Option(None, "--channel-map", help="Model layer per channel, e.g. 0=5,1=12 or 0=dapi,1=fitc"),
+    flatfield: Optional[str] = typer.Option(None, "--flatfield", help="Flatfield file instead of a model: TIFF, .npy or zarr"),
+    method: Optional[str] = typer.Option(None, "--method", help="'estimate': estimate the flatfield from each tile"),
+    background: Optional[str] = typer.Option(None, "--background", help="estimate (default), none, a value, or one value per channel (100,120)"),
+    darkfield: Optional[str] = typer.Option(None, "--darkfield", help="Darkfield image(s) to subtract instead of --background"),
+    level: str = typer.Option("0", "--level", help="Input resolution level to correct (index or dataset path)"),
+    levels: int = typer.Option(4, "--levels", min=1, help="Pyramid levels to write"),
+    zarr_format: Optional[int] = typer.Option(None, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5); default: as the input"),
+    repair_flatfield: bool = typer.Option(False, "--repair-flatfield", help="Replace zero/negative/non-finite flatfield pixels by their neighbourhood"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace complete outputs made with other parameters"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
+) -> None:
+    """Flatfield-correct OME-Zarr tiles chunk by chunk and write them with a multiscale pyramid."""
+    _prefect_defaults()
+    from shadeflow.flows.correct import TilesFailed, correct_command
+
+    try:
+        reports = correct_command(
+            tiles, out, model=model, store=store, layer=layer, channel_map=channel_map, flatfield=flatfield, method=method,
+            background=background, darkfield=darkfield, level=level, levels=levels, zarr_format=zarr_format,
+            repair_flatfield=repair_flatfield, overwrite=overwrite, memory=memory, workers=workers,
+        )
+    except TilesFailed as exc:
+        _fail(str(exc), code=1)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    for r in reports:
+        timing = f", {r['seconds']:g} s, {r['mb_per_s']:g} MB/s" if r["status"] == "written" else ""
+        typer.echo(f"{r['tile']}: {r['status']} → {r['output']} (flatfield {r['flatfield']}; background {r['background']}{timing})")
+
+
 @app.command("cluster")
 def cluster_command(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 64GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),

@@ -5,7 +5,6 @@ The references here are written from the issue's formula and the NGFF spec, not 
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import numpy as np
@@ -20,17 +19,6 @@ def make_tile(folder, name: str = "tile.ome.zarr", **overrides) -> tuple[str, di
     config = SynthTileConfig(**{**SMALL, **overrides})
     url = os.path.join(str(folder), name) if "://" not in str(folder) else f"{str(folder).rstrip('/')}/{name}"
     return url, write_synthetic_tile(url, config)
-
-
-def tree(folder) -> dict[str, str]:
-    """Every file below ``folder`` (hidden ones included) → sha256 of its bytes."""
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            path = os.path.join(d, f)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
-    return out
 
 
 def reference(x: np.ndarray, background, flatfield: np.ndarray, dtype) -> np.ndarray:

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from correct_support import make_model, make_tile, tree
+from conftest import tree
+from correct_support import make_model, make_tile
 from shadeflow.flows.correct import CorrectParameters, TilesFailed, correct
 from shadeflow.infra.cluster import task_runner
 
@@ -170,3 +171,11 @@ def test_a_bad_tile_stops_the_run_before_any_tile_is_written(case):
     with pytest.raises(Exception, match="same name"):
         run_flow(tiles=[case["tile"], str(case["tmp"] / "elsewhere" / "tile.ome.zarr")], out=case["out"], flatfield=case["flatfield"], background="100")
     assert not os.path.exists(case["out"])
+
+
+def test_missing_flatfield_or_darkfield_file(case):
+    fails(case, r"tile .*tile.ome.zarr: flatfield file .*nope.npy does not exist", flatfield=str(case["in"] / "nope.npy"))
+    fails(case, r"tile .*tile.ome.zarr: darkfield file .*dark.tif does not exist", background="estimate", darkfield=str(case["in"] / "dark.tif"))
+    garbage = case["in"] / "garbage.tif"
+    garbage.write_bytes(b"not a tiff")
+    fails(case, r"flatfield file .*garbage.tif cannot be read as TIFF, .npy or zarr", flatfield=str(garbage))

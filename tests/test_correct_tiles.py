@@ -17,7 +17,8 @@ import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from correct_support import make_model, make_tile, reference, smoothed_mean_plane_rms, tree
+from conftest import tree
+from correct_support import make_model, make_tile, reference, smoothed_mean_plane_rms
 from shadeflow.core.corrected_tile import CorrectRequest, TileError, plan_tile, run_tile
 from shadeflow.core.synth import planted_flatfield
 from shadeflow.core.synth_tiles import read_truth

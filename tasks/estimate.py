@@ -1,0 +1,148 @@
+"""Prefect tasks of the estimate job: plan the inputs, estimate one channel, write the outputs, publish a table.
+
+One Prefect task per channel (a unit a person wants to see and retry); reading and reducing its
+frames is a Dask graph on the flow run's cluster, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from shadeflow.core.estimate import EstimateSettings, ShadingEstimate
+from shadeflow.core.estimate_inputs import ImageStack, open_images
+from shadeflow.tasks.dask_work import cluster_client
+from shadeflow.tasks.progress import Progress, artifact_key
+
+TABLE_KEY = "estimate-summary"
+
+
+@dataclass
+class EstimatePlan:
+    """What a run will do: the validated stack, the settings, and what happens to the output."""
+
+    stack: ImageStack
+    settings: EstimateSettings
+    out: str
+    action: str  # "write", "replace", "skip"
+    recorded: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+@task(name="plan-estimate", cache_policy=NO_CACHE)
+def plan_estimate(images: list[str], out: str, channels: int, component: str | None, settings: EstimateSettings, recorded: dict[str, Any], overwrite: bool) -> EstimatePlan:
+    """Open and check the inputs (headers only) and the output location; nothing is written or read in bulk."""
+    from shadeflow.core import storage
+    from shadeflow.core.estimate_grid import EstimateError, frames_needed, grid_layout
+    from shadeflow.core.estimate_outputs import output_state
+
+    stack = open_images(images, channels, component)
+    need = frames_needed(settings.darkfield)
+    if stack.n_frames < need:
+        raise EstimateError(f"{', '.join(stack.inputs)}: {stack.n_frames} image{'s' if stack.n_frames != 1 else ''}; the estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}")
+    grid_layout(stack.shape, settings.grid)  # too small an image fails here
+    action = output_state(out, recorded, stack.inputs, overwrite)
+    logger = get_run_logger()
+    logger.info("estimate: %s → %s (%s)", stack.describe(), storage.normalize(out), action)
+    for note in stack.notes:
+        logger.info("%s", note)
+    return EstimatePlan(stack, settings, storage.normalize(out), action, recorded, list(stack.notes))
+
+
+def _frames_done(topic: str, n: int) -> None:
+    from distributed import get_worker
+
+    get_worker().log_event(topic, int(n))
+
+
+def _computer(client, progress: Progress):
+    """``compute(*collections)`` on the cluster, publishing progress while it waits."""
+    from distributed import wait
+
+    def compute(*collections):
+        futures = client.compute(list(collections))
+        while True:
+            try:
+                wait(futures, timeout=1.0)
+                break
+            except TimeoutError:
+                progress.publish()
+        progress.publish()
+        return client.gather(futures)
+
+    return compute
+
+
+@task(name="estimate-channel", task_run_name="estimate-channel[{channel}]", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
+    """Flatfield (and darkfield) of one channel: its frames reduced chunk by chunk on the cluster, then the robust fit."""
+    from shadeflow.core.estimate_dask import estimate_shading_dask
+
+    stack, settings = plan.stack, plan.settings
+    n = stack.n_frames
+    reads = min(n, settings.max_frames) + (n if n > settings.max_frames else 0)
+    name = stack.channel_names[channel]
+    progress = Progress(f"{name} frames", reads, key=artifact_key("estimate", name))
+    known = None if settings.darkfield else stack.known_darkfield
+    with cluster_client() as client:
+        client.subscribe_topic(progress.topic, lambda event: progress.advance(int(event[1])))
+        try:
+            result = estimate_shading_dask(
+                stack.channel(channel),
+                settings.darkfield,
+                known_darkfield=known,
+                settings=settings,
+                compute=_computer(client, progress),
+                report=partial(_frames_done, progress.topic),
+                where=f"{', '.join(stack.inputs)} {name}",
+            )
+        finally:
+            client.unsubscribe_topic(progress.topic)
+    progress.done = progress.total
+    progress.publish(force=True)
+    logger = get_run_logger()
+    summary = result.summary()
+    logger.info("%s: flatfield %.3f–%.3f, darkfield mean %.2f, %d/%d frames used, fit %.2f s", name, summary["flatfield_min"], summary["flatfield_max"], summary["darkfield_mean"], result.frames_used, n, summary["seconds"])
+    for note in result.notes:
+        logger.warning("%s: %s", name, note)
+    return result
+
+
+@task(name="write-estimate", cache_policy=NO_CACHE)
+def write_estimate_task(plan: EstimatePlan, results: list[ShadingEstimate]) -> dict[str, Any]:
+    """flatfield.tiff, darkfield.tiff and estimate.zarr, published together with the manifest last."""
+    from shadeflow.core.estimate_outputs import write_estimate
+
+    extra = {"known_darkfield": plan.stack.known_darkfield if not plan.settings.darkfield else None, "stack": plan.stack.describe(), "files_read": len(plan.stack.files)}
+    manifest = write_estimate(plan.out, results, plan.stack.channel_names, plan.recorded, plan.stack.inputs, extra)
+    get_run_logger().info("estimate written to %s", plan.out)
+    return manifest
+
+
+TABLE_COLUMNS = ("channel", "frames", "used", "rejected", "flatfield min", "flatfield max", "darkfield mean", "baseline median", "noise τ", "seconds")
+
+
+def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[str, Any]]:
+    """One row per channel with the columns of :data:`TABLE_COLUMNS`."""
+    rows = []
+    for name, result in zip(names, results):
+        s = result.summary()
+        rows.append(
+            dict(
+                zip(
+                    TABLE_COLUMNS,
+                    (name, s["frames"], s["used"], s["rejected"], s["flatfield_min"], s["flatfield_max"], s["darkfield_mean"], s["baseline_median"], s["noise_tau"], s["seconds"]),
+                )
+            )
+        )
+    return rows
+
+
+@task(name="publish-estimate-summary")
+def publish_estimate_table(names: list[str], results: list[ShadingEstimate], out: str) -> None:
+    create_table_artifact(table_rows(names, results), key=TABLE_KEY, description=f"Estimated shading per channel → {out}")
