@@ -12,7 +12,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_ENABLED := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench bench-basicpy clean
 
 install: $(STAMP)
 
@@ -29,8 +29,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+BASICPY := bench-output/basicpy-venv
+
+# Every benchmark in turn (figures in BENCHMARKS.md); estimate compares with BaSiCPy when bench-basicpy ran.
 bench: $(STAMP)
 	$(BIN)/python bench/meanimage.py
+	$(BIN)/python bench/model_build.py
+	$(BIN)/python bench/correct.py
+	$(BIN)/python bench/estimate.py
+
+# BaSiCPy, the reference of bench/estimate.py, in its own interpreter: basicpy 2.0.0 needs scipy<1.13,
+# which this project's numpy/scipy pins exclude, so it cannot be an extra of the project itself.
+bench-basicpy: $(BASICPY)/.installed
+
+$(BASICPY)/.installed:
+	$(PYTHON) -m venv $(BASICPY)
+	$(BASICPY)/bin/python -m pip install --quiet torch==2.13.0 basicpy==2.0.0 gradient-free-optimizers==1.8.1
+	touch $@
 
 clean:
 	rm -rf $(VENV) .prefect demo-output .pytest_cache build *.egg-info

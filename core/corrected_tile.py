@@ -378,7 +378,7 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
         raise
     report.status = "written"
     report.seconds = round(seconds, 2)
-    report.mb_per_s = round(math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9), 1)
+    report.mb_per_s = float(f"{math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9):.3g}")  # 3 significant digits: small tiles stay non-zero
     return report
 
 

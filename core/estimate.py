@@ -32,23 +32,33 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from shadeflow.core.estimate_fit import FitSettings, GridModel, _gauge, _terms, block_statistics, fit_grid, frame_baselines, relative_weights, solve_statistics
+from shadeflow.core.estimate_fit import (
+    FitSettings,
+    GridModel,
+    basis_terms,
+    block_statistics,
+    fit_grid,
+    frame_baselines,
+    least_curvature_gauge,
+    relative_weights,
+    solve_statistics,
+)
 from shadeflow.core.estimate_grid import (
     DEFAULT_GRID,
     EstimateError,
     GridLayout,
-    basis_matrix,
     block_means,
     describe_layout,
     evaluate_field,
     frames_needed,
     grid_layout,
+    single_threaded_blas,
 )
 
 METHOD = "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
@@ -90,7 +100,7 @@ class ShadingEstimate:
     darkfield: np.ndarray  # (H, W) float32 (zeros when neither estimated nor given)
     baseline: np.ndarray  # (N,) float64: each frame's background level at unit flatfield; NaN if unused
     frames_used: int
-    frames_rejected: list[int]
+    frames_rejected: list[int]  # frames that did not enter the final fit (outliers, no background visible, no light)
     diagnostics: dict[str, Any]
     settings: EstimateSettings
     notes: list[str] = field(default_factory=list)
@@ -234,10 +244,10 @@ def estimate_shading(
     microscopy. Nat. Methods 12, 404–406 (2015).
     """
     source = MemoryFrames(images, mask, where)
-    return run_estimate(source, _settings(settings, darkfield, known_darkfield), known_darkfield, where)
+    return run_estimate(source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where)
 
 
-def _settings(settings: EstimateSettings | None, darkfield: bool, known_darkfield) -> EstimateSettings:
+def resolve_settings(settings: EstimateSettings | None, darkfield: bool, known_darkfield) -> EstimateSettings:
     from dataclasses import replace
 
     settings = replace(settings or EstimateSettings(), darkfield=bool(darkfield))
@@ -253,7 +263,7 @@ def choose_frames(n: int, max_frames: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n, 7]).choice(n, max_frames, replace=False))
 
 
-def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str = "images", compute: Callable | None = None) -> ShadingEstimate:
+def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str = "images") -> ShadingEstimate:
     """The estimator over any frame source (memory or Dask): checks, robust fit, final pass, fields."""
     started = time.perf_counter()
     need = frames_needed(settings.darkfield)
@@ -267,10 +277,12 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
     fit_frames = choose_frames(source.n, settings.max_frames, settings.seed)
     Y, V = source.grid(fit_frames, layout, saturation, settings.chunk_frames)
     _check_content(Y, V, where)
-    model = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
+    with single_threaded_blas():
+        model = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
     if len(fit_frames) == source.n:  # every frame is on the grid already: the final pass needs no second read
         step = settings.chunk_frames
-        parts = [chunk_statistics(Y[i : i + step], V[i : i + step], model) for i in range(0, source.n, step)]
+        with single_threaded_blas():
+            parts = [chunk_statistics(Y[i : i + step], V[i : i + step], model) for i in range(0, source.n, step)]
     else:
         del Y, V
         parts = source.statistics(model, layout, saturation, settings.chunk_frames)
@@ -279,11 +291,12 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
         stats += part[0]
     baseline = np.concatenate([p[1] for p in parts])
     used = np.concatenate([p[2] for p in parts])
-    model = _final_model(model, stats)
-    flat, dark, scale = _full_fields(model, source.shape, known_darkfield)
+    with single_threaded_blas():
+        model = _final_model(model, stats)
+        flat, dark, scale = _full_fields(model, source.shape, known_darkfield)
     baseline = np.where(used, baseline * scale, np.nan)
     seconds = time.perf_counter() - started
-    rejected = sorted(set(int(fit_frames[i]) for i in model.rejected))
+    rejected = [int(i) for i in np.flatnonzero(~used)]  # outliers, frames with no background or no light
     diagnostics = {
         "method": METHOD,
         "grid": describe_layout(layout),
@@ -329,7 +342,7 @@ def _check_content(Y: np.ndarray, V: np.ndarray, where: str) -> None:
 def _final_model(model: GridModel, stats: np.ndarray) -> GridModel:
     """The least squares over every frame's sufficient statistics, with the gauge fixed again."""
     P = model.basis()
-    d_terms, _ = _terms(model.settings)
+    d_terms, _ = basis_terms(model.settings)
     PD = P[:, d_terms]
     if stats[0].sum() <= 0:
         return model
@@ -342,7 +355,7 @@ def _final_model(model: GridModel, stats: np.ndarray) -> GridModel:
     model.s_coef = s_coef
     if model.settings.darkfield:
         D = PD @ d_fit
-        c = _gauge(S / mean, D, model.layout)
+        c = least_curvature_gauge(S / mean, D, model.layout)
         d_coef = np.zeros(P.shape[1])
         d_coef[d_terms] = d_fit
         model.d_coef = d_coef + c * s_coef

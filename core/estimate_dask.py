@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shadeflow.core.estimate import EstimateSettings, ShadingEstimate, _settings, check_mask, chunk_statistics, run_estimate
+from shadeflow.core.estimate import EstimateSettings, ShadingEstimate, check_mask, chunk_statistics, resolve_settings, run_estimate
 from shadeflow.core.estimate_grid import EstimateError, GridLayout, block_means
 
 
@@ -112,4 +112,4 @@ def estimate_shading_dask(
 ) -> ShadingEstimate:
     """:func:`~shadeflow.core.estimate.estimate_shading` of an (N, H, W) Dask array (module description)."""
     source = DaskFrames(array, mask, compute, report, where)
-    return run_estimate(source, _settings(settings, darkfield, known_darkfield), known_darkfield, where)
+    return run_estimate(source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where)

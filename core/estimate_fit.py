@@ -120,7 +120,7 @@ def lower_scale(x: np.ndarray, keep: np.ndarray) -> float:
     return 1.4826 * float(np.median(values))
 
 
-def _terms(settings: FitSettings) -> tuple[list[int], list[int]]:
+def basis_terms(settings: FitSettings) -> tuple[list[int], list[int]]:
     pairs = degree_pairs(settings.degree)
     darkfield = [t for t, (i, j) in enumerate(pairs) if i + j <= settings.darkfield_degree]
     trend = [t for t, (i, j) in enumerate(pairs) if i + j <= 2]
@@ -131,25 +131,34 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
     """Fit S (and D) to block means ``Y`` (N, G) with validity ``V`` (module description)."""
     n_frames, _ = Y.shape
     P = basis_matrix(*layout.centres(), settings.degree)
-    d_terms, trend_terms = _terms(settings)
+    d_terms, trend_terms = basis_terms(settings)
     PD, Q = P[:, d_terms], P[:, trend_terms]
     fixed = np.zeros(Y.shape[1]) if known_darkfield is None else np.asarray(known_darkfield, np.float64)
     valid = V > 0
     notes: list[str] = []
 
     # 1. start: multiplicative low quantiles (invalid blocks never count as the floor)
-    X = np.where(valid, Y - fixed, np.inf)
+    # (on every other block in y and x when the grid is large: a start needs no more)
+    step = 2 if min(layout.ny, layout.nx) >= 32 else 1
+    sub = (np.arange(layout.ny)[::step, None] * layout.nx + np.arange(layout.nx)[None, ::step]).ravel()
+    X = np.where(valid[:, sub], Y[:, sub] - fixed[sub], np.inf)
     p = max(START_QUANTILE, 2.0 / n_frames)
-    S = np.ones(Y.shape[1])
+    coef = None
+    S_sub = np.ones(sub.size)
     live = np.ones(n_frames, bool)
     for _ in range(3):
-        B = low_quantile(X / S, p, axis=1)
+        B = low_quantile(X / S_sub, p, axis=1)
         live = np.isfinite(B) & (B > 0)
         if live.sum() < 2:
             break
         q = low_quantile(X[live] / B[live, None], p, axis=0)
-        S = _robust_surface(P, q)
-        S = S / S.mean()
+        coef = _robust_surface(P[sub], q)
+        S_sub = P[sub] @ coef
+        S_sub = S_sub / S_sub.mean()
+    S = np.ones(Y.shape[1]) if coef is None else P @ coef
+    S = S / S.mean()
+    B = low_quantile(np.where(valid, Y - fixed, np.inf) / S, p, axis=1) if coef is not None else B
+    live = np.isfinite(B) & (B > 0)
     if live.sum() < 2:
         raise _no_signal(live.sum(), n_frames)
     if not np.all(S > 0):
@@ -192,7 +201,7 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
             S, s_coef = S / mean, s_coef / mean
             if settings.darkfield:
                 D_fit = PD @ d_fit
-                c = _gauge(S, D_fit, layout)
+                c = least_curvature_gauge(S, D_fit, layout)
                 d_coef = np.zeros(P.shape[1])
                 d_coef[d_terms] = d_fit
                 d_coef = d_coef + c * s_coef
@@ -239,12 +248,14 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
 
 
 def _robust_surface(P: np.ndarray, values: np.ndarray, iterations: int = 4) -> np.ndarray:
-    """The basis fitted to per-block values with biweights on the relative residual: a block that is
-    never background (a persistent artefact) must not bend the start."""
+    """Coefficients of the basis fitted to per-block values with biweights on the relative residual: a
+    block that is never background (a persistent artefact) must not bend the start."""
     ok = np.isfinite(values)
-    w = ok.astype(np.float64)
     v = np.where(ok, values, 0.0)
-    fit = np.zeros_like(v)
+    typical = float(np.median(v[ok])) if ok.any() else 0.0
+    # start without blocks far from the typical level (vignetting stays within a few-fold of it)
+    w = (ok & (v < 2.5 * typical) & (v > 0.2 * typical)).astype(np.float64) if typical > 0 else ok.astype(np.float64)
+    coef = np.zeros(P.shape[1])
     for _ in range(iterations):
         coef = np.linalg.lstsq(P * w[:, None], v * w, rcond=None)[0]
         fit = P @ coef
@@ -253,7 +264,7 @@ def _robust_surface(P: np.ndarray, values: np.ndarray, iterations: int = 4) -> n
         spread = 1.4826 * float(np.median(np.abs(r[ok]))) or 1e-6
         w = biweight(r / (4.685 * spread)) * ok
         w = np.sqrt(w)  # lstsq on √w-scaled rows is weighted least squares with weights w
-    return fit
+    return coef
 
 
 def _extrapolate(last: list[np.ndarray], max_step: float = 3.0) -> np.ndarray:
@@ -344,7 +355,7 @@ def solve_statistics(stats: np.ndarray, P: np.ndarray, PD: np.ndarray, darkfield
     return solution[: P.shape[1]], solution[P.shape[1] :]
 
 
-def _gauge(S: np.ndarray, D: np.ndarray, layout: GridLayout) -> float:
+def least_curvature_gauge(S: np.ndarray, D: np.ndarray, layout: GridLayout) -> float:
     """The c that gives D + c·S the least curvature (or, for a flat S, the least variance)."""
     lap_s, lap_d = laplacian(S, layout), laplacian(D, layout)
     curvature = float(lap_s @ lap_s)

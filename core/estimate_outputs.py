@@ -50,8 +50,10 @@ def output_state(out: str, parameters: dict[str, Any], inputs: list[str], overwr
             return "replace"
         raise FileExistsError(f"output {out} exists and is complete (made {manifest.get('created', '?')} with other parameters or inputs); rerun with --overwrite to replace it")
     fs, path = storage.filesystem(out)
-    if fs.exists(path) and fs.isdir(path) and fs.ls(path) and not overwrite:
-        raise FileExistsError(f"output {out} exists and is not a shadeflow estimate; remove it, choose another --out, or rerun with --overwrite")
+    if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+        if not overwrite:
+            raise FileExistsError(f"output {out} exists and is not a shadeflow estimate; remove it, choose another --out, or rerun with --overwrite")
+        return "replace"
     return "write"
 
 

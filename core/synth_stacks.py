@@ -6,6 +6,8 @@ comparable; with u, v = (pixel + 0.5) / size:
 * **flatfield** F = exp(−((u − 0.56)² + (v − 0.45)²) / 2σ²), σ set so the farthest corner is 0.55 of
   the peak, normalised to mean 1 (range ≈ 0.65–1.18);
 * **darkfield** D = 100 + 6u + 4v counts (camera offset plus a small ramp), or 0 without darkfield;
+  ``darkfield_shape="glow"`` adds a curved 15-count amplifier glow in one corner (not in the recipe: it
+  shows where a least-curvature darkfield prior stops being right);
 * **specimen** T_n = b_n · (100 + tissue + cells), b_n ~ U(0.85, 1.15) (per-frame brightness, the
   "baseline"); tissue = m · A · max(0, 1 + d·h) with m = logistic((g − thr) / 0.15), g and h
   unit-std periodic Gaussian-filtered white noise (h at σ = W/150); cells are Gaussian spots
@@ -48,6 +50,7 @@ KINDS = ("tissue", "sparse", "empty")
 #: scene numbers in the seed (basicpy.md: 1 sparse, 2 tissue)
 SCENES = {"sparse": 1, "tissue": 2, "empty": 3}
 OUTLIER_KINDS = ("dark", "object", "overexposed")
+DARKFIELD_SHAPES = ("ramp", "glow")
 TRUTH_DIR = "truth"
 STACK_NAME = "stack.zarr"
 IMAGES_DIR = "images"
@@ -64,8 +67,11 @@ class StackConfig:
     outlier_fraction: float = 0.0
     saturated_fraction: float = 0.0
     seed: int = 0
+    darkfield_shape: str = "ramp"  # "ramp" (the recipe) or "glow" (plus a curved corner glow)
 
     def __post_init__(self) -> None:
+        if self.darkfield_shape not in DARKFIELD_SHAPES:
+            raise ValueError(f"darkfield_shape {self.darkfield_shape!r} is not one of {', '.join(DARKFIELD_SHAPES)}")
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.size < 16:
@@ -80,7 +86,7 @@ class StackConfig:
     @property
     def label(self) -> str:
         """E.g. ``tissue-1024-n200-dark-out2`` (used in benchmark tables and file names)."""
-        parts = [self.kind, str(self.size), f"n{self.n}", "dark" if self.darkfield else "nodark"]
+        parts = [self.kind, str(self.size), f"n{self.n}", ("glow" if self.darkfield_shape == "glow" else "dark") if self.darkfield else "nodark"]
         if self.outlier_fraction:
             parts.append(f"out{round(100 * self.outlier_fraction):g}")
         if self.saturated_fraction:
@@ -104,10 +110,16 @@ def truth_flatfield(size: int) -> np.ndarray:
     return flat / flat.mean()
 
 
-def truth_darkfield(size: int, on: bool = True) -> np.ndarray:
-    """D (size×size, float64): 100 + 6u + 4v counts, or zeros."""
+def truth_darkfield(size: int, on: bool = True, shape: str = "ramp") -> np.ndarray:
+    """D (size×size, float64): 100 + 6u + 4v counts, or zeros; ``glow`` adds a curved amplifier glow of
+    15 counts at the (1, 1) corner, 15·exp(−((u − 1)² + (v − 1)²) / 2·0.3²) — not a plane."""
     u, v = _uv(size)
-    return 100.0 + 6.0 * u + 4.0 * v if on else np.zeros((size, size))
+    if not on:
+        return np.zeros((size, size))
+    dark = 100.0 + 6.0 * u + 4.0 * v
+    if shape == "glow":
+        dark = dark + 15.0 * np.exp(-((u - 1) ** 2 + (v - 1) ** 2) / (2 * 0.3**2))
+    return dark
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,7 +217,7 @@ def generate_frame(config: StackConfig, index: int, plan: dict, flatfield: np.nd
 
 def generate_stack(config: StackConfig, workers: int = 2) -> tuple[np.ndarray, dict]:
     """The whole stack (n, size, size) uint16 in memory, and its truth (see :func:`stack_truth`)."""
-    flatfield, darkfield = truth_flatfield(config.size), truth_darkfield(config.size, config.darkfield)
+    flatfield, darkfield = truth_flatfield(config.size), truth_darkfield(config.size, config.darkfield, config.darkfield_shape)
     plan = plan_frames(config)
     stack = np.empty((config.n, config.size, config.size), np.uint16)
 

@@ -259,6 +259,74 @@ def synth_tile(
     typer.echo(f"planted flatfield: {truth['flatfield']}; background {truth['background']:g} counts; background-only planes: {truth['quiet_planes']}")
 
 
+@synth_app.command("stack")
+def synth_stack(
+    out: str = typer.Option(..., "--out", help="Folder (or s3:// URL) for the stack and its truth"),
+    kind: str = typer.Option("tissue", "--kind", help="tissue, sparse (cells) or empty (mostly background)"),
+    size: int = typer.Option(512, "--size", min=16, help="Frames are SIZE×SIZE pixels"),
+    frames: int = typer.Option(200, "--frames", min=1, help="Number of frames"),
+    darkfield: bool = typer.Option(True, "--darkfield/--no-darkfield", help="Plant a darkfield (≈100 counts)"),
+    outliers: float = typer.Option(0.0, "--outliers", help="Fraction of outlier frames (e.g. 0.02)"),
+    saturated: float = typer.Option(0.0, "--saturated", help="Fraction of frames with saturated spots"),
+    fmt: str = typer.Option("zarr", "--format", help="zarr (one array) or tiff (one file per frame)"),
+    seed: int = typer.Option(0, "--seed", help="Random seed"),
+) -> None:
+    """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for `shadeflow estimate`."""
+    from shadeflow.core.synth_stacks import StackConfig, write_stack
+
+    try:
+        config = StackConfig(kind=kind, size=size, n=frames, darkfield=darkfield, outlier_fraction=outliers, saturated_fraction=saturated, seed=seed)
+        written = write_stack(out, config, fmt=fmt, workers=os.cpu_count() or 2)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {config.label}: {written['images']}")
+    typer.echo(f"planted flatfield and darkfield: {written['truth']}")
+
+
+@app.command()
+def estimate(
+    images: list[str] = typer.Argument(..., help="TIFF files or folders of TIFFs, one zarr array, or slide folders (local or s3://); together one stack"),
+    out: str = typer.Option(..., "--out", help="Folder (or s3:// prefix) for flatfield.tiff, darkfield.tiff and estimate.zarr"),
+    darkfield: bool = typer.Option(False, "--darkfield", help="Estimate a darkfield too"),
+    channels: int = typer.Option(1, "--channels", min=1, help="Channels interleaved in each TIFF's pages (page k: frame k // C, channel k % C)"),
+    component: Optional[str] = typer.Option(None, "--component", help="Array inside a zarr group (e.g. '0')"),
+    degree: int = typer.Option(6, "--degree", help="Total degree of the flatfield's smooth polynomial"),
+    darkfield_degree: int = typer.Option(2, "--darkfield-degree", help="Total degree of the darkfield's polynomial"),
+    max_frames: int = typer.Option(1000, "--max-frames", help="Frames in the robust fit (a seeded sample when there are more)"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the frame sample"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete output made with other parameters or inputs"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
+) -> None:
+    """Estimate the flatfield (and darkfield) from the images themselves; no model needed."""
+    _prefect_defaults()
+    from shadeflow.flows.estimate import EstimateFailed, estimate_command
+
+    _hide_user_error_tracebacks()
+    try:
+        result = estimate_command(
+            images, out, darkfield=darkfield, channels=channels, component=component, degree=degree, darkfield_degree=darkfield_degree,
+            max_frames=max_frames, seed=seed, overwrite=overwrite, memory=memory, workers=workers,
+        )
+    except EstimateFailed as exc:
+        _fail(str(exc), code=1)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if result["status"] == "skipped":
+        typer.echo(f"{result['out']}: complete with the same parameters and inputs; nothing to do")
+        return
+    for name, row in zip(result["channels"], result["summary"]):
+        dark = f", darkfield mean {row['darkfield_mean']:g} counts" if darkfield else ""
+        typer.echo(
+            f"  {name}: {row['used']} of {row['frames']} frames used ({row['rejected']} rejected as outliers); "
+            f"flatfield {row['flatfield_min']:g}–{row['flatfield_max']:g}{dark}"
+        )
+    for note in result.get("notes", []):
+        typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
+    written = [name for name in ("flatfield.tiff", "darkfield.tiff", "estimate.zarr") if any(f.split("/")[0] == name for f in result["files"])]
+    typer.echo(f"wrote {', '.join(written)} → {result['out']}")
+
+
 @app.command()
 def correct(
     tiles: list[str] = typer.Argument(..., help="OME-Zarr tiles (image folders; local paths or s3:// URLs)"),

@@ -76,7 +76,7 @@ def correct_tile_task(plan: TilePlan) -> TileReport:
         report = run_tile(plan, compute=_computer(client, progress), on_block=on_block, log=_logger(logger))
     progress.done = progress.total
     progress.publish(force=True)
-    logger.info("%s: written in %.1f s (%.0f MB/s) → %s; flatfield %s; background %s", plan.name, report.seconds, report.mb_per_s, report.output, report.flatfield, report.background)
+    logger.info("%s: written in %.1f s (%.3g MB/s) → %s; flatfield %s; background %s", plan.name, report.seconds, report.mb_per_s, report.output, report.flatfield, report.background)
     return report
 
 

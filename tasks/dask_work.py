@@ -94,13 +94,16 @@ def reduce_tree(
         pending = set(still)
         failed = next((f for f in done if f.status == "error"), None)
         if failed is not None:
+            # fetch the task's own exception before cancelling: a cancelled dependent would
+            # otherwise surface as a bare FutureCancelledError instead of the field's error
+            error = failed.exception()
             if on_error is None:
                 for other in pending:
                     other.cancel()
             else:
                 on_error()
                 wait(list(pending))  # running tasks cannot be killed: let them stop
-            failed.result()  # raises the task's exception
+            raise error
         if progress is not None:
             progress.publish()
     if progress is not None:

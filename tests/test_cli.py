@@ -52,7 +52,7 @@ def test_server_env(prefect_server, tmp_path) -> dict[str, str]:
 def test_help_lists_the_commands():
     result = shadeflow("--help")
     assert result.returncode == 0, result.stderr
-    for command in ("meanimage", "synth", "demo"):
+    for command in ("meanimage", "model", "applied-test", "correct", "estimate", "synth", "demo"):
         assert command in result.stdout, command
 
 

@@ -45,7 +45,7 @@ def test_two_tiles_s3_in_and_out(s3_server, s3_bucket):
     assert [r["status"] for r in reports] == ["written", "written"]
     after = objects(s3_server, s3_bucket)
     assert {k: v for k, v in after.items() if k.startswith("in/")} == before  # inputs untouched
-    assert f"out/a.ome.zarr/shadeflow.json" in after and f"out/b.ome.zarr/shadeflow.json" in after
+    assert "out/a.ome.zarr/shadeflow.json" in after and "out/b.ome.zarr/shadeflow.json" in after
     assert "out/a.ome.zarr/.zattrs" in after and "out/b.ome.zarr/zarr.json" in after  # formats kept
 
     ff = np.load(__import__("io").BytesIO(storage.read_bytes(truth["flatfield"]))).astype(np.float64)
