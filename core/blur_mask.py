@@ -36,25 +36,41 @@ def normalized_laplacian(image: np.ndarray, presmooth_sigma: float, binning: int
     binning
         Block size of the working grid.
     """
-    nl_binned, nl2_binned = [], []
-    for layer in image:
+    n_layers, h, w = image.shape
+    out_shape = (n_layers, -(-h // binning), -(-w // binning))
+    nl_binned, nl2_binned = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
+    tiny = np.finfo(np.float32).tiny
+    for i, layer in enumerate(image):
         # kernel to 3σ: OpenCV's 9-tap σ=1 kernel has ±4 taps of 1.3e-4; 7 taps are ~20 % faster
         s = ndi.gaussian_filter(layer, presmooth_sigma, output=np.float32, mode="mirror", truncate=3.0) if presmooth_sigma > 0 else layer.astype(np.float32)
-        p = np.pad(s, 1, mode="reflect")
-        neighbours = p[:-2, 1:-1] + p[2:, 1:-1]
-        neighbours += p[1:-1, :-2]
-        neighbours += p[1:-1, 2:]
+        neighbours = _four_neighbour_sum(s)
         denominator = neighbours + s
         # the local mean is 0 only where all five pixels are 0, and then so is the numerator: NL = 0 there
-        np.maximum(denominator, np.finfo(np.float32).tiny, out=denominator)
+        np.maximum(denominator, tiny, out=denominator)
+        s *= 4  # s is not needed any more: reuse it for the centre term
         nl = neighbours
-        nl -= 4 * s
+        nl -= s
         nl *= 5
         nl /= denominator
-        nl_binned.append(morph.bin_mean(nl, binning))
+        nl_binned[i] = morph.bin_mean(nl, binning)
         nl *= nl
-        nl2_binned.append(morph.bin_mean(nl, binning))
-    return np.stack(nl_binned), np.stack(nl2_binned)
+        nl2_binned[i] = morph.bin_mean(nl, binning)
+    return nl_binned, nl2_binned
+
+
+def _four_neighbour_sum(s: np.ndarray) -> np.ndarray:
+    """Up + down + left + right of every pixel, borders mirrored about the edge pixel (numpy 'reflect')."""
+    total = np.empty_like(s)
+    np.add(s[:-2], s[2:], out=total[1:-1])
+    np.multiply(s[1], 2, out=total[0])
+    np.multiply(s[-2], 2, out=total[-1])
+    inner = total[:, 1:-1]
+    inner += s[:, :-2]
+    inner += s[:, 2:]
+    for edge, mirror in ((0, 1), (-1, -2)):  # two additions, not one of 2·s: the same rounding as inside
+        total[:, edge] += s[:, mirror]
+        total[:, edge] += s[:, mirror]
+    return total
 
 
 def window_mean(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:

@@ -132,13 +132,12 @@ class CountAccumulator:
         for group, mask in zip(groups, masks):
             if mask.mean() < min_pixel_fraction:
                 continue
+            everywhere = bool(mask.all())  # common for bulk fields: skip the masking passes
             for layer in range(group.first - 1, group.last):
-                kept = image[layer] * mask
+                kept = image[layer] if everywhere else image[layer] * mask
                 self.sum[layer] += kept
-                kept64 = kept.astype(np.uint64)
-                kept64 *= kept64
-                self.sum_sq[layer] += kept64
-                self.count[layer] += mask
+                self.sum_sq[layer] += np.square(kept, dtype=np.uint64)  # squared in uint64: exact
+                self.count[layer] += 1 if everywhere else mask
                 self.n_images[layer] += 1
                 stacked.append(layer + 1)
         return tuple(stacked)
