@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from distributed import wait
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from shadeflow.core.corrected_tile import USER_ERRORS, CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
-from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter
+from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter, progress_compute
 from shadeflow.tasks.progress import Progress, artifact_key
 
 TABLE_KEY = "correct-summary"
@@ -29,23 +28,6 @@ def plan_tile_task(tile_url: str, request: CorrectRequest) -> TilePlan:
     for note in plan.notes:
         logger.info("%s", note)
     return plan
-
-
-def _computer(client, progress: Progress):
-    """``compute(*collections)`` on the cluster that publishes progress while it waits."""
-
-    def compute(*collections):
-        futures = client.compute(list(collections))
-        while True:
-            try:
-                wait(futures, timeout=1.0)
-                break
-            except TimeoutError:
-                progress.publish()
-        progress.publish()
-        return client.gather(futures)
-
-    return compute
 
 
 def _transient(task, task_run, state) -> bool:
@@ -73,7 +55,7 @@ def correct_tile_task(plan: TilePlan) -> TileReport:
         return run_tile(plan, log=logger.info)
     with cluster_client() as client, field_events(client, progress):
         on_block = partial(field_reporter(progress), plan.name)  # one Dask event per corrected chunk
-        report = run_tile(plan, compute=_computer(client, progress), on_block=on_block, log=_logger(logger))
+        report = run_tile(plan, compute=progress_compute(client, progress), on_block=on_block, log=_logger(logger))
     progress.done = progress.total
     progress.publish(force=True)
     logger.info("%s: written in %.1f s (%.3g MB/s) → %s; flatfield %s; background %s", plan.name, report.seconds, report.mb_per_s, report.output, report.flatfield, report.background)

@@ -114,3 +114,20 @@ def reduce_tree(
 def scatter(client: Client, value: Any) -> Future:
     """Send ``value`` to the workers once, to be shared by many Dask tasks."""
     return client.scatter(value, broadcast=True, hash=False)
+
+
+def progress_compute(client: Client, progress: Progress):
+    """``compute(*collections)`` on the cluster that publishes progress while it waits."""
+
+    def compute(*collections):
+        futures = client.compute(list(collections))
+        while True:
+            try:
+                wait(futures, timeout=1.0)
+                break
+            except TimeoutError:
+                progress.publish()
+        progress.publish()
+        return client.gather(futures)
+
+    return compute

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from shadeflow.core.estimate import EstimateSettings, ShadingEstimate
 from shadeflow.core.estimate_inputs import ImageStack, open_images
-from shadeflow.tasks.dask_work import cluster_client
+from shadeflow.tasks.dask_work import cluster_client, progress_compute
 from shadeflow.tasks.progress import Progress, artifact_key
 
 TABLE_KEY = "estimate-summary"
@@ -60,24 +60,6 @@ def _frames_done(topic: str, n: int) -> None:
     get_worker().log_event(topic, int(n))
 
 
-def _computer(client, progress: Progress):
-    """``compute(*collections)`` on the cluster, publishing progress while it waits."""
-    from distributed import wait
-
-    def compute(*collections):
-        futures = client.compute(list(collections))
-        while True:
-            try:
-                wait(futures, timeout=1.0)
-                break
-            except TimeoutError:
-                progress.publish()
-        progress.publish()
-        return client.gather(futures)
-
-    return compute
-
-
 @task(name="estimate-channel", task_run_name="estimate-channel[{channel}]", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
     """Flatfield (and darkfield) of one channel: its frames reduced chunk by chunk on the cluster, then the robust fit."""
@@ -97,7 +79,7 @@ def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
                 settings.darkfield,
                 known_darkfield=known,
                 settings=settings,
-                compute=_computer(client, progress),
+                compute=progress_compute(client, progress),
                 report=partial(_frames_done, progress.topic),
                 where=f"{', '.join(stack.inputs)} {name}",
             )
