@@ -30,7 +30,7 @@ from distributed import Client, LocalCluster
 from shadeflow.core.meanimage import plan_slide
 from shadeflow.core.slide import load_slide, read_field
 from shadeflow.core.synth import TRUTH_DIR, SynthConfig, write_cohort
-from shadeflow.infra.cluster import local_cluster_kwargs
+from shadeflow.infra.cluster import local_cluster_kwargs, local_worker_memory
 from shadeflow.infra.sizing import size_from_settings
 from shadeflow.tasks.dask_work import reduce_tree
 from shadeflow.tasks.meanimage_graph import stack_on_cluster, thresholds_on_cluster
@@ -94,7 +94,9 @@ def main() -> None:
     size, source = size_from_settings()
     print(f"slide: {n} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk) of {VECTRA[0]}×{VECTRA[1]}×{VECTRA[2]} uint16")
     print(f"cluster: {size.describe()} (memory from {source}); mask grid binning {plan.grid.binning}")
-    with LocalCluster(**local_cluster_kwargs(size)) as cluster, Client(cluster) as client:
+    with local_worker_memory(size):  # as the flows start it (infra/allocator.py)
+        cluster = LocalCluster(**local_cluster_kwargs(size))
+    with cluster, Client(cluster) as client:
         read_and_sum(client, slide)  # warm the page cache so every measurement reads from memory
         passes = []
         for _ in range(2):  # the first pass also pays one-off costs (fresh buffers, first page faults)

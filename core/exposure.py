@@ -48,5 +48,5 @@ def correct_exposure(image: np.ndarray, exposure_ms: np.ndarray, target_ms: np.n
         key = (float(exposure), float(target))
         if key not in tables:
             tables[key] = exposure_lut(exposure, target, offset)
-        corrected[layer] = tables[key][corrected[layer]]
+        np.take(tables[key], corrected[layer], out=corrected[layer])  # a table lookup; 'raise' mode buffers the overlap
     return corrected

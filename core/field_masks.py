@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -46,6 +47,18 @@ class FieldMasks:
         """A working-grid mask at full resolution."""
         return morph.upsample(mask, self.binning, self.shape)
 
+    @cached_property
+    def cell_pixels(self) -> np.ndarray:
+        """(h, w) full-resolution pixels each working-grid cell covers (border cells may be cut)."""
+        (h, w), b = self.tissue.shape, self.binning
+        rows = np.minimum(b, self.shape[0] - b * np.arange(h))
+        cols = np.minimum(b, self.shape[1] - b * np.arange(w))
+        return np.outer(rows, cols)
+
+    def pixel_count(self, mask: np.ndarray) -> int:
+        """Full-resolution pixels of a working-grid mask, without upsampling it."""
+        return int(self.cell_pixels[mask].sum())
+
     def stacking_masks(self) -> np.ndarray:
         """(G, H, W): pixels each group's layers contribute to the mean image.
 
@@ -60,27 +73,36 @@ class FieldMasks:
         Plane 0 is tissue (1) / background (0) with blur regions numbered from 2; plane g adds group g's
         saturation regions, numbered on after the blur regions. Flags override background. Labels fit
         uint8 unless a field has more than 253 regions, then uint16 (AstroPath's uint8 overflowed).
+
+        Regions are labelled on the working grid and the planes upsampled once: upsampling by whole
+        cells keeps 8-connected components and their raster order, so the labels are those of the
+        full-resolution masks, and region sizes count each cell's full-resolution pixels.
         """
         regions: list[MaskRegion] = []
-        tissue = self.full(self.tissue)
-        blur_labels, n_blur = morph.label_regions(self.full(self.blur))
-        plane0 = tissue.astype(np.int64)
+        blur_labels, n_blur = morph.label_regions(self.blur)
+        plane0 = self.tissue.astype(np.int64)
         plane0[blur_labels > 0] = blur_labels[blur_labels > 0] + 1
-        for i, size in enumerate(np.bincount(blur_labels.ravel())[1:], start=2):
-            regions.append(MaskRegion(key, i, "all", int(size), BLUR_REASON))
+        for i, size in enumerate(self._region_sizes(blur_labels, n_blur), start=2):
+            regions.append(MaskRegion(key, i, "all", size, BLUR_REASON))
         planes = [plane0]
         next_label = n_blur + 2
         for g, group in enumerate(groups):
             plane = plane0.copy()
-            sat_labels, n_sat = morph.label_regions(self.full(self.saturation[g]))
+            sat_labels, n_sat = morph.label_regions(self.saturation[g])
             if n_sat:
                 plane[sat_labels > 0] = sat_labels[sat_labels > 0] + next_label - 1
-                for i, size in enumerate(np.bincount(sat_labels.ravel())[1:], start=next_label):
-                    regions.append(MaskRegion(key, i, group.label, int(size), SATURATION_REASON))
+                for i, size in enumerate(self._region_sizes(sat_labels, n_sat), start=next_label):
+                    regions.append(MaskRegion(key, i, group.label, size, SATURATION_REASON))
                 next_label += n_sat
             planes.append(plane)
         dtype = np.uint8 if next_label - 1 <= 255 else np.uint16
-        return np.stack(planes, axis=-1).astype(dtype), regions
+        coarse = np.stack(planes, axis=-1).astype(dtype)
+        b, (h, w) = self.binning, self.shape
+        return np.repeat(np.repeat(coarse, b, axis=0), b, axis=1)[:h, :w], regions
+
+    def _region_sizes(self, labels: np.ndarray, n: int) -> list[int]:
+        """Full-resolution pixels of regions 1…n of a working-grid label image."""
+        return [int(v) for v in np.bincount(labels.ravel(), weights=self.cell_pixels.ravel(), minlength=n + 1)[1:]]
 
 
 def compute_field_masks(

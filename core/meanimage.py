@@ -190,15 +190,14 @@ def mask_and_stack(
         if bulk:
             stacked = result.accumulator.add(image, masks.stacking_masks(), slide.layer_groups, plan.params.min_pixel_fraction)
             result.accumulator.fields.append(FieldLogRow(slide.slide_id, storage.basename(f.file), "bulk", "stacking", stacked))
-        tissue = masks.full(masks.tissue)
         result.summaries.append(
             FieldSummary(
                 key=f.key,
                 n=f.n,
                 bulk=bulk,
-                tissue_fraction=float(tissue.mean()),
-                blur_pixels=int(masks.full(masks.blur).sum()),
-                saturated_pixels=tuple(int(masks.full(s).sum()) for s in masks.saturation),
+                tissue_fraction=masks.pixel_count(masks.tissue) / (h * w),
+                blur_pixels=masks.pixel_count(masks.blur),
+                saturated_pixels=tuple(masks.pixel_count(s) for s in masks.saturation),
                 stacked_layers=len(stacked),
             )
         )

@@ -12,6 +12,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import morphology
 
+from shadeflow.core import buffers
+
 
 def ellipse(size: float) -> np.ndarray:
     """Elliptical (circular) structuring element of diameter ``size`` pixels, as a boolean array.
@@ -24,22 +26,30 @@ def ellipse(size: float) -> np.ndarray:
     return (xx**2 + yy**2) <= radius**2
 
 
-def bin_mean(image: np.ndarray, factor: int) -> np.ndarray:
+def bin_mean(image: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:
     """Mean over ``factor``×``factor`` blocks of the last two axes (edge-padded), as float32.
 
     Summed with strided slices rather than a reshaped ``mean``: the same arithmetic, ~4× faster.
+    The row sums live in a per-thread scratch buffer (this runs on every layer of every field);
+    ``out``, if given, receives the result (float32, the binned shape).
     """
     if factor == 1:
-        return image.astype(np.float32, copy=False)
+        if out is None:
+            return image.astype(np.float32, copy=False)
+        np.copyto(out, image)
+        return out
     h, w = image.shape[-2:]
     pad_h, pad_w = (-h) % factor, (-w) % factor
     if pad_h or pad_w:
         pad = [(0, 0)] * (image.ndim - 2) + [(0, pad_h), (0, pad_w)]
         image = np.pad(image, pad, mode="edge")
-    rows = image[..., 0::factor, :].astype(np.float32)
+    rows = buffers.scratch("bin-mean-rows", (*image.shape[:-2], image.shape[-2] // factor, image.shape[-1]), np.float32)
+    np.copyto(rows, image[..., 0::factor, :])
     for i in range(1, factor):
         rows += image[..., i::factor, :]
-    out = rows[..., 0::factor].copy()
+    if out is None:
+        out = np.empty((*rows.shape[:-1], rows.shape[-1] // factor), np.float32)
+    np.copyto(out, rows[..., 0::factor])
     for i in range(1, factor):
         out += rows[..., i::factor]
     out *= 1.0 / (factor * factor)

@@ -75,6 +75,10 @@ def iterated_otsu_threshold(hist: np.ndarray) -> int:
     The Otsu step is scikit-image's between-class-variance form (class 1 = bins ≤ t); AstroPath's
     OpenCV-tutorial variant can differ from it by one bin.
     """
+    # bins above the last occupied one change neither Otsu nor the skewness; one empty bin is kept so
+    # that μ̃(H[0..t+1]) stays defined at the top
+    occupied = np.flatnonzero(hist)
+    hist = hist[: occupied[-1] + 2 if occupied.size else 1]
     moments = _CumulativeMoments(hist)
     records: list[tuple[float, int]] = []
     end = hist.size

@@ -19,9 +19,11 @@ import importlib
 import os
 import socket
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+from shadeflow.infra import allocator
 from shadeflow.infra.sizing import ClusterSize, SettingsError, size_from_settings
 
 KINDS = ("local", "kubernetes")
@@ -69,6 +71,21 @@ def local_cluster_kwargs(size: ClusterSize) -> dict[str, Any]:
         "processes": size.processes,
         "dashboard_address": ":0",  # any free port: several runs may share a machine
     }
+
+
+def local_worker_memory(size: ClusterSize) -> AbstractContextManager:
+    """Around creating a LocalCluster of ``size``: its workers keep the memory they free (``infra/allocator.py``).
+
+    Threaded workers share this process, which gets the settings now; worker processes get them in
+    the environment Dask's nannies start them with.
+    """
+    if not size.processes:
+        allocator.keep_freed_memory()
+        return nullcontext()
+    import dask.config
+
+    key = "distributed.nanny.pre-spawn-environ"
+    return dask.config.set({key: allocator.worker_process_environ(dask.config.get(key, default={}))})
 
 
 @dataclass(frozen=True)
@@ -281,7 +298,8 @@ def make_cluster(memory: str | int | None = None, workers: int | None = None):
         _log(f"cluster for this run: {plan.describe()}")
         return ExistingScheduler(plan.address)
     _log(f"cluster for this run: {plan.describe()}" + (f" (DaskCluster {plan.name})" if plan.name else ""))
-    cluster = _cluster_class(plan.kind)(**plan.cluster_kwargs())
+    with local_worker_memory(plan.size) if plan.kind == "local" else nullcontext():
+        cluster = _cluster_class(plan.kind)(**plan.cluster_kwargs())
     bounds = plan.adapt_bounds
     if bounds is not None:
         try:

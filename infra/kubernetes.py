@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from shadeflow.infra import allocator
 from shadeflow.infra.sizing import ClusterSize, SettingsError, parse_count
 
 #: the scheduler holds the task graph, not data: one CPU and 2 GiB serve thousands of field tasks
@@ -30,6 +31,8 @@ IDLE_TIMEOUT = 1800
 #: non-secret settings the Dask pods inherit from the flow run (secrets: SHADEFLOW_DASK_SECRET)
 PASS_THROUGH_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+#: the Dask setting (as an environment variable) for the environment worker processes start with
+PRE_SPAWN_ENV_VAR = "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON"
 #: DaskCluster names must leave room for the operator's ``-scheduler`` suffix within 63 characters
 MAX_NAME_LENGTH = 63 - len("-scheduler")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -152,6 +155,9 @@ def cluster_spec(size: ClusterSize, name: str, settings: KubeSettings, spec_labe
             pod["serviceAccountName"] = settings.service_account
         if settings.secret:
             pod["containers"][0]["envFrom"] = [{"secretRef": {"name": settings.secret}}]
+    # worker processes keep the memory they free (infra/allocator.py); Dask merges this dict into
+    # its own pre-spawn environment, replacing only its 64 KiB trim threshold
+    worker_pod["containers"][0].setdefault("env", []).append({"name": PRE_SPAWN_ENV_VAR, "value": repr(allocator.MALLOC_ENV)})
     spec["metadata"]["labels"] = dict(spec_labels or labels(None, None))
     return spec
 

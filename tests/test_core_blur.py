@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 
-from shadeflow.core.blur_mask import normalized_laplacian
+from shadeflow.core import morphology as morph
+from shadeflow.core.blur_mask import normalized_laplacian, window_mean
 
 
 def _reference(layer: np.ndarray, sigma: float) -> np.ndarray:
@@ -36,3 +37,14 @@ def test_block_means_of_nl_and_nl_squared(binning):
     if binning == 1:
         np.testing.assert_allclose(nl2, nl**2, rtol=1e-6)
         assert not np.allclose(nl, nl2)
+
+
+@pytest.mark.parametrize("size", [3.75, 7.5, 11.25])  # a 3×3 window (summed directly), and larger ones (FFT)
+def test_window_mean_is_the_mirrored_ellipse_average(size):
+    rng = np.random.default_rng(4)
+    stack = rng.random((2, 30, 37)).astype(np.float32)
+    footprint = morph.ellipse(size)
+    expected = np.stack([ndi.correlate(layer.astype(np.float64), footprint / footprint.sum(), mode="mirror") for layer in stack])
+    got = window_mean(stack, footprint)
+    assert got.dtype == np.float32 and got.shape == stack.shape
+    np.testing.assert_allclose(got, expected, atol=2e-6)

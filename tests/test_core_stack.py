@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from shadeflow.core.slide import LayerGroup
-from shadeflow.core.stack import CountAccumulator, FieldLogRow, MeanImageStack, mean_and_std_err
+from shadeflow.core.stack import NARROW_FIELD_LIMIT, CountAccumulator, FieldLogRow, MeanImageStack, mean_and_std_err
 
 SHAPE = (3, 6, 7)  # (L, H, W)
 GROUPS = (LayerGroup("dapi", 1, 2), LayerGroup("fitc", 3, 3))
@@ -114,9 +114,9 @@ def test_count_accumulator_respects_masks():
     layers = acc.add(image, masks, GROUPS, 0.8)
     assert layers == (1, 2, 3)
     full = masks[[0, 0, 1]]
-    np.testing.assert_array_equal(acc.sum, np.where(full, image, 0).astype(np.uint64))
+    np.testing.assert_array_equal(acc.sum, np.where(full, image, 0))
     np.testing.assert_array_equal(acc.sum_sq, np.where(full, image.astype(np.uint64) ** 2, 0))
-    np.testing.assert_array_equal(acc.count, full.astype(np.uint32))
+    np.testing.assert_array_equal(acc.count, full)
     np.testing.assert_array_equal(acc.n_images, [1, 1, 1])
 
 
@@ -152,7 +152,45 @@ def test_uint64_sums_are_exact_near_65535():
         column = [int(v) for v in images[(slice(None), *index)]]
         assert int(acc.sum[index]) == sum(column)
         assert int(acc.sum_sq[index]) == sum(v * v for v in column)
-    assert acc.sum.dtype == np.uint64 and acc.sum_sq.dtype == np.uint64
+    assert acc.sum_sq.dtype == np.uint64
+
+
+def test_narrow_sums_and_counts_widen_before_they_could_overflow():
+    """uint16 counts overflow at 65,536 fields and uint32 sums at 65,538 fields of 65,535."""
+    acc = CountAccumulator.empty((1, 1, 2))
+    image = np.full((1, 1, 2), 65535, np.uint16)
+    keep = np.ones((1, 1, 2), bool)
+    group = (LayerGroup("dapi", 1, 1),)
+    n = NARROW_FIELD_LIMIT + 3
+    for i in range(n):
+        acc.add(image, keep, group, 0.8)
+        if i + 1 == NARROW_FIELD_LIMIT:
+            assert acc.is_narrow  # still narrow while every value fits
+    assert not acc.is_narrow
+    assert acc.count.tolist() == [[[n, n]]] and acc.n_images.tolist() == [n]
+    assert acc.sum.tolist() == [[[n * 65535, n * 65535]]]
+    assert acc.sum_sq.tolist() == [[[n * 65535**2, n * 65535**2]]]
+
+
+def test_merge_widens_when_the_merged_counts_would_not_fit():
+    def full_of(n_fields: int) -> CountAccumulator:
+        shape = (1, 2, 2)
+        return CountAccumulator(
+            sum=np.full(shape, n_fields * 65535, np.uint32),
+            sum_sq=np.full(shape, n_fields * 65535**2, np.uint64),
+            count=np.full(shape, n_fields, np.uint16),
+            n_images=np.array([n_fields]),
+        )
+
+    merged = full_of(40_000).merge(full_of(40_000))
+    assert not merged.is_narrow
+    assert (merged.sum == 80_000 * 65535).all() and (merged.count == 80_000).all()
+    small = full_of(30_000).merge(full_of(30_000))
+    assert small.is_narrow and (small.sum == 60_000 * 65535).all() and (small.count == 60_000).all()
+    # a narrow accumulator merging a widened one widens too
+    wide = full_of(2)
+    wide.widen()
+    assert not full_of(1).merge(wide).is_narrow
 
 
 def test_to_stack_divides_sums_by_exposure():

@@ -128,3 +128,27 @@ def test_slide_thresholds_integer_median_of_nonzero_values():
 
 def test_slide_thresholds_single_field_row():
     np.testing.assert_array_equal(slide_thresholds(np.array([4, 0, 9])), [4, 0, 9])
+
+
+def _iterated_otsu_on_all_bins(hist: np.ndarray) -> int:
+    """The iteration of :func:`iterated_otsu_threshold`, run on the whole 65,536-bin histogram."""
+    moments = _CumulativeMoments(hist)
+    records, end = [], hist.size
+    while (t := otsu_bin(hist[:end])) >= 0 and not np.isnan(skew := moments.skew(t)):
+        numerator = (moments.skew(t + 1) - moments.skew(t - 1)) / 2
+        records.append((0.0 if np.isnan(numerator) else numerator / skew, t))
+        if t + 1 >= end:
+            break
+        end = t + 1
+    return max(records)[1] if records else 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_iterated_otsu_ignores_the_empty_bins_above_the_data(seed):
+    """The threshold only looks at bins up to the last occupied one (+1): the same as on all bins."""
+    rng = np.random.default_rng(seed)
+    parts = [rng.integers(0, 3000) + rng.gamma(rng.uniform(0.5, 5), rng.uniform(1, 300), rng.integers(10, 5000)) for _ in range(rng.integers(1, 5))]
+    hist = _histogram(np.concatenate(parts))
+    if seed == 0:
+        hist[N_BINS - 1] += 5  # data in the very last bin
+    assert iterated_otsu_threshold(hist) == _iterated_otsu_on_all_bins(hist)

@@ -16,6 +16,7 @@ import yaml
 from dask.utils import parse_bytes
 
 from shadeflow.infra import kubernetes
+from shadeflow.infra.kubernetes import PRE_SPAWN_ENV_VAR
 from shadeflow.infra.cluster import plan_cluster
 from shadeflow.infra.sizing import SettingsError
 
@@ -152,6 +153,7 @@ def test_image_namespace_account_secret_and_environment_come_from_settings(valid
         assert pod["serviceAccountName"] == "shadeflow-dask"
         assert container["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
         env = {e["name"]: e["value"] for e in container["env"]}
+        env.pop(PRE_SPAWN_ENV_VAR, None)  # workers only: tests/test_allocator.py
         assert env == {"AWS_ENDPOINT_URL": "https://s3.example.org"}  # secrets never appear in the resource
     assert plan.namespace == "imaging"
     assert plan.cluster_kwargs()["namespace"] == "imaging"
