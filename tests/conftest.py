@@ -135,3 +135,12 @@ def tree(folder) -> dict[str, str]:
             with open(path, "rb") as handle:
                 out[os.path.relpath(path, folder)] = hashlib.sha256(handle.read()).hexdigest()
     return out
+
+
+def flow_run_artifacts(flow_run_id) -> list:
+    """The artifacts one flow run published (the test server holds every test's runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=50, offset=0)

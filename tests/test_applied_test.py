@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import tree
+from conftest import flow_run_artifacts, tree
 
 from shadeflow.core import astropath_io
 from shadeflow.core.applied_test import correct_mean_image, split_fields
@@ -45,8 +45,10 @@ def run(**params):
 @pytest.fixture(scope="module")
 def tested(meanimage_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("applied") / "test"
-    result = run(roots=[meanimage_cohort["root"]], out=str(out), seed=3)
-    return {"out": str(out), "result": result, **meanimage_cohort}
+    state = applied_test.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=AppliedTestParameters(roots=[meanimage_cohort["root"]], out=str(out), seed=3), return_state=True
+    )
+    return {"out": str(out), "result": state.result(), "flow_run_id": state.state_details.flow_run_id, **meanimage_cohort}
 
 
 def test_outputs_have_astropath_names_and_layouts(tested):
@@ -150,10 +152,7 @@ def test_slide_without_meanimage_output_is_named(tested, tmp_path):
 
 
 def test_artifacts_hold_metrics_and_images(tested):
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        keys = {a.key: a for a in client.read_artifacts(limit=200, offset=0) if a.key}
+    keys = {a.key: a for a in flow_run_artifacts(tested["flow_run_id"]) if a.key}
     table = keys["applied-test-metrics"]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert len(rows) == tested["config"].shape[2]

@@ -8,6 +8,7 @@ import os
 import boto3
 import numpy as np
 import pytest
+from conftest import flow_run_artifacts
 import zarr
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
@@ -61,21 +62,13 @@ def test_two_tiles_s3_in_and_out(s3_server, s3_bucket):
     assert objects(s3_server, s3_bucket) == after
 
 
-def _artifacts(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=50, offset=0)
-
-
 def test_table_and_progress_artifacts(tmp_path):
     tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 64), chunks=(8, 32, 32))
     state = correct.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
         params=CorrectParameters(tiles=[tile], out=str(tmp_path / "out"), method="estimate", background="estimate", levels=2), return_state=True
     )
     assert state.is_completed()
-    artifacts = _artifacts(state.state_details.flow_run_id)
+    artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     table = next(a for a in artifacts if a.key == TABLE_KEY)
     import json
 

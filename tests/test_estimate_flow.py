@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import flow_run_artifacts
 import tifffile
 
 from shadeflow.core.estimate_inputs import open_images
@@ -32,14 +33,6 @@ def two_channels(tmp_path_factory):
         pages = np.stack([first[10 * f : 10 * f + 10], second[10 * f : 10 * f + 10]], axis=1).reshape(20, 128, 128)
         tifffile.imwrite(folder / f"tile_{f:02d}.tif", pages)
     return str(folder), [truth0, truth1]
-
-
-def _artifacts(flow_run_id):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=50, offset=0)
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -74,7 +67,7 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     assert manifest["kind"] == "estimate" and {"flatfield.tiff", "darkfield.tiff", "estimate.zarr/zarr.json"} <= set(manifest["files"])
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
 
-    artifacts = _artifacts(state.state_details.flow_run_id)
+    artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     table = next(a for a in artifacts if a.key == TABLE_KEY)
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["channel"] for r in rows] == ["channel 0", "channel 1"] and set(TABLE_COLUMNS) <= set(rows[0])

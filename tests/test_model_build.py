@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import tree, write_mean_images
+from conftest import flow_run_artifacts, tree, write_mean_images
 from typer.testing import CliRunner
 
 from shadeflow.core import model_store
@@ -43,8 +43,10 @@ def slide_ids(cohort) -> list[str]:
 def built(meanimage_cohort, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     csv = write_models_csv(store / "AstroPathFlatfieldModels.csv", "v1", slide_ids(meanimage_cohort), extra="v0,1,1,1,OTHER\n")
-    result = build(version="v1", models_csv=csv, roots=[meanimage_cohort["root"]])
-    return {"store": str(store), "csv": csv, "result": result, **meanimage_cohort}
+    state = model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=ModelBuildParameters(version="v1", models_csv=csv, roots=[meanimage_cohort["root"]]), return_state=True
+    )
+    return {"store": str(store), "csv": csv, "result": state.result(), "flow_run_id": state.state_details.flow_run_id, **meanimage_cohort}
 
 
 def test_model_is_written_in_astropath_layout_with_a_manifest(built):
@@ -136,11 +138,7 @@ def test_a_failed_build_leaves_no_version_behind(built, tmp_path, monkeypatch):
 
 
 def test_artifacts_hold_the_statistics_and_brightest_layer_images(built):
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(limit=200, offset=0)
-    keys = {a.key: a for a in artifacts if a.key}
+    keys = {a.key: a for a in flow_run_artifacts(built["flow_run_id"]) if a.key}
     table = keys["model-layer-statistics"]
     assert table.type == "table"
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
