@@ -79,28 +79,22 @@ def _four_neighbour_sum(s: np.ndarray, out: np.ndarray) -> np.ndarray:
     return total
 
 
-#: windows of at most this many pixels are summed directly; larger ones by FFT (~15 direct sums' cost)
+#: windows of at most this many pixels are correlated directly; larger ones by FFT (~15 direct sums' cost)
 _DIRECT_WINDOW_MAX = 16
 
 
 def window_mean(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """Mean of each layer over an elliptical window (reflected borders).
 
-    Small windows (the 15-px one is 3×3 on the 4×-binned grid) are shifted sums; larger ones FFT convolutions.
+    Small windows (the 15-px one is 3×3 on the 4×-binned grid) are direct correlations; larger ones FFT convolutions.
     """
     if footprint.size == 1:
         return stack
+    kernel = (footprint / footprint.sum()).astype(np.float32)
+    if footprint.sum() <= _DIRECT_WINDOW_MAX:
+        return ndi.correlate(stack, kernel[None], mode="mirror")
     r = footprint.shape[0] // 2
     padded = np.pad(stack, ((0, 0), (r, r), (r, r)), mode="reflect" if min(stack.shape[1:]) > r else "symmetric")
-    n = int(footprint.sum())
-    if n <= _DIRECT_WINDOW_MAX:
-        h, w = stack.shape[1:]
-        total = np.zeros(stack.shape, np.float32)
-        for dy, dx in np.argwhere(footprint):
-            total += padded[:, dy : dy + h, dx : dx + w]
-        total *= np.float32(1 / n)
-        return total
-    kernel = (footprint / n).astype(np.float32)
     return signal.fftconvolve(padded, kernel[None], mode="valid", axes=(1, 2)).astype(np.float32)
 
 

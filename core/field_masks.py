@@ -96,9 +96,8 @@ class FieldMasks:
                 next_label += n_sat
             planes.append(plane)
         dtype = np.uint8 if next_label - 1 <= 255 else np.uint16
-        coarse = np.stack(planes, axis=-1).astype(dtype)
-        b, (h, w) = self.binning, self.shape
-        return np.repeat(np.repeat(coarse, b, axis=0), b, axis=1)[:h, :w], regions
+        full = self.full(np.stack(planes).astype(dtype))  # (G+1, H, W)
+        return np.ascontiguousarray(np.moveaxis(full, 0, -1)), regions
 
     def _region_sizes(self, labels: np.ndarray, n: int) -> list[int]:
         """Full-resolution pixels of regions 1…n of a working-grid label image."""

@@ -138,9 +138,11 @@ def tree(folder) -> dict[str, str]:
 
 
 def flow_run_artifacts(flow_run_id) -> list:
-    """The artifacts one flow run published (the test server holds every test's runs)."""
+    """The artifacts one flow run published, newest first (the test server holds every test's runs)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+    from prefect.client.schemas.sorting import ArtifactSort
 
+    run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=50, offset=0)
+        return client.read_artifacts(artifact_filter=run, limit=50, offset=0, sort=ArtifactSort.CREATED_DESC)

@@ -16,7 +16,7 @@ import statistics
 
 import numpy as np
 import pytest
-from conftest import tree
+from conftest import flow_run_artifacts, tree
 from scipy import ndimage as ndi
 
 import shadeflow
@@ -266,15 +266,7 @@ def test_dask_path_equals_the_serial_reference(two_slides, tmp_path):
 
 
 def test_summary_and_progress_artifacts(two_slides):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    run_id = two_slides["flow_run_id"]
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id])), limit=50, offset=0, sort=ArtifactSort.CREATED_DESC
-        )
+    artifacts = flow_run_artifacts(two_slides["flow_run_id"])
     summaries = [a for a in artifacts if a.key == "meanimage-summary"]
     assert len(summaries) == 1
     markdown = summaries[0].data

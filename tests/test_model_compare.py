@@ -18,6 +18,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import flow_run_artifacts
 
 from shadeflow.core import astropath_io
 from shadeflow.core import compare as C
@@ -303,15 +304,7 @@ def run_compare(return_state=False, **params):
 
 
 def flow_artifacts(flow_run_id) -> dict:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])), limit=50, offset=0, sort=ArtifactSort.CREATED_DESC
-        )
-    return {a.key: a for a in found}
+    return {a.key: a for a in flow_run_artifacts(flow_run_id)}
 
 
 @pytest.fixture
