@@ -3,6 +3,7 @@
     .venv/bin/python bench/estimate.py                 # all stacks; BaSiCPy if its venv exists
     .venv/bin/python bench/estimate.py --quick         # two small stacks, no BaSiCPy (a smoke run)
     .venv/bin/python bench/estimate.py --basicpy-python /path/to/python --basicpy-repeats 3
+    .venv/bin/python bench/estimate.py --sweep [--cases 60] [--first-seed 0] [--only KIND] [--processes 1]
 
 Stacks come from ``shadeflow.core.synth_stacks`` — the recipe of ``reference/basicpy.md`` §3 (a
 planted flatfield with ≈45 % corner fall-off, darkfield 100 + 6u + 4v, per-frame brightness
@@ -38,6 +39,19 @@ apply there (``--darkfield-degree 4``).
 
 Targets (issue 6): flatfield ≤ 0.5 % relative RMS on the 200×1024² tissue stack with darkfield, in
 ≤ 1/10 of BaSiC's best setting's fit time.
+
+``--sweep`` (issue 10, item 3) leaves the recipe: seeds ``--first-seed`` … ``+ --cases − 1`` each draw
+a random case from ``shadeflow.core.synth_sweep`` (scene, shading, darkfield, drift, frames, size,
+brightness, noise, outliers; see that module), which is generated in memory and fitted in this process
+by :func:`fit_case` (``estimate_shading`` with default settings, darkfield on when the case has one;
+swap the method there). Metrics: flatfield error = relative RMS of (Ŝ/mean Ŝ)/(S/mean S) − 1 over the
+whole frame (``estimate_grid.relative_rms``); darkfield error = RMS(D̂ − D) in counts and as % of the
+case's mean signal above the darkfield. A refused fit (``EstimateError``) or a crash is a failure
+(error ∞). ``--only KIND`` keeps the cases of those seeds whose scene, shading, darkfield, drift or
+dtype is KIND. Targets: median ≤ 0.5 %, worst ≤ 1.5 % flatfield error. Output: one line per case, a
+summary with per-kind medians and worsts, and ``results.json`` / ``results.md`` in ``--out`` (default
+``bench-output/estimate-sweep``). ``--processes 2`` fits two cases at a time (times then include the
+contention). The exit code is 0 whatever the errors: this is a benchmark.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,9 +190,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="fits per shadeflow measurement (best and median reported)")
     parser.add_argument("--basicpy-python", default=None, help="interpreter with basicpy installed (default: bench-output/basicpy-venv/bin/python if present)")
     parser.add_argument("--basicpy-repeats", type=int, default=1, help="fits per BaSiCPy measurement (each takes seconds to minutes)")
-    parser.add_argument("--only", default=None, help="run only stacks whose label contains this text")
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench-output", "estimate"), help="folder for results.json and results.md")
+    parser.add_argument("--only", default=None, help="run only stacks whose label contains this text (--sweep: cases of this kind)")
+    parser.add_argument("--out", default=None, help="folder for results.json and results.md (default bench-output/estimate, or estimate-sweep)")
+    parser.add_argument("--sweep", action="store_true", help="randomised synthetic sweep (core.synth_sweep) instead of the recipe stacks")
+    parser.add_argument("--cases", type=int, default=60, help="--sweep: number of seeds")
+    parser.add_argument("--first-seed", type=int, default=0, help="--sweep: first seed")
+    parser.add_argument("--processes", type=int, default=1, help="--sweep: cases fitted at a time")
     args = parser.parse_args()
+    if args.sweep:
+        return sweep(args.first_seed, args.cases, args.only, args.out or os.path.join(ROOT, "bench-output", "estimate-sweep"), args.processes)
+    args.out = args.out or os.path.join(ROOT, "bench-output", "estimate")
 
     from shadeflow.core.synth_stacks import StackConfig, generate_stack
 
@@ -244,6 +266,210 @@ def markdown(rows: list[dict]) -> str:
                 f"| {stack} | {r['method']} | {r['ff_rms']:.3f} [{r['ff_max']:.2f}] | {r['df_rms']:.2f} | {r['ucv']:.2f} | {r['fit_best']:.3f} ({r['fit_median']:.3f}) | {r['peak_gib']:.2f} | {ff_ratio} | {time_ratio} | {r['load']:.2f} |"
             )
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# --sweep: randomised synthetic cases (core.synth_sweep)
+
+SWEEP_TARGETS = {"median": 0.5, "worst": 1.5}  # flatfield relative RMS, %
+
+
+def fit_case(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The method under test: flatfield, darkfield and notes of ``images``. Swap the method here."""
+    from shadeflow.core.estimate import estimate_shading
+
+    result = estimate_shading(images, darkfield=darkfield)
+    return result.flatfield, result.darkfield, list(result.notes)
+
+
+def sweep_case(seed: int) -> dict:
+    """Generate, fit and score the case of ``seed``; a refused or crashed fit is a failure (error ∞)."""
+    from shadeflow.core.estimate_grid import EstimateError, relative_rms
+    from shadeflow.core.synth_sweep import draw_case, generate
+
+    case = draw_case(seed)
+    started = time.perf_counter()
+    images, truth = generate(case)
+    generated = time.perf_counter() - started
+    row = {
+        "seed": seed, "scene": case.scene, "shading": case.shading, "darkfield": case.darkfield, "drift": case.drift,
+        "n": case.n, "height": case.height, "width": case.width, "mean_counts": round(case.mean_counts, 2),
+        "outliers_pct": round(100 * len(truth.outliers) / case.n, 2), "dtype": case.dtype,
+        "saturated_pct": round(100 * truth.saturated_fraction, 3), "generate_s": round(generated, 3),
+        "ff_pct": None, "dark_counts": None, "dark_pct": None, "fit_s": None, "failure": None, "notes": [],
+    }
+    started = time.perf_counter()
+    try:
+        flat, dark, row["notes"] = fit_case(images, case.has_darkfield)
+    except EstimateError as exc:
+        row["failure"] = f"refused: {exc}"
+    except Exception as exc:  # noqa: BLE001 — a crash is a failure of this case, not of the sweep
+        row["failure"] = f"crashed: {type(exc).__name__}: {exc}"
+    row["fit_s"] = round(time.perf_counter() - started, 3)
+    if row["failure"] is None:
+        ff = relative_rms(np.asarray(flat, np.float64), truth.flatfield)
+        if not np.isfinite(ff):
+            row["failure"] = "non-finite flatfield"
+        else:
+            row["ff_pct"] = 100 * ff
+            if case.has_darkfield:
+                row["dark_counts"] = float(np.sqrt(np.mean((np.asarray(dark, np.float64) - truth.darkfield) ** 2)))
+                row["dark_pct"] = 100 * row["dark_counts"] / case.mean_counts
+    return row
+
+
+def sweep_cases(first: int, count: int, only: str | None) -> list:
+    """The cases of seeds first … first + count − 1, those of kind ``only`` if given."""
+    from shadeflow.core.synth_sweep import draw_case
+
+    cases = [draw_case(seed) for seed in range(first, first + count)]
+    return [c for c in cases if only is None or only in (c.scene, c.shading, c.darkfield, c.drift, c.dtype)]
+
+
+SWEEP_HEADER = (
+    f"{'seed':>4} {'scene':11} {'shading':9} {'dark':8} {'N':>4} {'H×W':>7} {'counts':>7} {'out%':>4} {'drift':8} "
+    f"{'FF %':>6} {'D cnt':>6} {'D %':>6} {'fit s':>5} {'gen s':>5}  notes"
+)
+
+
+def sweep_line(row: dict) -> str:
+    ff = "inf" if row["failure"] else f"{row['ff_pct']:.3f}"
+    d_counts = "—" if row["dark_counts"] is None else f"{row['dark_counts']:.2f}"
+    d_pct = "—" if row["dark_pct"] is None else f"{row['dark_pct']:.2f}"
+    size = f"{row['height']}×{row['width']}"
+    return (
+        f"{row['seed']:>4} {row['scene']:11} {row['shading']:9} {row['darkfield']:8} {row['n']:>4} {size:>7} "
+        f"{row['mean_counts']:>7.0f} {row['outliers_pct']:>4.1f} {row['drift']:8} "
+        f"{ff:>6} {d_counts:>6} {d_pct:>6} {row['fit_s']:>5.2f} {row['generate_s']:>5.2f}  {sweep_notes(row)}"
+    )
+
+
+def sweep_notes(row: dict) -> str:
+    parts = [row["failure"]] if row["failure"] else []
+    if row["dtype"] != "uint16":
+        parts.append(row["dtype"])
+    if row["saturated_pct"] >= 0.01:
+        parts.append(f"sat {row['saturated_pct']:.2f} %")
+    parts += row["notes"]
+    return "; ".join(parts)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Median and worst errors (failures count as ∞ in the flatfield figures), overall and per kind."""
+
+    def stats(group: list[dict]) -> dict:
+        ff = np.array([np.inf if r["failure"] else r["ff_pct"] for r in group])
+        dark = [r for r in group if r["dark_counts"] is not None]
+        return {
+            "cases": len(group),
+            "failures": sum(1 for r in group if r["failure"]),
+            "ff_median": float(np.median(ff)) if len(ff) else None,
+            "ff_worst": float(ff.max()) if len(ff) else None,
+            "dark_cases": len(dark),
+            "dark_median_counts": float(np.median([r["dark_counts"] for r in dark])) if dark else None,
+            "dark_worst_counts": max(r["dark_counts"] for r in dark) if dark else None,
+            "dark_median_pct": float(np.median([r["dark_pct"] for r in dark])) if dark else None,
+            "dark_worst_pct": max(r["dark_pct"] for r in dark) if dark else None,
+        }
+
+    summary = {"all": stats(rows), "per_kind": {}}
+    for key in ("scene", "shading", "darkfield", "drift"):
+        kinds = dict.fromkeys(sorted(r[key] for r in rows))
+        summary["per_kind"][key] = {kind: stats([r for r in rows if r[key] == kind]) for kind in kinds}
+    overall = summary["all"]
+    summary["targets"] = {
+        "median_pct": SWEEP_TARGETS["median"], "worst_pct": SWEEP_TARGETS["worst"],
+        "median_met": overall["ff_median"] is not None and overall["ff_median"] <= SWEEP_TARGETS["median"],
+        "worst_met": overall["ff_worst"] is not None and overall["ff_worst"] <= SWEEP_TARGETS["worst"],
+    }
+    return summary
+
+
+def _pct(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else ("inf" if not np.isfinite(value) else f"{value:.{digits}f}")
+
+
+def sweep_summary_text(summary: dict) -> str:
+    """The summary as markdown tables (printed and written to results.md)."""
+    a, t = summary["all"], summary["targets"]
+    verdict = {True: "met", False: "MISSED"}
+    lines = [
+        "| cases | failures | FF median % | FF worst % | D median counts (% of signal) "
+        "| D worst counts (% of signal) |",
+        "|---|---|---|---|---|---|",
+        f"| {a['cases']} | {a['failures']} "
+        f"| {_pct(a['ff_median'])} (target ≤ {t['median_pct']}: {verdict[t['median_met']]}) "
+        f"| {_pct(a['ff_worst'])} (target ≤ {t['worst_pct']}: {verdict[t['worst_met']]}) "
+        f"| {_pct(a['dark_median_counts'], 2)} ({_pct(a['dark_median_pct'], 2)}) "
+        f"| {_pct(a['dark_worst_counts'], 2)} ({_pct(a['dark_worst_pct'], 2)}) |",
+        "",
+        "| kind | | cases | failures | FF median % | FF worst % | D median counts | D worst counts "
+        "| D worst % of signal |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, groups in summary["per_kind"].items():
+        for kind, s in groups.items():
+            lines.append(
+                f"| {key} | {kind} | {s['cases']} | {s['failures']} | {_pct(s['ff_median'])} | {_pct(s['ff_worst'])} "
+                f"| {_pct(s['dark_median_counts'], 2)} | {_pct(s['dark_worst_counts'], 2)} "
+                f"| {_pct(s['dark_worst_pct'], 2)} |"
+            )
+    return "\n".join(lines)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = [
+        "| seed | scene | shading | darkfield | N | H×W | mean counts | outliers % | drift | FF % | D counts "
+        "| D % of signal | fit s | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ff = "inf" if r["failure"] else _pct(r["ff_pct"])
+        notes = sweep_notes(r).replace("|", "/")
+        lines.append(
+            f"| {r['seed']} | {r['scene']} | {r['shading']} | {r['darkfield']} | {r['n']} "
+            f"| {r['height']}×{r['width']} | {r['mean_counts']:.0f} | {r['outliers_pct']:.1f} | {r['drift']} | {ff} "
+            f"| {_pct(r['dark_counts'], 2)} | {_pct(r['dark_pct'], 2)} | {r['fit_s']:.2f} | {notes} |"
+        )
+    return "\n".join(lines)
+
+
+def sweep(first: int, count: int, only: str | None, out: str, processes: int) -> int:
+    """Run the sweep (module description); always returns 0."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from shadeflow.core import synth_sweep
+
+    kinds = synth_sweep.SCENES + synth_sweep.SHADINGS + synth_sweep.DARKFIELDS + synth_sweep.DRIFTS + synth_sweep.DTYPES
+    if only is not None and only not in kinds:
+        print(f"--only {only!r}: not a kind of the sweep ({', '.join(kinds)})", file=sys.stderr)
+        return 0
+    seeds = [c.seed for c in sweep_cases(first, count, only)]
+    print(f"sweep: {len(seeds)} cases (seeds {first}–{first + count - 1}{', ' + only if only else ''}); "
+          f"FF = flatfield relative RMS %, D = darkfield RMS error in counts and in % of the mean signal above it; "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(SWEEP_HEADER, flush=True)
+    started = time.perf_counter()
+    rows = []
+    with ProcessPoolExecutor(processes) if processes > 1 else nullcontext() as pool:
+        for row in (pool.map(sweep_case, seeds) if pool else map(sweep_case, seeds)):
+            rows.append(row)
+            print(sweep_line(row), flush=True)
+    runtime = time.perf_counter() - started
+    summary = summarise(rows) if rows else {}
+    text = sweep_summary_text(summary) if rows else "no cases"
+    print(f"\n{text}\n\ntotal {runtime:.0f} s ({len(rows)} cases, {processes} process(es))", flush=True)
+    os.makedirs(out, exist_ok=True)
+    record = {"first_seed": first, "cases": count, "only": only, "processes": processes, "runtime_s": round(runtime, 1),
+              "rows": rows, "summary": summary}
+    with open(os.path.join(out, "results.json"), "w") as handle:
+        json.dump(record, handle, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as handle:
+        title = f"seeds {first}–{first + count - 1}{' (' + only + ')' if only else ''}, {runtime:.0f} s"
+        handle.write(f"# Estimator sweep: {title}\n\nFF: flatfield relative RMS %. "
+                     f"D: RMS(D̂ − D) in counts, and in % of the mean signal above the darkfield.\n\n"
+                     f"{text}\n\n{sweep_table(rows)}\n")
+    return 0
 
 
 if __name__ == "__main__":

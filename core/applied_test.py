@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from shadeflow.core import storage
-from shadeflow.core.field_masks import unpack_tissue_mask
+from shadeflow.core.field_masks import stacking_masks, unpack_tissue_mask
+from shadeflow.core.morphology import upsample
 from shadeflow.core.flatfield import Flatfield, build_flatfield
 from shadeflow.core.illumination import Variation, layer_variation, mean_relative
 from shadeflow.core.meanimage import MASK_DIR, SlidePlan, read_corrected_field, read_mask_file
@@ -51,24 +52,31 @@ def split_fields(slide_id: str, bulk_keys: list[str], seed: int) -> Split:
     )
 
 
-def stacking_masks_from_files(mask_dir_url: str, key: str, shape: tuple[int, int], n_groups: int) -> np.ndarray:
+def stacking_masks_from_files(mask_dir_url: str, key: str, shape: tuple[int, int], n_groups: int, guard_px: float = 0.0, binning: int = 1) -> np.ndarray:
     """(G, H, W) pixels to stack per layer group, from the mask files meanimage wrote for a field.
 
     Tissue comes from ``<key>_tissue_mask.bin``; group g's saturation from ``<key>_full_mask.bin``
-    plane g, whose saturation labels are those above plane 0's largest (blur) label.
+    plane g, whose saturation labels are those above plane 0's largest (blur) label. ``guard_px`` is
+    the stacking guard band (:func:`~shadeflow.core.field_masks.stacking_masks`, in full-resolution
+    pixels). Masks made on a working grid of ``binning`` (constant over its cells) get the band on
+    that grid, so the fields are stacked exactly as meanimage stacked them; others at full resolution.
     """
     tissue_url = storage.join(mask_dir_url, f"{key}_tissue_mask.bin")
     if not storage.exists(tissue_url):
         raise ModelError(f"field {key}: no tissue mask {tissue_url}; rerun meanimage for its slide")
     tissue = unpack_tissue_mask(storage.read_bytes(tissue_url), shape)
-    masks = np.repeat(tissue[None], n_groups, axis=0)
+    saturation = np.zeros((n_groups, *shape), bool)
     full_url = storage.join(mask_dir_url, f"{key}_full_mask.bin")
     if storage.exists(full_url):
         labels = read_mask_file(full_url, shape, n_groups)
         last_blur = max(int(labels[..., 0].max()), 1)
         for g in range(n_groups):
-            masks[g] &= labels[..., g + 1] <= last_blur
-    return masks
+            saturation[g] = labels[..., g + 1] > last_blur
+    if guard_px > 0 and binning > 1:
+        cells_tissue, cells_saturation = tissue[::binning, ::binning], saturation[:, ::binning, ::binning]
+        if (upsample(cells_tissue, binning, shape) == tissue).all() and (upsample(cells_saturation, binning, shape) == saturation).all():
+            return upsample(stacking_masks(cells_tissue, cells_saturation, guard_px / binning), binning, shape)
+    return stacking_masks(tissue, saturation, guard_px)
 
 
 def restack(plan: SlidePlan, fields: list[Field], half: str) -> MeanImageStack:
@@ -82,7 +90,7 @@ def restack(plan: SlidePlan, fields: list[Field], half: str) -> MeanImageStack:
     accumulator = CountAccumulator.empty((n, h, w))
     for field in fields:
         image = read_corrected_field(plan, field)
-        masks = stacking_masks_from_files(mask_dir, field.key, (h, w), len(slide.layer_groups))
+        masks = stacking_masks_from_files(mask_dir, field.key, (h, w), len(slide.layer_groups), plan.stacking_guard_px, plan.grid.binning)
         layers = accumulator.add(image, masks, slide.layer_groups, plan.params.min_pixel_fraction)
         accumulator.fields.append(FieldLogRow(slide.slide_id, storage.basename(field.file), "bulk", half, layers))
     return accumulator.to_stack(plan.exposure_ms)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shadeflow.core import astropath_io, storage
-from shadeflow.core.meanimage_outputs import output_url
-from shadeflow.core.models_csv import ModelError
+from shadeflow.core.models_csv import ModelError, check_version_name, read_models_csv, select_version
 from shadeflow.core.outputs import MANIFEST
 from shadeflow.core.slide import SLIDE_JSON
 from shadeflow.core.stack import FieldLogRow, MeanImageStack
@@ -39,6 +38,10 @@ class SlideRef:
 
     @property
     def meanimage_url(self) -> str:
+        # deferred: meanimage_outputs pulls in the mask modules (scipy.signal, ~0.7 s), which the
+        # command line's checks of slides and roots must not wait for
+        from shadeflow.core.meanimage_outputs import output_url
+
         return output_url(self.url)
 
     def file(self, name: str) -> str:
@@ -48,7 +51,8 @@ class SlideRef:
 def _slide_folders(root: str) -> list[str]:
     fs, path = storage.filesystem(root)
     if not fs.isdir(path):
-        raise ModelError(f"root {root} is not a folder")
+        problem = "is not a folder" if fs.exists(path) else "does not exist"
+        raise ModelError(f"--root {root}: {problem}; give a folder holding slide folders")
     names = []
     for entry in fs.ls(path, detail=True):
         if entry["type"] == "directory":
@@ -97,6 +101,26 @@ def _slide_ref(root: str, slide_id: str) -> SlideRef:
         shape=tuple(int(v) for v in meta["shape"]),
         layer_groups=groups,
     )
+
+
+def slides_with_meanimages(roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None) -> list[SlideRef]:
+    """The slides :func:`find_slides` selects, each with a usable mean image, all of one shape and
+    layer groups; an error naming the roots when none match. Reads only listings and small files."""
+    refs = find_slides(roots, slide_ids=slide_ids, pattern=pattern)
+    if not refs:
+        raise ModelError(f"no slides under {', '.join(roots)} match {pattern or '.*'!r}")
+    for ref in refs:
+        check_meanimage(ref)
+    check_compatible(refs)
+    return refs
+
+
+def model_slides(version: str, models_csv: str, roots: list[str]) -> list[SlideRef]:
+    """The slides the models CSV lists for ``version``, each found once under the roots with a usable
+    mean image (what ``model build`` checks before it reads anything in bulk)."""
+    check_version_name(version)
+    entries = select_version(read_models_csv(models_csv), version, models_csv)
+    return slides_with_meanimages(roots, slide_ids=[e.slide_id for e in entries])
 
 
 def meanimage_files(ref: SlideRef) -> list[str]:

@@ -31,7 +31,7 @@ import numpy as np
 from shadeflow.core import storage
 from shadeflow.core.background import Background, BackgroundError, constant_background, estimate_background
 from shadeflow.core.correction import correction_pyramid, graph_constants_allowed, plan_pyramid, select_axes
-from shadeflow.core.flatfield_sources import Flatfield, FlatfieldError, darkfield_fields, estimate_flatfield, file_flatfield, model_flatfield
+from shadeflow.core.flatfield_sources import Flatfield, FlatfieldError, darkfield_fields, estimate_flatfield, file_flatfield, model_flatfield, parse_channel_map
 from shadeflow.core.models_csv import ModelError
 from shadeflow.core.ome_zarr_io import (
     CANONICAL,
@@ -79,6 +79,22 @@ class CorrectRequest:
         if self.method and self.method != "estimate":
             raise ValueError(f"--method {self.method!r} is not known; the only method is 'estimate'")
         return kinds[0]
+
+    def check(self) -> "CorrectRequest":
+        """The options fit together: exactly one flatfield source, layers only for a model, a darkfield
+        or a background; reads nothing."""
+        self.flatfield_kind()
+        if self.model is None and (self.layer is not None or self.channel_map):
+            raise ValueError("--layer and --channel-map choose model layers; they need --model")
+        if self.layer is not None and self.channel_map:
+            raise ValueError("give --layer or --channel-map, not both")
+        if self.channel_map:
+            parse_channel_map(self.channel_map)
+        if self.darkfield and self.background.strip().lower() != "estimate":
+            raise ValueError("give --darkfield or --background, not both")
+        if not self.darkfield:
+            parse_background(self.background)
+        return self
 
     def recorded(self, tile: str) -> dict[str, Any]:
         """What makes an output: compared with a complete output's marker to decide skip or refuse."""
@@ -435,5 +451,3 @@ def _write_marker(plan: TilePlan, provenance: dict[str, Any]) -> None:
 def report_dict(report: TileReport) -> dict[str, Any]:
     return asdict(report)
 
-
-USER_ERRORS = (TileError, FlatfieldError, BackgroundError, ModelError)

@@ -33,11 +33,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
+from shadeflow.core import estimate_surface_fit as surface_fit
 from shadeflow.core.estimate_fit import (
     FitSettings,
     GridModel,
@@ -51,17 +52,24 @@ from shadeflow.core.estimate_fit import (
 )
 from shadeflow.core.estimate_grid import (
     DEFAULT_GRID,
+    SURFACE_GRID,
     EstimateError,
     GridLayout,
     block_means,
     describe_layout,
     evaluate_field,
     frames_needed,
+    full_resolution,
     grid_layout,
     single_threaded_blas,
 )
 
 METHOD = "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
+SURFACE_METHOD = (
+    "shadeflow surface regression (robust IRLS on block means, thin-plate surfaces with cross-validated smoothness, "
+    "bounded darkfield gauge)"
+)
+METHODS = ("floor", "surface")
 
 __all__ = ["EstimateError", "EstimateSettings", "ShadingEstimate", "estimate_shading", "METHOD"]
 
@@ -71,9 +79,13 @@ class EstimateSettings:
     """Parameters of the estimator (all recorded with its outputs)."""
 
     darkfield: bool = False  # estimate a darkfield (else D = 0, or the known darkfield)
-    degree: int = 6  # total degree of the flatfield's Legendre polynomial
-    darkfield_degree: int = 2  # total degree of the darkfield's polynomial (before the gauge)
-    grid: int = DEFAULT_GRID  # blocks across the longer side
+    method: str = "floor"  # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness
+    degree: int = 6  # floor: total degree of the flatfield's Legendre polynomial
+    darkfield_degree: int = 2  # floor: total degree of the darkfield's polynomial (before the gauge)
+    smoothness: float | None = None  # surface: the flatfield's smoothing length in pixels; None: cross-validated
+    darkfield_smoothness: float = 16.0  # surface: the darkfield's smoothing length in units of the flatfield's
+    order_statistics: bool | None = False  # surface: separate S and D by order statistics; None: when levels hardly vary
+    grid: int | None = None  # blocks across the longer side; None: 64 (floor) or 128 (surface)
     window: float = 3.0  # biweight half-width, in units of the floor's noise
     max_frames: int = 1000  # the robust fit uses at most this many frames (seeded subsample)
     chunk_frames: int = 64  # frames per chunk of the final pass (and per Dask task)
@@ -83,13 +95,30 @@ class EstimateSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise EstimateError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.smoothness is not None and not 0 < self.smoothness <= 1000:
+            raise EstimateError(f"smoothness {self.smoothness} must be a length in pixels between 0 and 1000 (or automatic)")
         if not 0 <= self.darkfield_degree <= self.degree <= 12:
             raise EstimateError(f"degrees must satisfy 0 ≤ darkfield_degree ({self.darkfield_degree}) ≤ degree ({self.degree}) ≤ 12")
-        if self.window <= 0 or self.max_frames < 1 or self.chunk_frames < 1 or self.grid < 8:
+        if self.window <= 0 or self.max_frames < 1 or self.chunk_frames < 1 or (self.grid is not None and self.grid < 8):
             raise EstimateError("window must be positive, max_frames and chunk_frames at least 1, grid at least 8")
+
+    @property
+    def grid_blocks(self) -> int:
+        return self.grid if self.grid is not None else (SURFACE_GRID if self.method == "surface" else DEFAULT_GRID)
 
     def fit_settings(self) -> FitSettings:
         return FitSettings(self.darkfield, self.degree, self.darkfield_degree, self.window, self.max_iterations, self.tolerance)
+
+    def surface_settings(self, dtype: np.dtype, layout: GridLayout, nonnegative: bool) -> surface_fit.FitSettings:
+        """The surface fit's settings for images of ``dtype`` on ``layout``; ``nonnegative``: the images
+        hold no negative value (raw camera counts), so neither can their darkfield."""
+        blocks = None if self.smoothness is None else max(0.1, self.smoothness / layout.block)
+        return surface_fit.FitSettings(
+            self.darkfield, blocks, self.darkfield_smoothness, self.window, max(self.max_iterations, 30), self.tolerance,
+            self.order_statistics, nonnegative_darkfield=nonnegative, quantisation=0.29 if np.dtype(dtype).kind in "ui" else 0.0,
+        )
 
 
 @dataclass
@@ -116,6 +145,7 @@ class ShadingEstimate:
             "darkfield_mean": round(float(self.darkfield.mean()), 3),
             "baseline_median": round(float(np.nanmedian(self.baseline)), 3) if np.isfinite(self.baseline).any() else None,
             "noise_tau": round(float(self.diagnostics["tau"]), 5),
+            "converged": bool(self.diagnostics["converged"]),
             "seconds": round(float(self.diagnostics["seconds"]), 3),
         }
 
@@ -190,9 +220,11 @@ def check_mask(mask: np.ndarray | None, n: int, shape: tuple[int, int]) -> np.nd
     return mask
 
 
-def chunk_statistics(Y: np.ndarray, V: np.ndarray, model: GridModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def chunk_statistics(Y: np.ndarray, V: np.ndarray, model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-block sufficient statistics of one chunk of frames under ``model`` (final pass), with the
     chunk's baselines and which frames contributed. Plain numpy: runs on a worker as it is."""
+    if isinstance(model, surface_fit.GridModel):
+        return surface_fit.chunk_statistics(Y, V, model)
     B, w = frame_baselines(Y, V, model)
     S, D = model.fields()
     fixed = 0.0 if model.known_darkfield is None else model.known_darkfield
@@ -248,8 +280,6 @@ def estimate_shading(
 
 
 def resolve_settings(settings: EstimateSettings | None, darkfield: bool, known_darkfield) -> EstimateSettings:
-    from dataclasses import replace
-
     settings = replace(settings or EstimateSettings(), darkfield=bool(darkfield))
     if settings.darkfield and known_darkfield is not None:
         raise EstimateError("give a known darkfield or ask for one to be estimated, not both")
@@ -271,14 +301,22 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
         raise EstimateError(f"{where}: {source.n} image{'s' if source.n != 1 else ''}; the estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}")
     if source.dtype.kind not in "biuf":
         raise EstimateError(f"{where}: dtype {source.dtype} is not a real number type")
-    layout = grid_layout(source.shape, settings.grid)
+    layout = grid_layout(source.shape, settings.grid_blocks)
     saturation = settings.saturation if settings.saturation is not None else (float(np.iinfo(source.dtype).max) if source.dtype.kind in "ui" else None)
     known_grid = _known_on_grid(known_darkfield, layout, where)
     fit_frames = choose_frames(source.n, settings.max_frames, settings.seed)
     Y, V = source.grid(fit_frames, layout, saturation, settings.chunk_frames)
     _check_content(Y, V, where)
+    surface = settings.method == "surface"
     with single_threaded_blas():
-        model = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
+        if surface:
+            fitted = surface_fit.fit_grid(Y, V, layout, settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0)), known_grid)
+        else:
+            fitted = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
+            if settings.darkfield:
+                check_darkfield_below_data(fitted, Y, V, where)
+        offset = None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings, source.dtype)
+    model = fitted
     if len(fit_frames) == source.n:  # every frame is on the grid already: the final pass needs no second read
         step = settings.chunk_frames
         with single_threaded_blas():
@@ -292,24 +330,111 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
     baseline = np.concatenate([p[1] for p in parts])
     used = np.concatenate([p[2] for p in parts])
     with single_threaded_blas():
-        model = _final_model(model, stats)
-        flat, dark, scale = _full_fields(model, source.shape, known_darkfield)
+        if surface:
+            model = surface_fit.final_step(model, stats) if len(fit_frames) < source.n else model
+            flat, dark, scale = _surface_fields(model, source.shape, known_darkfield)
+        else:
+            model = _final_model(model, stats)
+            flat, dark, scale = _full_fields(model, source.shape, known_darkfield)
+    check_plausible(flat, dark, where)
     baseline = np.where(used, baseline * scale, np.nan)
+    notes = list(model.notes)
+    if offset is not None and offset["clear"]:
+        notes.append(
+            f"the images hold an offset of about {offset['counts']:.3g} counts ({offset['share']:.0%} of the mean signal) that a "
+            "flatfield-only fit folds into the flatfield; estimate it with --darkfield or give the camera offset"
+        )
     seconds = time.perf_counter() - started
     rejected = [int(i) for i in np.flatnonzero(~used)]  # outliers, frames with no background or no light
     diagnostics = {
-        "method": METHOD,
+        "method": SURFACE_METHOD if surface else METHOD,
         "grid": describe_layout(layout),
         "block_px": layout.block,
         "fit_frames": int(len(fit_frames)),
         "iterations": model.iterations,
         "converged": model.converged,
-        "tau": model.tau,
+        "tau": float(np.median(model.tau)),
         "baseline_spread": model.baseline_spread,
+        "smoothness_px": model.smoothness * layout.block if surface else None,
+        "order_statistics": model.order_statistics if surface else False,
+        "offset_probe": offset,
         "seconds": seconds,
         "saturation": saturation,
     }
-    return ShadingEstimate(flat, dark, baseline, int(used.sum()), rejected, diagnostics, settings, list(model.notes))
+    return ShadingEstimate(flat, dark, baseline, int(used.sum()), rejected, diagnostics, settings, notes)
+
+
+#: a flatfield whose brightest pixel is more than this many times its dimmest is not a plausible optic
+MAX_FLATFIELD_RANGE = 100.0
+#: an offset is "clear" above this share of the mean signal (and three times the floor's noise)
+OFFSET_SHARE = 0.02
+
+
+def offset_probe(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: EstimateSettings, dtype: np.dtype) -> dict[str, Any] | None:
+    """For a flatfield-only fit: what a darkfield fit of the same block means finds — the mean darkfield
+    in counts and as a share of the mean signal — and whether that offset is clear (above
+    :data:`OFFSET_SHARE` of the signal and three times the floor's noise). None if that fit fails."""
+    probe_settings = replace(settings, darkfield=True, max_iterations=15)
+    try:
+        if settings.method == "surface":
+            probe = surface_fit.fit_grid(Y, V, layout, probe_settings.surface_settings(dtype, layout, bool(Y[V > 0].min() >= 0)))
+            dark = probe.dark
+        else:
+            probe = fit_grid(Y, V, layout, probe_settings.fit_settings())
+            dark = probe.fields()[1]
+    except EstimateError:
+        return None
+    level = float(np.median(Y[V > 0]))
+    counts = float(np.mean(dark))
+    share = counts / level if level > 0 else 0.0
+    noise = float(np.median(probe.tau)) * level
+    return {"counts": counts, "share": share, "clear": bool(share > OFFSET_SHARE and counts > 3 * noise)}
+
+
+def check_plausible(flat: np.ndarray, dark: np.ndarray, where: str) -> None:
+    """Refuse profiles no optics produce, with advice: non-finite values, or a flatfield spanning more
+    than :data:`MAX_FLATFIELD_RANGE`× (the floor method also refuses a flatfield that is not positive)."""
+    if not (np.isfinite(flat).all() and np.isfinite(dark).all()):
+        raise EstimateError(f"{where}: the fit produced non-finite profiles; check the images for constant or empty frames")
+    span = float(flat.max() / flat.min()) if flat.min() > 0 else float("inf")
+    if span > MAX_FLATFIELD_RANGE:
+        raise EstimateError(
+            f"{where}: the estimated flatfield spans {span:.0f}× (more than {MAX_FLATFIELD_RANGE:g}×), which no illumination does; "
+            "the images do not constrain it — use more frames, frames with more even content, or a smoother fit"
+        )
+
+
+#: share of the blocks where a floor-method darkfield may exceed the data's 1 % quantile (by more than 5 % of the level)
+MAX_DARKFIELD_ABOVE_DATA = 0.01
+
+
+def check_darkfield_below_data(model: GridModel, Y: np.ndarray, V: np.ndarray, where: str) -> None:
+    """The floor method's darkfield is a polynomial, not bounded by the data during the fit: refuse it
+    where it rises above the darkest 1 % of the images (beyond three times the floor's noise) at more
+    than :data:`MAX_DARKFIELD_ABOVE_DATA` of the blocks — the corrected images would be negative there."""
+    S, D = model.fields()
+    darkest = np.quantile(np.where(V > 0, Y, np.nan), 0.01, axis=0, method="lower")
+    level = float(np.median(Y[V > 0]))
+    above = np.isfinite(darkest) & (D > darkest + 0.05 * level)
+    if above.mean() > MAX_DARKFIELD_ABOVE_DATA:
+        raise EstimateError(
+            f"{where}: the estimated darkfield rises above the darkest 1 % of the images on {above.mean():.0%} of the field, "
+            "which no darkfield can; the images do not determine it — give the camera offset, raise --darkfield-degree, or try --method surface"
+        )
+
+
+def _surface_fields(model: surface_fit.GridModel, shape: tuple[int, int], known) -> tuple[np.ndarray, np.ndarray, float]:
+    """The surface model's S (mean 1) and D at every pixel, and the factor by which S was rescaled."""
+    flat = np.exp(full_resolution(model.log_flat, model.layout))
+    scale = float(flat.mean())
+    flat /= scale
+    if model.settings.darkfield:
+        dark = full_resolution(model.dark, model.layout)
+    elif known is not None:
+        dark = np.broadcast_to(np.asarray(known, np.float64), shape).copy()
+    else:
+        dark = np.zeros(shape)
+    return flat.astype(np.float32), dark.astype(np.float32), scale
 
 
 def _known_on_grid(known, layout: GridLayout, where: str) -> np.ndarray | None:

@@ -9,9 +9,11 @@ Invalid pixels never enter a block mean: saturated pixels (at or above the satur
 default the integer dtype's maximum) void their whole block in that frame, and a weight mask gives a
 weighted mean with the block's share of weight as its validity.
 
-S and D are expanded in tensor products of Legendre polynomials of total degree ≤ K on [−1, 1]²
-(pixel centres mapped to the open interval), so the fitted fields are evaluated exactly at any
-resolution: no interpolation back to full size.
+For the floor method, S and D are expanded in tensor products of Legendre polynomials of total degree
+≤ K on [−1, 1]² (pixel centres mapped to the open interval), evaluated exactly at any resolution. For
+the surface method they are free values per block, brought to full resolution by bilinear
+interpolation between block centres (:func:`full_resolution`); its first iterations may run on
+coarser grids (:func:`coarsen`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.polynomial import legendre
+from scipy.interpolate import RegularGridInterpolator
 
-#: blocks across the longer side of a frame
+#: blocks across the longer side of a frame (floor method)
 DEFAULT_GRID = 64
+#: blocks across the longer side of a frame (surface method: fine enough for a sharp aperture edge)
+SURFACE_GRID = 128
 #: fewest blocks along either side
 MIN_BLOCKS = 8
 
@@ -178,6 +183,55 @@ def laplacian(field: np.ndarray, layout: GridLayout) -> np.ndarray:
     lap = np.gradient(np.gradient(f, dy, axis=0), dy, axis=0) + np.gradient(np.gradient(f, dx, axis=1), dx, axis=1)
     trim = 2 if min(layout.ny, layout.nx) > 6 else 1
     return lap[trim:-trim, trim:-trim].ravel()
+
+
+# ---------------------------------------------------------------------------------------------
+# coarser grids and the way back to full resolution
+
+
+def coarsen(Y: np.ndarray, V: np.ndarray, layout: GridLayout) -> tuple[np.ndarray, np.ndarray, GridLayout]:
+    """Means of 2×2 blocks of a grid (a grid of blocks twice the size; an odd last row or column is left
+    out). A coarse block is valid only where all four of its blocks are (a saturated pixel voids it)."""
+    n = Y.shape[0]
+    ny, nx = layout.ny // 2, layout.nx // 2
+
+    def quads(a):
+        return a.reshape(n, layout.ny, layout.nx)[:, : 2 * ny, : 2 * nx].reshape(n, ny, 2, nx, 2)
+
+    Yq, Vq = quads(Y), quads(V)
+    weight = Vq.sum(axis=(2, 4))
+    means = np.divide((Yq * Vq).sum(axis=(2, 4)), weight, out=np.zeros((n, ny, nx)), where=weight > 0)
+    validity = np.where((Vq > 0).all(axis=(2, 4)), weight / 4, 0.0)
+    coarse = GridLayout(layout.shape, layout.block * 2, ny, nx, layout.y0, layout.x0)
+    return means.reshape(n, -1), validity.reshape(n, -1), coarse
+
+
+def block_centres(layout: GridLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of the blocks in pixel coordinates (y, x)."""
+    b = layout.block
+    return layout.y0 + (np.arange(layout.ny) + 0.5) * b, layout.x0 + (np.arange(layout.nx) + 0.5) * b
+
+
+def interpolate(field: np.ndarray, layout: GridLayout, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """A grid field (G,) at the points ys × xs (pixel coordinates): bilinear between block centres,
+    extended linearly past the outer centres (the border half-blocks and the left-out rows)."""
+    cy, cx = block_centres(layout)
+    grid = RegularGridInterpolator((cy, cx), field.reshape(layout.ny, layout.nx), bounds_error=False, fill_value=None)
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return grid((yy, xx))
+
+
+def regrid(field: np.ndarray, source: GridLayout, target: GridLayout) -> np.ndarray:
+    """A field of one grid on another grid of the same frames (G_target,)."""
+    return interpolate(field, source, *block_centres(target)).ravel()
+
+
+def full_resolution(field: np.ndarray, layout: GridLayout) -> np.ndarray:
+    """A grid field at every pixel centre of the frame (H, W)."""
+    h, w = layout.shape
+    if layout.block == 1 and (layout.ny, layout.nx) == (h, w):
+        return field.reshape(h, w).astype(np.float64, copy=True)
+    return interpolate(field, layout, np.arange(h) + 0.5, np.arange(w) + 0.5)
 
 
 def single_threaded_blas():

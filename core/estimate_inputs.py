@@ -100,7 +100,7 @@ def open_images(urls: list[str], channels: int = 1, component: str | None = None
 def _kind(url: str) -> str:
     fs, path = storage.filesystem(url)
     if not fs.exists(path):
-        raise EstimateError(f"input {url} does not exist")
+        raise EstimateError(f"input {url}: does not exist")
     name = storage.basename(url).lower()
     if name.endswith(TIFF_SUFFIXES) and fs.isfile(path):
         return "tiff"

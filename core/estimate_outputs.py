@@ -82,7 +82,7 @@ def write_estimate(out: str, results: list[ShadingEstimate], channel_names: list
     channels = [channel_record(n, r) for n, r in zip(channel_names, results)]
     attrs = {
         "kind": KIND,
-        "method": METHOD,
+        "method": results[0].diagnostics.get("method", METHOD) if results else METHOD,
         "model": "I_n(x) = flatfield(x) * baseline_n + darkfield(x) + specimen_n(x)",
         "parameters": _jsonable(parameters),
         "inputs": inputs,
@@ -98,7 +98,7 @@ def write_estimate(out: str, results: list[ShadingEstimate], channel_names: list
         for name, values in (("flatfield", flat), ("darkfield", dark), ("baseline", baseline)):
             group.create_array(name, data=values, chunks=values.shape)
         group.attrs.update(attrs)
-        return staged.commit(KIND, _jsonable(parameters), inputs, channels=channels, method=METHOD)
+        return staged.commit(KIND, _jsonable(parameters), inputs, channels=channels, method=attrs["method"])
 
 
 def read_estimate(out: str) -> dict[str, Any]:

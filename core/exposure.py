@@ -24,6 +24,18 @@ def exposure_lut(exposure_ms: float, target_ms: float, offset: float) -> np.ndar
     return np.clip(corrected, 0, 65535).astype(np.uint16)
 
 
+def corrected_ceiling(exposure_ms: np.ndarray, target_ms: np.ndarray, offset: float) -> np.ndarray:
+    """Per layer, the corrected value of a raw pixel at the top of the uint16 range (65,535).
+
+    Corrected values at or above it were clipped — by the camera, or by the correction itself when
+    it scales up — so they no longer measure brightness (see ``shadeflow.core.saturation_mask``).
+    """
+    exposure_ms, target_ms = np.asarray(exposure_ms, np.float64), np.asarray(target_ms, np.float64)
+    top = 65535.0 - offset
+    ceiling = np.where(top > 0, np.rint(offset + (target_ms / exposure_ms) * top), 65535.0)
+    return np.clip(np.where(exposure_ms == target_ms, 65535.0, ceiling), 0, 65535).astype(np.uint16)
+
+
 def correct_exposure(image: np.ndarray, exposure_ms: np.ndarray, target_ms: np.ndarray, offset: float, inplace: bool = False) -> np.ndarray:
     """Exposure-time corrected (L, H, W) uint16 image (a copy unless ``inplace``).
 

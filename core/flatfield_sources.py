@@ -271,7 +271,7 @@ def read_field_file(url: str, what: str = "flatfield file") -> np.ndarray:
     zarr (an array, or a group holding an OME-Zarr image, a ``flatfield`` array or exactly one array)."""
     name = storage.basename(url).lower()
     if not storage.exists(url):
-        raise FlatfieldError(f"{what} {url} does not exist")
+        raise FlatfieldError(f"{what} {url}: does not exist")
     try:
         if name.endswith(".npy"):
             return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)

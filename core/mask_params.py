@@ -75,7 +75,12 @@ class MaskParameters:
     saturation_morph: float = 18.0
     saturation_min_size: float = 1000.0
     saturation_min_pixels: float = 4500.0
-    min_pixel_fraction: float = 0.8  # a layer is stacked only if ≥ 80 % of its pixels are kept
+    #: a field's layer group is stacked when at least this fraction of its pixels is kept; 0 (default):
+    #: when any is. AstroPath: 0.8 (see ``shadeflow.core.stack.CountAccumulator.add`` for why not here)
+    min_pixel_fraction: float = 0.0
+    #: stacked pixels lie further than this from anything the mask excludes (4 × ``smoothing_sigma``, the
+    #: smoothing kernel's reach; see ``shadeflow.core.field_masks.stacking_masks``); 0: AstroPath's masks as they are
+    stacking_guard: float = 20.0
     saturation_cut_overrides: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -134,6 +139,10 @@ class WorkingGrid:
 
     def area(self, native_px: float) -> float:
         return native_px * self.factor**2
+
+    def data_length(self, native_px: float) -> float:
+        """A length in native pixels as pixels of the slide's own (full-resolution) images."""
+        return native_px * self.scale
 
     def sigma(self, native_sigma: float) -> float:
         """Gaussian σ on the working grid that, after block-averaging, matches σ at native resolution.

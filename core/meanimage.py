@@ -18,7 +18,7 @@ from functools import cached_property
 import numpy as np
 
 from shadeflow.core import astropath_io, storage
-from shadeflow.core.exposure import correct_exposure
+from shadeflow.core.exposure import correct_exposure, corrected_ceiling
 from shadeflow.core.field_masks import FieldMasks, MaskRegion, compute_field_masks, pack_tissue_mask, working_smoothed
 from shadeflow.core.geometry import classify_fields, field_size_um, pixel_scale
 from shadeflow.core.mask_params import MaskParameters, WorkingGrid
@@ -27,6 +27,10 @@ from shadeflow.core.stack import CountAccumulator, FieldLogRow, MeanImageStack
 from shadeflow.core.threshold import N_BINS, slide_thresholds, thresholds_from_histograms
 
 MASK_DIR = "image_masking"
+#: recorded with every output, so a rerun does not take an output of an earlier masking method for its own
+#: (2: thresholds above the background mode, every field stacks its kept pixels, a guard band around
+#: background and saturation, field-border background not filled as holes, clipped pixels flagged)
+MEANIMAGE_METHOD = "masks-2"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,11 @@ class SlidePlan:
     def exposure_ms(self) -> np.ndarray:
         """Per-layer exposure time every field is normalised to (the slide median)."""
         return self.slide.median_exposure_per_layer
+
+    @property
+    def stacking_guard_px(self) -> float:
+        """The stacking guard band in pixels of this slide's fields (0 without masking)."""
+        return 0.0 if self.skip_masking else self.grid.data_length(self.params.stacking_guard)
 
 
 def plan_slide(slide: Slide, params: MaskParameters | None = None, binning: int | None = None, skip_masking: bool = False) -> SlidePlan:
@@ -183,12 +192,13 @@ def mask_and_stack(
                 tissue=np.ones((h, w), bool), blur=np.zeros((h, w), bool), saturation=np.zeros((len(slide.layer_groups), h, w), bool), binning=1, shape=(h, w)
             )
         else:
-            masks = compute_field_masks(image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params, slide.dark_current)
+            ceiling = corrected_ceiling(slide.exposure_per_layer(f), plan.exposure_ms, slide.dark_current)
+            masks = compute_field_masks(image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params, slide.dark_current, ceiling)
             _write_mask_files(mask_dir_url, f, masks, slide, result.regions)
         stacked: tuple[int, ...] = ()
         bulk = plan.is_bulk(f)
         if bulk:
-            stacked = result.accumulator.add(image, masks.stacking_masks(), slide.layer_groups, plan.params.min_pixel_fraction)
+            stacked = result.accumulator.add(image, masks.stacking_masks(plan.stacking_guard_px), slide.layer_groups, plan.params.min_pixel_fraction)
             result.accumulator.fields.append(FieldLogRow(slide.slide_id, storage.basename(f.file), "bulk", "stacking", stacked))
         result.summaries.append(
             FieldSummary(
@@ -254,9 +264,10 @@ def check_tissue_found(plan: SlidePlan, result: BatchResult) -> None:
     if result.accumulator.n_images.sum() == 0:
         n = len(plan.bulk_fields)
         best = max((s.tissue_fraction for s in result.summaries if s.bulk), default=0.0)
+        needed = f"≥ {plan.params.min_pixel_fraction:.0%}" if plan.params.min_pixel_fraction > 0 else "any"
         raise SlideError(
             f"slide {plan.slide.slide_id}: no tissue found — none of its {n} bulk fields has "
-            f"≥ {plan.params.min_pixel_fraction:.0%} usable tissue in any layer (best: {best:.0%}); nothing was stacked"
+            f"{needed} usable tissue in any layer (best: {best:.0%}); nothing was stacked"
         )
 
 

@@ -41,7 +41,7 @@ def check_version_name(version: str) -> str:
 def read_models_csv(url: str) -> list[ModelEntry]:
     """All rows of a models CSV, checked for the required columns."""
     if not storage.exists(url):
-        raise ModelError(f"models CSV {url} not found")
+        raise ModelError(f"models CSV {url}: does not exist")
     reader = csv.DictReader(io.StringIO(storage.read_text(url)))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:

@@ -110,13 +110,21 @@ def is_uniform(mask: np.ndarray) -> bool:
     return bool(mask.all() or not mask.any())
 
 
-def size_filter(mask: np.ndarray, min_size: float) -> np.ndarray:
-    """Two-way size filter: drop True components and fill False holes smaller than ``min_size`` px (8-connected)."""
+def size_filter(mask: np.ndarray, min_size: float, fill_border_holes: bool = True) -> np.ndarray:
+    """Two-way size filter: drop True components and fill False holes smaller than ``min_size`` px (8-connected).
+
+    With ``fill_border_holes=False`` a False component touching the image border is never filled: it is
+    not a hole but the part of a larger region that the border cuts off.
+    """
     max_size = max(0, math.ceil(min_size) - 1)
     if max_size == 0:
         return mask
     kept = morphology.remove_small_objects(mask, max_size=max_size, connectivity=2)
-    return morphology.remove_small_holes(kept, max_size=max_size, connectivity=2)
+    if fill_border_holes:
+        return morphology.remove_small_holes(kept, max_size=max_size, connectivity=2)
+    # a False frame joins every border-touching False component into one large one
+    framed = morphology.remove_small_holes(np.pad(kept, 1, constant_values=False), max_size=max_size, connectivity=2)
+    return framed[1:-1, 1:-1]
 
 
 def label_regions(mask: np.ndarray) -> tuple[np.ndarray, int]:

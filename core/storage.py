@@ -116,3 +116,43 @@ def remove(url: str) -> None:
     fs, path = filesystem(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+def check_output_folder(url: str, what: str = "--out", hint: str | None = None) -> None:
+    """Refuse, before anything runs, an output folder that cannot be written; writes nothing.
+
+    Locally: the folder (or the nearest part of its path that exists) must be a writable folder. On
+    S3: the bucket must exist and be reachable — a missing output bucket is the output's problem,
+    named as such, not discovered when the first result is written.
+    """
+    from shadeflow.core.errors import InputError, one_line
+
+    url = normalize(url)
+    label = f"{what} {url}"
+    elsewhere = hint or f"choose another {what}"
+    if is_remote(url):
+        fs, path = filesystem(url)
+        bucket = path.split("/", 1)[0]
+        if not bucket:
+            raise InputError(label, "names no bucket", f"give {what} as s3://BUCKET/FOLDER")
+        try:
+            found = fs.exists(bucket)
+            is_file = found and "/" in path.strip("/") and fs.isfile(path)
+        except PermissionError:
+            raise InputError(label, f"bucket {bucket!r} cannot be accessed (permission denied)", "check the AWS credentials") from None
+        except OSError as exc:
+            raise InputError(label, f"bucket {bucket!r} cannot be reached ({one_line(exc)})", "check AWS_ENDPOINT_URL and the network") from None
+        if not found:
+            raise InputError(label, f"bucket {bucket!r} does not exist", f"create it or {elsewhere}")
+        if is_file:
+            raise InputError(label, "is a file, not a folder", elsewhere)
+        return
+    existing = url
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "it is a file, not a folder" if existing == url else f"{existing} is a file, so the folder cannot be made"
+        raise InputError(label, where, elsewhere)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        where = "the folder is not writable" if existing == url else f"the folder cannot be made: {existing} is not writable"
+        raise InputError(label, where, elsewhere)

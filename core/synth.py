@@ -12,6 +12,22 @@ Every field is generated from a seeded model so that each mask and correction ha
 * **acquisition** — per-field, per-group exposure times around a median, a dark current, shot and
   read noise: raw = dark + ET · F · specimen, rounded and clipped to uint16.
 
+The defaults make the demo's cohort. The knobs below draw cohorts with other statistics (for the
+accuracy sweep ``bench/meanimage_accuracy.py``); each is off (``None`` / 0) by default, and then the
+generator draws exactly the same random numbers as before the knob existed:
+
+* ``tissue_coverage`` — fraction of the scan's interior covered by tissue (default ≈ 93 %);
+* ``background_ratio`` — background (autofluorescence) counts above the dark current at the median
+  exposure, as a multiple of the dark current (default 0.1 counts/ms whatever the dark current);
+* ``low_count_layers`` / ``low_count_signal`` — that many non-DAPI layers whose tissue is only
+  ``low_count_signal`` counts above the dark current at the median exposure;
+* ``exposure_range`` — per-field, per-group exposure times drawn log-uniformly in (min, max) ms
+  (default: each group's base time, × 0.8 or × 1.25 in a quarter of the fields);
+* ``tissue_rate`` — each group's tissue brightness drawn log-uniformly in (min, max) counts/ms, once per cohort;
+* ``grid`` — (columns, rows) of fields, overriding ``fields``;
+* ``fold_probability``, ``saturation_probability`` — chance that a field has a fold / saturated spots;
+* ``dark_current`` (counts).
+
 The truth (flatfield, and per field the tissue / blur / saturation masks) is saved under
 ``<out>/synthetic_truth/``.
 """
@@ -56,6 +72,50 @@ class SynthConfig:
     saturation_probability: float = 0.3
     project: int = 1
     cohort: int = 1
+    tissue_coverage: float | None = None  # fraction of the scan's interior that is tissue (None: ≈ 0.93)
+    background_ratio: float | None = None  # background counts above dark at the median exposure ÷ dark current
+    low_count_layers: int = 0  # non-DAPI layers with only ``low_count_signal`` counts of tissue
+    low_count_signal: float = 15.0  # counts above dark of low-count tissue at the median exposure
+    exposure_range: tuple[float, float] | None = None  # ms, per field and group, log-uniform
+    tissue_rate: tuple[float, float] | None = None  # counts/ms per group, log-uniform, once per cohort
+    grid: tuple[int, int] | None = None  # (columns, rows) of fields; overrides ``fields``
+
+    def __post_init__(self) -> None:
+        if self.grid is not None:
+            columns, rows = (int(v) for v in self.grid)
+            if columns < 1 or rows < 1:
+                raise ValueError(f"grid must be at least 1×1 fields, got {columns}×{rows}")
+            object.__setattr__(self, "grid", (columns, rows))
+            object.__setattr__(self, "fields", columns * rows)
+        if self.tissue_coverage is not None and not 0.0 < self.tissue_coverage < 1.0:
+            raise ValueError(f"tissue coverage must be between 0 and 1 (exclusive), got {self.tissue_coverage}")
+        for name in ("exposure_range", "tissue_rate"):
+            value = getattr(self, name)
+            if value is not None:
+                low, high = (float(v) for v in value)
+                if not 0 < low <= high:
+                    raise ValueError(f"{name} must be 0 < min <= max, got {low}, {high}")
+                object.__setattr__(self, name, (low, high))
+        if self.dark_current < 0:
+            raise ValueError(f"dark current must be ≥ 0 counts, got {self.dark_current}")
+        if self.background_ratio is not None and self.background_ratio < 0:
+            raise ValueError(f"background ratio must be ≥ 0, got {self.background_ratio}")
+        for name in ("fold_probability", "saturation_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.low_count_layers < 0 or self.low_count_signal <= 0:
+            raise ValueError("low-count layers must be ≥ 0 with a positive signal")
+
+    @property
+    def columns(self) -> int:
+        """Fields per row of the scan."""
+        return self.grid[0] if self.grid is not None else max(1, math.ceil(math.sqrt(self.fields * 4 / 3)))
+
+    def median_exposure_ms(self, group: str) -> float:
+        """The exposure time a group's fields scatter around (the log-centre of ``exposure_range``)."""
+        if self.exposure_range is not None:
+            return math.sqrt(self.exposure_range[0] * self.exposure_range[1])
+        return BASE_EXPOSURE_MS.get(group, 100.0)
 
     @property
     def microscope(self) -> str:
@@ -68,6 +128,14 @@ class SynthConfig:
     @property
     def field_size_um(self) -> tuple[float, float]:
         return self.shape[1] * self.pixel_um, self.shape[0] * self.pixel_um
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"12x10"`` (columns × rows of fields) as (12, 10)."""
+    parts = text.lower().replace("×", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"--grid: expected COLUMNSxROWS such as 12x10, got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def synthetic_layer_groups(n_layers: int) -> dict[str, list[int]]:
@@ -133,7 +201,7 @@ def field_grid(config: SynthConfig, slide_id: str, slide_index: int) -> list[Fie
     rng = np.random.default_rng([config.seed, slide_index, 7])
     fw, fh = config.field_size_um
     step_x, step_y = fw * (1 - config.overlap), fh * (1 - config.overlap)
-    columns = max(1, math.ceil(math.sqrt(config.fields * 4 / 3)))
+    columns = config.columns
     start = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc) + dt.timedelta(days=slide_index)
     groups = synthetic_layer_groups(config.shape[2])
     specs = []
@@ -141,7 +209,11 @@ def field_grid(config: SynthConfig, slide_id: str, slide_index: int) -> list[Fie
         row, col = divmod(i, columns)
         cx, cy = 2000.0 + col * step_x, 1500.0 + row * step_y
         key = f"{slide_id}_[{int(round(cx))},{int(round(cy))}]"
-        exposure = {g: BASE_EXPOSURE_MS.get(g, 100.0) * float(rng.choice([1.0] * 6 + [0.8, 1.25])) for g in groups}
+        if config.exposure_range is None:
+            exposure = {g: BASE_EXPOSURE_MS.get(g, 100.0) * float(rng.choice([1.0] * 6 + [0.8, 1.25])) for g in groups}
+        else:
+            low, high = np.log(config.exposure_range)
+            exposure = {g: round(float(np.exp(rng.uniform(low, high))), 2) for g in groups}
         specs.append(FieldSpec(key, f"fields/{key}.Data.dat", cx, cy, (start + dt.timedelta(seconds=20 * i)).isoformat(), exposure, i))
     return specs
 
@@ -149,7 +221,10 @@ def field_grid(config: SynthConfig, slide_id: str, slide_index: int) -> list[Fie
 class _TissueMap:
     """Slide-wide tissue density from random Fourier features (µm coordinates), thinning at the scan edge."""
 
-    def __init__(self, rng: np.random.Generator, extent: tuple[float, float, float, float]):
+    #: tissue where the density exceeds this (``generate_field``: level = clip(20 · density), tissue > 0.5)
+    TISSUE_LEVEL = 0.025
+
+    def __init__(self, rng: np.random.Generator, extent: tuple[float, float, float, float], coverage: float | None = None):
         self.extent = extent
         n = 24
         wavelength = np.concatenate([rng.uniform(250, 600, n // 2), rng.uniform(90, 200, n // 2)])
@@ -157,16 +232,60 @@ class _TissueMap:
         self.kx, self.ky = 2 * np.pi / wavelength * np.cos(angle), 2 * np.pi / wavelength * np.sin(angle)
         self.phase = rng.uniform(0, 2 * np.pi, n)
         self.amplitude = np.concatenate([np.full(n // 2, 1.0), np.full(n // 2, 0.5)]) / math.sqrt(n / 2)
+        self.offset = 1.2  # mostly tissue (≈ 93 %), holes where the map dips
+        if coverage is not None:
+            # the offset that makes ``coverage`` of the scan's interior tissue, from the map itself on a 10 µm grid
+            x0, x1, y0, y1 = extent
+            xs, ys = np.arange(x0, x1, 10.0), np.arange(y0, y1, 10.0)
+            values = self._texture(xs[None, :], ys[:, None])
+            self.offset = self.TISSUE_LEVEL - float(np.quantile(values, 1.0 - coverage))
 
-    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _texture(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         x, y = np.broadcast_arrays(x, y)
         value = np.zeros(x.shape)
         for kx, ky, phase, amplitude in zip(self.kx, self.ky, self.phase, self.amplitude):
             value += amplitude * np.cos(kx * x + ky * y + phase)
+        return value
+
+    def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        x, y = np.broadcast_arrays(x, y)
+        value = self._texture(x, y)
         x0, x1, y0, y1 = self.extent
         edge_distance = np.minimum.reduce([x - x0, x1 - x, y - y0, y1 - y])
-        # mostly tissue (holes where the field dips), fading out over ~150 µm at the scan border
-        return value + 1.2 - 3.5 * np.exp(-np.clip(edge_distance, 0, None) / 150.0)
+        # fading out over ~150 µm at the scan border
+        return value + self.offset - 3.5 * np.exp(-np.clip(edge_distance, 0, None) / 150.0)
+
+
+@dataclass(frozen=True)
+class CohortLevels:
+    """Signal levels shared by every slide of a cohort (one stain panel on one microscope)."""
+
+    tissue_rate: dict[str, float]  # group → tissue brightness, counts/ms
+    background: tuple[float, ...]  # per layer: autofluorescence, counts/ms
+    low_count_rate: dict[int, float]  # 0-based layer → its tissue brightness, counts/ms
+
+
+def cohort_levels(config: SynthConfig, groups: dict[str, list[int]]) -> CohortLevels:
+    """The cohort's tissue brightness per group, background per layer and low-count layers (seeded by ``config.seed``)."""
+    rng = np.random.default_rng([config.seed, 5])
+    if config.tissue_rate is None:
+        rates = {name: TISSUE_BRIGHTNESS.get(name, 9.0) for name in groups}
+    else:
+        low, high = np.log(config.tissue_rate)
+        rates = {name: float(np.exp(rng.uniform(low, high))) for name in groups}
+    background, low_count = [], {}
+    for name, (first, last) in groups.items():
+        for _ in range(first, last + 1):
+            # 0.1 counts/ms by default; else a multiple of the dark current at the group's median exposure
+            ratio = config.background_ratio
+            background.append(0.1 if ratio is None else ratio * config.dark_current / config.median_exposure_ms(name))
+    candidates = [layer for name, (first, last) in groups.items() if name.lower() != "dapi" for layer in range(first - 1, last)]
+    if config.low_count_layers and candidates:
+        chosen = rng.choice(candidates, size=min(config.low_count_layers, len(candidates)), replace=False)
+        for layer in sorted(int(v) for v in chosen):
+            name = next(n for n, (first, last) in groups.items() if first - 1 <= layer < last)
+            low_count[layer] = config.low_count_signal / config.median_exposure_ms(name)
+    return CohortLevels(rates, tuple(background), low_count)
 
 
 def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
@@ -209,13 +328,16 @@ def generate_field(config: SynthConfig, slide_index: int, spec: FieldSpec, tissu
     group_names = list(groups)
     stains = [_texture(rng, (h, w), sigma) for sigma in (1.4, 1.0, 1.8)]
     brightness = rng.uniform(0.92, 1.08)
+    levels = cohort_levels(config, groups)
     signal = np.empty((n_layers, h, w), np.float32)
     for g, (name, (first, last)) in enumerate(groups.items()):
-        base = TISSUE_BRIGHTNESS.get(name, 9.0) * brightness
+        base = levels.tissue_rate[name] * brightness
         for layer in range(first - 1, last):
             weight = 0.75 + 0.25 * math.cos(1.3 * (layer - first + 1))  # spectral profile within the group
+            if layer in levels.low_count_rate:
+                weight = levels.low_count_rate[layer] / levels.tissue_rate[name]
             texture = 0.7 * stains[g % 3] + 0.3 * stains[(g + 1) % 3]
-            signal[layer] = 0.1 + base * weight * tissue_level * texture  # 0.1 counts/ms autofluorescence
+            signal[layer] = levels.background[layer] + base * weight * tissue_level * texture  # background: autofluorescence
     if folds.any():
         # out of focus in every layer, and somewhat brighter (doubled tissue)
         for layer in range(n_layers):
@@ -258,7 +380,15 @@ def write_cohort(out: str, config: SynthConfig, workers: int = 2) -> list[str]:
     astropath_io.write_bin(storage.join(truth_url, "flatfield.bin"), flatfield, "float64")
     storage.write_text(
         storage.join(truth_url, "truth.json"),
-        json.dumps({"config": asdict(config), "layer_groups": groups, "flatfield": "flatfield.bin (float64, H x W x L interleaved)"}, indent=2),
+        json.dumps(
+            {
+                "config": asdict(config),
+                "layer_groups": groups,
+                "levels": asdict(cohort_levels(config, groups)),
+                "flatfield": "flatfield.bin (float64, H x W x L interleaved)",
+            },
+            indent=2,
+        ),
     )
     urls = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
@@ -273,7 +403,7 @@ def _write_slide(out: str, slide_id: str, slide_index: int, config: SynthConfig,
     specs = field_grid(config, slide_id, slide_index)
     fw, fh = config.field_size_um
     extent = (min(s.cx for s in specs) - fw / 2, max(s.cx for s in specs) + fw / 2, min(s.cy for s in specs) - fh / 2, max(s.cy for s in specs) + fh / 2)
-    tissue_map = _TissueMap(np.random.default_rng([config.seed, slide_index, 3]), extent)
+    tissue_map = _TissueMap(np.random.default_rng([config.seed, slide_index, 3]), extent, config.tissue_coverage)
 
     def make(spec: FieldSpec) -> None:
         raw, truth = generate_field(config, slide_index, spec, tissue_map, flatfield, groups)

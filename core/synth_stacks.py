@@ -122,20 +122,34 @@ def truth_darkfield(size: int, on: bool = True, shape: str = "ramp") -> np.ndarr
     return dark
 
 
-@functools.lru_cache(maxsize=8)
-def _gaussian_transfer(size: int, sigma: float) -> np.ndarray:
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
+@functools.lru_cache(maxsize=16)
+def _gaussian_transfer(shape: int | tuple[int, int], sigma: float) -> np.ndarray:
+    """The rfft2 transfer function of a unit-gain Gaussian of ``sigma`` px on an (H, W) (or size×size) grid."""
+    h, w = (shape, shape) if isinstance(shape, int) else shape
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
     return np.exp(-2 * (math.pi * sigma) ** 2 * (fy**2 + fx**2)).astype(np.float32)
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """Unit-std periodic white noise filtered by a Gaussian of ``sigma`` px (in the Fourier domain)."""
-    white = rng.standard_normal((size, size), dtype=np.float32)
-    spectrum = fft.rfft2(white, workers=1)
-    spectrum *= _gaussian_transfer(size, float(sigma))
-    out = fft.irfft2(spectrum, s=(size, size), workers=1)
-    return out / (out.std() + 1e-12)
+def gaussian_filter_periodic(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Images (…, H, W) filtered by a unit-gain Gaussian of ``sigma`` px with periodic borders (in the Fourier domain)."""
+    shape = images.shape[-2:]
+    spectrum = fft.rfft2(images, workers=1)
+    spectrum *= _gaussian_transfer(shape, float(sigma))
+    return fft.irfft2(spectrum, s=shape, workers=1)
+
+
+def smooth_noise(rng: np.random.Generator, shape: int | tuple[int, ...], sigma: float) -> np.ndarray:
+    """Unit-std periodic white noise filtered by a Gaussian of ``sigma`` px (in the Fourier domain).
+
+    ``shape`` is a size (a square), (H, W) or (n, H, W); each image is scaled to unit std on its own.
+    """
+    shape = (shape, shape) if isinstance(shape, int) else tuple(shape)
+    out = gaussian_filter_periodic(rng.standard_normal(shape, dtype=np.float32), sigma)
+    return out / (out.std(axis=(-2, -1), keepdims=True) + 1e-12)
+
+
+_smooth_noise = smooth_noise  # the name this module's recipe uses
 
 
 def _cells(rng: np.random.Generator, size: int, count: int) -> np.ndarray:

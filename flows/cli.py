@@ -1,12 +1,27 @@
-"""The ``shadeflow`` command line. Heavy imports happen inside commands, so ``--help`` is instant."""
+"""The ``shadeflow`` command line. Heavy imports happen inside commands, so ``--help`` is instant.
+
+Every command first checks its input with light imports (:mod:`shadeflow.flows.preflight`), then
+imports the flow (and with it Prefect, about 2 s) and runs it: a typo fails in about a second, and
+never after a Prefect server or a cluster has started.
+
+One convention for errors (:mod:`shadeflow.core.errors`): an expected error — the input is wrong — is
+one line on stderr, ``error: <which input>: <what was wrong>[; <what to do>]``, without a traceback,
+and exit code 2; a run that started and failed for some of its slides, tiles or channels is one such
+line too, with exit code 1. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NoReturn, Optional
 
 import typer
+
+from shadeflow.core.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, RunFailed, expected_errors, one_line
+from shadeflow.flows import preflight
 
 app = typer.Typer(
     help="Flatfield (shading) correction for microscopy: mean images, models, applied tests and tile correction, as Prefect flows.",
@@ -29,52 +44,54 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from shadeflow.core.slide import SlideError
-    from shadeflow.infra.sizing import SettingsError
+@contextmanager
+def _reported() -> Iterator[None]:
+    """The one place a command turns an error into its one line and exit code (module description)."""
+    try:
+        yield
+    except RunFailed as exc:
+        _fail(one_line(exc), EXIT_RUN_FAILED)
+    except expected_errors() as exc:
+        _fail(one_line(exc))
 
-    return (SlideError, SettingsError, FileNotFoundError, FileExistsError, ValueError)
 
-
-def _hide_user_error_tracebacks() -> None:
-    """On the console, a bad input is the one-line error this CLI prints, not Prefect's traceback of it
-    (the run's logs in the Prefect API keep everything)."""
+def _quiet_prefect_console() -> None:
+    """On the console, a failure is the one line this CLI prints, not Prefect's tracebacks and
+    "Finished in state Failed" lines about it (the run's logs in the Prefect API keep everything).
+    A bug's traceback still shows."""
     import logging
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from shadeflow.core.models_csv import ModelError
-    from shadeflow.flows.meanimage import SlidesFailed
+    expected = (*expected_errors(), RunFailed)
 
-    expected = (*_user_errors(), ModelError, SlidesFailed)
-
-    class HideUserErrors(logging.Filter):
+    class HideExpectedFailures(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return not (record.exc_info and isinstance(record.exc_info[1], expected))
+            if record.exc_info:
+                return not isinstance(record.exc_info[1], expected)
+            return not str(record.msg).startswith("Finished in state Failed")
 
     for logger in [logging.getLogger(), *[logging.getLogger(n) for n in logging.root.manager.loggerDict]]:
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler):
-                handler.addFilter(HideUserErrors())
+                handler.addFilter(HideExpectedFailures())
 
 
 def _run(flow, params, label: str, memory: str | None = None, workers: int | None = None):
-    """Run a flow with a progress bar; user errors become one-line messages."""
+    """Run a flow with a progress bar (errors as in :func:`_reported`)."""
     from shadeflow.flows.run import run_with_progress
     from shadeflow.infra.cluster import check_settings, task_runner
 
-    _hide_user_error_tracebacks()
-    try:
+    _quiet_prefect_console()
+    with _reported():
         size = check_settings(memory=memory, workers=workers)
         typer.echo(f"cluster: {size.describe()}")
         return run_with_progress(flow, {"params": params}, task_runner(memory=memory, workers=workers), label)
-    except _user_errors() as exc:
-        _fail(str(exc))
 
 
 @synth_app.command("slides")
@@ -84,14 +101,30 @@ def synth_slides(
     fields: int = typer.Option(48, "--fields", min=1, help="Fields per slide"),
     shape: tuple[int, int, int] = typer.Option((251, 336, 10), "--shape", help="Field shape H W L (Vectra: 1004 1344 35)"),
     seed: int = typer.Option(0, "--seed", help="Random seed"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="COLUMNSxROWS of fields, e.g. 12x10 (replaces --fields)"),
+    tissue_coverage: Optional[float] = typer.Option(None, "--tissue-coverage", help="Fraction of the scan that is tissue, e.g. 0.2–0.95 (default ≈ 0.93)"),
+    dark_current: float = typer.Option(8.0, "--dark-current", min=0, help="Dark current, counts"),
+    background_ratio: Optional[float] = typer.Option(None, "--background-ratio", min=0, help="Background counts above dark at the median exposure ÷ dark current (default: 0.1 counts/ms)"),
+    low_count_layers: int = typer.Option(0, "--low-count-layers", min=0, help="Non-DAPI layers whose tissue has only --low-count-signal counts"),
+    low_count_signal: float = typer.Option(15.0, "--low-count-signal", help="Counts above dark of low-count tissue at the median exposure"),
+    exposure_range: Optional[tuple[float, float]] = typer.Option(None, "--exposure-range", help="MIN MAX exposure time (ms), drawn per field and layer group"),
+    tissue_rate: Optional[tuple[float, float]] = typer.Option(None, "--tissue-rate", help="MIN MAX tissue brightness (counts/ms), drawn per layer group"),
+    fold_density: float = typer.Option(0.3, "--fold-density", help="Probability that a field has a fold"),
+    saturation_density: float = typer.Option(0.3, "--saturation-density", help="Probability that a field has saturated spots"),
 ) -> None:
     """Write synthetic slides (slide contract) with a known flatfield saved beside them."""
-    from shadeflow.core.synth import TRUTH_DIR, SynthConfig, write_cohort
+    from shadeflow.core import storage
+    from shadeflow.core.synth import TRUTH_DIR, SynthConfig, parse_grid, write_cohort
 
-    try:
-        urls = write_cohort(out, SynthConfig(slides=slides, fields=fields, shape=tuple(shape), seed=seed), workers=os.cpu_count() or 2)
-    except ValueError as exc:
-        _fail(str(exc))
+    with _reported():
+        config = SynthConfig(
+            slides=slides, fields=fields, shape=tuple(shape), seed=seed, grid=parse_grid(grid) if grid else None, tissue_coverage=tissue_coverage,
+            dark_current=dark_current, background_ratio=background_ratio, low_count_layers=low_count_layers, low_count_signal=low_count_signal,
+            exposure_range=exposure_range, tissue_rate=tissue_rate, fold_probability=fold_density, saturation_probability=saturation_density,
+        )  # fmt: skip
+        fields = config.fields
+        storage.check_output_folder(out, "--out")
+        urls = write_cohort(out, config, workers=os.cpu_count() or 2)
     typer.echo(f"wrote {len(urls)} slides of {fields} fields ({shape[0]}×{shape[1]}×{shape[2]}):")
     for url in urls:
         typer.echo(f"  {url}")
@@ -109,24 +142,16 @@ def meanimage(
     seed: int = typer.Option(0, "--seed", help="Seed for the example fields in the masking summary"),
 ) -> None:
     """Per-slide masked mean images, written to <slide>/meanimage/."""
+    with _reported():
+        preflight.meanimage(slides, memory=memory, workers=workers)
     _prefect_defaults()
-    from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed
+    # deferred until the input checks out: the flow module imports Prefect (~2 s)
+    from shadeflow.flows.meanimage import MeanImageParameters
     from shadeflow.flows.meanimage import meanimage as flow
 
-    from shadeflow.core.slide import load_slide
-    from shadeflow.infra.cluster import check_settings
-
-    try:
-        check_settings(memory=memory, workers=workers)  # settings first: they apply to every slide
+    with _reported():
         params = MeanImageParameters(slides=slides, mask_binning=mask_binning, skip_masking=skip_masking, overwrite=overwrite, seed=seed)
-        for url in slides:  # a typo fails here, before a Prefect server or cluster starts
-            load_slide(url)
-    except _user_errors() as exc:
-        _fail(str(exc))
-    try:
-        reports = _run(flow, params, "fields", memory=memory, workers=workers)
-    except SlidesFailed as exc:
-        _fail(str(exc), code=1)
+    reports = _run(flow, params, "fields", memory=memory, workers=workers)
     for report in reports:
         typer.echo(f"{report['slide_id']}: {report['status']} → {report['output']}")
 
@@ -143,14 +168,15 @@ def model_build(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
 ) -> None:
     """Build a flatfield model version from the slides the models CSV lists for it."""
+    with _reported():
+        preflight.model_build(version, models_csv, roots, store, overwrite, memory=memory)
     _prefect_defaults()
+    # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from shadeflow.flows.model import ModelBuildParameters
     from shadeflow.flows.model import model_build as flow
 
-    try:
+    with _reported():
         params = ModelBuildParameters(version=version, models_csv=models_csv, roots=roots, store=store, sigma=sigma, border=border, overwrite=overwrite)
-    except ValueError as exc:
-        _fail(str(exc))
     result = _run(flow, params, "slides", memory=memory)
     summary = result["statistics"]
     typer.echo(f"model {result['version']}: {len(result['slides'])} slides → {result['folder']}")
@@ -160,16 +186,16 @@ def model_build(
 @model_app.command("list")
 def model_list(store: str = typer.Option(..., "--store", help="Model store")) -> None:
     """List the versions in a model store with their slide counts and statistics."""
+    with _reported():
+        preflight.model_list(store)
     from rich.console import Console
     from rich.table import Table
 
     from shadeflow.core.model_build import model_summary_line
     from shadeflow.core.model_store import list_versions
 
-    try:
+    with _reported():
         rows = [model_summary_line(m) for m in list_versions(store)]
-    except _user_errors() as exc:
-        _fail(str(exc))
     if not rows:
         typer.echo(f"no model versions in {store}")
         return
@@ -192,14 +218,15 @@ def model_compare(
     min_images_stacked: int = typer.Option(1, "--min-images-stacked", help="Skip slides with fewer fields stacked at some pixel"),
 ) -> None:
     """Compare slides' mean images pairwise (δ/σ) and suggest a compatible set."""
+    with _reported():
+        preflight.model_compare(roots, slides, store_as, models_csv, workdir, band, min_images_stacked)
     _prefect_defaults()
+    # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from shadeflow.flows.model_compare import compare_command
 
-    try:
-        code = compare_command(roots, slides, store_as, models_csv, workdir, band[0], band[1], min_images_stacked)
-    except _user_errors() as exc:
-        _fail(str(exc))
-    raise typer.Exit(code)
+    _quiet_prefect_console()
+    with _reported():
+        compare_command(roots, slides, store_as, models_csv, workdir, band[0], band[1], min_images_stacked)
 
 
 @app.command("applied-test")
@@ -214,14 +241,15 @@ def applied_test(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
 ) -> None:
     """Test a flatfield on held-out fields: build it from one half of each slide, correct the other half."""
+    with _reported():
+        preflight.applied_test(roots, out, slides, overwrite, memory=memory)
     _prefect_defaults()
+    # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from shadeflow.flows.model import AppliedTestParameters
     from shadeflow.flows.model import applied_test as flow
 
-    try:
+    with _reported():
         params = AppliedTestParameters(roots=roots, out=out, slides=slides, seed=seed, sigma=sigma, border=border, overwrite=overwrite)
-    except ValueError as exc:
-        _fail(str(exc))
     result = _run(flow, params, "fields", memory=memory)
     change = result["summary"]["change_percent"]
     typer.echo(f"applied test on {len(result['slides'])} slides → {result['out']}")
@@ -249,12 +277,16 @@ def synth_tile(
     seed: int = typer.Option(0, "--seed", help="Random seed"),
 ) -> None:
     """Write a synthetic OME-Zarr tile with a planted flatfield and background (saved beside it)."""
+    from shadeflow.core import storage
+    from shadeflow.core.ome_zarr_io import SUPPORTED_DTYPES
     from shadeflow.core.synth_tiles import synth_tile_command
 
-    try:
+    supported = [str(d) for d in SUPPORTED_DTYPES]
+    if dtype not in supported:
+        _fail(f"--dtype {dtype}: not one of {', '.join(supported)}")
+    with _reported():
+        storage.check_output_folder(out, "--out")
         truth = synth_tile_command(out, name, _ints(shape, "--shape"), axes, dtype, _ints(chunks, "--chunks") if chunks else None, zarr_format, levels, background, seed)
-    except ValueError as exc:
-        _fail(str(exc))
     typer.echo(f"wrote {truth['tile']} ({'×'.join(map(str, truth['config']['shape']))} {axes} {dtype}, zarr v{zarr_format})")
     typer.echo(f"planted flatfield: {truth['flatfield']}; background {truth['background']:g} counts; background-only planes: {truth['quiet_planes']}")
 
@@ -272,13 +304,15 @@ def synth_stack(
     seed: int = typer.Option(0, "--seed", help="Random seed"),
 ) -> None:
     """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for `shadeflow estimate`."""
+    from shadeflow.core import storage
     from shadeflow.core.synth_stacks import StackConfig, write_stack
 
-    try:
+    with _reported():
         config = StackConfig(kind=kind, size=size, n=frames, darkfield=darkfield, outlier_fraction=outliers, saturated_fraction=saturated, seed=seed)
+        if fmt not in ("zarr", "tiff"):
+            raise ValueError(f"--format {fmt}: not zarr or tiff")
+        storage.check_output_folder(out, "--out")
         written = write_stack(out, config, fmt=fmt, workers=os.cpu_count() or 2)
-    except ValueError as exc:
-        _fail(str(exc))
     typer.echo(f"wrote {config.label}: {written['images']}")
     typer.echo(f"planted flatfield and darkfield: {written['truth']}")
 
@@ -290,8 +324,11 @@ def estimate(
     darkfield: bool = typer.Option(False, "--darkfield", help="Estimate a darkfield too"),
     channels: int = typer.Option(1, "--channels", min=1, help="Channels interleaved in each TIFF's pages (page k: frame k // C, channel k % C)"),
     component: Optional[str] = typer.Option(None, "--component", help="Array inside a zarr group (e.g. '0')"),
-    degree: int = typer.Option(6, "--degree", help="Total degree of the flatfield's smooth polynomial"),
-    darkfield_degree: int = typer.Option(2, "--darkfield-degree", help="Total degree of the darkfield's polynomial"),
+    method: str = typer.Option("floor", "--method", help="floor: smooth polynomials (fast); surface: free surfaces, smoothness by cross-validation (sharp edges; slower)"),
+    degree: int = typer.Option(6, "--degree", help="floor: total degree of the flatfield's smooth polynomial"),
+    darkfield_degree: int = typer.Option(2, "--darkfield-degree", help="floor: total degree of the darkfield's polynomial"),
+    smoothness: Optional[float] = typer.Option(None, "--smoothness", help="surface: smoothing length of the flatfield in pixels (default: by cross-validation)"),
+    order_statistics: bool = typer.Option(False, "--order-statistics", help="surface: separate flatfield and darkfield by each pixel's order statistics (assumes the specimen is spread evenly)"),
     max_frames: int = typer.Option(1000, "--max-frames", help="Frames in the robust fit (a seeded sample when there are more)"),
     seed: int = typer.Option(0, "--seed", help="Seed of the frame sample"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete output made with other parameters or inputs"),
@@ -299,19 +336,19 @@ def estimate(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
 ) -> None:
     """Estimate the flatfield (and darkfield) from the images themselves; no model needed."""
+    with _reported():
+        preflight.estimate(images, out, channels=channels, component=component, darkfield=darkfield, memory=memory, workers=workers)
     _prefect_defaults()
-    from shadeflow.flows.estimate import EstimateFailed, estimate_command
+    # deferred until the input checks out: the flow module imports Prefect (~2 s)
+    from shadeflow.flows.estimate import estimate_command
 
-    _hide_user_error_tracebacks()
-    try:
+    _quiet_prefect_console()
+    with _reported():
         result = estimate_command(
-            images, out, darkfield=darkfield, channels=channels, component=component, degree=degree, darkfield_degree=darkfield_degree,
+            images, out, darkfield=darkfield, channels=channels, component=component, method=method, degree=degree, darkfield_degree=darkfield_degree,
+            smoothness=smoothness, order_statistics=order_statistics,
             max_frames=max_frames, seed=seed, overwrite=overwrite, memory=memory, workers=workers,
         )
-    except EstimateFailed as exc:
-        _fail(str(exc), code=1)
-    except _user_errors() as exc:
-        _fail(str(exc))
     if result["status"] == "skipped":
         typer.echo(f"{result['out']}: complete with the same parameters and inputs; nothing to do")
         return
@@ -348,19 +385,20 @@ def correct(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
 ) -> None:
     """Flatfield-correct OME-Zarr tiles chunk by chunk and write them with a multiscale pyramid."""
+    options = dict(
+        model=model, store=store, layer=layer, channel_map=channel_map, flatfield=flatfield, method=method,
+        background=background, darkfield=darkfield, level=level, levels=levels, zarr_format=zarr_format,
+        repair_flatfield=repair_flatfield, overwrite=overwrite, memory=memory, workers=workers,
+    )
+    with _reported():  # every tile, its flatfield and the output checked before Prefect starts
+        preflight.correct(tiles, out, **options)
     _prefect_defaults()
-    from shadeflow.flows.correct import TilesFailed, correct_command
+    # deferred until the input checks out: the flow module imports Prefect (~2 s)
+    from shadeflow.flows.correct import correct_command
 
-    try:
-        reports = correct_command(
-            tiles, out, model=model, store=store, layer=layer, channel_map=channel_map, flatfield=flatfield, method=method,
-            background=background, darkfield=darkfield, level=level, levels=levels, zarr_format=zarr_format,
-            repair_flatfield=repair_flatfield, overwrite=overwrite, memory=memory, workers=workers,
-        )
-    except TilesFailed as exc:
-        _fail(str(exc), code=1)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    _quiet_prefect_console()
+    with _reported():
+        reports = correct_command(tiles, out, **options)
     for r in reports:
         timing = f", {r['seconds']:g} s, {r['mb_per_s']:g} MB/s" if r["status"] == "written" else ""
         typer.echo(f"{r['tile']}: {r['status']} → {r['output']} (flatfield {r['flatfield']}; background {r['background']}{timing})")
@@ -375,10 +413,8 @@ def cluster_command(
     """Show the cluster a run would get (for kubernetes the DaskCluster spec as YAML); creates nothing."""
     from shadeflow.infra.preview import cluster_preview
 
-    try:
+    with _reported():
         text, warnings = cluster_preview(memory=memory, cluster=kind, workers=workers)
-    except _user_errors() as exc:
-        _fail(str(exc))
     typer.echo(text)
     for warning in warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
@@ -394,10 +430,8 @@ def serve_command(
     _prefect_defaults()
     from shadeflow.deployments.serve import serve_all
 
-    try:
+    with _reported():
         serve_all(prefect_file, limit=limit or None, only=only or None)
-    except _user_errors() as exc:
-        _fail(str(exc))
 
 
 @app.command()
@@ -406,10 +440,8 @@ def demo(out: str = typer.Option("demo-output", "--out", help="Folder for the sy
     _prefect_defaults()
     from shadeflow.flows.demo import run_demo
 
-    try:
+    with _reported():
         run_demo(out)
-    except _user_errors() as exc:
-        _fail(str(exc))
 
 
 def main() -> None:

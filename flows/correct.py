@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from prefect import flow, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs, parse_background
-from shadeflow.core.flatfield_sources import parse_channel_map
+from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs
+from shadeflow.core.errors import RunFailed, validation_message
+from shadeflow.core.errors import failure_reason as _reason
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks.correct import correct_tile_task, plan_tile_task, publish_correct_table, report_dicts
 
@@ -36,17 +36,7 @@ class CorrectParameters(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> "CorrectParameters":
-        self.request().flatfield_kind()  # exactly one flatfield source, --model with --store
-        if self.model is None and (self.layer is not None or self.channel_map):
-            raise ValueError("--layer and --channel-map choose model layers; they need --model")
-        if self.layer is not None and self.channel_map:
-            raise ValueError("give --layer or --channel-map, not both")
-        if self.channel_map:
-            parse_channel_map(self.channel_map)
-        if self.darkfield and self.background.strip().lower() != "estimate":
-            raise ValueError("give --darkfield or --background, not both")
-        if not self.darkfield:
-            parse_background(self.background)
+        self.request().check()  # exactly one flatfield source, --model with --store, layers only for a model…
         return self
 
     def request(self) -> CorrectRequest:
@@ -69,7 +59,7 @@ class CorrectParameters(BaseModel):
         )
 
 
-class TilesFailed(RuntimeError):
+class TilesFailed(RunFailed):
     """Some tiles failed; the message names each one and why."""
 
 
@@ -100,23 +90,9 @@ def correct(params: CorrectParameters) -> list[dict]:
     return report_dicts(done)
 
 
-def _problem(error: dict) -> str:
-    """A pydantic error as the CLI user would phrase it: ``--levels: Input should be …``."""
-    message = str(error["msg"]).removeprefix("Value error, ")
-    where = ".".join(str(p) for p in error.get("loc", ()))
-    return f"--{where.replace('_', '-')}: {message}" if where else message
-
-
 def _named(tile: str, reason: str) -> str:
     """Every failure names its tile (most messages already start with it)."""
     return reason if tile.rstrip("/") in reason else f"tile {tile}: {reason}"
-
-
-def _reason(message: str | None) -> str:
-    """The exception text of a failed task's state message."""
-    text = message or "failed"
-    match = re.search(r"encountered an exception:? (?:\w+: )?(.*)$", text, re.S)
-    return match.group(1) if match else text
 
 
 def correct_command(
@@ -163,6 +139,6 @@ def correct_command(
             overwrite=overwrite,
         )
     except ValidationError as exc:  # one line per problem, without pydantic's decoration
-        raise ValueError("; ".join(_problem(e) for e in exc.errors())) from None
+        raise ValueError(validation_message(exc)) from None
     check_settings(memory=memory, workers=workers)
     return run_with_progress(correct, {"params": params}, task_runner(memory=memory, workers=workers), "chunks")

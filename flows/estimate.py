@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict
+from typing import Literal
 
 from prefect import flow
 from prefect.futures import wait
 from pydantic import BaseModel, Field, ValidationError
 
+from shadeflow.core.errors import RunFailed, failure_reason, validation_message
 from shadeflow.core.estimate import EstimateSettings
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks.estimate import estimate_channel, plan_estimate, publish_estimate_table, write_estimate_task
@@ -22,14 +23,20 @@ class EstimateParameters(BaseModel):
     darkfield: bool = Field(False, description="Estimate a darkfield too (else none, or a slide's dark current)")
     channels: int = Field(1, ge=1, le=64, description="Channels interleaved in the pages of each TIFF (page k: frame k // C, channel k % C)")
     component: str | None = Field(None, description="Array inside a zarr group (e.g. 'raw' or '0')")
-    degree: int = Field(6, ge=1, le=12, description="Total degree of the flatfield's smooth polynomial")
-    darkfield_degree: int = Field(2, ge=0, le=12, description="Total degree of the darkfield's polynomial")
+    method: Literal["floor", "surface"] = Field("floor", description="floor: smooth polynomials (fast); surface: free surfaces whose smoothness is chosen by cross-validation (follows sharp aperture edges; slower)")
+    degree: int = Field(6, ge=1, le=12, description="floor: total degree of the flatfield's polynomial")
+    darkfield_degree: int = Field(2, ge=0, le=12, description="floor: total degree of the darkfield's polynomial")
+    smoothness: float | None = Field(None, gt=0, le=1000, description="surface: smoothing length of the flatfield in pixels (default: chosen by cross-validation over the frames)")
+    order_statistics: bool = Field(False, description="surface: separate flatfield and darkfield by each pixel's order statistics (assumes the specimen is spread evenly; for stacks whose levels do not vary)")
     max_frames: int = Field(1000, ge=16, description="Frames of the robust fit (a seeded sample when there are more); every frame enters the final pass")
     seed: int = Field(0, ge=0, description="Seed of the frame sample")
     overwrite: bool = Field(False, description="Replace a complete output made with other parameters or inputs")
 
     def settings(self) -> EstimateSettings:
-        return EstimateSettings(darkfield=self.darkfield, degree=self.degree, darkfield_degree=min(self.darkfield_degree, self.degree), max_frames=self.max_frames, seed=self.seed)
+        return EstimateSettings(
+            darkfield=self.darkfield, method=self.method, degree=self.degree, darkfield_degree=min(self.darkfield_degree, self.degree),
+            smoothness=self.smoothness, order_statistics=self.order_statistics, max_frames=self.max_frames, seed=self.seed,
+        )
 
     def recorded(self) -> dict:
         """The parameters recorded with (and compared against) the output."""
@@ -37,8 +44,11 @@ class EstimateParameters(BaseModel):
             "darkfield": self.darkfield,
             "channels": self.channels,
             "component": self.component,
+            "method": self.method,
             "degree": self.degree,
             "darkfield_degree": self.darkfield_degree,
+            "smoothness": self.smoothness,
+            "order_statistics": self.order_statistics,
             "max_frames": self.max_frames,
             "seed": self.seed,
             "settings": asdict(self.settings()),
@@ -71,20 +81,11 @@ def estimate(params: EstimateParameters) -> dict:
     return {"out": plan.out, "status": "written", "channels": names, "summary": [r.summary() for r in results], "notes": [n for r in results for n in r.notes], "files": sorted(manifest["files"])}
 
 
-class EstimateFailed(RuntimeError):
+class EstimateFailed(RunFailed):
     """A channel's estimate failed; the message names it and why."""
 
 
-def _reason(message: str | None) -> str:
-    text = message or "failed"
-    match = re.search(r"encountered an exception:? (?:\w+: )?(.*)$", text, re.S)
-    return match.group(1) if match else text
-
-
-def _problem(error: dict) -> str:
-    message = str(error["msg"]).removeprefix("Value error, ")
-    where = ".".join(str(p) for p in error.get("loc", ()))
-    return f"--{where.replace('_', '-')}: {message}" if where else message
+_reason = failure_reason  # a failed channel's error, out of its task state's message
 
 
 def estimate_command(
@@ -93,29 +94,34 @@ def estimate_command(
     darkfield: bool = False,
     channels: int = 1,
     component: str | None = None,
+    method: str = "floor",
     degree: int = 6,
     darkfield_degree: int = 2,
+    smoothness: float | None = None,
+    order_statistics: bool = False,
     max_frames: int = 1000,
     seed: int = 0,
     overwrite: bool = False,
     memory: str | None = None,
     workers: int | None = None,
 ) -> dict:
-    """What ``shadeflow estimate`` does: validate the parameters, the inputs and the cluster settings, run
-    the flow with a progress bar, and return its summary. User errors raise ``ValueError`` (or
-    ``FileExistsError``) with a one-line message, before a Prefect server or cluster starts."""
-    from shadeflow.core.estimate_inputs import open_images
+    """What ``shadeflow estimate`` does: validate the parameters, the inputs, the output location and the
+    cluster settings, run the flow with a progress bar, and return its summary. User errors raise
+    ``ValueError`` (or ``FileExistsError``) with a one-line message, before a Prefect server or cluster
+    starts. (The command line checks the inputs even earlier, before this module is imported:
+    :func:`shadeflow.flows.preflight.estimate`.)"""
     from shadeflow.flows.run import run_with_progress
     from shadeflow.infra.cluster import check_settings
+    from shadeflow.tasks.estimate import make_plan
 
     try:
         params = EstimateParameters(
-            images=images, out=out, darkfield=darkfield, channels=channels, component=component, degree=degree,
-            darkfield_degree=darkfield_degree, max_frames=max_frames, seed=seed, overwrite=overwrite,
+            images=images, out=out, darkfield=darkfield, channels=channels, component=component, method=method, degree=degree,
+            darkfield_degree=darkfield_degree, smoothness=smoothness, order_statistics=order_statistics, max_frames=max_frames, seed=seed, overwrite=overwrite,
         )
     except ValidationError as exc:
-        raise ValueError("; ".join(_problem(e) for e in exc.errors())) from None
-    params.settings()  # degrees and the rest, checked
-    open_images(params.images, params.channels, params.component)  # a typo fails here
+        raise ValueError(validation_message(exc)) from None
+    # the plan the flow's first task makes (inputs, frames, grid, output), made here first: a bad input fails now
+    make_plan(params.images, params.out, params.channels, params.component, params.settings(), params.recorded(), params.overwrite)
     check_settings(memory=memory, workers=workers)
     return run_with_progress(estimate, {"params": params}, task_runner(memory=memory, workers=workers), "frames")

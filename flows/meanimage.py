@@ -9,6 +9,8 @@ from prefect import flow, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field
 
+from shadeflow.core.errors import RunFailed
+from shadeflow.core.meanimage import MEANIMAGE_METHOD
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks.artifacts import publish_meanimage_summary
 from shadeflow.tasks.meanimage import background_thresholds, mask_and_stack_fields, plan_slide, write_mean_image
@@ -27,10 +29,10 @@ class MeanImageParameters(BaseModel):
 
     def recorded(self) -> dict:
         """The parameters recorded with (and compared against) each output."""
-        return {"mask_binning": self.mask_binning, "skip_masking": self.skip_masking, "seed": self.seed}
+        return {"mask_binning": self.mask_binning, "skip_masking": self.skip_masking, "seed": self.seed, "method": MEANIMAGE_METHOD}
 
 
-class SlidesFailed(RuntimeError):
+class SlidesFailed(RunFailed):
     """Some slides failed; the message names each one and why."""
 
 

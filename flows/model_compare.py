@@ -12,12 +12,12 @@ from prefect import flow
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from shadeflow.core.compare import DEFAULT_BAND
+from shadeflow.core.compare_plan import make_plan
+from shadeflow.core.errors import validation_message
 from shadeflow.core.models_csv import check_version_name
 from shadeflow.infra.cluster import check_settings, task_runner
 from shadeflow.tasks.model_compare import (
-    check_pattern,
     check_slides,
-    check_store_request,
     compare_pairs,
     comparison_result,
     plan_comparison,
@@ -88,15 +88,6 @@ def model_compare(params: ModelCompareParameters) -> dict[str, Any]:
 # --- command line -------------------------------------------------------------------------------
 
 
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors():
-        message = str(error.get("msg", "")).removeprefix("Value error, ")
-        where = ".".join(str(p) for p in error.get("loc", ()))
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
 def print_result(result: dict[str, Any], console=None) -> None:
     """The run's conclusions on the terminal: skipped slides, the matrix (if it fits), the suggested set, outputs."""
     from rich.console import Console
@@ -146,22 +137,14 @@ def compare_command(
     band_low: float,
     band_high: float,
     min_images_stacked: int,
-) -> int:
-    """``shadeflow model compare``: run the flow with a progress bar and print its results.
-
-    Returns the exit code: 0 on success, 2 for bad input (the message names what is wrong).
-    """
+) -> dict[str, Any]:
+    """``shadeflow model compare``: validate, run the flow with a progress bar, print its results and
+    return them. Bad input raises ``ValueError`` (``ModelError``, ``SlideError``…) or
+    ``FileNotFoundError`` with a one-line message, before a Prefect server or cluster starts."""
     from rich.console import Console
     from rich.text import Text
 
-    from shadeflow.core.slide import SlideError
     from shadeflow.flows.run import run_with_progress
-
-    errors = Console(stderr=True)
-
-    def fail(message: str) -> int:
-        errors.print(Text("error: ", style="bold red") + Text(message))
-        return 2
 
     try:
         params = ModelCompareParameters(
@@ -175,17 +158,11 @@ def compare_command(
             models_csv=models_csv,
         )
     except ValidationError as exc:
-        return fail(_validation_message(exc))
-    try:  # the checks that need no slide listing, before a Prefect server or cluster starts
-        check_store_request(params.store_as, params.models_csv)
-        check_pattern(params.slides)
-        size = check_settings()
-    except ValueError as exc:  # ModelError, SettingsError
-        return fail(str(exc))
+        raise ValueError(validation_message(exc)) from None
+    # the plan the flow's first task makes (roots, slides, table, --store-as), made here first: a bad input fails now
+    make_plan(params.roots, params.slides, params.workdir, params.band, params.min_images_stacked, params.store_as, params.models_csv)
+    size = check_settings()
     Console().print(Text(f"cluster: {size.describe()}"))
-    try:
-        result = run_with_progress(model_compare, {"params": params}, task_runner(), "pairs")
-    except (SlideError, FileNotFoundError, ValueError) as exc:  # ModelError is a ValueError
-        return fail(str(exc))
+    result = run_with_progress(model_compare, {"params": params}, task_runner(), "pairs")
     print_result(result)
-    return 0
+    return result

@@ -12,9 +12,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from shadeflow.core.corrected_tile import USER_ERRORS, CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
+from shadeflow.core.corrected_tile import CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
 from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter, progress_compute
 from shadeflow.tasks.progress import Progress, artifact_key
+from shadeflow.tasks.retry import TRANSIENT_RETRY
 
 TABLE_KEY = "correct-summary"
 
@@ -30,18 +31,7 @@ def plan_tile_task(tile_url: str, request: CorrectRequest) -> TilePlan:
     return plan
 
 
-def _transient(task, task_run, state) -> bool:
-    """Retry storage or cluster hiccups, not errors in the input (they would fail the same way again)."""
-    try:
-        state.result()
-    except USER_ERRORS:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-@task(name="correct-tile", task_run_name="correct-tile[{plan.name}]", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=_transient)
+@task(name="correct-tile", task_run_name="correct-tile[{plan.name}]", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def correct_tile_task(plan: TilePlan) -> TileReport:
     """Background, flatfield, correction and pyramid of one tile, written chunk by chunk; the
     completion marker comes last. A retry redoes the partial output."""

@@ -18,6 +18,7 @@ from shadeflow.core.estimate import EstimateSettings, ShadingEstimate
 from shadeflow.core.estimate_inputs import ImageStack, open_images
 from shadeflow.tasks.dask_work import cluster_client, progress_compute
 from shadeflow.tasks.progress import Progress, artifact_key
+from shadeflow.tasks.retry import TRANSIENT_RETRY
 
 TABLE_KEY = "estimate-summary"
 
@@ -34,9 +35,9 @@ class EstimatePlan:
     notes: list[str] = field(default_factory=list)
 
 
-@task(name="plan-estimate", cache_policy=NO_CACHE)
-def plan_estimate(images: list[str], out: str, channels: int, component: str | None, settings: EstimateSettings, recorded: dict[str, Any], overwrite: bool) -> EstimatePlan:
-    """Open and check the inputs (headers only) and the output location; nothing is written or read in bulk."""
+def make_plan(images: list[str], out: str, channels: int, component: str | None, settings: EstimateSettings, recorded: dict[str, Any], overwrite: bool) -> EstimatePlan:
+    """Open and check the inputs (headers only) and the output location; nothing is written or read in
+    bulk. The command line calls this before the run starts; the flow's first task calls it again."""
     from shadeflow.core import storage
     from shadeflow.core.estimate_grid import EstimateError, frames_needed, grid_layout
     from shadeflow.core.estimate_outputs import output_state
@@ -45,13 +46,20 @@ def plan_estimate(images: list[str], out: str, channels: int, component: str | N
     need = frames_needed(settings.darkfield)
     if stack.n_frames < need:
         raise EstimateError(f"{', '.join(stack.inputs)}: {stack.n_frames} image{'s' if stack.n_frames != 1 else ''}; the estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}")
-    grid_layout(stack.shape, settings.grid)  # too small an image fails here
+    grid_layout(stack.shape, settings.grid_blocks)  # too small an image fails here
     action = output_state(out, recorded, stack.inputs, overwrite)
-    logger = get_run_logger()
-    logger.info("estimate: %s → %s (%s)", stack.describe(), storage.normalize(out), action)
-    for note in stack.notes:
-        logger.info("%s", note)
     return EstimatePlan(stack, settings, storage.normalize(out), action, recorded, list(stack.notes))
+
+
+@task(name="plan-estimate", cache_policy=NO_CACHE)
+def plan_estimate(images: list[str], out: str, channels: int, component: str | None, settings: EstimateSettings, recorded: dict[str, Any], overwrite: bool) -> EstimatePlan:
+    """:func:`make_plan`, logged."""
+    plan = make_plan(images, out, channels, component, settings, recorded, overwrite)
+    logger = get_run_logger()
+    logger.info("estimate: %s → %s (%s)", plan.stack.describe(), plan.out, plan.action)
+    for note in plan.notes:
+        logger.info("%s", note)
+    return plan
 
 
 def _frames_done(topic: str, n: int) -> None:
@@ -60,7 +68,7 @@ def _frames_done(topic: str, n: int) -> None:
     get_worker().log_event(topic, int(n))
 
 
-@task(name="estimate-channel", task_run_name="estimate-channel[{channel}]", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
+@task(name="estimate-channel", task_run_name="estimate-channel[{channel}]", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
 def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
     """Flatfield (and darkfield) of one channel: its frames reduced chunk by chunk on the cluster, then the robust fit."""
     from shadeflow.core.estimate_dask import estimate_shading_dask
@@ -106,7 +114,7 @@ def write_estimate_task(plan: EstimatePlan, results: list[ShadingEstimate]) -> d
     return manifest
 
 
-TABLE_COLUMNS = ("channel", "frames", "used", "rejected", "flatfield min", "flatfield max", "darkfield mean", "baseline median", "noise τ", "seconds")
+TABLE_COLUMNS = ("channel", "frames", "used", "rejected", "flatfield min", "flatfield max", "darkfield mean", "baseline median", "noise τ", "converged", "seconds", "warnings")
 
 
 def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[str, Any]]:
@@ -118,7 +126,10 @@ def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[st
             dict(
                 zip(
                     TABLE_COLUMNS,
-                    (name, s["frames"], s["used"], s["rejected"], s["flatfield_min"], s["flatfield_max"], s["darkfield_mean"], s["baseline_median"], s["noise_tau"], s["seconds"]),
+                    (
+                        name, s["frames"], s["used"], s["rejected"], s["flatfield_min"], s["flatfield_max"], s["darkfield_mean"],
+                        s["baseline_median"], s["noise_tau"], "yes" if s["converged"] else "NO", s["seconds"], "; ".join(result.notes) or "—",
+                    ),
                 )
             )
         )

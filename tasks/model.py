@@ -17,7 +17,6 @@ from shadeflow.core.applied_test_outputs import write_applied_test_outputs
 from shadeflow.core.flatfield import Flatfield, build_flatfield
 from shadeflow.core.meanimage import plan_slide
 from shadeflow.core.model_build import merge_stacks, write_model_version
-from shadeflow.core.models_csv import check_version_name, read_models_csv, select_version
 from shadeflow.core.outputs import StagedOutput
 from shadeflow.core.slide import load_slide
 from shadeflow.core.stack import MeanImageStack
@@ -28,12 +27,7 @@ from shadeflow.tasks.progress import Progress, artifact_key
 @task(name="select-model-slides", cache_policy=NO_CACHE)
 def select_model_slides(version: str, models_csv: str, roots: list[str], store: str, overwrite: bool) -> list[cohort.SlideRef]:
     """The slides of a version, each found once under the roots with a usable mean image; nothing is written."""
-    check_version_name(version)
-    entries = select_version(read_models_csv(models_csv), version, models_csv)
-    refs = cohort.find_slides(roots, slide_ids=[e.slide_id for e in entries])
-    for ref in refs:
-        cohort.check_meanimage(ref)
-    cohort.check_compatible(refs)
+    refs = cohort.model_slides(version, models_csv, roots)
     model_store.check_version_free(store, version, overwrite)
     get_run_logger().info("model %s: %d slides from %s", version, len(refs), models_csv)
     return refs
@@ -74,12 +68,7 @@ def write_model(store: str, version: str, model: Flatfield, stack: MeanImageStac
 @task(name="select-applied-test-slides", cache_policy=NO_CACHE)
 def select_applied_slides(roots: list[str], pattern: str | None, seed: int) -> list[tuple[cohort.SlideRef, applied.Split]]:
     """Slides with mean images, matched by ``pattern``, each with its seeded split of bulk fields."""
-    refs = cohort.find_slides(roots, pattern=pattern)
-    if not refs:
-        raise cohort.ModelError(f"no slides under {', '.join(roots)} match {pattern or '.*'!r}")
-    for ref in refs:
-        cohort.check_meanimage(ref)
-    cohort.check_compatible(refs)
+    refs = cohort.slides_with_meanimages(roots, pattern=pattern)
     selected = []
     for ref in refs:
         plan = plan_slide(load_slide(ref.url, check_files=True))

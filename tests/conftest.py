@@ -98,7 +98,7 @@ def copy_cohort(small_cohort, tmp_path):
 
 def write_mean_images(urls: list[str]) -> None:
     """meanimage outputs for synthetic slides, computed in-process (the reference path, no Prefect)."""
-    from shadeflow.core.meanimage import MASK_DIR, compute_mean_image, plan_slide
+    from shadeflow.core.meanimage import MASK_DIR, MEANIMAGE_METHOD, compute_mean_image, plan_slide
     from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
     from shadeflow.core.outputs import StagedOutput
     from shadeflow.core.slide import load_slide
@@ -107,7 +107,7 @@ def write_mean_images(urls: list[str]) -> None:
         staged = StagedOutput(output_url(url))
         with staged:
             result = compute_mean_image(plan_slide(load_slide(url)), staged.url(MASK_DIR))
-            write_meanimage_outputs(staged, result, {"mask_binning": None, "skip_masking": False, "seed": 0})
+            write_meanimage_outputs(staged, result, {"mask_binning": None, "skip_masking": False, "seed": 0, "method": MEANIMAGE_METHOD})
 
 
 @pytest.fixture(scope="session")

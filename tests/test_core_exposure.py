@@ -97,3 +97,15 @@ def test_rejects_non_uint16(dtype):
     image = np.zeros((2, 4, 4), dtype)
     with pytest.raises(TypeError, match="uint16"):
         correct_exposure(image, np.array([1.0, 2.0]), np.array([2.0, 2.0]), 0.0)
+
+
+@pytest.mark.parametrize("exposure, target, offset", [(100.0, 50.0, 8.0), (50.0, 100.0, 8.0), (60.0, 60.0, 4.0), (384.0, 88.475, 1.7), (7.0, 80.0, 0.0)])
+def test_corrected_ceiling_is_where_a_clipped_raw_pixel_lands(exposure, target, offset):
+    from shadeflow.core.exposure import corrected_ceiling
+
+    ceiling = corrected_ceiling(np.array([exposure, exposure]), np.array([target, target]), offset)
+    assert ceiling.dtype == np.uint16
+    np.testing.assert_array_equal(ceiling, exposure_lut(exposure, target, offset)[65535])
+    if target < exposure:  # scaled down: only raw values within exposure/target counts of the top reach it
+        lut = exposure_lut(exposure, target, offset)
+        assert (lut[: 65535 - int(np.ceil(exposure / target))] < ceiling[0]).all()

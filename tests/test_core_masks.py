@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from shadeflow.core import morphology as morph
-from shadeflow.core.field_masks import BLUR_REASON, SATURATION_REASON, FieldMasks, compute_field_masks, pack_tissue_mask, unpack_tissue_mask
+from shadeflow.core.field_masks import BLUR_REASON, SATURATION_REASON, FieldMasks, compute_field_masks, pack_tissue_mask, stacking_masks, unpack_tissue_mask
 from shadeflow.core.meanimage import compute_thresholds, plan_slide, read_corrected_field
 from shadeflow.core.slide import LayerGroup, load_slide
 from shadeflow.core.synth import SynthConfig, read_truth_masks, write_cohort
@@ -183,6 +183,38 @@ def test_stacking_masks_keep_blur_and_drop_background_and_saturation():
     assert (stacking[0] & blur).sum() == (tissue & blur).sum() > 0
 
 
+def test_stacking_guard_drops_a_band_along_tissue_and_saturation_edges_only():
+    """Pixels within the guard of background or of a group's saturated pixels are not stacked; the
+    field border is not an edge; guard 0 is AstroPath's masks."""
+    tissue = np.zeros((60, 80), bool)
+    tissue[:, :50] = True  # tissue on the left, touching three borders
+    saturation = np.zeros((2, 60, 80), bool)
+    saturation[1, 20:30, 10:20] = True
+    np.testing.assert_array_equal(stacking_masks(tissue, saturation, 0.0), tissue[None] & ~saturation)
+
+    keep = stacking_masks(tissue, saturation, 4.0)
+    assert keep[0][:, :46].all() and not keep[0][:, 46:].any()  # distance 50 − column > 4
+    assert keep[0][0].sum() == keep[0][-1].sum() == 46  # top and bottom rows: the border is no edge
+    clear_of_spot = ndi.distance_transform_edt(~saturation[1]) > 4.0
+    assert not clear_of_spot[18, 8] and keep[0][18, 8]  # 2 px from the block: kept in group 0 only
+    np.testing.assert_array_equal(keep[1], keep[0] & clear_of_spot)
+    everything = stacking_masks(np.ones((20, 30), bool), np.zeros((2, 20, 30), bool), 4.0)
+    assert everything.all()  # nothing excluded: nothing to keep away from
+    assert not stacking_masks(np.zeros((20, 30), bool), np.zeros((2, 20, 30), bool), 4.0).any()
+
+
+@pytest.mark.parametrize("binning", [1, 2])
+def test_applied_test_restacks_with_the_masks_meanimage_stacked(tmp_path, binning):
+    """The stacking masks rebuilt from a field's mask files equal those meanimage stacked with."""
+    from shadeflow.core.applied_test import stacking_masks_from_files
+
+    masks = _masks(binning)
+    (tmp_path / "K_tissue_mask.bin").write_bytes(pack_tissue_mask(masks.full(masks.tissue)))
+    (tmp_path / "K_full_mask.bin").write_bytes(masks.labelled("K", GROUPS)[0].tobytes())
+    for guard in (0.0, 3.0):
+        np.testing.assert_array_equal(stacking_masks_from_files(str(tmp_path), "K", (40, 50), 2, guard, binning), masks.stacking_masks(guard))
+
+
 def test_tissue_mask_pack_round_trip():
     rng = np.random.default_rng(0)
     mask = rng.random((13, 21)) < 0.5
@@ -190,3 +222,25 @@ def test_tissue_mask_pack_round_trip():
     assert len(data) == -(-13 * 21 // 8)
     np.testing.assert_array_equal(unpack_tissue_mask(data, (13, 21)), mask)
     assert np.unpackbits(np.frombuffer(data, np.uint8))[:21].astype(bool).tolist() == mask[0].tolist()
+
+
+def test_clipped_pixels_are_saturated_whatever_their_rate_and_size():
+    """A pixel at its layer's ceiling (clipped by the camera or the exposure correction) is flagged in
+    its group even far below the counts/ms cut and smaller than AstroPath's size rules allow."""
+    from shadeflow.core.field_masks import clipped_cells
+    from shadeflow.core.mask_params import MaskParameters, WorkingGrid
+    from shadeflow.core.saturation_mask import saturation_masks
+
+    groups = (LayerGroup("dapi", 1, 2), LayerGroup("fitc", 3, 3))
+    image = np.full((3, 40, 48), 500, np.uint16)
+    image[2, 10:12, 20:23] = 15101  # the ceiling of a field exposed 4.3× longer than the median
+    ceiling = np.array([65535, 65535, 15101], np.uint16)
+    grid, params = WorkingGrid(scale=1.0, binning=2), MaskParameters()
+    clipped = clipped_cells(image, ceiling, grid.binning)
+    assert clipped.shape == (3, 20, 24) and clipped[2].sum() == 2 and not clipped[:2].any()  # 2×3 px: 1×2 cells
+    smoothed = np.full((3, 20, 24), 500.0, np.float32)
+    exposure = np.full(3, 90.0)  # 15101 / 90 ≈ 168 counts/ms: under neither cut's area rules
+    masks = saturation_masks(smoothed, exposure, groups, grid, params, clipped)
+    assert not masks[0].any() and masks[1].sum() == 2
+    assert not saturation_masks(smoothed, exposure, groups, grid, params).any()
+    assert clipped_cells(image, np.full(3, 65535, np.uint16), 2) is None

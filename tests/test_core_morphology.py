@@ -209,3 +209,20 @@ def test_is_uniform():
     m = np.zeros((3, 3), bool)
     m[1, 1] = True
     assert not morph.is_uniform(m)
+
+
+def test_size_filter_can_leave_background_cut_by_the_border_unfilled():
+    """Background touching the border is not a hole when ``fill_border_holes=False`` (tissue masks);
+    holes inside are filled and small components removed either way."""
+    mask = np.ones((30, 30), bool)
+    mask[0, 10:13] = False  # 3 px of background cut off by the top border
+    mask[15, 10:13] = False  # a 3 px hole inside
+    mask[29, 0:2] = False  # 2 px in a corner
+    assert morph.size_filter(mask, 6).all()  # AstroPath: every small background component is filled
+    kept = morph.size_filter(mask, 6, fill_border_holes=False)
+    assert not kept[0, 10:13].any() and not kept[29, 0:2].any()
+    assert kept[15].all()
+    assert kept.sum() == mask.size - 5
+    speck = np.zeros((30, 30), bool)
+    speck[0, 0:3] = True
+    assert not morph.size_filter(speck, 6, fill_border_holes=False).any()

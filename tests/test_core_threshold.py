@@ -133,10 +133,13 @@ def test_slide_thresholds_single_field_row():
 def _iterated_otsu_on_all_bins(hist: np.ndarray) -> int:
     """The iteration of :func:`iterated_otsu_threshold`, run on the whole 65,536-bin histogram."""
     moments = _CumulativeMoments(hist)
+    first = otsu_bin(hist)
+    mode = int(np.argmax(hist[: first + 1])) if first >= 0 else 0
     records, end = [], hist.size
     while (t := otsu_bin(hist[:end])) >= 0 and not np.isnan(skew := moments.skew(t)):
         numerator = (moments.skew(t + 1) - moments.skew(t - 1)) / 2
-        records.append((0.0 if np.isnan(numerator) else numerator / skew, t))
+        if t > mode:  # candidates at or below the background mode are not recorded
+            records.append((0.0 if np.isnan(numerator) else numerator / skew, t))
         if t + 1 >= end:
             break
         end = t + 1
@@ -152,3 +155,47 @@ def test_iterated_otsu_ignores_the_empty_bins_above_the_data(seed):
     if seed == 0:
         hist[N_BINS - 1] += 5  # data in the very last bin
     assert iterated_otsu_threshold(hist) == _iterated_otsu_on_all_bins(hist)
+
+
+def _astropath_iterated_otsu(hist: np.ndarray) -> int:
+    """AstroPath's rule: every candidate recorded, however low (for comparison)."""
+    moments = _CumulativeMoments(hist)
+    records, end = [], hist.size
+    while (t := otsu_bin(hist[:end])) >= 0 and not np.isnan(skew := moments.skew(t)):
+        numerator = (moments.skew(t + 1) - moments.skew(t - 1)) / 2
+        records.append((0.0 if np.isnan(numerator) else numerator / skew, t))
+        if t + 1 >= end:
+            break
+        end = t + 1
+    return max(records)[1] if records else 0
+
+
+def _illuminated_field(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smoothed counts of a field whose background (22 counts over a dark current of 28) is spread by
+    the illumination (≈ 0.7–1.2 over the field), with discs of tissue at 400 counts; and its tissue."""
+    rng = np.random.default_rng(seed)
+    n = 256
+    yy, xx = np.mgrid[0:n, 0:n] / n
+    illumination = np.exp(-((xx - 0.5) ** 2 + (yy - 0.5) ** 2) / 0.35)
+    illumination /= illumination.mean()
+    tissue = np.zeros((n, n), bool)
+    for _ in range(5):
+        cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.08, 0.2)
+        tissue |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+    raw = rng.poisson(28 + illumination * np.where(tissue, 400.0, 22.0)) + rng.normal(0, 2, (n, n))
+    return np.rint(smooth(raw.astype(np.float32), 5.0)), tissue
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_iterated_otsu_clears_a_background_broadened_by_the_illumination(seed):
+    """Candidates below the background mode are not recorded, so the threshold clears the background
+    (above its 99th percentile far from tissue) however broad the illumination makes it."""
+    smoothed, tissue = _illuminated_field(seed)
+    far_background = smoothed[ndi.distance_transform_edt(~tissue) > 20]
+    deep_tissue = smoothed[ndi.distance_transform_edt(tissue) > 20]
+
+    t = iterated_otsu_threshold(_histogram(smoothed))
+
+    assert np.percentile(far_background, 99) < t < np.percentile(deep_tissue, 1)
+    if seed in (2, 3, 4, 5, 10, 11):  # where AstroPath's rule lands below most of the background
+        assert _astropath_iterated_otsu(_histogram(smoothed)) < np.median(far_background)

@@ -174,8 +174,8 @@ def test_a_bad_tile_stops_the_run_before_any_tile_is_written(case):
 
 
 def test_missing_flatfield_or_darkfield_file(case):
-    fails(case, r"tile .*tile.ome.zarr: flatfield file .*nope.npy does not exist", flatfield=str(case["in"] / "nope.npy"))
-    fails(case, r"tile .*tile.ome.zarr: darkfield file .*dark.tif does not exist", background="estimate", darkfield=str(case["in"] / "dark.tif"))
+    fails(case, r"tile .*tile.ome.zarr: flatfield file .*nope.npy: does not exist", flatfield=str(case["in"] / "nope.npy"))
+    fails(case, r"tile .*tile.ome.zarr: darkfield file .*dark.tif: does not exist", background="estimate", darkfield=str(case["in"] / "dark.tif"))
     garbage = case["in"] / "garbage.tif"
     garbage.write_bytes(b"not a tiff")
     fails(case, r"flatfield file .*garbage.tif cannot be read as TIFF, .npy or zarr", flatfield=str(garbage))

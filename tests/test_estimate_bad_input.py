@@ -108,7 +108,7 @@ def test_missing_input_and_mixed_kinds(tmp_path, images):
 
     from shadeflow.core.estimate_inputs import open_images
 
-    with pytest.raises(EstimateError, match=r"input .*nothing.tif does not exist"):
+    with pytest.raises(EstimateError, match=r"input .*nothing.tif: does not exist"):
         open_images([str(tmp_path / "nothing.tif")])
     _tiff(tmp_path / "a.tif", images[:10])
     zarr.create_array(store=str(tmp_path / "s.zarr"), data=images)
@@ -156,6 +156,6 @@ def test_command_rejects_bad_parameters_before_running(tmp_path, images):
 
     with pytest.raises(ValueError, match=r"--channels: Input should be greater than or equal to 1"):
         estimate_command([str(tmp_path)], str(tmp_path / "out"), channels=0)
-    with pytest.raises(EstimateError, match=r"input .*missing does not exist"):
+    with pytest.raises(EstimateError, match=r"input .*missing: does not exist"):
         estimate_command([str(tmp_path / "missing")], str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

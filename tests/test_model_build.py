@@ -172,7 +172,7 @@ def expect_refused(tmp_path, inputs: list, match: str, **params) -> None:
 
 
 def test_missing_models_csv(built, tmp_path):
-    expect_refused(tmp_path, [], r"models CSV .*nope\.csv not found", version="v1", models_csv=str(tmp_path / "nope.csv"), roots=[built["root"]])
+    expect_refused(tmp_path, [], r"models CSV .*nope\.csv: does not exist", version="v1", models_csv=str(tmp_path / "nope.csv"), roots=[built["root"]])
 
 
 def test_models_csv_without_required_columns(built, tmp_path):

@@ -440,9 +440,8 @@ def test_store_as_appends_the_compared_slides_and_refuses_an_existing_version(me
     models = tmp_path / "AstroPathFlatfieldModels.csv"
     models.write_text("version,Project,Cohort,BatchID,SlideID\nold,1,1,1,OTHER_1\n")
 
-    code = compare_command([str(root)], None, "v2", str(models), str(tmp_path / "work"), 0.7, 1.3, 1)
+    compare_command([str(root)], None, "v2", str(models), str(tmp_path / "work"), 0.7, 1.3, 1)
     out = capsys.readouterr()
-    assert code == 0, out.err
     assert "skipped SYN1_5" in out.out and "stored as version v2" in out.out and "SYN1_1, SYN1_2, SYN1_3" in out.out
     lines = models.read_text().splitlines()
     assert lines[:2] == ["version,Project,Cohort,BatchID,SlideID", "old,1,1,1,OTHER_1"]
@@ -454,9 +453,8 @@ def test_store_as_appends_the_compared_slides_and_refuses_an_existing_version(me
 
     digest = sha256(models)
     refused_dir = tmp_path / "work-refused"
-    code = compare_command([str(root)], None, "v2", str(models), str(refused_dir), 0.85, 1.15, 1)
-    err = capsys.readouterr().err
-    assert code == 2 and "already has version 'v2'" in err
+    with pytest.raises(ModelError, match="already has version 'v2'"):
+        compare_command([str(root)], None, "v2", str(models), str(refused_dir), 0.85, 1.15, 1)
     assert sha256(models) == digest and not refused_dir.exists()
 
     with pytest.raises(ModelError, match="already has version 'old'"):
@@ -477,10 +475,10 @@ def test_store_as_needs_models_csv_and_a_safe_name(tmp_path, capsys):
         ModelCompareParameters(roots=[str(tmp_path)], store_as="../v1", models_csv=str(tmp_path / "m.csv"))
     with pytest.raises(ValidationError, match="low end must be below"):
         ModelCompareParameters(roots=[str(tmp_path)], band_low=1.2, band_high=1.1)
-    assert compare_command([str(tmp_path)], None, "a/b", str(tmp_path / "m.csv"), None, 0.85, 1.15, 1) == 2
-    assert "not a safe file name" in capsys.readouterr().err
-    assert compare_command([str(tmp_path)], None, "v1", None, None, 0.85, 1.15, 1) == 2
-    assert "--store-as needs --models-csv" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a safe file name"):
+        compare_command([str(tmp_path)], None, "a/b", str(tmp_path / "m.csv"), None, 0.85, 1.15, 1)
+    with pytest.raises(ValueError, match="--store-as needs --models-csv"):
+        compare_command([str(tmp_path)], None, "v1", None, None, 0.85, 1.15, 1)
     # the same checks hold without pydantic (the flow's tasks repeat them)
     from shadeflow.tasks.model_compare import make_plan
 
