@@ -48,6 +48,8 @@ from shadeflow.core.estimate_grid import GridLayout, basis_matrix, degree_pairs,
 START_QUANTILE = 0.02
 #: frames with fewer floor blocks than this share of the median frame's get no weight
 MIN_FLOOR_SHARE = 0.25
+#: said with a fit that did not converge (the sweep's largest errors come with it)
+NOT_CONVERGED_ADVICE = "; the flatfield may be off by several percent — check it, or fit more frames or with --method surface"
 #: frames whose floor residuals scatter more than this many times the median frame's are outliers
 OUTLIER_SCATTER = 3.0
 #: relative spread of the baselines below which the darkfield is not identifiable
@@ -231,7 +233,7 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
     if rejected:
         notes.append(f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}")
     if not converged and change > 10 * settings.tolerance:  # a last step of ≤ 10× the tolerance changes nothing that matters
-        notes.append(f"the fit stopped after {settings.max_iterations} iterations still changing by {change:.1e} (tolerance {settings.tolerance:g})")
+        notes.append(f"the fit stopped after {settings.max_iterations} iterations still changing by {change:.1e} (tolerance {settings.tolerance:g})" + NOT_CONVERGED_ADVICE)
     w_final = biweight(x / (settings.window * tau)) * V * usable
     w_final[rejected] = 0.0
     spread = _baseline_spread(B, w_final)

@@ -50,7 +50,7 @@ import warnings
 
 import numpy as np
 
-from shadeflow.core.estimate_fit import biweight, low_quantile  # the floor method's, shared
+from shadeflow.core.estimate_fit import NOT_CONVERGED_ADVICE, biweight, low_quantile  # the floor method's, shared
 from shadeflow.core.estimate_grid import EstimateError, GridLayout, coarsen, regrid
 from shadeflow.core.estimate_surface import SurfaceGrid
 
@@ -415,7 +415,7 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
         notes.append(f"{quiet} frame(s) with no light above the darkfield were not used")
     converged = state.change < 10 * settings.tolerance
     if not converged:
-        notes.append(f"the fit stopped after {state.iterations} iterations still changing by {state.change:.1e} (tolerance {settings.tolerance:g})")
+        notes.append(f"the fit stopped after {state.iterations} iterations still changing by {state.change:.1e} (tolerance {settings.tolerance:g})" + NOT_CONVERGED_ADVICE)
     if settings.darkfield and not use_order and not spread >= MIN_BASELINE_SPREAD:
         notes.append(
             f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not identifiable from these images and rests on the "

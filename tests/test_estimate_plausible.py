@@ -16,15 +16,21 @@ from shadeflow.core.estimate import EstimateSettings, check_plausible, estimate_
 from shadeflow.core.estimate_grid import EstimateError, relative_rms
 from shadeflow.core.synth_stacks import StackConfig, generate_stack
 
-REAL = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real-stacks"))
+#: where the real stacks may be: $SHADEFLOW_REAL_STACKS, beside the checkout, or the workplace's shared folder
+REAL_FOLDERS = [
+    os.environ.get("SHADEFLOW_REAL_STACKS", ""),
+    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "real-stacks"),
+    "/work/shared/data/real-stacks",
+]
 REAL_STACKS = ("wsi_brain", "timelapse_brightfield", "timelapse_nanog")
 
 
 def real_stack(name: str) -> np.ndarray:
-    path = os.path.join(REAL, f"{name}.npz")
-    if not os.path.exists(path):
-        pytest.skip(f"real stack {path} is not on this machine")
-    return np.load(path)["images"]
+    for folder in filter(None, REAL_FOLDERS):
+        path = os.path.join(folder, f"{name}.npz")
+        if os.path.exists(path):
+            return np.load(path)["images"]
+    pytest.skip(f"real stack {name}.npz is in none of {[f for f in REAL_FOLDERS if f]} (set SHADEFLOW_REAL_STACKS)")
 
 
 def test_flatfield_only_fit_of_images_with_an_offset_says_so():
