@@ -11,7 +11,7 @@ solves
     minimise   Σ_g x_gᵀ A_g x_g − 2 r_gᵀ x_g + λ_S uᵀ P u + λ_D vᵀ P v
 
 for one field u or two coupled fields (u, v), where A_g is the data's 1×1 or 2×2 curvature at block g.
-The system is sparse and symmetric positive definite; it is solved by conjugate gradients
+The system is sparse and symmetric positive definite; it is solved by scipy's conjugate gradients
 preconditioned by the sum of a Jacobi and a DCT solve: a per-block solve handles blocks with little
 or no data weight (masked or rejected regions), and the DCT-II solve of the uniform-weight problem,
 in which the penalty is diagonal, handles the smooth large-scale part (the approach of Garcia 2010,
@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as sla
 from scipy import fft
 
 
@@ -85,7 +86,7 @@ class SurfaceGrid:
         def jacobi(v):
             return v / diagonal
 
-        return conjugate_gradients(apply, _sandwich(apply, jacobi, dct_solve), r, tolerance, max_iterations)
+        return conjugate_gradients(apply, _two_level(jacobi, dct_solve), r, tolerance, max_iterations)
 
     def solve_two(
         self, a11: np.ndarray, a12: np.ndarray, a22: np.ndarray, r1: np.ndarray, r2: np.ndarray, lam1: float, lam2: float,
@@ -115,11 +116,11 @@ class SurfaceGrid:
         def jacobi(x):
             return np.stack([(j22 * x[0] - a12 * x[1]) / jdet, (j11 * x[1] - a12 * x[0]) / jdet])
 
-        x, iterations = conjugate_gradients(apply, _sandwich(apply, jacobi, dct_solve), np.stack([r1, r2]), tolerance, max_iterations)
+        x, iterations = conjugate_gradients(apply, _two_level(jacobi, dct_solve), np.stack([r1, r2]), tolerance, max_iterations)
         return x[0], x[1], iterations
 
 
-def _sandwich(apply: Callable, jacobi: Callable, dct_solve: Callable) -> Callable:
+def _two_level(jacobi: Callable, dct_solve: Callable) -> Callable:
     """Additive two-level preconditioner, Jacobi + DCT: a sum of two positive definite operators, so
     positive definite itself whatever the weights (a multiplicative sweep is not, with Jacobi)."""
 
@@ -130,23 +131,15 @@ def _sandwich(apply: Callable, jacobi: Callable, dct_solve: Callable) -> Callabl
 
 
 def conjugate_gradients(apply: Callable, precondition: Callable, b: np.ndarray, tolerance: float, max_iterations: int) -> tuple[np.ndarray, int]:
-    """Preconditioned conjugate gradients from zero; stops at ‖r‖ ≤ tolerance·‖b‖ (returns x, iterations)."""
-    x = np.zeros_like(b)
-    norm_b = float(np.sqrt(np.vdot(b, b)))
-    if norm_b == 0:
-        return x, 0
-    r = b.copy()
-    z = precondition(r)
-    p = z.copy()
-    rz = float(np.vdot(r, z))
-    for iteration in range(max_iterations):
-        if np.sqrt(np.vdot(r, r)) <= tolerance * norm_b or rz <= 0:
-            return x, iteration
-        q = apply(p)
-        alpha = rz / float(np.vdot(p, q))
-        x += alpha * p
-        r -= alpha * q
-        z = precondition(r)
-        rz, rz_old = float(np.vdot(r, z)), rz
-        p = z + (rz / rz_old) * p
-    return x, max_iterations
+    """scipy's preconditioned conjugate gradients on fields of b's shape (one or two stacked fields),
+    from zero, to ‖r‖ ≤ tolerance·‖b‖; returns x and the number of iterations."""
+    shape, n = b.shape, b.size
+    count = [0]
+
+    def counted(_):
+        count[0] += 1
+
+    operator = sla.LinearOperator((n, n), matvec=lambda v: apply(v.reshape(shape)).ravel(), dtype=np.float64)
+    preconditioner = sla.LinearOperator((n, n), matvec=lambda v: precondition(v.reshape(shape)).ravel(), dtype=np.float64)
+    x, _ = sla.cg(operator, b.ravel(), rtol=tolerance, atol=0.0, maxiter=max_iterations, M=preconditioner, callback=counted)
+    return x.reshape(shape), count[0]

@@ -152,12 +152,6 @@ def gauss_newton_step(grid: SurfaceGrid, stats: np.ndarray, S: np.ndarray, f: np
     return df, dD
 
 
-def step_score(stats: np.ndarray, S: np.ndarray, df: np.ndarray, dD: np.ndarray) -> float:
-    """Σ w (r − S·B·Δf − ΔD)² of the frames behind ``stats``: how well a step predicts them."""
-    s0, s1, s2, sr, sbr, rr = stats
-    return float(rr.sum() - 2 * ((S * sbr) @ df + sr @ dD) + df @ (S * S * s2 * df) + 2 * df @ (S * s1 * dD) + dD @ (s0 * dD))
-
-
 def choose_smoothness(grid: SurfaceGrid, Y: np.ndarray, V: np.ndarray, omega: np.ndarray, B: np.ndarray, r: np.ndarray, S: np.ndarray, f: np.ndarray, D: np.ndarray, widths: np.ndarray, settings: FitSettings) -> tuple[float, list[float]]:
     """ℓ by two-fold cross-validation over contiguous halves of the frames (contiguous, so that a
     timelapse's slowly changing specimen is not mistaken for shading): the model is stepped with ℓ on
@@ -426,12 +420,6 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
         layout, settings, state.f, state.D, state.tau, state.widths, state.smoothness, _upper_bound(Y, V), _lower_bound(Y, V, settings), state.scatter_limit,
         None if known_darkfield is None else fixed, state.iterations, converged, used, rejected, notes, spread, use_order, state.change,
     )
-
-
-def _relative(Y: np.ndarray, S: np.ndarray, B: np.ndarray, D: np.ndarray, V: np.ndarray) -> np.ndarray:
-    level = np.outer(B, S) + D
-    ok = (V > 0) & (level > 0)
-    return np.where(ok, (Y - level) / np.where(ok, level, 1.0), np.inf)
 
 
 def _baseline_spread(B: np.ndarray, rejected: np.ndarray, D: np.ndarray) -> float:
