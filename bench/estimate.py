@@ -196,8 +196,11 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=60, help="--sweep: number of seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="--sweep: first seed")
     parser.add_argument("--processes", type=int, default=1, help="--sweep: cases fitted at a time")
+    parser.add_argument("--method", default=None, help="--sweep: the estimator's method (default: the estimator's default)")
     args = parser.parse_args()
     if args.sweep:
+        if args.method is not None:
+            os.environ["SHADEFLOW_SWEEP_METHOD"] = args.method  # read by fit_case in every worker process
         return sweep(args.first_seed, args.cases, args.only, args.out or os.path.join(ROOT, "bench-output", "estimate-sweep"), args.processes)
     args.out = args.out or os.path.join(ROOT, "bench-output", "estimate")
 
@@ -276,9 +279,10 @@ SWEEP_TARGETS = {"median": 0.5, "worst": 1.5}  # flatfield relative RMS, %
 
 def fit_case(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The method under test: flatfield, darkfield and notes of ``images``. Swap the method here."""
-    from shadeflow.core.estimate import estimate_shading
+    from shadeflow.core.estimate import EstimateSettings, estimate_shading
 
-    result = estimate_shading(images, darkfield=darkfield)
+    method = os.environ.get("SHADEFLOW_SWEEP_METHOD")
+    result = estimate_shading(images, darkfield=darkfield, settings=EstimateSettings(method=method) if method else None)
     return result.flatfield, result.darkfield, list(result.notes)
 
 
@@ -445,7 +449,7 @@ def sweep(first: int, count: int, only: str | None, out: str, processes: int) ->
         print(f"--only {only!r}: not a kind of the sweep ({', '.join(kinds)})", file=sys.stderr)
         return 0
     seeds = [c.seed for c in sweep_cases(first, count, only)]
-    print(f"sweep: {len(seeds)} cases (seeds {first}–{first + count - 1}{', ' + only if only else ''}); "
+    print(f"sweep: {len(seeds)} cases, method {os.environ.get('SHADEFLOW_SWEEP_METHOD', 'default')} (seeds {first}–{first + count - 1}{', ' + only if only else ''}); "
           f"FF = flatfield relative RMS %, D = darkfield RMS error in counts and in % of the mean signal above it; "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     print(SWEEP_HEADER, flush=True)

@@ -9,7 +9,8 @@ the estimator's Dask path (``estimate_shading_dask``, what ``shadeflow estimate`
   width), and report its std/mean in % over the image less a 5 % border; then the other way round;
   the mean of the two. The same for no correction, for BaSiC's reference profiles (resized bilinearly
   to the image shape; BaSiC saw every frame, both halves) and for a smoothed (σ = 1 % of the width)
-  per-pixel median of the training half.
+  per-pixel median of the training half. And, when ``make bench-basicpy`` has installed BaSiCPy,
+  for BaSiCPy fitted on the same training half (column BaSiC½: BaSiC under our held-out conditions).
 * **Planted shading on real content.** The stack times a known shading P (an off-centre radial
   fall-off to 0.8 at the far corner, cut by a circular aperture whose edge is a logistic of scale 1.2 %
   of the longer side down to 0.25 outside), plus, in darkfield mode, a known offset; the original and
@@ -43,7 +44,7 @@ def stacks(folder: str) -> list[str]:
     return sorted(f[: -len(".npz")] for f in os.listdir(folder) if f.endswith(".npz") and not f.endswith(".basic-reference.npz"))
 
 
-METHOD = "floor"
+METHOD = "auto"
 
 
 def fit(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -116,6 +117,34 @@ def median_reference(train: np.ndarray) -> tuple[np.ndarray, float]:
     return m / m.mean(), 0.0
 
 
+BASICPY = os.path.join(ROOT, "bench-output", "basicpy-venv", "bin", "python")
+BASICPY_FIT = r"""
+import sys, numpy as np, torch
+torch.set_num_threads(2)
+from basicpy import BaSiC
+images, darkfield, out = np.load(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
+model = BaSiC(get_darkfield=darkfield)
+model.fit(images)
+np.savez(out, flatfield=np.asarray(model.flatfield, np.float64), darkfield=np.asarray(model.darkfield, np.float64))
+"""
+
+
+def basicpy_fit(train: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray]:
+    """BaSiCPy (its default settings, ± darkfield) fitted on ``train`` in its own interpreter (make
+    bench-basicpy): BaSiC under the same held-out conditions as ours, profiles resized to the image."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        stack, out = os.path.join(folder, "train.npy"), os.path.join(folder, "fit.npz")
+        np.save(stack, train)
+        subprocess.run([BASICPY, "-c", BASICPY_FIT, stack, "1" if darkfield else "0", out], check=True, capture_output=True, timeout=900)
+        fitted = np.load(out)
+        shape = train.shape[1:]
+        return (resize(fitted["flatfield"], shape, order=1, mode="edge", anti_aliasing=False),
+                resize(fitted["darkfield"], shape, order=1, mode="edge", anti_aliasing=False))
+
+
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
@@ -140,6 +169,7 @@ def run(name: str, darkfield: bool, repeats: int, quick: bool) -> dict:
     row["held_out_none"] = held_out(images, lambda train: (np.ones(shape), 0.0))
     row["held_out_basic"] = held_out(images, lambda train: reference(name, shape, darkfield))
     row["held_out_median"] = held_out(images, median_reference)
+    row["held_out_basicpy_half"] = held_out(images, lambda train: basicpy_fit(train, darkfield)) if os.path.exists(BASICPY) else None
     row["ratio_to_basic"] = row["held_out"] / row["held_out_basic"]
     row["meets"] = bool(row["failure"] is None and row["ratio_to_basic"] <= 1.1 and (quick or row["planted_pct"] <= 1.0))
     return row
@@ -148,26 +178,27 @@ def run(name: str, darkfield: bool, repeats: int, quick: bool) -> dict:
 def line(row: dict) -> str:
     planted = "—" if row["planted_pct"] is None else f"{row['planted_pct']:.3f}"
     fit_s = "—" if row["fit_s"] is None else f"{row['fit_s']:.2f}"
+    half = "—" if row["held_out_basicpy_half"] is None else f"{row['held_out_basicpy_half']:.3f}"
     return (
         f"{row['stack']:22} {row['mode']:9} {row['held_out']:8.3f} {row['held_out_basic']:8.3f} {row['ratio_to_basic']:6.2f} "
-        f"{row['held_out_median']:8.3f} {row['held_out_none']:8.3f} {planted:>8} {fit_s:>6} {'yes' if row['meets'] else 'NO':>5}  "
+        f"{row['held_out_median']:8.3f} {row['held_out_none']:8.3f} {half:>8} {planted:>8} {fit_s:>6} {'yes' if row['meets'] else 'NO':>5}  "
         f"{row['failure'] or '; '.join(row['notes'])}"
     )
 
 
 def main() -> int:
+    global METHOD, DATA
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DATA, help="folder of <name>.npz and <name>.basic-reference.npz")
     parser.add_argument("--repeats", type=int, default=1, help="timed fits per stack and mode (best reported)")
     parser.add_argument("--quick", action="store_true", help="held-out residuals only (no planted shading)")
-    parser.add_argument("--method", default="floor", choices=("floor", "surface"), help="the estimator's method")
+    parser.add_argument("--method", default="auto", choices=("auto", "floor", "surface"), help="the estimator's method")
     parser.add_argument("--out", default=None, help="folder for results.json (default bench-output/real-<method>)")
     args = parser.parse_args()
-    global METHOD
-    METHOD = args.method
+    METHOD, DATA = args.method, args.data  # every reader below takes the stacks and references from --data
     names = stacks(args.data)
     print(f"real stacks in {args.data}: {', '.join(names)}; method {METHOD}; load {os.getloadavg()[0]:.2f}")
-    print(f"{'stack':22} {'mode':9} {'held-out':>8} {'BaSiC':>8} {'ratio':>6} {'median':>8} {'none':>8} {'planted':>8} {'fit s':>6} {'meets':>5}  notes")
+    print(f"{'stack':22} {'mode':9} {'held-out':>8} {'BaSiC':>8} {'ratio':>6} {'median':>8} {'none':>8} {'BaSiC½':>8} {'planted':>8} {'fit s':>6} {'meets':>5}  notes")
     rows = []
     for name in names:
         for darkfield in (False, True):

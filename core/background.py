@@ -186,6 +186,12 @@ def constant_background(values: list[float], n_channels: int, kind: str = "value
     return Background(array, "value", f"value {text}", {"kind": "value", "values": [float(v) for v in values]})
 
 
+def survey_level(image, level):
+    """The level the background estimate surveys for ``level`` of ``image`` (step 1 of the module description)."""
+    roles = image.roles
+    return image.levels[_survey_level(image.levels, level.index, roles.index("z") if "z" in roles else None)]
+
+
 def _survey_level(levels, level_index: int, z_axis: int | None) -> int:
     """The coarsest level (at or below the corrected one) still at least SURVEY_MIN_YX across and
     with at least min(n_z, 16) z planes, so the slice statistics keep their resolution in z."""
@@ -223,6 +229,7 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
     stride = min(stride, max(1, min(s_y, s_x) // 16))
     (survey,) = compute(survey5[:, :, :, ::stride, ::stride])
     survey = np.asarray(survey)
+    _refuse_non_finite(image, survey_level, survey, stride)
     z_of = lambda lv: (lv.scale[z_axis], lv.translation[z_axis]) if z_axis is not None else (1.0, 0.0)  # noqa: E731
     (ss, st), (ts, tt) = z_of(survey_level), z_of(level)
     fields, per_channel, warnings = [], [], []
@@ -265,6 +272,15 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
         medians.append(da.map_blocks(_plane_median, stack, drop_axis=0, dtype=np.float32))
     results = compute(*medians)
     fields = np.stack([np.asarray(r, np.float32) for r in results])
+    for c, (f, selected) in enumerate(zip(fields, plane_lists)):
+        if not np.isfinite(f).all():  # a NaN the strided survey stepped over
+            from shadeflow.core.ome_zarr_io import TileError
+
+            planes = ", ".join(f"t={t} z={z}" if n_t > 1 else f"z={z}" for t, z in selected[:5])
+            raise TileError(
+                f"tile {image.url} channel {c}: non-finite values (NaN or ±inf) in the background planes at level {level.path} ({planes}{', …' if len(selected) > 5 else ''}); "
+                "non-finite voxels cannot be corrected — fix or replace them in the input"
+            )
     for entry, f in zip(per_channel, fields):
         entry["median"] = round(float(np.median(f)), 3)
     summary = "estimate " + ", ".join(f"{e['median']:g}" for e in per_channel)
@@ -276,6 +292,24 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
         "channels": per_channel,
     }
     return Background(fields, "estimate", summary, details, warnings)
+
+
+def _refuse_non_finite(image, level, survey: np.ndarray, stride: int) -> None:
+    """A NaN or ±inf in the survey would make the background NaN and every corrected voxel with it:
+    refuse, naming where (in the tile's own axes and the survey level's coordinates)."""
+    from shadeflow.core.correction import non_finite_voxels
+    from shadeflow.core.ome_zarr_io import CANONICAL, TileError
+
+    bad = non_finite_voxels(survey)
+    if bad is None:
+        return
+    t, c, z, y, x = (int(v) for v in bad[0])
+    at = dict(zip(CANONICAL, (t, c, z, y * stride, x * stride)))
+    where = ", ".join(f"{name}={at[role]}" for name, role in zip(image.axis_names, image.roles))
+    raise TileError(
+        f"tile {image.url}: non-finite values (NaN or ±inf) at level {level.path}, the first at {where} "
+        f"({len(bad)} of the {survey.size} voxels surveyed); non-finite voxels cannot be corrected — fix or replace them in the input"
+    )
 
 
 def _plane_median(block: np.ndarray) -> np.ndarray:

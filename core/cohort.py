@@ -17,7 +17,7 @@ import numpy as np
 
 from shadeflow.core import astropath_io, storage
 from shadeflow.core.models_csv import ModelError, check_version_name, read_models_csv, select_version
-from shadeflow.core.outputs import MANIFEST
+from shadeflow.core.outputs import MANIFEST, WRITING
 from shadeflow.core.slide import SLIDE_JSON
 from shadeflow.core.stack import FieldLogRow, MeanImageStack
 
@@ -133,8 +133,8 @@ def check_meanimage(ref: SlideRef) -> None:
     folder = ref.meanimage_url
     present = storage.file_sizes(folder)
     made_by_shadeflow = any(name.startswith(f"{ref.slide_id}-meanimage.zarr/") for name in present)
-    if made_by_shadeflow and MANIFEST not in present:
-        raise ModelError(f"slide {ref.slide_id}: the mean image in {folder} is incomplete (no {MANIFEST}); rerun meanimage")
+    if made_by_shadeflow and (MANIFEST not in present or WRITING in present):
+        raise ModelError(f"slide {ref.slide_id}: the mean image in {folder} is incomplete (no {MANIFEST}, or still being written); rerun meanimage")
     missing = [name for name in meanimage_files(ref) if name not in present]
     if missing:
         what = "no meanimage output" if not present else f"missing {', '.join(missing)}"

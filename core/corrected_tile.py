@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from shadeflow.core import storage
-from shadeflow.core.background import Background, BackgroundError, constant_background, estimate_background
+from shadeflow.core.background import Background, BackgroundError, constant_background, estimate_background, survey_level
 from shadeflow.core.correction import correction_pyramid, graph_constants_allowed, plan_pyramid, select_axes
 from shadeflow.core.flatfield_sources import Flatfield, FlatfieldError, darkfield_fields, estimate_flatfield, file_flatfield, model_flatfield, parse_channel_map
 from shadeflow.core.models_csv import ModelError
@@ -39,8 +39,10 @@ from shadeflow.core.ome_zarr_io import (
     Level,
     OmeImage,
     TileError,
+    check_not_empty,
     create_image_group,
     create_level_array,
+    missing_chunks,
     open_group,
     open_image,
     write_multiscales,
@@ -69,6 +71,7 @@ class CorrectRequest:
     zarr_format: int | None = None  # None: as the input
     repair_flatfield: bool = False
     overwrite: bool = False
+    allow_missing_chunks: bool = False  # read absent chunks as the fill value instead of refusing the tile
 
     def flatfield_kind(self) -> str:
         kinds = [k for k, v in (("model", self.model), ("file", self.flatfield), ("estimate", self.method)) if v]
@@ -82,7 +85,11 @@ class CorrectRequest:
 
     def check(self) -> "CorrectRequest":
         """The options fit together: exactly one flatfield source, layers only for a model, a darkfield
-        or a background; reads nothing."""
+        or a background, no credentials in any URL; reads nothing."""
+        storage.refuse_credentials_in_url(self.out, "--out")
+        for what, url in (("--store", self.store), ("--flatfield", self.flatfield), ("--darkfield", self.darkfield)):
+            if url:
+                storage.refuse_credentials_in_url(url, what)
         self.flatfield_kind()
         if self.model is None and (self.layer is not None or self.channel_map):
             raise ValueError("--layer and --channel-map choose model layers; they need --model")
@@ -123,6 +130,8 @@ class TilePlan:
     flatfield: Flatfield | None  # None: estimated when the tile runs
     background: Background | None  # None: estimated when the tile runs
     notes: list[str] = field(default_factory=list)
+    out: str = ""  # --out, normalised: the output must be a direct child of it
+    missing_chunks: dict[str, int] = field(default_factory=dict)  # level → chunks read as the fill value
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -155,8 +164,31 @@ class TileReport:
 # output location and state
 
 
+def tile_name(tile_url: str) -> str:
+    """The name a tile's output gets under ``--out``: the last component of its URL, validated.
+
+    The name becomes a path that may be removed (``--overwrite``, a partial output), so anything
+    that is not one plain folder name is refused: empty, ``.``, ``..`` (``s3://bucket/x/..`` is a
+    literal key on S3 but would name ``--out``'s parent locally), or holding ``/``, ``\\`` or NUL.
+    Credentials in the URL are refused too (they would be echoed and recorded)."""
+    storage.refuse_credentials_in_url(tile_url, "tile")
+    name = storage.basename(storage.normalize(tile_url))
+    if name in ("", ".", "..") or any(ch in name for ch in "/\\\0"):
+        raise TileError(f"tile {storage.redact(tile_url)}: its name {name!r} cannot name an output folder under --out; give the tile's own folder (e.g. s3://bucket/tiles/tile.ome.zarr)")
+    return name
+
+
 def output_url(out: str, tile_url: str) -> str:
-    return storage.join(storage.normalize(out), storage.basename(storage.normalize(tile_url)))
+    return storage.join(storage.normalize(out), tile_name(tile_url))
+
+
+def check_output_child(out: str, output: str) -> None:
+    """The last guard before anything is removed or written: ``output`` must be a direct child of
+    ``--out`` with a plain name (never ``--out`` itself, its parent, or anything elsewhere)."""
+    out = storage.normalize(out)
+    name = storage.basename(output)
+    if name in ("", ".", "..") or any(ch in name for ch in "/\\\0") or storage.join(out, name) != output:
+        raise TileError(f"output {output} is not a folder directly inside --out {out}; refusing to write or remove it")
 
 
 def _inside(inner: str, outer: str) -> bool:
@@ -232,13 +264,31 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
     """
     tile = storage.normalize(tile_url)
     kind = request.flatfield_kind()
+    name = tile_name(tile)  # before anything is read: the name decides what may be removed
+    output = storage.join(storage.normalize(request.out), name)
+    check_output_child(request.out, output)
     image = open_image(tile)
     level = image.level(request.level)
+    check_not_empty(image, level)
     zarr_format = request.zarr_format or image.zarr_format
     if zarr_format not in NGFF_FOR_ZARR:
         raise TileError(f"tile {tile}: --zarr-format {zarr_format} is not 2 or 3")
-    output = output_url(request.out, tile)
     check_output_location(tile, output)
+    notes: list[str] = []
+    absent_chunks: dict[str, int] = {}
+    # every level the run reads: the corrected one, and the background survey's
+    read = [level] + ([survey_level(image, level)] if not request.darkfield and request.background.strip().lower() == "estimate" else [])
+    for lv in {lv.path: lv for lv in read}.values():
+        absent = missing_chunks(image, lv)
+        if not absent.missing:
+            continue
+        if not request.allow_missing_chunks:
+            raise TileError(
+                f"tile {tile}: {absent.describe()}; zarr would read them as the fill value {absent.fill_value!r} — "
+                "restore them, or rerun with --allow-missing-chunks if they were left out on purpose (zarr omits chunks holding only the fill value)"
+            )
+        absent_chunks[lv.path] = absent.missing
+        notes.append(f"tile {tile}: {absent.describe()}, read as the fill value {absent.fill_value!r} (--allow-missing-chunks)")
     canonical = tuple(image.size(r, level.index) for r in CANONICAL)
     try:
         plan_pyramid(canonical, (1.0,) * 5, (0.0,) * 5, request.levels)
@@ -252,7 +302,7 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
     elif kind == "file":
         flat = file_flatfield(request.flatfield, yx, n_c, request.repair_flatfield, tile)
     background = None
-    notes = list(flat.notes) if flat else []
+    notes += list(flat.notes) if flat else []
     if request.darkfield:
         if request.background not in ("estimate", ""):
             raise BackgroundError(f"tile {tile}: give --darkfield or --background, not both")
@@ -293,7 +343,7 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
         if not request.overwrite:
             raise TileError(f"tile {tile}: output {output} exists and is not a shadeflow output; remove it, choose another --out, or rerun with --overwrite")
         action = "replace"
-    return TilePlan(tile, image.name, output, image, level, zarr_format, recorded, action, flat, background, notes)
+    return TilePlan(tile, name, output, image, level, zarr_format, recorded, action, flat, background, notes, storage.normalize(request.out), absent_chunks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,9 +351,15 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
 
 
 def default_compute(*collections):
+    """``dask.compute`` on a private thread pool, so that when a block fails the call returns only after
+    the blocks already running have finished: none can write into the output after it is removed."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     import dask
 
-    return dask.compute(*collections)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # shut down (waiting) on error too
+        return dask.compute(*collections, scheduler="threads", pool=pool)
 
 
 def _log(message: str) -> None:
@@ -341,6 +397,7 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
         log(f"{plan.name}: complete output with the same parameters exists, skipped ({plan.output})")
         return report
     started = time.perf_counter()
+    check_output_child(plan.out or storage.parent(plan.output), plan.output)
     # everything that can fail on the data is computed before the output is touched
     background = plan.background or estimate_background(image, level, compute)
     for message in background.warnings:
@@ -369,7 +426,8 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
         targets = [create_level_array(group, p, lv.shape, level.chunks, level.dtype, image.axis_names, shards) for p, lv in zip(paths, pyramid)]
         # Dask blocks = the arrays' shards (or chunks), so no two tasks ever write into the same one
         write_blocks = [target.shards or target.chunks for target in targets]
-        outputs = correction_pyramid(source, ff, bg, pyramid, write_blocks, on_block=on_block)
+        where = f"tile {plan.tile} level {level.path}"  # float tiles: each chunk checked for NaN / ±inf as it streams
+        outputs = correction_pyramid(source, ff, bg, pyramid, write_blocks, on_block=on_block, where=where, axis_names=image.axis_names)
         stored = da.store(outputs, targets, lock=False, compute=False)
         with graph_constants_allowed():
             compute(*(stored if isinstance(stored, tuple) else (stored,)))
@@ -417,6 +475,7 @@ def _provenance(plan: TilePlan, flat: Flatfield, background: Background, pyramid
             "dtype": str(level.dtype),
             "ngff_version": image.ngff_version,
             "zarr_format": image.zarr_format,
+            **({"missing_chunks_read_as_fill_value": plan.missing_chunks} if plan.missing_chunks else {}),
         },
         "output": {"ngff_version": NGFF_FOR_ZARR[plan.zarr_format], "zarr_format": plan.zarr_format, "levels": [list(lv.shape) for lv in pyramid]},
         "formula": "out = clip(rint((in - background) / flatfield), dtype range), float32; floats not rounded or clipped",

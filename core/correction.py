@@ -17,6 +17,7 @@ coarser chunk).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,9 +166,48 @@ def plan_pyramid(shape: tuple[int, ...], scale: tuple[float, ...], translation: 
     return levels
 
 
-def _correct_reporting(block, flatfield, background, dtype, on_block):
+def non_finite_voxels(block: np.ndarray) -> np.ndarray | None:
+    """Indices (n, ndim) of the NaN / ±inf voxels of a float block, or ``None`` when it has none.
+
+    One float64 sum decides (no temporary the size of the block; float32 values cannot overflow a
+    float64 sum); only a block that fails is searched."""
+    if np.dtype(block.dtype).kind != "f" or np.isfinite(np.sum(block, dtype=np.float64)):
+        return None
+    bad = np.argwhere(~np.isfinite(block))
+    return bad if len(bad) else None
+
+
+def check_finite(block: np.ndarray, where: str, axis_names: tuple[str, ...], start: tuple[int, ...] = ()) -> None:
+    """Refuse a chunk holding NaN or ±inf: a corrected tile would carry them into every pyramid level
+    (and a background or flatfield estimated from it would be NaN). ``start``: the chunk's origin in
+    the level, so the message names voxels as the level counts them.
+
+    Raises
+    ------
+    TileError
+        Naming ``where``, the chunk's extent and the first bad voxel.
+    """
+    from shadeflow.core.ome_zarr_io import TileError
+
+    bad = non_finite_voxels(block)
+    if bad is None:
+        return
+    start = tuple(start) or (0,) * block.ndim
+    extent = ", ".join(f"{a} {s}–{s + n - 1}" for a, s, n in zip(axis_names, start, block.shape))
+    first = ", ".join(f"{a}={s + i}" for a, s, i in zip(axis_names, start, bad[0]))
+    raise TileError(
+        f"{where}: the chunk at {extent} holds {len(bad)} non-finite value{'s' if len(bad) != 1 else ''} (NaN or ±inf), the first at {first}; "
+        "non-finite voxels cannot be corrected — fix or replace them in the input"
+    )
+
+
+def _correct_chunk(block, flatfield, background, *, dtype, on_block, check, block_info=None):
+    if check is not None:  # (where, axis names): float tiles only
+        origin = tuple(lo for lo, _ in block_info[0]["array-location"]) if block_info else ()
+        check_finite(block, check[0], check[1], origin)
     out = correct_block(block, flatfield, background, dtype)
-    on_block()
+    if on_block is not None:
+        on_block()
     return out
 
 
@@ -211,6 +251,8 @@ def correction_pyramid(
     levels: list[PyramidLevel],
     chunks: tuple[int, ...],
     on_block: Callable[[], None] | None = None,
+    where: str | None = None,
+    axis_names: tuple[str, ...] | None = None,
 ) -> list:
     """Dask arrays of every output level of a corrected tile, sharing one graph.
 
@@ -230,16 +272,23 @@ def correction_pyramid(
         the shards of sharded outputs.
     on_block : callable, optional
         Called after each level-0 chunk is corrected (progress reporting on the workers).
+    where, axis_names : str and tuple of str, optional
+        For float tiles: every input chunk is checked for NaN / ±inf as it streams through, and a bad
+        one fails the computation with a :class:`~shadeflow.core.ome_zarr_io.TileError` that starts
+        with ``where`` (e.g. ``tile URL level 0``) and names the voxels by ``axis_names``.
     """
     import dask.array as da
 
     dtype = source.dtype
     ff = chunked_constant(np.asarray(flatfield, np.float32), source.chunks)
     bg = chunked_constant(np.asarray(background, np.float32), source.chunks)
-    if on_block is None:
+    check = (where, tuple(axis_names or (f"axis {i}" for i in range(source.ndim)))) if where and np.dtype(dtype).kind == "f" else None
+    if on_block is None and check is None:
         corrected = da.map_blocks(correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct")
     else:
-        corrected = da.map_blocks(_correct_reporting, source, ff, bg, dtype, on_block, dtype=dtype, token="shadeflow-correct")
+        # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
+        chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
+        corrected = da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
     return reduced_levels(corrected, levels, chunks)
 
 

@@ -17,6 +17,11 @@ alone cannot determine, is fixed by requiring the least-curved darkfield. Larger
 seeded subsample of frames and then refined with one pass of per-block sufficient statistics over
 every frame, so memory depends on the grid, not on the number of frames.
 
+Which method answers (``EstimateSettings.method``): ``floor`` is the above; ``surface`` fits free
+surfaces with cross-validated smoothness (``core.estimate_surface_fit``), which follow a sharp aperture
+edge; ``auto``, the default, is the floor, falling back to surfaces for a flatfield-only fit the floor
+refuses or does not converge on (:func:`run_estimate`).
+
 Compared with BaSiC (Peng et al., Nat. Commun. 8, 14836, 2017; BaSiCPy): the same image model, but a
 robust regression on a polynomial basis instead of a sparse-plus-low-rank decomposition with DCT
 sparsity, an explicit noise scale instead of a reweighting constant, and a stated prior for the
@@ -56,6 +61,7 @@ from shadeflow.core.estimate_grid import (
     EstimateError,
     GridLayout,
     block_means,
+    coarsen,
     describe_layout,
     evaluate_field,
     frames_needed,
@@ -69,7 +75,7 @@ SURFACE_METHOD = (
     "shadeflow surface regression (robust IRLS on block means, thin-plate surfaces with cross-validated smoothness, "
     "bounded darkfield gauge)"
 )
-METHODS = ("floor", "surface")
+METHODS = ("auto", "floor", "surface")
 
 __all__ = ["EstimateError", "EstimateSettings", "ShadingEstimate", "estimate_shading", "METHOD"]
 
@@ -79,13 +85,13 @@ class EstimateSettings:
     """Parameters of the estimator (all recorded with its outputs)."""
 
     darkfield: bool = False  # estimate a darkfield (else D = 0, or the known darkfield)
-    method: str = "floor"  # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness
+    method: str = "auto"  # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness; "auto": floor, else surface
     degree: int = 6  # floor: total degree of the flatfield's Legendre polynomial
     darkfield_degree: int = 2  # floor: total degree of the darkfield's polynomial (before the gauge)
     smoothness: float | None = None  # surface: the flatfield's smoothing length in pixels; None: cross-validated
     darkfield_smoothness: float = 16.0  # surface: the darkfield's smoothing length in units of the flatfield's
     order_statistics: bool | None = False  # surface: separate S and D by order statistics; None: when levels hardly vary
-    grid: int | None = None  # blocks across the longer side; None: 64 (floor) or 128 (surface)
+    grid: int | None = None  # blocks across the longer side; None: 64 (floor) or 128 (surface; auto per method used)
     window: float = 3.0  # biweight half-width, in units of the floor's noise
     max_frames: int = 1000  # the robust fit uses at most this many frames (seeded subsample)
     chunk_frames: int = 64  # frames per chunk of the final pass (and per Dask task)
@@ -293,14 +299,66 @@ def choose_frames(n: int, max_frames: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n, 7]).choice(n, max_frames, replace=False))
 
 
+#: what a refused darkfield fit under ``auto`` suggests
+DARKFIELD_REFUSED_ADVICE = (
+    "; give the camera offset if you know it, fit without --darkfield, or try --method surface (whose darkfield is less "
+    "reliable: check it)"
+)
+
+
+class ContentError(EstimateError):
+    """The images themselves cannot be fitted (empty, constant, fully masked): no method can do better."""
+
+
 def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str = "images") -> ShadingEstimate:
-    """The estimator over any frame source (memory or Dask): checks, robust fit, final pass, fields."""
+    """The estimator over any frame source (memory or Dask): checks, then the chosen method's fit.
+
+    ``auto`` fits the floor's polynomials first (fast, and the most accurate where the illumination is
+    smooth). Without a darkfield to estimate, it falls back to free surfaces when that fit is refused (a
+    polynomial cannot follow a sharp aperture edge) or does not converge; the notes say so. With
+    ``--darkfield`` it does not: of the 13 darkfield fits the polynomial refused on the randomised sweep,
+    surfaces converged on 6, and 2 of those were 7–8 % off with no sign that would let us refuse them
+    — a refusal with advice is the honest answer there (BENCHMARKS.md)."""
     started = time.perf_counter()
     need = frames_needed(settings.darkfield)
     if source.n < need:
         raise EstimateError(f"{where}: {source.n} image{'s' if source.n != 1 else ''}; the estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}")
     if source.dtype.kind not in "biuf":
         raise EstimateError(f"{where}: dtype {source.dtype} is not a real number type")
+    if settings.method != "auto":
+        return _estimate_with(source, settings, known_darkfield, where, started)
+    if settings.darkfield:
+        try:
+            return replace(_estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started), settings=settings)
+        except ContentError:
+            raise
+        except EstimateError as exc:
+            reason = str(exc).removeprefix(where + ": ")
+            advice = "" if "--method surface" in reason else DARKFIELD_REFUSED_ADVICE
+            raise EstimateError(f"{where}: {reason}{advice}") from None
+    try:
+        floor = _estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started)
+        if floor.diagnostics["converged"]:
+            return replace(floor, settings=settings)
+        why = f"the polynomial fit did not converge ({floor.diagnostics['iterations']} iterations)"
+    except ContentError:
+        raise
+    except EstimateError as exc:
+        floor, why = None, f"the polynomial fit was refused: {str(exc).removeprefix(where + ': ')}"
+    try:
+        surface = _estimate_with(source, replace(settings, method="surface"), known_darkfield, where, started)
+    except EstimateError as exc:
+        if floor is None:
+            raise EstimateError(f"{where}: neither fit answers — {why}; with free surfaces: {str(exc).removeprefix(where + ': ')}") from exc
+        return replace(floor, settings=settings)
+    if floor is not None and not surface.diagnostics["converged"]:
+        return replace(floor, settings=settings)  # neither converged: the polynomial's answer, with its note
+    surface.notes.insert(0, f"{why}; fitted with free surfaces instead (--method surface)")
+    return replace(surface, settings=settings)
+
+
+def _estimate_with(source, settings: EstimateSettings, known_darkfield, where: str, started: float) -> ShadingEstimate:
+    """One method's estimate (``settings.method`` is floor or surface): robust fit, final pass, fields."""
     layout = grid_layout(source.shape, settings.grid_blocks)
     saturation = settings.saturation if settings.saturation is not None else (float(np.iinfo(source.dtype).max) if source.dtype.kind in "ui" else None)
     known_grid = _known_on_grid(known_darkfield, layout, where)
@@ -315,7 +373,7 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
             fitted = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
             if settings.darkfield:
                 check_darkfield_below_data(fitted, Y, V, where)
-        offset = None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings, source.dtype)
+        offset = None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings)
     model = fitted
     if len(fit_frames) == source.n:  # every frame is on the grid already: the final pass needs no second read
         step = settings.chunk_frames
@@ -348,6 +406,7 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
     rejected = [int(i) for i in np.flatnonzero(~used)]  # outliers, frames with no background or no light
     diagnostics = {
         "method": SURFACE_METHOD if surface else METHOD,
+        "method_used": settings.method,
         "grid": describe_layout(layout),
         "block_px": layout.block,
         "fit_frames": int(len(fit_frames)),
@@ -370,18 +429,19 @@ MAX_FLATFIELD_RANGE = 100.0
 OFFSET_SHARE = 0.02
 
 
-def offset_probe(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: EstimateSettings, dtype: np.dtype) -> dict[str, Any] | None:
+def offset_probe(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: EstimateSettings) -> dict[str, Any] | None:
     """For a flatfield-only fit: what a darkfield fit of the same block means finds — the mean darkfield
     in counts and as a share of the mean signal — and whether that offset is clear (above
     :data:`OFFSET_SHARE` of the signal and three times the floor's noise). None if that fit fails."""
-    probe_settings = replace(settings, darkfield=True, max_iterations=15)
+    probe_settings = replace(settings, method="floor", darkfield=True, max_iterations=15)
+    # always the floor's polynomial fit, on a grid of at most 64 blocks across: the probe asks for a mean
+    # offset, not a sharp surface; a two-field surface fit would cost more than the fit it checks, and
+    # its darkfield level, which only the gauge fixes, flagged offsets in clean stacks
+    while max(layout.ny, layout.nx) > DEFAULT_GRID and min(layout.ny, layout.nx) >= 16:
+        Y, V, layout = coarsen(Y, V, layout)
     try:
-        if settings.method == "surface":
-            probe = surface_fit.fit_grid(Y, V, layout, probe_settings.surface_settings(dtype, layout, bool(Y[V > 0].min() >= 0)))
-            dark = probe.dark
-        else:
-            probe = fit_grid(Y, V, layout, probe_settings.fit_settings())
-            dark = probe.fields()[1]
+        probe = fit_grid(Y, V, layout, probe_settings.fit_settings())
+        dark = probe.fields()[1]
     except EstimateError:
         return None
     level = float(np.median(Y[V > 0]))
@@ -456,12 +516,12 @@ def _known_on_grid(known, layout: GridLayout, where: str) -> np.ndarray | None:
 def _check_content(Y: np.ndarray, V: np.ndarray, where: str) -> None:
     valid = V > 0
     if not valid.any():
-        raise EstimateError(f"{where}: every block of every image is masked or saturated; nothing to estimate from")
+        raise ContentError(f"{where}: every block of every image is masked or saturated; nothing to estimate from")
     values = Y[valid]
     low, high = float(values.min()), float(values.max())
     if high == low:
         what = "all zero" if high == 0 else f"constant (every value {high:g})"
-        raise EstimateError(f"{where}: the stack is {what}; a flatfield cannot be estimated from it")
+        raise ContentError(f"{where}: the stack is {what}; a flatfield cannot be estimated from it")
 
 
 def _final_model(model: GridModel, stats: np.ndarray) -> GridModel:

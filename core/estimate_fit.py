@@ -232,7 +232,8 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
         rejected = sorted(rejected + new)
     if rejected:
         notes.append(f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}")
-    if not converged and change > 10 * settings.tolerance:  # a last step of ≤ 10× the tolerance changes nothing that matters
+    converged = converged or change <= 10 * settings.tolerance  # a last step of ≤ 10× the tolerance changes nothing that matters
+    if not converged:
         notes.append(f"the fit stopped after {settings.max_iterations} iterations still changing by {change:.1e} (tolerance {settings.tolerance:g})" + NOT_CONVERGED_ADVICE)
     w_final = biweight(x / (settings.window * tau)) * V * usable
     w_final[rejected] = 0.0

@@ -139,7 +139,13 @@ def _tiff_header(url: str) -> tuple[tuple[int, ...], np.dtype]:
         with fs.open(path, "rb") as handle, tifffile.TiffFile(handle) as tif:  # reads the headers only
             pages = len(tif.pages)
             page = tif.pages[0]
+            # every page's header, so that a page of another shape is named here, not by a stack error mid-run
+            for index, other in enumerate(tif.pages):
+                if other.shape != page.shape or other.dtype != page.dtype:
+                    raise EstimateError(f"TIFF {url}: page {index} is {other.shape} {other.dtype} but page 0 is {page.shape} {page.dtype}; all pages must be frames of one shape")
             return (pages, *page.shape), np.dtype(page.dtype)
+    except EstimateError:
+        raise
     except Exception as exc:  # tifffile raises several types for damaged files
         raise EstimateError(f"TIFF {url} cannot be read ({type(exc).__name__}: {exc})") from None
 
@@ -147,8 +153,11 @@ def _tiff_header(url: str) -> tuple[tuple[int, ...], np.dtype]:
 def _read_tiff(url: str, pages: int) -> np.ndarray:
     import tifffile
 
-    with tifffile.TiffFile(io.BytesIO(storage.read_bytes(url))) as tif:
-        return np.stack([p.asarray() for p in tif.pages[:pages]])
+    try:
+        with tifffile.TiffFile(io.BytesIO(storage.read_bytes(url))) as tif:
+            return np.stack([p.asarray() for p in tif.pages[:pages]])
+    except Exception as exc:  # a file cut short or damaged after its headers were read: name it
+        raise EstimateError(f"TIFF {url} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _open_tiffs(urls: list[str], channels: int) -> ImageStack:

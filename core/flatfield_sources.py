@@ -270,20 +270,47 @@ def read_field_file(url: str, what: str = "flatfield file") -> np.ndarray:
     """A flatfield (or darkfield) file as an array: TIFF (``.tif``/``.tiff``), NumPy ``.npy``, or
     zarr (an array, or a group holding an OME-Zarr image, a ``flatfield`` array or exactly one array)."""
     name = storage.basename(url).lower()
-    if not storage.exists(url):
+    try:
+        found = storage.exists(url)
+    except Exception as exc:  # the location's fault (endpoint, credentials, bucket), said as such
+        problem = storage.storage_problem(exc)
+        if problem is None:
+            raise
+        raise FlatfieldError(f"{what} {url}: {problem}") from None
+    if not found:
         raise FlatfieldError(f"{what} {url}: does not exist")
     try:
         if name.endswith(".npy"):
             return np.load(io.BytesIO(storage.read_bytes(url)), allow_pickle=False)
         if name.endswith((".tif", ".tiff")):
-            import tifffile
-
-            return tifffile.imread(io.BytesIO(storage.read_bytes(url)))
+            return _read_tiff_field(url, what)
         return _read_zarr_field(url)
     except FlatfieldError:
         raise
     except Exception as exc:
+        problem = storage.storage_problem(exc)
+        if problem:
+            raise FlatfieldError(f"{what} {url}: {problem}") from None
         raise FlatfieldError(f"{what} {url} cannot be read as TIFF, .npy or zarr ({type(exc).__name__}: {exc})") from None
+
+
+def _read_tiff_field(url: str, what: str) -> np.ndarray:
+    """Every page of a TIFF: one field, or a stack of same-shaped pages (one per channel).
+
+    ``tifffile.imread`` reads the first series only, so the pages of a file written page by page
+    (or a page of another size) would be dropped without a word; pages of different shapes cannot
+    be one field per channel, so they are refused, naming the file."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(storage.read_bytes(url))) as tif:
+        shapes = [tuple(page.shape) for page in tif.pages]
+        if len(set(shapes)) > 1:
+            listed = ", ".join("×".join(str(n) for n in shape) for shape in shapes[:4]) + (", …" if len(shapes) > 4 else "")
+            raise FlatfieldError(f"{what} {url}: its {len(shapes)} pages have different shapes ({listed}); give one field, or one same-sized page per channel")
+        series = tif.series[0] if tif.series else None
+        if series is not None and len(tif.series) == 1 and len(series.pages) == len(tif.pages):
+            return series.asarray()  # one series covers every page: keep its shape (e.g. C, Y, X)
+        return tif.asarray(key=range(len(tif.pages)))  # same-shaped pages written one by one
 
 
 def _read_zarr_field(url: str) -> np.ndarray:
@@ -408,6 +435,17 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
     reduced = da.coarsen(_mean32, planes, {2: factor, 3: factor}, trim_excess=True) if factor > 1 else planes.astype(np.float32)
     (low,) = compute(reduced)
     low = np.asarray(low, np.float32)
+    finite = np.isfinite(low).reshape(n_c, len(picks), -1).all(axis=2)  # per channel and plane
+    if not finite.all():  # else the planes' means are NaN and no plane looks brighter than the background
+        from shadeflow.core.ome_zarr_io import TileError
+
+        c, k = (int(v) for v in np.argwhere(~finite)[0])
+        t, z = divmod(picks[k], n_z)
+        plane = (f"t={t} " if n_t > 1 else "") + f"z={z}"
+        raise TileError(
+            f"tile {image.url} channel {c}: non-finite values (NaN or ±inf) in plane {plane} at level {level.path}; "
+            "non-finite voxels cannot be corrected — fix or replace them in the input"
+        )
     h, w = low.shape[-2:]
     bg = np.asarray(background, np.float32)
     if bg.shape[-2:] != (1, 1):

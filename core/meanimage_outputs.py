@@ -86,6 +86,7 @@ def write_meanimage_outputs(out: StagedOutput, result: MeanImageResult, paramete
         KIND,
         parameters,
         inputs,
+        expected=expected_files(result),
         slide_id=sid,
         shape=list(slide.shape),
         layer_groups={g.name: [g.first, g.last] for g in slide.layer_groups},
@@ -94,6 +95,28 @@ def write_meanimage_outputs(out: StagedOutput, result: MeanImageResult, paramete
         thresholds=[int(v) for v in t.thresholds],
         resolved={"mask_parameters": dataclasses.asdict(plan.params), "mask_grid": dataclasses.asdict(plan.grid), "exposure_ms": [float(v) for v in exposure]},
     )
+
+
+def expected_files(result: MeanImageResult) -> list[str]:
+    """The data files (or folders) the output of ``result`` must hold, from the result alone: the
+    per-field masks were written by workers, so nothing else vouches that they are all still there.
+    (The PDF summaries are for people; no tool reads them.)"""
+    sid = result.slide_id
+    names = [
+        f"{sid}-{stem}"
+        for stem in (
+            "mean_image.bin", "std_err_of_mean_image.bin", "sum_images_squared.bin", "mask_stack.bin", "background_thresholds.csv",
+            "thresholding_data_table.csv", "metadata_summary_thresholding_images.csv", "metadata_summary_stacked_images.csv", "meanimage.zarr",
+        )
+    ]  # fmt: skip
+    names.append("fields_used.csv")
+    if not result.plan.skip_masking:
+        names.append(f"{MASK_DIR}/labelled_mask_regions.csv")
+        for s in result.summaries:
+            names.append(f"{MASK_DIR}/{s.key}_tissue_mask.bin")
+            if s.blur_pixels or any(s.saturated_pixels):  # flagged fields also get the labelled mask
+                names.append(f"{MASK_DIR}/{s.key}_full_mask.bin")
+    return names
 
 
 def _write_metadata_summary(url: str, plan: SlidePlan, fields: list[Field]) -> None:

@@ -126,6 +126,7 @@ def write_model_version(
         version,
         parameters,
         inputs=[ref.meanimage_url for ref in slides],
+        expected=["fields_used.csv", "metadata_summary_stacked_images.csv"],
         shape=list(first.shape),
         layer_groups=layer_groups,
         microscope=first.microscope,

@@ -9,8 +9,11 @@
     <store>/flatfield/flatfield_<V>/flatfield_<V>.zarr          self-describing copy (flatfield, uncertainty, count)
     <store>/flatfield/flatfield_<V>/shadeflow.json              manifest, written last
 
-A version exists when its manifest does; it is never changed except by an explicit overwrite, and
-a failed build leaves nothing behind (everything is staged and published at the end).
+A version exists when it is complete (``core.outputs``: its manifest, and no publishing under way); it
+is never changed except by an explicit overwrite. Everything is staged and published at the end, the
+``.bin`` last, so AstroPath's tools never find a ``.bin`` without its folder and manifest. Files in
+the store that shadeflow did not write (e.g. an AstroPath-made ``flatfield_<V>.bin``) stop a build of
+that version unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import zarr
 
 from shadeflow.core import astropath_io, storage
 from shadeflow.core.models_csv import ModelError, check_version_name
-from shadeflow.core.outputs import MANIFEST, StagedOutput, read_manifest
+from shadeflow.core.outputs import StagedOutput, is_complete, read_manifest, refuse_foreign
 
 FLATFIELD_DIR = "flatfield"
 KIND = "flatfield-model"
@@ -38,7 +41,7 @@ def version_bin(store: str, version: str) -> str:
 
 
 def version_exists(store: str, version: str) -> bool:
-    return storage.exists(storage.join(version_folder(store, version), MANIFEST))
+    return is_complete(version_folder(store, version))
 
 
 def list_versions(store: str) -> list[dict[str, Any]]:
@@ -51,7 +54,7 @@ def list_versions(store: str) -> list[dict[str, Any]]:
         name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
         if entry["type"] == "directory" and name.startswith("flatfield_") and not name.startswith("."):
             folder = storage.join(store, FLATFIELD_DIR, name)
-            if storage.exists(storage.join(folder, MANIFEST)):
+            if is_complete(folder):
                 manifest = read_manifest(folder)
                 if manifest.get("kind") == KIND:
                     manifests.append(manifest)
@@ -59,10 +62,12 @@ def list_versions(store: str) -> list[dict[str, Any]]:
 
 
 def check_version_free(store: str, version: str, overwrite: bool) -> None:
-    """Refuse to build a version that exists, unless overwriting."""
+    """Refuse to build a version that exists, or whose folder or ``.bin`` holds files shadeflow did not
+    write (an AstroPath-made model, say), unless overwriting. A build that crashed is redone."""
     if version_exists(store, version) and not overwrite:
         made = read_manifest(version_folder(store, version)).get("created", "?")
         raise ModelError(f"model version {version!r} already exists in {store} (built {made}); versions are immutable — use --overwrite to replace it")
+    refuse_foreign(version_folder(store, version), f"model version {version!r}", overwrite, beside=[version_bin(store, version)])
 
 
 def staged_version(store: str, version: str) -> StagedOutput:
@@ -85,9 +90,13 @@ def write_version_files(staged: StagedOutput, version: str, flatfield: np.ndarra
     group.attrs.update({"format": "shadeflow-flatfield/1", **attributes})
 
 
-def publish_version(staged: StagedOutput, store: str, version: str, parameters: dict[str, Any], inputs: list[str], **extra: Any) -> dict[str, Any]:
-    """Move the flatfield .bin beside the folder and write the manifest last."""
-    return staged.commit(KIND, parameters, inputs, outside={bin_name(version): version_bin(store, version)}, version=version, **extra)
+def publish_version(
+    staged: StagedOutput, store: str, version: str, parameters: dict[str, Any], inputs: list[str], expected: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    """Publish the folder and its manifest, then the flatfield .bin beside it (last: see the module
+    description). Nothing is published unless the files of :func:`write_version_files` and ``expected`` are staged."""
+    files = [f"flatfield_{version}_uncertainty.bin", f"flatfield_{version}.zarr", *(expected or [])]
+    return staged.commit(KIND, parameters, inputs, outside={bin_name(version): version_bin(store, version)}, expected=files, version=version, **extra)
 
 
 @dataclass

@@ -13,6 +13,8 @@ NGFF JSON is built by hand.
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,13 +201,20 @@ def open_image(url: str) -> OmeImage:
         axes, datasets, transformations, array shapes or dtypes); unsupported dtype.
     """
     url = storage.normalize(url)
+    # the location first (one quick request): an outage, refused credentials or a missing bucket is
+    # the storage's problem, named as such — not "not an OME-Zarr image" after seconds of retries
+    storage.check_bucket(url, "tile")
     try:
         node = zarr.open(url, mode="r", storage_options=storage.storage_options(url) or None)
-    except FileNotFoundError:  # zarr's NodeNotFoundError is one too
-        what = "no zarr group or array there" if storage.exists(url) else "it does not exist"
-        raise TileError(f"tile {url}: not an OME-Zarr image ({what})") from None
-    except Exception as exc:  # unreadable metadata, not zarr at all
-        raise TileError(f"tile {url}: not an OME-Zarr image ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:
+        problem = storage.storage_problem(exc)
+        if problem:
+            raise TileError(f"tile {url}: {problem}") from None
+        if isinstance(exc, FileNotFoundError):  # zarr's NodeNotFoundError is one too
+            what = "no zarr group or array there" if storage.exists(url) else "it does not exist"
+            raise TileError(f"tile {url}: not an OME-Zarr image ({what})") from None
+        # unreadable metadata, not zarr at all
+        raise TileError(f"tile {url}: not an OME-Zarr image ({type(exc).__name__}: {storage.redact(str(exc))})") from None
     if isinstance(node, zarr.Array):
         raise TileError(f"tile {url}: is a zarr array, not an OME-Zarr image group (give the image's folder, e.g. {storage.parent(url)})")
     attrs = node.attrs.asdict()
@@ -247,6 +256,49 @@ def open_image(url: str) -> OmeImage:
             raise TileError(f"tile {url}: the {role} axis has different lengths across levels")
     name = storage.basename(url)
     return OmeImage(url, name, zarr_format, version, axes, levels, omero, multiscale.get("name"), attrs)
+
+
+def check_not_empty(image: OmeImage, level: Level) -> None:
+    """Refuse a level with an axis of length 0: there is nothing to correct, and an empty output
+    marked complete (or a division by zero on the way) would hide that."""
+    for name, n in zip(image.axis_names, level.shape):
+        if n == 0:
+            raise TileError(f"tile {image.url}: zero-length axis {name} at level {level.path} (shape {level.shape}); there is nothing to correct")
+
+
+@dataclass(frozen=True)
+class MissingChunks:
+    """The stored blocks (chunks, or shards when sharded) of a level that its grid expects but storage lacks."""
+
+    level: str
+    expected: int
+    missing: int
+    examples: list[str]  # the first few missing keys, relative to the array
+    unit: str  # "chunk" or "shard"
+    fill_value: Any
+
+    def describe(self) -> str:
+        plural = "s" if self.expected != 1 else ""
+        return f"level {self.level} lacks {self.missing} of its {self.expected} {self.unit}{plural} ({', '.join(self.examples)}{', …' if self.missing > len(self.examples) else ''})"
+
+
+def missing_chunks(image: OmeImage, level: Level, examples: int = 3) -> MissingChunks:
+    """Which blocks of ``level`` are not stored, from one listing of the array's folder (a few
+    requests on S3, metadata only): zarr reads an absent chunk as the fill value without a word, so
+    a lost chunk would otherwise become a silently blank block in the corrected tile."""
+    array = image.array(level)
+    listed = set(storage.file_sizes(storage.join(image.url, level.path)))
+    grid = [math.ceil(n / b) for n, b in zip(level.shape, level.blocks)]
+    missing, first = 0, []
+    for coords in itertools.product(*(range(n) for n in grid)):
+        key = array.metadata.encode_chunk_key(coords)
+        if key not in listed:
+            missing += 1
+            if len(first) < examples:
+                first.append(key)
+    fill = array.fill_value
+    fill = fill.item() if hasattr(fill, "item") else fill
+    return MissingChunks(level.path, math.prod(grid), missing, first, "shard" if level.shards else "chunk", fill)
 
 
 def to_canonical(array, roles: tuple[str, ...]):

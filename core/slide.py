@@ -12,6 +12,7 @@ import datetime as dt
 import io
 import json
 import math
+import os
 import posixpath
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from shadeflow.core import buffers, storage
+from shadeflow.core.errors import InputError
 
 SLIDE_JSON = "slide.json"
 FIELDS_CSV = "fields.csv"
@@ -177,9 +179,12 @@ def load_slide(url: str, check_files: bool = True) -> Slide:
 
 
 def check_field_files(slide: Slide) -> None:
-    """Every field file exists; raw ``.dat`` files have exactly the declared size."""
+    """Every field file exists inside the slide folder; raw ``.dat`` files have exactly the declared size."""
     sizes = storage.file_sizes(slide.url)
+    root = None if storage.is_remote(slide.url) else os.path.realpath(slide.url)
     for field in slide.fields:
+        if root is not None:
+            _check_inside(slide, field, root)
         if field.file not in sizes:
             raise SlideError(f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): file {field.file} is missing")
         if field.file.lower().endswith(".dat") and sizes[field.file] != slide.field_nbytes:
@@ -188,6 +193,18 @@ def check_field_files(slide: Slide) -> None:
                 f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): {field.file} has "
                 f"{sizes[field.file]} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}"
             )
+
+
+def _check_inside(slide: Slide, field: Field, root: str) -> None:
+    """A local field file must resolve inside the slide folder: through a link, a file elsewhere would
+    be read, and recorded, as the slide's own."""
+    target = os.path.realpath(slide.field_url(field))
+    if os.path.commonpath([root, target]) != root:
+        raise InputError(
+            f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row})",
+            f"{field.file} is a link to {target}, outside the slide folder",
+            "copy the file into the slide folder",
+        )
 
 
 def read_field(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.ndarray:

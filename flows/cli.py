@@ -50,24 +50,42 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
 
 
 @contextmanager
-def _reported() -> Iterator[None]:
-    """The one place a command turns an error into its one line and exit code (module description)."""
+def _reported(up_front: bool = False) -> Iterator[None]:
+    """The one place a command turns an error into its one line and exit code (module description).
+
+    Storage that cannot be reached (a refused connection, a timeout — :func:`is_transient`, after
+    the retries) is one line too, naming the endpoint and object: exit 2 when the command's first
+    checks hit it (``up_front``: nothing started), 1 during a run."""
     try:
         yield
     except RunFailed as exc:
         _fail(one_line(exc), EXIT_RUN_FAILED)
     except expected_errors() as exc:
         _fail(one_line(exc))
+    except Exception as exc:
+        from shadeflow.core.errors import is_transient
+
+        if not is_transient(exc):
+            raise
+        from shadeflow.core.storage import redact
+
+        text = redact(one_line(exc))
+        _fail(f"storage unreachable: {text}; check the endpoint (AWS_ENDPOINT_URL) and the network, then run again", EXIT_BAD_INPUT if up_front else EXIT_RUN_FAILED)
 
 
 def _quiet_prefect_console() -> None:
-    """On the console, a failure is the one line this CLI prints, not Prefect's tracebacks and
-    "Finished in state Failed" lines about it (the run's logs in the Prefect API keep everything).
-    A bug's traceback still shows."""
+    """Before a flow runs: Prefect's ephemeral API server, if it needs one, dies with this process
+    (:mod:`shadeflow.flows.api_server`). On the console, a failure is the one line this CLI prints,
+    not Prefect's tracebacks and "Finished in state Failed" lines about it, nor Dask's "Compute
+    Failed" log of an expected error (the run's logs in the Prefect API keep everything). A bug's
+    traceback still shows."""
     import logging
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    from shadeflow.flows.api_server import tie_ephemeral_server
+
+    tie_ephemeral_server()  # a killed command leaves no API server behind (issue 11, defect 8)
     expected = (*expected_errors(), RunFailed)
 
     class HideExpectedFailures(logging.Filter):
@@ -80,6 +98,30 @@ def _quiet_prefect_console() -> None:
         for handler in getattr(logger, "handlers", []):
             if isinstance(handler, PrefectConsoleHandler):
                 handler.addFilter(HideExpectedFailures())
+    logging.getLogger("distributed.worker").addFilter(_HideExpectedComputeFailures())
+
+
+#: exceptions that are the input's fault, by name, as Dask's "Compute Failed" log shows them
+_EXPECTED_NAMES = frozenset(
+    {"ValueError", "InputError", "SlideError", "ModelError", "TileError", "FlatfieldError", "BackgroundError", "EstimateError", "SettingsError"}
+    | {cls.__name__ for cls in expected_errors()}
+)
+
+
+class _HideExpectedComputeFailures:
+    """Dask's worker logs every failed task as "Compute Failed" with the exception and its traceback;
+    for an expected error (the input's fault) the command's one ``error:`` line says it all. A bug's
+    "Compute Failed" still shows. (Workers in processes of their own log in those processes.)"""
+
+    def filter(self, record) -> bool:
+        import re
+
+        message = str(record.msg)
+        if not message.startswith("Compute Failed"):
+            return True
+        text = record.getMessage()
+        match = re.search(r"Exception:\s*['\"]?(\w+)\(", text)
+        return not (match and match.group(1) in _EXPECTED_NAMES)
 
 
 def _run(flow, params, label: str, memory: str | None = None, workers: int | None = None):
@@ -138,12 +180,12 @@ def meanimage(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
     mask_binning: Optional[int] = typer.Option(None, "--mask-binning", help="Block size of the mask grid (1, 2, 4, 8; default: automatic)"),
     skip_masking: bool = typer.Option(False, "--skip-masking", help="Stack every pixel of every bulk field"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace complete outputs made with other parameters"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace complete outputs made with other parameters; files in meanimage/ that shadeflow did not write are kept"),
     seed: int = typer.Option(0, "--seed", help="Seed for the example fields in the masking summary"),
 ) -> None:
     """Per-slide masked mean images, written to <slide>/meanimage/."""
-    with _reported():
-        preflight.meanimage(slides, memory=memory, workers=workers)
+    with _reported(up_front=True):
+        preflight.meanimage(slides, memory=memory, workers=workers, overwrite=overwrite)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from shadeflow.flows.meanimage import MeanImageParameters
@@ -164,11 +206,11 @@ def model_build(
     store: Optional[str] = typer.Option(None, "--store", help="Model store (default: the models CSV's folder)"),
     sigma: Optional[float] = typer.Option(None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"),
     border: str = typer.Option("linear", "--border", help="Border handling of the smoothing: linear or replicate"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing version"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing version (or a flatfield_<V>.bin / folder shadeflow did not write); other files in the folder are kept"),
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
 ) -> None:
     """Build a flatfield model version from the slides the models CSV lists for it."""
-    with _reported():
+    with _reported(up_front=True):
         preflight.model_build(version, models_csv, roots, store, overwrite, memory=memory)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -186,7 +228,7 @@ def model_build(
 @model_app.command("list")
 def model_list(store: str = typer.Option(..., "--store", help="Model store")) -> None:
     """List the versions in a model store with their slide counts and statistics."""
-    with _reported():
+    with _reported(up_front=True):
         preflight.model_list(store)
     from rich.console import Console
     from rich.table import Table
@@ -218,7 +260,7 @@ def model_compare(
     min_images_stacked: int = typer.Option(1, "--min-images-stacked", help="Skip slides with fewer fields stacked at some pixel"),
 ) -> None:
     """Compare slides' mean images pairwise (δ/σ) and suggest a compatible set."""
-    with _reported():
+    with _reported(up_front=True):
         preflight.model_compare(roots, slides, store_as, models_csv, workdir, band, min_images_stacked)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -241,7 +283,7 @@ def applied_test(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
 ) -> None:
     """Test a flatfield on held-out fields: build it from one half of each slide, correct the other half."""
-    with _reported():
+    with _reported(up_front=True):
         preflight.applied_test(roots, out, slides, overwrite, memory=memory)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -324,7 +366,7 @@ def estimate(
     darkfield: bool = typer.Option(False, "--darkfield", help="Estimate a darkfield too"),
     channels: int = typer.Option(1, "--channels", min=1, help="Channels interleaved in each TIFF's pages (page k: frame k // C, channel k % C)"),
     component: Optional[str] = typer.Option(None, "--component", help="Array inside a zarr group (e.g. '0')"),
-    method: str = typer.Option("floor", "--method", help="floor: smooth polynomials (fast); surface: free surfaces, smoothness by cross-validation (sharp edges; slower)"),
+    method: str = typer.Option("auto", "--method", help="auto: floor, and without --darkfield surface where the polynomial fit is refused or does not converge; floor: smooth polynomials (fast); surface: free surfaces, smoothness by cross-validation (sharp edges; slower)"),
     degree: int = typer.Option(6, "--degree", help="floor: total degree of the flatfield's smooth polynomial"),
     darkfield_degree: int = typer.Option(2, "--darkfield-degree", help="floor: total degree of the darkfield's polynomial"),
     smoothness: Optional[float] = typer.Option(None, "--smoothness", help="surface: smoothing length of the flatfield in pixels (default: by cross-validation)"),
@@ -336,7 +378,7 @@ def estimate(
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
 ) -> None:
     """Estimate the flatfield (and darkfield) from the images themselves; no model needed."""
-    with _reported():
+    with _reported(up_front=True):
         preflight.estimate(images, out, channels=channels, component=component, darkfield=darkfield, memory=memory, workers=workers)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -381,6 +423,7 @@ def correct(
     zarr_format: Optional[int] = typer.Option(None, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5); default: as the input"),
     repair_flatfield: bool = typer.Option(False, "--repair-flatfield", help="Replace zero/negative/non-finite flatfield pixels by their neighbourhood"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace complete outputs made with other parameters"),
+    allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read chunks absent from a tile as its fill value (default: refuse the tile)"),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"),
     memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
 ) -> None:
@@ -388,9 +431,9 @@ def correct(
     options = dict(
         model=model, store=store, layer=layer, channel_map=channel_map, flatfield=flatfield, method=method,
         background=background, darkfield=darkfield, level=level, levels=levels, zarr_format=zarr_format,
-        repair_flatfield=repair_flatfield, overwrite=overwrite, memory=memory, workers=workers,
+        repair_flatfield=repair_flatfield, overwrite=overwrite, allow_missing_chunks=allow_missing_chunks, memory=memory, workers=workers,
     )
-    with _reported():  # every tile, its flatfield and the output checked before Prefect starts
+    with _reported(up_front=True):  # every tile, its flatfield and the output checked before Prefect starts
         preflight.correct(tiles, out, **options)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -438,8 +481,10 @@ def serve_command(
 def demo(out: str = typer.Option("demo-output", "--out", help="Folder for the synthetic cohort and all outputs")) -> None:
     """Synthetic cohort → mean images, with a short report on how close they are to the known shading."""
     _prefect_defaults()
+    from shadeflow.flows.api_server import tie_ephemeral_server
     from shadeflow.flows.demo import run_demo
 
+    tie_ephemeral_server()
     with _reported():
         run_demo(out)
 

@@ -8,6 +8,7 @@ from prefect import flow, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from shadeflow.core import storage
 from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs
 from shadeflow.core.errors import RunFailed, validation_message
 from shadeflow.core.errors import failure_reason as _reason
@@ -33,9 +34,12 @@ class CorrectParameters(BaseModel):
     zarr_format: Literal[2, 3] | None = Field(None, description="Zarr format of the output (2 → NGFF 0.4, 3 → NGFF 0.5); empty: as the input")
     repair_flatfield: bool = Field(False, description="Replace zero, negative or non-finite flatfield pixels by their neighbourhood instead of failing")
     overwrite: bool = Field(False, description="Replace complete outputs made with other parameters (and folders that are not shadeflow outputs)")
+    allow_missing_chunks: bool = Field(False, description="Read chunks absent from a tile as its fill value instead of refusing the tile (zarr omits chunks holding only the fill value)")
 
     @model_validator(mode="after")
     def _one_source(self) -> "CorrectParameters":
+        for tile in self.tiles:  # credentials in a URL would be echoed and recorded with the run
+            storage.refuse_credentials_in_url(tile, "tile")
         self.request().check()  # exactly one flatfield source, --model with --store, layers only for a model…
         return self
 
@@ -56,6 +60,7 @@ class CorrectParameters(BaseModel):
             zarr_format=self.zarr_format,
             repair_flatfield=self.repair_flatfield,
             overwrite=self.overwrite,
+            allow_missing_chunks=self.allow_missing_chunks,
         )
 
 
@@ -74,6 +79,9 @@ def correct(params: CorrectParameters) -> list[dict]:
     """
     request = params.request()
     check_distinct_outputs(params.tiles, params.out)
+    # the output location once, before any tile is planned: a missing output bucket is --out's
+    # problem, not something the first tile discovers when it writes
+    storage.check_output_folder(params.out, "--out")
     plans = plan_tile_task.map(params.tiles, unmapped(request))
     wait(plans)
     invalid = [_named(tile, _reason(p.state.message)) for tile, p in zip(params.tiles, plans) if not p.state.is_completed()]
@@ -111,6 +119,7 @@ def correct_command(
     zarr_format: int | None = None,
     repair_flatfield: bool = False,
     overwrite: bool = False,
+    allow_missing_chunks: bool = False,
     memory: str | None = None,
     workers: int | None = None,
 ) -> list[dict]:
@@ -137,6 +146,7 @@ def correct_command(
             zarr_format=zarr_format,
             repair_flatfield=repair_flatfield,
             overwrite=overwrite,
+            allow_missing_chunks=allow_missing_chunks,
         )
     except ValidationError as exc:  # one line per problem, without pydantic's decoration
         raise ValueError(validation_message(exc)) from None

@@ -23,7 +23,7 @@ class EstimateParameters(BaseModel):
     darkfield: bool = Field(False, description="Estimate a darkfield too (else none, or a slide's dark current)")
     channels: int = Field(1, ge=1, le=64, description="Channels interleaved in the pages of each TIFF (page k: frame k // C, channel k % C)")
     component: str | None = Field(None, description="Array inside a zarr group (e.g. 'raw' or '0')")
-    method: Literal["floor", "surface"] = Field("floor", description="floor: smooth polynomials (fast); surface: free surfaces whose smoothness is chosen by cross-validation (follows sharp aperture edges; slower)")
+    method: Literal["auto", "floor", "surface"] = Field("auto", description="floor: smooth polynomials (fast); surface: free surfaces whose smoothness is chosen by cross-validation (follows sharp aperture edges; slower); auto: floor, and without a darkfield to estimate surface where the polynomial fit is refused or does not converge")
     degree: int = Field(6, ge=1, le=12, description="floor: total degree of the flatfield's polynomial")
     darkfield_degree: int = Field(2, ge=0, le=12, description="floor: total degree of the darkfield's polynomial")
     smoothness: float | None = Field(None, gt=0, le=1000, description="surface: smoothing length of the flatfield in pixels (default: chosen by cross-validation over the frames)")
@@ -94,7 +94,7 @@ def estimate_command(
     darkfield: bool = False,
     channels: int = 1,
     component: str | None = None,
-    method: str = "floor",
+    method: str = "auto",
     degree: int = 6,
     darkfield_degree: int = 2,
     smoothness: float | None = None,

@@ -5,15 +5,17 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Literal
 
-from prefect import flow, unmapped
+from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field
 
 from shadeflow.core.errors import RunFailed
 from shadeflow.core.meanimage import MEANIMAGE_METHOD
+from shadeflow.core.meanimage_outputs import output_url
+from shadeflow.core.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks.artifacts import publish_meanimage_summary
-from shadeflow.tasks.meanimage import background_thresholds, mask_and_stack_fields, plan_slide, write_mean_image
+from shadeflow.tasks.meanimage import PlannedSlide, background_thresholds, mask_and_stack_fields, plan_slide, write_mean_image
 
 
 class MeanImageParameters(BaseModel):
@@ -24,7 +26,7 @@ class MeanImageParameters(BaseModel):
         None, description="Block size of the grid masks are computed on; empty: 4 for native-resolution fields, less for coarser ones"
     )
     skip_masking: bool = Field(False, description="Stack every pixel of every bulk field, without thresholds or masks")
-    overwrite: bool = Field(False, description="Replace existing complete outputs made with other parameters")
+    overwrite: bool = Field(False, description="Replace existing complete outputs made with other parameters; files in meanimage/ that shadeflow did not write are kept")
     seed: int = Field(0, ge=0, description="Seed for the random example fields in the masking summary")
 
     def recorded(self) -> dict:
@@ -34,6 +36,20 @@ class MeanImageParameters(BaseModel):
 
 class SlidesFailed(RunFailed):
     """Some slides failed; the message names each one and why."""
+
+
+def _claim_staging(planned: list[PlannedSlide], run_token: str) -> list[StagingLease]:
+    """Lease this run's staging folder of every slide it computes, and remove those of crashed runs."""
+    logger = get_run_logger()
+    leases = []
+    for slide in planned:
+        out = output_url(slide.plan.slide.url)
+        left = remove_stale_partials(out, run_token)
+        if left:
+            logger.warning("%s: left staging folders of other runs in place (in use, or not provably abandoned): %s", slide.plan.slide.slide_id, ", ".join(left))
+        if not slide.skip:
+            leases.append(StagingLease(staging_url(out, run_token)).acquire())
+    return leases
 
 
 @flow(name="meanimage", task_runner=task_runner(), log_prints=True)
@@ -51,12 +67,23 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
     if invalid:  # nothing has been written yet
         raise SlidesFailed("; ".join(invalid))
     planned = [p.result() for p in plans]
+    # this run's staging folders: named here, once (a task Dask recomputes after losing a worker must
+    # find the same folder) and held for the whole run, so no other run takes them for abandoned
+    run_token = new_run_token()
+    leases = _claim_staging(planned, run_token)
     stages = []
-    for slide in planned:
-        thresholds = background_thresholds.submit(slide)
-        stacked = mask_and_stack_fields.submit(slide, thresholds)
-        stages.append((thresholds, stacked, write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed)))
-    wait([future for futures in stages for future in futures])
+    try:
+        for slide in planned:
+            thresholds = background_thresholds.submit(slide)
+            stacked = mask_and_stack_fields.submit(slide, thresholds, run_token)
+            stages.append((thresholds, stacked, write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed)))
+        wait([future for futures in stages for future in futures])
+    except BaseException:
+        for lease in leases:  # tasks may still be writing: their files stay, the unlocked lease marks them abandoned
+            lease.release()
+        raise
+    for lease in leases:  # every task has ended: what is left of this run's staging is its own debris
+        lease.release(remove=True)
     # a slide's error is its first stage that failed (later stages only say "upstream failed")
     failed = [
         f"{s.plan.slide.slide_id}: {next(f.state.message for f in futures if not f.state.is_completed())}"

@@ -36,7 +36,7 @@ class ModelBuildParameters(BaseModel):
     store: str | None = Field(None, description="Model store; default: the folder of the models CSV")
     sigma: float | None = Field(None, gt=0, description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled with the field size")
     border: Border = Field("linear", description=BORDER_HELP)
-    overwrite: bool = Field(False, description="Replace the version if it already exists (versions are otherwise immutable)")
+    overwrite: bool = Field(False, description="Replace the version if it exists (versions are otherwise immutable) or a .bin or folder of it shadeflow did not write; other files are kept")
 
     def resolved_store(self) -> str:
         return storage.normalize(self.store) if self.store else storage.parent(storage.normalize(self.models_csv))

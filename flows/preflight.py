@@ -33,6 +33,15 @@ def _quiet(logger: str) -> Iterator[None]:
         log.setLevel(level)
 
 
+def no_credentials(*labelled: tuple[str, str | list[str] | None]) -> None:
+    """Refuse, first of all, any URL that carries credentials (``s3://KEY:SECRET@bucket/…``): the
+    message shows it redacted, and nothing reads, logs or records it. ``labelled``: ``(what, url or
+    urls)`` pairs, e.g. ``("tile", tiles)``."""
+    for what, urls in labelled:
+        for url in [urls] if isinstance(urls, str) else urls or []:
+            storage.refuse_credentials_in_url(url, what)
+
+
 def spelling(memory: str | None = None) -> None:
     """The cluster settings as written (``--memory``, ``SHADEFLOW_MEMORY``, ``CO_MEMORY``,
     ``SHADEFLOW_CLUSTER``): checked first, as they apply to every input; reads nothing of the machine."""
@@ -55,17 +64,21 @@ def settings(memory: str | None = None, workers: int | None = None) -> None:
     check_settings(memory=memory, workers=workers)
 
 
-def meanimage(slides: list[str], memory: str | None = None, workers: int | None = None) -> None:
-    """Every slide folder holds a valid ``slide.json`` and ``fields.csv`` with its field files, and its
-    ``meanimage/`` output can be written."""
+def meanimage(slides: list[str], memory: str | None = None, workers: int | None = None, overwrite: bool = False) -> None:
+    """Every slide folder holds a valid ``slide.json`` and ``fields.csv`` with its field files (inside
+    the slide folder), and its ``meanimage/`` output can be written: without ``overwrite``, an
+    unfinished ``meanimage/`` holds nothing shadeflow did not write."""
+    from shadeflow.core.outputs import refuse_foreign
     from shadeflow.core.slide import load_slide
 
+    no_credentials(("slide", slides))
     spelling(memory)
     for url in slides:
         slide = load_slide(url)
         # meanimage/ and its staging folder go into the slide folder (the mean-image module itself is
         # not imported for its name: it pulls in the mask modules, ~0.7 s)
         storage.check_output_folder(slide.url, f"slide {slide.slide_id}", "meanimage writes its output into the slide folder")
+        refuse_foreign(storage.join(slide.url, "meanimage"), f"slide {slide.slide_id}", overwrite)
     settings(memory, workers)
 
 
@@ -75,6 +88,7 @@ def model_build(version: str, models_csv: str, roots: list[str], store: str | No
     from shadeflow.core.cohort import model_slides
     from shadeflow.core.model_store import check_version_free
 
+    no_credentials(("--models-csv", models_csv), ("--root", roots), ("--store", store))
     spelling(memory)
     model_slides(version, models_csv, roots)
     store = storage.normalize(store) if store else storage.parent(storage.normalize(models_csv))
@@ -85,6 +99,7 @@ def model_build(version: str, models_csv: str, roots: list[str], store: str | No
 
 def model_list(store: str) -> None:
     """The store exists (an existing store without versions is listed as empty)."""
+    no_credentials(("--store", store))
     if not storage.exists(store):
         raise InputError(f"--store {storage.normalize(store)}", "does not exist", "give the folder `shadeflow model build` wrote to")
 
@@ -102,6 +117,7 @@ def model_compare(
     the work folder can be written."""
     from shadeflow.core.compare_plan import make_plan
 
+    no_credentials(("--root", roots), ("--models-csv", models_csv), ("--workdir", workdir))
     spelling()
     plan = make_plan(roots, slides, workdir, band, min_images_stacked, store_as, models_csv)
     storage.check_output_folder(plan.workdir, "--workdir")
@@ -117,6 +133,7 @@ def applied_test(roots: list[str], out: str, slides: str | None, overwrite: bool
     from shadeflow.core.outputs import is_complete
     from shadeflow.core.slide import load_slide
 
+    no_credentials(("--root", roots), ("--out", out))
     spelling(memory)
     out = storage.normalize(out)
     storage.check_output_folder(out, "--out")
@@ -132,6 +149,7 @@ def estimate(images: list[str], out: str, channels: int = 1, component: str | No
     from shadeflow.core.estimate_grid import EstimateError, frames_needed
     from shadeflow.core.estimate_inputs import open_images
 
+    no_credentials(("input", images), ("--out", out))
     spelling(memory)
     with _quiet("tifffile"):
         stack = open_images(images, channels, component)
@@ -141,8 +159,42 @@ def estimate(images: list[str], out: str, channels: int = 1, component: str | No
             f"{', '.join(stack.inputs)}: {stack.n_frames} image{'s' if stack.n_frames != 1 else ''}; "
             f"the estimator needs at least {need}{' to estimate a darkfield' if darkfield else ''}"
         )
+    _real_numbers_stored(stack, component)
     storage.check_output_folder(out, "--out")
     settings(memory, workers)
+
+
+def _real_numbers_stored(stack, component: str | None) -> None:
+    """What the headers already tell (issue 11), refused before the run and naming the input: frames
+    too small to fit (an axis of length 0), pixels that are not real numbers, and a zarr array that
+    lacks chunks its grid expects — read as the fill value, they would silently pass for dark frames."""
+    import numpy as np
+
+    from shadeflow.core.estimate_grid import EstimateError, grid_layout
+
+    where = ", ".join(stack.inputs)
+    try:
+        grid_layout(stack.shape)  # frames with an axis of length 0 (or a few pixels) hold nothing to fit
+    except EstimateError as exc:
+        raise EstimateError(f"{where}: {exc}") from None
+    if stack.dtype == np.bool_ or not (np.issubdtype(stack.dtype, np.integer) or np.issubdtype(stack.dtype, np.floating)):
+        raise EstimateError(f"{where}: dtype {stack.dtype} is not a real number type; give integer or floating-point images")
+    if stack.kind != "zarr":
+        return
+    import zarr
+
+    node = zarr.open(stack.files[0], mode="r", storage_options=storage.storage_options(stack.files[0]) or None)
+    if component:
+        node = node[component]
+    if not isinstance(node, zarr.Array):
+        return
+    expected, stored = node.nchunks, node.nchunks_initialized
+    if stored < expected:
+        raise EstimateError(
+            f"{where}: {expected - stored} of its {expected} chunks are missing (they would read as the fill value "
+            f"{node.fill_value!r} and be taken for images); restore them, or remove those frames from the array "
+            "(zarr leaves out a chunk that holds only the fill value unless written with write_empty_chunks=True)"
+        )
 
 
 def correct(
@@ -161,25 +213,35 @@ def correct(
     zarr_format: int | None = None,
     repair_flatfield: bool = False,
     overwrite: bool = False,
+    allow_missing_chunks: bool = False,
     memory: str | None = None,
     workers: int | None = None,
 ) -> None:
-    """Everything the flow's planning checks, for every tile, before Prefect starts: the options fit
-    together; the flatfield source (the model version in the store, or the file) and darkfield exist
-    and read; each tile is an OME-Zarr image with the level, its channels map onto the flatfield and
-    its size onto the field; the output location can be written and holds nothing in the way.
+    """Everything the flow's planning checks, for every tile, before Prefect starts: no URL carries
+    credentials; the options fit together; every tile has a name an output can take; the storage
+    of every location answers (endpoint, credentials, bucket); the flatfield source (the model
+    version in the store, or the file) and darkfield exist and read; the output location can be
+    written and holds nothing in the way; each tile is an OME-Zarr image with the level and every
+    chunk stored, its channels map onto the flatfield and its size onto the field.
 
     All tiles are checked and their problems reported together, in one line."""
     from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs, plan_tile
     from shadeflow.core.errors import is_expected, one_line
     from shadeflow.core.flatfield_sources import read_field_file, read_model_flatfield
 
+    no_credentials(("tile", tiles), ("--out", out), ("--store", store), ("--flatfield", flatfield), ("--darkfield", darkfield))
     request = CorrectRequest(
         out=out, model=model, store=store, flatfield=flatfield, method=method, layer=layer, channel_map=channel_map,
         background=background if background is not None else "estimate", darkfield=darkfield, level=str(level), levels=levels,
-        zarr_format=zarr_format, repair_flatfield=repair_flatfield, overwrite=overwrite,
+        zarr_format=zarr_format, repair_flatfield=repair_flatfield, overwrite=overwrite, allow_missing_chunks=allow_missing_chunks,
     ).check()
     spelling(memory)
+    check_distinct_outputs(tiles, out)  # also refuses a tile name no output can take (``..``, ``\``…)
+    # the locations before their contents: an outage or a missing bucket is named as such, quickly
+    storage.check_output_folder(out, "--out")
+    for what, url in (("--store", store), ("--flatfield", flatfield), ("--darkfield", darkfield)):
+        if url:
+            storage.check_bucket(url, what)
     # the sources every tile shares, once: an unknown version or a missing file is one error, not one per tile
     if request.model:
         if not storage.exists(request.store):
@@ -189,8 +251,6 @@ def correct(
         read_field_file(storage.normalize(request.flatfield))
     if request.darkfield:
         read_field_file(storage.normalize(request.darkfield), "darkfield file")
-    storage.check_output_folder(out, "--out")
-    check_distinct_outputs(tiles, out)
     problems = []
     for tile in tiles:
         try:

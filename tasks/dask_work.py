@@ -128,6 +128,24 @@ def progress_compute(client: Client, progress: Progress):
             except TimeoutError:
                 progress.publish()
         progress.publish()
-        return client.gather(futures)
+        try:
+            return client.gather(futures)
+        except BaseException:
+            # a failed block: stop what is queued and let what is running finish before the caller
+            # cleans up, so that no block writes into an output after it was removed
+            client.cancel(futures)
+            _settle(client)
+            raise
 
     return compute
+
+
+def _settle(client: Client, bound: float = 30.0) -> None:
+    """Wait (at most ``bound`` seconds) until the cluster runs no task."""
+    import time
+
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if not any(client.processing().values()):
+            return
+        time.sleep(0.1)

@@ -15,10 +15,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from shadeflow.core import meanimage as core
-from shadeflow.core import storage
 from shadeflow.core.mask_params import MaskParameters
-from shadeflow.core.meanimage_outputs import OUTPUT_DIR, output_url, write_meanimage_outputs
-from shadeflow.core.outputs import StagedOutput, is_complete, read_manifest
+from shadeflow.core.meanimage_outputs import KIND, output_url, write_meanimage_outputs
+from shadeflow.core.outputs import StagedOutput, is_complete, read_manifest, refuse_foreign
 from shadeflow.core.slide import SlideError, load_slide
 from shadeflow.tasks.dask_work import cluster_client
 from shadeflow.tasks.meanimage_graph import stack_on_cluster, thresholds_on_cluster
@@ -53,7 +52,7 @@ class PlannedSlide:
 
 def _manifest_matches(url: str, parameters: dict[str, Any], inputs: list[str]) -> bool:
     manifest = read_manifest(url)
-    return manifest.get("parameters") == parameters and manifest.get("inputs") == inputs
+    return manifest.get("kind") == KIND and manifest.get("parameters") == parameters and manifest.get("inputs") == inputs
 
 
 @task(name="plan-slide", task_run_name="plan-slide[{slide_url}]", cache_policy=NO_CACHE)
@@ -61,8 +60,9 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
     """Validate a slide, split its fields into edge and bulk, and decide whether it needs computing.
 
     A complete output made with the same parameters from the same fields is kept (the run skips the
-    slide); one made differently is refused unless ``overwrite``. Stale partial outputs of crashed
-    runs are removed.
+    slide); one made differently is refused unless ``overwrite``, and so is an incomplete ``meanimage/``
+    holding files shadeflow did not write. Reads only: a worker that dies makes Dask run this again,
+    while this run's other steps may be writing.
     """
     slide = load_slide(slide_url)
     plan = core.plan_slide(
@@ -73,6 +73,7 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
     )
     out = output_url(slide.url)
     skip = False
+    refuse_foreign(out, f"slide {slide.slide_id}", overwrite)
     if is_complete(out):
         inputs = [slide.field_url(f) for f in slide.fields]
         if _manifest_matches(out, parameters, inputs) and not overwrite:
@@ -84,16 +85,7 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
                 f"slide {slide.slide_id}: {out} already holds a complete mean image made {made} with other "
                 "parameters or fields; rerun with --overwrite to replace it"
             )
-    _remove_stale_partials(slide.url)
     return PlannedSlide(plan=plan, skip=skip, started=time.monotonic())
-
-
-def _remove_stale_partials(slide_url: str) -> None:
-    fs, path = storage.filesystem(slide_url)
-    for entry in fs.ls(path, detail=False):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if name.startswith(f".{OUTPUT_DIR}.partial-"):
-            fs.rm(entry, recursive=True)
 
 
 @task(name="background-thresholds", task_run_name="background-thresholds[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
@@ -116,17 +108,18 @@ def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
 
 
 @task(name="mask-and-stack", task_run_name="mask-and-stack[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
-def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResult | None) -> tuple[StagedOutput, core.BatchResult] | None:
-    """Mask every field (mask files go to the staged output) and stack the bulk ones.
+def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResult | None, run_token: str) -> tuple[StagedOutput, core.BatchResult] | None:
+    """Mask every field (mask files go to the staged output of run ``run_token``) and stack the bulk ones.
 
     Fields run in batches on the cluster and their stacks merge as a tree (``stack_on_cluster``).
+    The staging folder is the run's (the flow chose the token), so running this again writes there too.
     """
     if planned.skip:
         return None
     plan = planned.plan
     slide = plan.slide
     fields = list(slide.fields)
-    staged = StagedOutput(output_url(slide.url))
+    staged = StagedOutput(output_url(slide.url), run_token)
     progress = Progress(f"{slide.slide_id} masks and stack", len(fields), key=artifact_key("mask-and-stack", slide.slide_id))
     try:
         with cluster_client() as client:

@@ -57,11 +57,16 @@ def build_model(stack: MeanImageStack, sigma: float | None, border: str) -> Flat
 
 @task(name="write-model", cache_policy=NO_CACHE)
 def write_model(store: str, version: str, model: Flatfield, stack: MeanImageStack, refs: list[cohort.SlideRef], parameters: dict[str, Any]) -> dict[str, Any]:
-    """Write the version to the store; it appears only when complete."""
-    staged = model_store.staged_version(store, version)
-    with staged:
+    """Write the version to the store; it appears only when complete.
+
+    Staging folders of earlier builds of the version that crashed are removed when provably abandoned
+    (``core.staging_lease``); this build's own is removed if it fails."""
+    logger = get_run_logger()
+    with model_store.staged_version(store, version) as staged:
+        if staged.others:
+            logger.warning("model %s: left staging folders of other builds in place (in use, or not provably abandoned): %s", version, ", ".join(staged.others))
         manifest = write_model_version(staged, store, version, model, stack, refs, parameters)
-    get_run_logger().info("model %s written to %s", version, model_store.version_folder(store, version))
+    logger.info("model %s written to %s", version, model_store.version_folder(store, version))
     return manifest
 
 

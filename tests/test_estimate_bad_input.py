@@ -95,6 +95,20 @@ def test_tiff_inputs_of_different_shapes_name_both_files(tmp_path, images):
         open_images([str(tmp_path)])
 
 
+def test_a_tiff_whose_pages_differ_in_shape_is_named_before_reading(tmp_path, images):
+    """Issue 11, defect 9: a TIFF with mixed page shapes named no file (a stacking error mid-run)."""
+    import tifffile
+
+    from shadeflow.core.estimate_inputs import open_images
+
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        for page in images[:9]:
+            tif.write(page)
+        tif.write(images[9, :, :48])
+    with pytest.raises(EstimateError, match=r"TIFF .*mixed.tif: page 9 is \(64, 48\) .* but page 0 is \(64, 64\)"):
+        open_images([str(tmp_path / "mixed.tif")])
+
+
 def test_pages_that_do_not_divide_into_channels(tmp_path, images):
     from shadeflow.core.estimate_inputs import open_images
 

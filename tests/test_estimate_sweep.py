@@ -184,7 +184,7 @@ HARD = {
 WORST_CASE_TARGET = 0.015
 
 
-#: hard cases today's default (floor) estimator does not meet yet — issue 10 stays open on them; strict, so
+#: hard cases today's default estimator (auto: the floor, with --darkfield) does not meet yet — issue 10 stays open on them; strict, so
 #: the day one passes the mark must go (measured at the last change: refused / 3.8 % / 2.0 %)
 NOT_YET = {
     "brightfield-aperture-darkfield": "refused: the polynomial flatfield cannot follow the aperture edge",
