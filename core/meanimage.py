@@ -243,10 +243,15 @@ def finish_mean_image(plan: SlidePlan, thresholds: ThresholdResult, batches: Bat
     """Check tissue was found and convert the stacked counts to counts/ms."""
     check_tissue_found(plan, batches)
     order = {f.key: i for i, f in enumerate(plan.slide.fields)}
+    stack = batches.accumulator.to_stack(plan.exposure_ms)
+    # the field log in the slide's field order, whatever order the cluster's batches merged in
+    # (batches merge as they finish: without this, fields_used.csv changed from run to run)
+    by_file = {storage.basename(f.file): i for i, f in enumerate(plan.slide.fields)}
+    stack.fields = sorted(stack.fields, key=lambda row: by_file.get(row.file, len(by_file)))
     return MeanImageResult(
         plan=plan,
         thresholds=thresholds,
-        stack=batches.accumulator.to_stack(plan.exposure_ms),
+        stack=stack,
         regions=sorted(batches.regions, key=lambda r: (order[r.image_key], r.region_index)),
         summaries=sorted(batches.summaries, key=lambda s: order[s.key]),
     )

@@ -112,8 +112,17 @@ def reduce_tree(
 
 
 def scatter(client: Client, value: Any) -> Future:
-    """Send ``value`` to the workers once, to be shared by many Dask tasks."""
-    return client.scatter(value, broadcast=True, hash=False)
+    """Send ``value`` to the workers once, to be shared by many Dask tasks.
+
+    Copying it to every worker is an optimisation: when a worker leaves while the copies are made
+    (distributed's ``replicate`` then fails, e.g. ``ValueError: Sample larger than population``, or
+    with a closed connection), the value is scattered once more without copies and the workers
+    fetch it when they need it, instead of failing the slide.
+    """
+    try:
+        return client.scatter(value, broadcast=True, hash=False)
+    except (ValueError, OSError):
+        return client.scatter(value, hash=False)
 
 
 def progress_compute(client: Client, progress: Progress):

@@ -1,0 +1,257 @@
+"""Helpers for fault tests: real processes started in their own sessions, killed with SIGKILL, and
+proof that a run either finished identically or left nothing that looks complete.
+
+Every wait is bounded; every process a helper starts is stopped by the context manager that
+started it (its whole session, SIGKILL), also when the test fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect_processes import stop, tail, wait_for
+
+#: manifests record when they were made: compared without these keys. Summary PDFs print the time they
+#: were made on page 1 (core/report_pages.py) inside compressed streams: only their presence is compared.
+MANIFEST = "shadeflow.json"
+TIME_KEYS = ("created", "seconds")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without Prefect, AWS and shadeflow settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHADEFLOW_", "CO_MEMORY", "AWS_ENDPOINT_URL"))}
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", COLUMNS="160", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def prefect_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """Environment for subprocesses that use this session's Prefect test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "the Prefect test harness did not set an API URL"
+    return clean_env(PREFECT_API_URL=url, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_LOGGING_LEVEL="WARNING", **extra)
+
+
+def shadeflow_args(*args: str) -> list[str]:
+    return [sys.executable, "-m", "shadeflow", *args]
+
+
+@contextmanager
+def session_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """``args`` in its own session, output to ``log``; the whole session is SIGKILLed on leaving."""
+    with open(log, "ab") as out:
+        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield process
+    finally:
+        stop(process, signal.SIGKILL, grace=15)
+
+
+def killpg(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(30)
+
+
+# ----------------------------------------------------------------------------------------------
+# a Dask scheduler and single-thread workers as separate OS processes
+
+
+class DaskProcesses:
+    def __init__(self, folder: Path, env: dict[str, str]):
+        self.folder = folder
+        self.env = env
+        self.scheduler_file = folder / "scheduler.json"
+        self.workers: list[subprocess.Popen] = []
+        self.address = ""
+
+    def worker_count(self) -> int:
+        from distributed import Client
+
+        with Client(self.address, timeout=20) as client:
+            return len(client.scheduler_info(n_workers=-1)["workers"])
+
+
+@contextmanager
+def dask_processes(folder: Path, env: dict[str, str], workers: int = 2, timeout: float = 60) -> Iterator[DaskProcesses]:
+    """A scheduler and ``workers`` nanny-less single-thread worker processes on 127.0.0.1."""
+    folder.mkdir(parents=True, exist_ok=True)
+    dask = DaskProcesses(folder, env)
+    scheduler_log = folder / "scheduler.log"
+    scheduler_args = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                      "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(dask.scheduler_file)]
+    with session_process(scheduler_args, env, scheduler_log) as scheduler:
+        wait_for(dask.scheduler_file.exists, timeout, "the Dask scheduler file", process=scheduler, log=scheduler_log)
+        dask.address = wait_for(lambda: _address(dask.scheduler_file), timeout, "the scheduler address", process=scheduler, log=scheduler_log)
+        started = []
+        try:
+            for i in range(workers):
+                log = folder / f"worker-{i}.log"
+                args = [sys.executable, "-m", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny", "--name", f"w{i}",
+                        "--memory-limit", "2GiB", "--scheduler-file", str(dask.scheduler_file), "--local-directory", str(folder / f"w{i}")]
+                with open(log, "ab") as out:
+                    started.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            dask.workers = started
+            wait_for(lambda: dask.worker_count() == workers, timeout, f"{workers} Dask workers", log=folder / "worker-0.log")
+            yield dask
+        finally:
+            for process in started:
+                stop(process, signal.SIGKILL, grace=15)
+
+
+def _address(scheduler_file: Path) -> str | None:
+    try:
+        return json.loads(scheduler_file.read_text())["address"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# outputs
+
+
+def _without_times(data):
+    if isinstance(data, dict):
+        return {k: _without_times(v) for k, v in data.items() if k not in TIME_KEYS}
+    if isinstance(data, list):
+        return [_without_times(v) for v in data]
+    return data
+
+
+def output_digest(folder: str | Path) -> dict[str, str]:
+    """Every file below ``folder`` → sha256 (manifests and metadata: of their content minus time fields)."""
+    folder = str(folder)
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, folder)] = content_digest(name, handle.read())
+    return out
+
+
+def content_digest(name: str, data: bytes) -> str:
+    """sha256 of one output file's bytes, without what legitimately differs between identical runs."""
+    name = name.rsplit("/", 1)[-1]
+    if name.endswith(".json") and name != MANIFEST and b'"created"' in data:  # zarr metadata with provenance
+        data = json.dumps(_without_times(json.loads(data)), sort_keys=True).encode()
+    elif name == MANIFEST:
+        manifest = _without_times(json.loads(data))
+        manifest.pop("bytes", None)  # a corrected tile's total: its metadata holds the time and duration
+        # summary PDFs print their creation time (compressed): only their presence is compared
+        if isinstance(manifest.get("files"), dict):
+            manifest["files"] = {k: (None if k.endswith(".pdf") else v) for k, v in manifest["files"].items()}
+        data = json.dumps(manifest, sort_keys=True).encode()
+    elif name.endswith(".pdf"):
+        data = b"a PDF report: it shows the time it was made"
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_nothing_looks_complete(output: str | Path) -> None:
+    """An output folder is absent, has no manifest, or is exactly what its manifest lists."""
+    manifest = Path(output) / MANIFEST
+    if not manifest.exists():
+        return
+    assert not (Path(output) / ".shadeflow-writing.json").exists(), f"{output}: manifest and writing marker together"
+    files = json.loads(manifest.read_text())["files"]
+    for name, size in files.items():
+        path = Path(output) / name
+        assert path.exists(), f"{output}: the manifest lists {name}, which is missing"
+        assert path.stat().st_size == size, f"{output}: {name} has {path.stat().st_size} bytes, the manifest says {size}"
+
+
+def leftovers(root: str | Path, pattern: str = ".partial-") -> list[str]:
+    """Staging folders (and temporary files) left below ``root``."""
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        found += [os.path.join(dirpath, n) for n in dirs + files if pattern in n]
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------------------------
+# processes of ours
+
+
+def _stat(pid: str) -> tuple[int, int] | None:
+    """(pgrp, session) of a process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()
+    return int(fields[2]), int(fields[3])
+
+
+def our_processes(marker: str, groups: set[int]) -> list[str]:
+    """Live processes whose command line holds ``marker`` or that are in one of ``groups``' sessions."""
+    me = os.getpid()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":  # reaped soon by its parent; it runs nothing
+            continue
+        stat = _stat(pid)
+        if marker in cmdline or (stat is not None and (stat[0] in groups or stat[1] in groups)):
+            found.append(f"{pid}: {cmdline[:200]}")
+    return found
+
+
+def wait_no_processes(marker: str, groups: set[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = our_processes(marker, groups)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError("processes of the test still run after %.0f s:\n%s" % (timeout, "\n".join(left)))
+        time.sleep(0.5)
+
+
+def last_error_line(log: Path) -> str:
+    lines = [l for l in log.read_text(errors="replace").splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+__all__ = ["tail", "wait_for"]
+
+
+def differing(got: dict[str, dict[str, str]], want: dict[str, dict[str, str]]) -> list[str]:
+    """Names (``slide/file``) whose digests differ or that only one side has."""
+    out = []
+    for slide in sorted(set(got) | set(want)):
+        a, b = got.get(slide, {}), want.get(slide, {})
+        out += [f"{slide}/{name}" for name in sorted(set(a) | set(b)) if a.get(name) != b.get(name)]
+    return out
+
+
+class StablePath:
+    """One absolute path (a symlink) for every run's input, so outputs that record input paths compare byte for byte."""
+
+    def __init__(self, base: Path):
+        self.link = base / "cohort"
+
+    def point_at(self, target: Path) -> Path:
+        temporary = self.link.with_name(f".cohort-{os.getpid()}")
+        if temporary.is_symlink():
+            temporary.unlink()
+        os.symlink(target, temporary)
+        os.replace(temporary, self.link)
+        return self.link

@@ -1,0 +1,146 @@
+"""An HTTP proxy on 127.0.0.1 in front of the loopback S3 server that fails a seeded share of requests.
+
+One request per client connection (the proxy answers with ``Connection: close``). A failed request
+is never forwarded: it gets either an S3 ``503 SlowDown`` answer or a TCP reset, so the server never
+applies a request whose answer the client did not see. Threads only; stopped by the context manager.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+SLOW_DOWN = (
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+SLOW_DOWN_BODY = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>'
+
+
+@dataclass
+class Counts:
+    forwarded: int = 0
+    slow_down: int = 0
+    reset: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _read_message(conn: socket.socket, data: bytes = b"", head_only_body: bool = False, on_expect=None) -> tuple[bytes, bytes] | None:
+    """(head, body) of one HTTP message read from ``conn`` (bodies by Content-Length or chunked)."""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower()] = v.strip()
+    if head_only_body:
+        return head, b""
+    if on_expect is not None and headers.get(b"expect", b"").lower() == b"100-continue":
+        on_expect()
+    if b"content-length" in headers:
+        length = int(headers[b"content-length"])
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+    elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while not body.endswith(b"0\r\n\r\n"):
+            chunk = conn.recv(65536)
+            if not chunk:
+                return None
+            body += chunk
+    return head, body
+
+
+def _without(head: bytes, *names: bytes) -> bytes:
+    return b"\r\n".join(l for l in head.split(b"\r\n") if not l.lower().split(b":", 1)[0].strip() in names)
+
+
+def _read_request(conn: socket.socket) -> bytes | None:
+    message = _read_message(conn, on_expect=lambda: conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n"))
+    if message is None:
+        return None
+    head, body = message
+    return _without(head, b"connection", b"expect") + b"\r\nConnection: close\r\n\r\n" + body
+
+
+def _forward(request: bytes, upstream: tuple[str, int]) -> bytes:
+    method = request.split(b" ", 1)[0].upper()
+    with socket.create_connection(upstream, timeout=60) as up:
+        up.sendall(request)
+        message = _read_message(up, head_only_body=method == b"HEAD")
+        if message is None:
+            raise OSError("upstream closed the connection")
+        head, body = message
+        status = head.split(b" ", 2)[1] if b" " in head else b""
+        if status in (b"204", b"304"):
+            body = b""
+    return _without(head, b"connection") + b"\r\nConnection: close\r\n\r\n" + body
+
+
+@contextmanager
+def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1) -> Iterator[tuple[str, Counts]]:
+    """Yields the proxy's endpoint URL and its counts of forwarded and failed requests."""
+    host, port = upstream_url.split("://", 1)[1].split(":")
+    upstream = (host, int(port))
+    rng = random.Random(seed)
+    rng_lock = threading.Lock()
+    counts = Counts()
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    stopping = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(60)
+            try:
+                request = _read_request(conn)
+                if request is None:
+                    return
+                with rng_lock:
+                    draw = rng.random()
+                if draw < failure_rate / 2:
+                    with counts.lock:
+                        counts.reset += 1
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+                    return
+                if draw < failure_rate:
+                    with counts.lock:
+                        counts.slow_down += 1
+                    conn.sendall(SLOW_DOWN % (len(SLOW_DOWN_BODY), SLOW_DOWN_BODY))
+                    return
+                response = _forward(request, upstream)
+                with counts.lock:
+                    counts.forwarded += 1
+                conn.sendall(response)
+            except OSError:
+                return
+
+    def serve() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = server.accept()
+            except (socket.timeout, OSError):
+                continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}", counts
+    finally:
+        stopping.set()
+        thread.join(10)
+        server.close()
