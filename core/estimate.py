@@ -307,7 +307,7 @@ DARKFIELD_REFUSED_ADVICE = (
 
 
 class ContentError(EstimateError):
-    """The images themselves cannot be fitted (empty, constant, fully masked): no method can do better."""
+    """The images themselves cannot be fitted (unreadable, empty, constant, fully masked): no method can do better."""
 
 
 def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str = "images") -> ShadingEstimate:
@@ -363,7 +363,12 @@ def _estimate_with(source, settings: EstimateSettings, known_darkfield, where: s
     saturation = settings.saturation if settings.saturation is not None else (float(np.iinfo(source.dtype).max) if source.dtype.kind in "ui" else None)
     known_grid = _known_on_grid(known_darkfield, layout, where)
     fit_frames = choose_frames(source.n, settings.max_frames, settings.seed)
-    Y, V = source.grid(fit_frames, layout, saturation, settings.chunk_frames)
+    try:
+        Y, V = source.grid(fit_frames, layout, saturation, settings.chunk_frames)
+    except ContentError:
+        raise
+    except EstimateError as exc:  # a frame that cannot be read: the input's fault, whatever the method
+        raise ContentError(str(exc)) from None
     _check_content(Y, V, where)
     surface = settings.method == "surface"
     with single_threaded_blas():

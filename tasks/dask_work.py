@@ -143,18 +143,19 @@ def progress_compute(client: Client, progress: Progress):
             # a failed block: stop what is queued and let what is running finish before the caller
             # cleans up, so that no block writes into an output after it was removed
             client.cancel(futures)
-            _settle(client)
+            _settle(client, {str(key) for c in collections for key in c.__dask_graph__()})
             raise
 
     return compute
 
 
-def _settle(client: Client, bound: float = 30.0) -> None:
-    """Wait (at most ``bound`` seconds) until the cluster runs no task."""
+def _settle(client: Client, keys: set[str], bound: float = 30.0) -> None:
+    """Wait (at most ``bound`` seconds) until no task of ``keys`` runs on the cluster (the calling
+    Prefect task itself may be one of the cluster's running tasks: only these keys count)."""
     import time
 
     deadline = time.monotonic() + bound
     while time.monotonic() < deadline:
-        if not any(client.processing().values()):
+        if not any(str(key) in keys for running in client.processing().values() for key in running):
             return
         time.sleep(0.1)
