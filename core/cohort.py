@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shadeflow.core import astropath_io, storage
+from shadeflow.core.failpoints import reached
 from shadeflow.core.models_csv import ModelError, check_version_name, read_models_csv, select_version
 from shadeflow.core.outputs import MANIFEST, WRITING
 from shadeflow.core.slide import SLIDE_JSON
@@ -185,6 +186,7 @@ def load_mean_image(ref: SlideRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def load_stack(ref: SlideRef) -> MeanImageStack:
     """The slide's mean-image stack, rebuilt from its AstroPath files (S = N · mean, SS, N)."""
     check_meanimage(ref)
+    reached("load-stack")
     sid = ref.slide_id
     try:
         mean = astropath_io.read_bin(ref.file(f"{sid}-mean_image.bin"), ref.shape, "float64")

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from shadeflow.core import storage
+from shadeflow.core.failpoints import reached
 from shadeflow.core.errors import InputError
 from shadeflow.core.staging_lease import LEASE, StagingLease, new_run_token, remove_stale_partials, staging_url
 
@@ -178,6 +179,7 @@ class StagedOutput:
         text = json.dumps(manifest, indent=2, default=str)
         before = owned_files(self.final)
         storage.write_text(storage.join(self.final, WRITING), json.dumps({"kind": kind, "files": sorted(before | set(files))}, indent=1))
+        reached("publish-marked")
         beside = set(outside.values()) | {storage.join(storage.parent(self.final), n[3:]) for n in before if n.startswith("../")}
         for url in sorted(beside):  # first: no AstroPath reader sees an old .bin beside a changing folder
             storage.remove(url)
@@ -185,7 +187,9 @@ class StagedOutput:
         _remove_files(self.final, [n for n in before if not n.startswith("../") and n not in inside and n not in _MARKERS])
         _place(self.staging, self.final, list(inside))
         _verify(self.final, inside)
+        reached("publish-moved")
         storage.write_text(storage.join(self.final, MANIFEST), text)
+        reached("publish-manifest")
         for name, url in outside.items():
             _place_file(self.url(name), url)
             _verify_file(url, staged[name])

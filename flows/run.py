@@ -35,7 +35,16 @@ def _read_progress(run_id: UUID) -> tuple[int, int]:
             limit=200,
             offset=0,
         )
-    return progress_counts([a.description or "" for a in artifacts])
+    return progress_counts(newest_per_key(artifacts))
+
+
+def newest_per_key(artifacts: list[Any]) -> list[str]:
+    """Descriptions of the newest progress artifact of each key (unkeyed ones all count): a task that
+    Dask ran again after losing its worker made a second artifact under the same key."""
+    latest: dict[Any, str] = {}
+    for artifact in sorted(artifacts, key=lambda a: a.created):
+        latest[artifact.key or artifact.id] = artifact.description or ""
+    return list(latest.values())
 
 
 def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) -> Any:

@@ -57,6 +57,15 @@ def session_process(args: list[str], env: dict[str, str], log: Path) -> Iterator
         stop(process, signal.SIGKILL, grace=15)
 
 
+def run_shadeflow(args: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
+    """``shadeflow <args>`` to its end (exit code); a run that outlives ``timeout`` fails the test with its log."""
+    with session_process(shadeflow_args(*args), env, log) as process:
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"shadeflow {args[0]} did not end within {timeout:.0f} s\n{tail(log)}") from None
+
+
 def killpg(process: subprocess.Popen) -> None:
     try:
         os.killpg(process.pid, signal.SIGKILL)
@@ -85,8 +94,9 @@ class DaskProcesses:
 
 
 @contextmanager
-def dask_processes(folder: Path, env: dict[str, str], workers: int = 2, timeout: float = 60) -> Iterator[DaskProcesses]:
-    """A scheduler and ``workers`` nanny-less single-thread worker processes on 127.0.0.1."""
+def dask_processes(folder: Path, env: dict[str, str], workers: int = 2, timeout: float = 60, nanny: bool = False) -> Iterator[DaskProcesses]:
+    """A scheduler and ``workers`` single-thread worker processes on 127.0.0.1: nanny-less (a killed
+    worker stays dead) or each under a nanny (a killed worker is restarted)."""
     folder.mkdir(parents=True, exist_ok=True)
     dask = DaskProcesses(folder, env)
     scheduler_log = folder / "scheduler.log"
@@ -99,7 +109,7 @@ def dask_processes(folder: Path, env: dict[str, str], workers: int = 2, timeout:
         try:
             for i in range(workers):
                 log = folder / f"worker-{i}.log"
-                args = [sys.executable, "-m", "distributed.cli.dask_worker", "--nthreads", "1", "--no-nanny", "--name", f"w{i}",
+                args = [sys.executable, "-m", "distributed.cli.dask_worker", "--nthreads", "1", "--nanny" if nanny else "--no-nanny", "--name", f"w{i}",
                         "--memory-limit", "2GiB", "--scheduler-file", str(dask.scheduler_file), "--local-directory", str(folder / f"w{i}")]
                 with open(log, "ab") as out:
                     started.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
@@ -109,6 +119,29 @@ def dask_processes(folder: Path, env: dict[str, str], workers: int = 2, timeout:
         finally:
             for process in started:
                 stop(process, signal.SIGKILL, grace=15)
+
+
+def failpoint_env(point: str, folder: Path, **extra: str) -> tuple[dict[str, str], Path]:
+    """Environment entries that hold the first process reaching ``point`` (``core/failpoints.py``),
+    and the file where that process writes its id."""
+    holder = folder / f"failpoint-{point}"
+    return {"SHADEFLOW_FAILPOINT": point, "SHADEFLOW_FAILPOINT_FILE": str(holder), **extra}, holder
+
+
+def held_pid(holder: Path) -> int | None:
+    """The id of the process held at a failpoint, once it is there."""
+    try:
+        text = holder.read_text()
+    except OSError:
+        return None
+    return int(text) if text.strip() else None
+
+
+def kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _address(scheduler_file: Path) -> str | None:
@@ -162,9 +195,8 @@ def content_digest(name: str, data: bytes) -> str:
 def assert_nothing_looks_complete(output: str | Path) -> None:
     """An output folder is absent, has no manifest, or is exactly what its manifest lists."""
     manifest = Path(output) / MANIFEST
-    if not manifest.exists():
-        return
-    assert not (Path(output) / ".shadeflow-writing.json").exists(), f"{output}: manifest and writing marker together"
+    if not manifest.exists() or (Path(output) / ".shadeflow-writing.json").exists():
+        return  # incomplete by definition (core/outputs.py): every reader treats it as absent
     files = json.loads(manifest.read_text())["files"]
     for name, size in files.items():
         path = Path(output) / name

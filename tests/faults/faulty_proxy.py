@@ -1,8 +1,11 @@
-"""An HTTP proxy on 127.0.0.1 in front of the loopback S3 server that fails a seeded share of requests.
+"""An HTTP proxy on 127.0.0.1 in front of the loopback S3 server that disturbs a seeded share of requests.
 
-One request per client connection (the proxy answers with ``Connection: close``). A failed request
-is never forwarded: it gets either an S3 ``503 SlowDown`` answer or a TCP reset, so the server never
-applies a request whose answer the client did not see. Threads only; stopped by the context manager.
+One request per client connection (the proxy answers with ``Connection: close``). Of the disturbed
+requests, some are never forwarded (an S3 ``503 SlowDown`` answer, or a TCP reset: the server never
+applies a request whose answer the client did not see); some are forwarded and their answer is cut
+off (a GET's body ends halfway with a reset: the client must notice the short body); some are
+forwarded and answered slowly (a pause, then the answer in small pieces). Threads only; stopped by
+the context manager.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +30,8 @@ class Counts:
     forwarded: int = 0
     slow_down: int = 0
     reset: int = 0
+    truncated: int = 0
+    slow: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -87,8 +93,25 @@ def _forward(request: bytes, upstream: tuple[str, int]) -> bytes:
     return _without(head, b"connection") + b"\r\nConnection: close\r\n\r\n" + body
 
 
+def _send_slowly(conn: socket.socket, data: bytes, pause: float, piece: int = 4096) -> None:
+    time.sleep(pause)
+    for start in range(0, len(data), piece):
+        conn.sendall(data[start : start + piece])
+        time.sleep(0.002)
+
+
+def _truncatable(request: bytes, response: bytes) -> int | None:
+    """Where to cut a GET's answer (halfway through a body of 2+ bytes), or None."""
+    if not request.startswith(b"GET "):
+        return None
+    head, _, body = response.partition(b"\r\n\r\n")
+    if len(body) < 2 or b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+        return None
+    return len(head) + 4 + len(body) // 2
+
+
 @contextmanager
-def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1) -> Iterator[tuple[str, Counts]]:
+def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1, truncate_rate: float = 0.0, slow_rate: float = 0.0) -> Iterator[tuple[str, Counts]]:
     """Yields the proxy's endpoint URL and its counts of forwarded and failed requests."""
     host, port = upstream_url.split("://", 1)[1].split(":")
     upstream = (host, int(port))
@@ -124,6 +147,18 @@ def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1) -> Ite
                 response = _forward(request, upstream)
                 with counts.lock:
                     counts.forwarded += 1
+                cut = _truncatable(request, response)
+                if cut is not None and draw < failure_rate + truncate_rate:
+                    with counts.lock:
+                        counts.truncated += 1
+                    conn.sendall(response[:cut])
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
+                if failure_rate + truncate_rate <= draw < failure_rate + truncate_rate + slow_rate:
+                    with counts.lock:
+                        counts.slow += 1
+                    _send_slowly(conn, response, pause=0.05 + (draw % 0.01) * 25)
+                    return
                 conn.sendall(response)
             except OSError:
                 return

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from correct_support import make_tile
 from fault_support import (
     StablePath,
@@ -29,6 +28,7 @@ from fault_support import (
     leftovers,
     output_digest,
     prefect_env,
+    run_shadeflow,
     session_process,
     shadeflow_args,
     tail,
@@ -73,11 +73,7 @@ def case(pristine, target: Path, stable: StablePath) -> tuple[list[str], Path]:
 
 
 def run_cli(args: list[str], env: dict[str, str], log: Path) -> int:
-    with session_process(shadeflow_args(*args), env, log) as process:
-        try:
-            return process.wait(RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"correct did not end within {RUN_TIMEOUT} s\n{tail(log)}") from None
+    return run_shadeflow(args, env, log, RUN_TIMEOUT)
 
 
 LOCAL = ["--workers", "1", "--memory", "2GiB"]

@@ -12,11 +12,9 @@ import random
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-
 from fault_support import (
     StablePath,
     assert_nothing_looks_complete,
@@ -27,6 +25,7 @@ from fault_support import (
     leftovers,
     output_digest,
     prefect_env,
+    run_shadeflow,
     session_process,
     shadeflow_args,
     tail,
@@ -71,11 +70,7 @@ def copy_of(pristine, target: Path, stable: StablePath) -> tuple[list[str], Path
 
 
 def run_cli(slides: list[str], env: dict[str, str], log: Path, *extra: str) -> int:
-    with session_process(shadeflow_args("meanimage", *slides, *extra), env, log) as process:
-        try:
-            return process.wait(RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"meanimage did not end within {RUN_TIMEOUT} s\n{tail(log)}") from None
+    return run_shadeflow(["meanimage", *slides, *extra], env, log, RUN_TIMEOUT)
 
 
 def digests(slides: list[str]) -> dict[str, dict[str, str]]:
