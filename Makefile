@@ -12,7 +12,7 @@ export PREFECT_HOME := $(CURDIR)/.prefect
 export PREFECT_SERVER_EPHEMERAL_ENABLED := true
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 
-.PHONY: demo test install bench bench-basicpy clean
+.PHONY: demo test lint install bench bench-basicpy clean
 
 install: $(STAMP)
 
@@ -26,8 +26,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/shadeflow demo --out demo-output
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest
+
+# Lint and formatting (ruff, configured in pyproject.toml): part of `make test`, so CI fails on violations.
+# `$(BIN)/ruff format . && $(BIN)/ruff check --fix .` repairs most of them.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 BASICPY := bench-output/basicpy-venv
 

@@ -37,7 +37,11 @@ import time
 
 import psutil
 
-TILES = {"128x1024x1024": (128, 1024, 1024), "512x1024x1024": (512, 1024, 1024), "128x2048x2048": (128, 2048, 2048)}
+TILES = {
+    "128x1024x1024": (128, 1024, 1024),
+    "512x1024x1024": (512, 1024, 1024),
+    "128x2048x2048": (128, 2048, 2048),
+}
 CHUNKS = (64, 256, 256)
 KINDS = ("correct", "copy", "copy_every", "estimate")
 
@@ -103,8 +107,13 @@ def run_copy(url: str, out: str, client, every_chunk: bool = False) -> float:
         target = create_level_array(group, "0", level.shape, level.chunks, level.dtype, image.axis_names)
     else:
         target = zarr.create_array(
-            os.path.join(out, "copy.zarr"), shape=level.shape, chunks=level.chunks, dtype=level.dtype,
-            compressors=blosc_zstd(image.zarr_format), zarr_format=image.zarr_format, fill_value=0,
+            os.path.join(out, "copy.zarr"),
+            shape=level.shape,
+            chunks=level.chunks,
+            dtype=level.dtype,
+            compressors=blosc_zstd(image.zarr_format),
+            zarr_format=image.zarr_format,
+            fill_value=0,
         )
     client.compute(da.store(da.from_zarr(image.array(level)), target, lock=False, compute=False), sync=True)
     return time.perf_counter() - start
@@ -148,7 +157,9 @@ def child(name: str, out: str, repeat: int, memory_of: str | None) -> dict:
 
 
 def run_child(name: str, out: str, repeat: int, memory_of: str | None = None) -> dict:
-    command = [sys.executable, __file__, "--tile", name, "--out", out, "--repeat", str(repeat)] + (["--memory-of", memory_of] if memory_of else [])
+    command = [sys.executable, __file__, "--tile", name, "--out", out, "--repeat", str(repeat)] + (
+        ["--memory-of", memory_of] if memory_of else []
+    )
     done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -156,25 +167,39 @@ def run_child(name: str, out: str, repeat: int, memory_of: str | None = None) ->
 def report(name: str, times: dict, peaks: dict) -> None:
     mb = 2 * math.prod(TILES[name]) / 1e6
     t = times
-    print(f"tile {name} uint16 ({mb:.0f} MB), chunks {'×'.join(map(str, CHUNKS))}, --levels 4, reference flatfield")
+    print(
+        f"tile {name} uint16 ({mb:.0f} MB), chunks {'×'.join(map(str, CHUNKS))}, --levels 4, reference "
+        "flatfield"
+    )
     rows = (
         ("correct (--background 100)", "correct", ""),
         ("plain zarr copy (level 0)", "copy", ""),
-        ("copy, output's array settings", "copy_every", f"  (correct ÷ this {t['correct'] / t['copy_every']:.2f})"),
+        (
+            "copy, output's array settings",
+            "copy_every",
+            f"  (correct ÷ this {t['correct'] / t['copy_every']:.2f})",
+        ),
         ("correct (--background estimate)", "estimate", f"  (÷ plain copy {t['estimate'] / t['copy']:.2f})"),
     )
     for label, kind, extra in rows:
-        print(f"  {label:33s}: {t[kind]:6.2f} s  {mb / t[kind]:5.0f} MB/s  peak RSS +{peaks[kind]:4.0f} MiB{extra}")
+        print(
+            f"  {label:33s}: {t[kind]:6.2f} s  {mb / t[kind]:5.0f} MB/s  peak RSS +{peaks[kind]:4.0f} "
+            f"MiB{extra}"
+        )
     print(f"  {'ratio correct ÷ plain copy':33s}: {t['correct'] / t['copy']:6.2f}  (target ≤ 1.5)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="bench-output")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-large", action="store_true", help="only the 128×1024×1024 tile")
     parser.add_argument("--tile", choices=list(TILES), help=argparse.SUPPRESS)  # child process: one size
-    parser.add_argument("--memory-of", choices=KINDS, help=argparse.SUPPRESS)  # child process: one run's memory
+    parser.add_argument(
+        "--memory-of", choices=KINDS, help=argparse.SUPPRESS
+    )  # child process: one run's memory
     args = parser.parse_args()
     if args.tile:
         print(json.dumps(child(args.tile, args.out, args.repeat, args.memory_of)))
@@ -183,7 +208,9 @@ def main() -> None:
     from shadeflow.infra.sizing import size_from_settings
 
     size, source = size_from_settings()
-    print(f"cluster: {size.describe()} (memory from {source}); load average {os.getloadavg()[0]:.2f} at start\n")
+    print(
+        f"cluster: {size.describe()} (memory from {source}); load average {os.getloadavg()[0]:.2f} at start\n"
+    )
     for name in list(TILES)[:1] if args.no_large else list(TILES):
         times = run_child(name, args.out, args.repeat)
         peaks = {kind: run_child(name, args.out, 1, kind)["peak_mib"] for kind in KINDS}

@@ -71,7 +71,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BASICPY = os.path.join(ROOT, "bench-output", "basicpy-venv", "bin", "python")
 
-HELPER = r'''
+HELPER = r"""
 import json, sys, time
 import numpy as np
 
@@ -89,7 +89,8 @@ def peak_rss():
                 return int(line.split()[1]) * 1024
     return 0
 
-method, stack_path, out_path, repeats, options = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5])
+method, stack_path, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
+repeats, options = int(sys.argv[4]), json.loads(sys.argv[5])
 stack = np.load(stack_path)
 if method == "shadeflow":
     from shadeflow.core.estimate import EstimateSettings, estimate_shading
@@ -112,8 +113,14 @@ for _ in range(repeats):
     flat, dark = fit()
     times.append(time.perf_counter() - started)
     peaks.append(peak_rss())
-np.savez(out_path, flatfield=np.asarray(flat, np.float64), darkfield=np.asarray(dark, np.float64), times=np.array(times), peaks=np.array(peaks))
-'''
+np.savez(
+    out_path,
+    flatfield=np.asarray(flat, np.float64),
+    darkfield=np.asarray(dark, np.float64),
+    times=np.array(times),
+    peaks=np.array(peaks),
+)
+"""
 
 
 @dataclass(frozen=True)
@@ -151,7 +158,9 @@ BASIC_SETTINGS = {
 }
 
 
-def metrics(flat: np.ndarray, dark: np.ndarray, truth_flat: np.ndarray, truth_dark: np.ndarray) -> dict[str, float]:
+def metrics(
+    flat: np.ndarray, dark: np.ndarray, truth_flat: np.ndarray, truth_dark: np.ndarray
+) -> dict[str, float]:
     r = (flat / flat.mean()) / (truth_flat / truth_flat.mean())
     uniform = 300.0 * truth_flat + truth_dark
     corrected = (uniform - dark) / flat
@@ -163,7 +172,9 @@ def metrics(flat: np.ndarray, dark: np.ndarray, truth_flat: np.ndarray, truth_da
     }
 
 
-def run_method(python: str, method: str, stack_path: str, repeats: int, options: dict, workdir: str, timeout: float) -> dict | None:
+def run_method(
+    python: str, method: str, stack_path: str, repeats: int, options: dict, workdir: str, timeout: float
+) -> dict | None:
     helper = os.path.join(workdir, "fit_helper.py")
     if not os.path.exists(helper):
         with open(helper, "w") as handle:
@@ -171,7 +182,13 @@ def run_method(python: str, method: str, stack_path: str, repeats: int, options:
     out = os.path.join(workdir, f"{method}-{abs(hash(json.dumps(options, sort_keys=True)))}.npz")
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
     try:
-        done = subprocess.run([python, helper, method, stack_path, out, str(repeats), json.dumps(options)], capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(
+            [python, helper, method, stack_path, out, str(repeats), json.dumps(options)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         print(f"    {method} {options}: timed out after {timeout:.0f} s", flush=True)
         return None
@@ -179,7 +196,12 @@ def run_method(python: str, method: str, stack_path: str, repeats: int, options:
         print(f"    {method} {options}: failed\n{done.stderr[-2000:]}", flush=True)
         return None
     data = np.load(out)
-    result = {"flatfield": data["flatfield"], "darkfield": data["darkfield"], "times": data["times"].tolist(), "peak_gib": float(data["peaks"].max()) / 2**30}
+    result = {
+        "flatfield": data["flatfield"],
+        "darkfield": data["darkfield"],
+        "times": data["times"].tolist(),
+        "peak_gib": float(data["peaks"].max()) / 2**30,
+    }
     os.remove(out)
     return result
 
@@ -187,58 +209,141 @@ def run_method(python: str, method: str, stack_path: str, repeats: int, options:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two small stacks, no BaSiCPy")
-    parser.add_argument("--repeats", type=int, default=3, help="fits per shadeflow measurement (best and median reported)")
-    parser.add_argument("--basicpy-python", default=None, help="interpreter with basicpy installed (default: bench-output/basicpy-venv/bin/python if present)")
-    parser.add_argument("--basicpy-repeats", type=int, default=1, help="fits per BaSiCPy measurement (each takes seconds to minutes)")
-    parser.add_argument("--only", default=None, help="run only stacks whose label contains this text (--sweep: cases of this kind)")
-    parser.add_argument("--out", default=None, help="folder for results.json and results.md (default bench-output/estimate, or estimate-sweep)")
-    parser.add_argument("--sweep", action="store_true", help="randomised synthetic sweep (core.synth_sweep) instead of the recipe stacks")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="fits per shadeflow measurement (best and median reported)"
+    )
+    parser.add_argument(
+        "--basicpy-python",
+        default=None,
+        help="interpreter with basicpy installed (default: bench-output/basicpy-venv/bin/python if present)",
+    )
+    parser.add_argument(
+        "--basicpy-repeats",
+        type=int,
+        default=1,
+        help="fits per BaSiCPy measurement (each takes seconds to minutes)",
+    )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="run only stacks whose label contains this text (--sweep: cases of this kind)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for results.json and results.md (default bench-output/estimate, or estimate-sweep)",
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="randomised synthetic sweep (core.synth_sweep) instead of the recipe stacks",
+    )
     parser.add_argument("--cases", type=int, default=60, help="--sweep: number of seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="--sweep: first seed")
     parser.add_argument("--processes", type=int, default=1, help="--sweep: cases fitted at a time")
-    parser.add_argument("--method", default=None, help="--sweep: the estimator's method (default: the estimator's default)")
+    parser.add_argument(
+        "--method", default=None, help="--sweep: the estimator's method (default: the estimator's default)"
+    )
     args = parser.parse_args()
     if args.sweep:
         if args.method is not None:
             os.environ["SHADEFLOW_SWEEP_METHOD"] = args.method  # read by fit_case in every worker process
-        return sweep(args.first_seed, args.cases, args.only, args.out or os.path.join(ROOT, "bench-output", "estimate-sweep"), args.processes)
+        return sweep(
+            args.first_seed,
+            args.cases,
+            args.only,
+            args.out or os.path.join(ROOT, "bench-output", "estimate-sweep"),
+            args.processes,
+        )
     args.out = args.out or os.path.join(ROOT, "bench-output", "estimate")
 
     from shadeflow.core.synth_stacks import StackConfig, generate_stack
 
-    basic_python = None if args.quick else (args.basicpy_python or (DEFAULT_BASICPY if os.path.exists(DEFAULT_BASICPY) else None))
+    basic_python = (
+        None
+        if args.quick
+        else (args.basicpy_python or (DEFAULT_BASICPY if os.path.exists(DEFAULT_BASICPY) else None))
+    )
     if basic_python is None and not args.quick:
-        print("BaSiCPy: no interpreter (see the docstring for its setup); comparing against reference/basicpy.md's figures only", flush=True)
+        print(
+            "BaSiCPy: no interpreter (see the docstring for its setup); comparing against "
+            "reference/basicpy.md's figures only",
+            flush=True,
+        )
     cases = QUICK if args.quick else FULL
     if args.only:
-        cases = [c for c in cases if args.only in StackConfig(c.kind, c.size, c.n, c.darkfield, c.outliers, darkfield_shape=c.shape).label]
+        cases = [
+            c
+            for c in cases
+            if args.only
+            in StackConfig(c.kind, c.size, c.n, c.darkfield, c.outliers, darkfield_shape=c.shape).label
+        ]
     os.makedirs(args.out, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="shadeflow-bench-estimate-") as workdir:
         for case in cases:
-            config = StackConfig(kind=case.kind, size=case.size, n=case.n, darkfield=case.darkfield, outlier_fraction=case.outliers, darkfield_shape=case.shape)
+            config = StackConfig(
+                kind=case.kind,
+                size=case.size,
+                n=case.n,
+                darkfield=case.darkfield,
+                outlier_fraction=case.outliers,
+                darkfield_shape=case.shape,
+            )
             started = time.perf_counter()
             stack, truth = generate_stack(config, workers=2)
             path = os.path.join(workdir, "stack.npy")
             np.save(path, stack)
             del stack
             load = os.getloadavg()[0]
-            print(f"{config.label}: generated in {time.perf_counter() - started:.0f} s; load {load:.2f}", flush=True)
-            methods = [("shadeflow", "shadeflow", sys.executable, {"darkfield": case.darkfield}, args.repeats)]
+            print(
+                f"{config.label}: generated in {time.perf_counter() - started:.0f} s; load {load:.2f}",
+                flush=True,
+            )
+            methods = [
+                ("shadeflow", "shadeflow", sys.executable, {"darkfield": case.darkfield}, args.repeats)
+            ]
             if case.shape == "glow":  # the documented remedy: a more flexible darkfield polynomial
-                methods.append(("shadeflow dd4", "shadeflow", sys.executable, {"darkfield": True, "darkfield_degree": 4}, args.repeats))
+                methods.append(
+                    (
+                        "shadeflow dd4",
+                        "shadeflow",
+                        sys.executable,
+                        {"darkfield": True, "darkfield_degree": 4},
+                        args.repeats,
+                    )
+                )
             if basic_python:
                 names = ["dark+sort", "dark"] if case.darkfield else ["dflt"]
-                methods += [(f"BaSiC {n}", "basicpy", basic_python, BASIC_SETTINGS[n], args.basicpy_repeats) for n in names]
+                methods += [
+                    (f"BaSiC {n}", "basicpy", basic_python, BASIC_SETTINGS[n], args.basicpy_repeats)
+                    for n in names
+                ]
             for label, method, python, options, repeats in methods:
                 timeout = 1800 if case.n >= 1000 else 600
                 result = run_method(python, method, path, repeats, options, workdir, timeout)
                 if result is None:
                     continue
-                row = {"stack": config.label, "method": label, **metrics(result["flatfield"], result["darkfield"], truth["flatfield"], truth["darkfield"])}
-                row.update(fit_best=min(result["times"]), fit_median=float(np.median(result["times"])), peak_gib=result["peak_gib"], load=os.getloadavg()[0])
+                row = {
+                    "stack": config.label,
+                    "method": label,
+                    **metrics(
+                        result["flatfield"], result["darkfield"], truth["flatfield"], truth["darkfield"]
+                    ),
+                }
+                row.update(
+                    fit_best=min(result["times"]),
+                    fit_median=float(np.median(result["times"])),
+                    peak_gib=result["peak_gib"],
+                    load=os.getloadavg()[0],
+                )
                 rows.append(row)
-                print(f"    {label:16s} FF {row['ff_rms']:6.3f} % [max {row['ff_max']:5.2f}]  D rms {row['df_rms']:7.2f}  uCV {row['ucv']:5.2f} %  fit {row['fit_best']:7.3f} s (median {row['fit_median']:.3f})  peak {row['peak_gib']:.2f} GiB  load {row['load']:.2f}", flush=True)
+                print(
+                    f"    {label:16s} FF {row['ff_rms']:6.3f} % [max {row['ff_max']:5.2f}]  D rms "
+                    f"{row['df_rms']:7.2f}  uCV {row['ucv']:5.2f} %  fit {row['fit_best']:7.3f} s (median "
+                    f"{row['fit_median']:.3f})  peak {row['peak_gib']:.2f} GiB  load {row['load']:.2f}",
+                    flush=True,
+                )
     table = markdown(rows)
     print("\n" + table)
     with open(os.path.join(args.out, "results.json"), "w") as handle:
@@ -251,7 +356,8 @@ def main() -> int:
 def markdown(rows: list[dict]) -> str:
     """One line per stack and method; BaSiC ratios against the best BaSiC setting of the stack."""
     lines = [
-        "| stack | method | FF rms % [max] | D rms (counts) | uniform CV % | fit s best (median) | peak GiB | FF ratio BaSiC/ours | time ratio BaSiC/ours | load |",
+        "| stack | method | FF rms % [max] | D rms (counts) | uniform CV % | fit s best (median) | peak GiB "
+        "| FF ratio BaSiC/ours | time ratio BaSiC/ours | load |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for stack in dict.fromkeys(r["stack"] for r in rows):
@@ -263,10 +369,18 @@ def markdown(rows: list[dict]) -> str:
         for r in group:
             ff_ratio = time_ratio = ""
             if r is ours and best is not None:
-                ff_ratio = f"{best['ff_rms'] / max(ours['ff_rms'], 1e-9):.1f}× ({best['method'].removeprefix('BaSiC ')})"
-                time_ratio = f"{reference['fit_best'] / max(ours['fit_best'], 1e-9):.0f}× ({reference['method'].removeprefix('BaSiC ')})"
+                ff_ratio = (
+                    f"{best['ff_rms'] / max(ours['ff_rms'], 1e-9):.1f}× "
+                    f"({best['method'].removeprefix('BaSiC ')})"
+                )
+                time_ratio = (
+                    f"{reference['fit_best'] / max(ours['fit_best'], 1e-9):.0f}× "
+                    f"({reference['method'].removeprefix('BaSiC ')})"
+                )
             lines.append(
-                f"| {stack} | {r['method']} | {r['ff_rms']:.3f} [{r['ff_max']:.2f}] | {r['df_rms']:.2f} | {r['ucv']:.2f} | {r['fit_best']:.3f} ({r['fit_median']:.3f}) | {r['peak_gib']:.2f} | {ff_ratio} | {time_ratio} | {r['load']:.2f} |"
+                f"| {stack} | {r['method']} | {r['ff_rms']:.3f} [{r['ff_max']:.2f}] | {r['df_rms']:.2f} | "
+                f"{r['ucv']:.2f} | {r['fit_best']:.3f} ({r['fit_median']:.3f}) | {r['peak_gib']:.2f} | "
+                f"{ff_ratio} | {time_ratio} | {r['load']:.2f} |"
             )
     return "\n".join(lines)
 
@@ -282,7 +396,9 @@ def fit_case(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarra
     from shadeflow.core.estimate import EstimateSettings, estimate_shading
 
     method = os.environ.get("SHADEFLOW_SWEEP_METHOD")
-    result = estimate_shading(images, darkfield=darkfield, settings=EstimateSettings(method=method) if method else None)
+    result = estimate_shading(
+        images, darkfield=darkfield, settings=EstimateSettings(method=method) if method else None
+    )
     return result.flatfield, result.darkfield, list(result.notes)
 
 
@@ -296,11 +412,25 @@ def sweep_case(seed: int) -> dict:
     images, truth = generate(case)
     generated = time.perf_counter() - started
     row = {
-        "seed": seed, "scene": case.scene, "shading": case.shading, "darkfield": case.darkfield, "drift": case.drift,
-        "n": case.n, "height": case.height, "width": case.width, "mean_counts": round(case.mean_counts, 2),
-        "outliers_pct": round(100 * len(truth.outliers) / case.n, 2), "dtype": case.dtype,
-        "saturated_pct": round(100 * truth.saturated_fraction, 3), "generate_s": round(generated, 3),
-        "ff_pct": None, "dark_counts": None, "dark_pct": None, "fit_s": None, "failure": None, "notes": [],
+        "seed": seed,
+        "scene": case.scene,
+        "shading": case.shading,
+        "darkfield": case.darkfield,
+        "drift": case.drift,
+        "n": case.n,
+        "height": case.height,
+        "width": case.width,
+        "mean_counts": round(case.mean_counts, 2),
+        "outliers_pct": round(100 * len(truth.outliers) / case.n, 2),
+        "dtype": case.dtype,
+        "saturated_pct": round(100 * truth.saturated_fraction, 3),
+        "generate_s": round(generated, 3),
+        "ff_pct": None,
+        "dark_counts": None,
+        "dark_pct": None,
+        "fit_s": None,
+        "failure": None,
+        "notes": [],
     }
     started = time.perf_counter()
     try:
@@ -317,7 +447,9 @@ def sweep_case(seed: int) -> dict:
         else:
             row["ff_pct"] = 100 * ff
             if case.has_darkfield:
-                row["dark_counts"] = float(np.sqrt(np.mean((np.asarray(dark, np.float64) - truth.darkfield) ** 2)))
+                row["dark_counts"] = float(
+                    np.sqrt(np.mean((np.asarray(dark, np.float64) - truth.darkfield) ** 2))
+                )
                 row["dark_pct"] = 100 * row["dark_counts"] / case.mean_counts
     return row
 
@@ -331,7 +463,8 @@ def sweep_cases(first: int, count: int, only: str | None) -> list:
 
 
 SWEEP_HEADER = (
-    f"{'seed':>4} {'scene':11} {'shading':9} {'dark':8} {'N':>4} {'H×W':>7} {'counts':>7} {'out%':>4} {'drift':8} "
+    f"{'seed':>4} {'scene':11} {'shading':9} {'dark':8} {'N':>4} {'H×W':>7} {'counts':>7} {'out%':>4} "
+    f"{'drift':8} "
     f"{'FF %':>6} {'D cnt':>6} {'D %':>6} {'fit s':>5} {'gen s':>5}  notes"
 )
 
@@ -382,7 +515,8 @@ def summarise(rows: list[dict]) -> dict:
         summary["per_kind"][key] = {kind: stats([r for r in rows if r[key] == kind]) for kind in kinds}
     overall = summary["all"]
     summary["targets"] = {
-        "median_pct": SWEEP_TARGETS["median"], "worst_pct": SWEEP_TARGETS["worst"],
+        "median_pct": SWEEP_TARGETS["median"],
+        "worst_pct": SWEEP_TARGETS["worst"],
         "median_met": overall["ff_median"] is not None and overall["ff_median"] <= SWEEP_TARGETS["median"],
         "worst_met": overall["ff_worst"] is not None and overall["ff_worst"] <= SWEEP_TARGETS["worst"],
     }
@@ -414,7 +548,8 @@ def sweep_summary_text(summary: dict) -> str:
     for key, groups in summary["per_kind"].items():
         for kind, s in groups.items():
             lines.append(
-                f"| {key} | {kind} | {s['cases']} | {s['failures']} | {_pct(s['ff_median'])} | {_pct(s['ff_worst'])} "
+                f"| {key} | {kind} | {s['cases']} | {s['failures']} | {_pct(s['ff_median'])} | "
+                f"{_pct(s['ff_worst'])} "
                 f"| {_pct(s['dark_median_counts'], 2)} | {_pct(s['dark_worst_counts'], 2)} "
                 f"| {_pct(s['dark_worst_pct'], 2)} |"
             )
@@ -432,7 +567,8 @@ def sweep_table(rows: list[dict]) -> str:
         notes = sweep_notes(r).replace("|", "/")
         lines.append(
             f"| {r['seed']} | {r['scene']} | {r['shading']} | {r['darkfield']} | {r['n']} "
-            f"| {r['height']}×{r['width']} | {r['mean_counts']:.0f} | {r['outliers_pct']:.1f} | {r['drift']} | {ff} "
+            f"| {r['height']}×{r['width']} | {r['mean_counts']:.0f} | {r['outliers_pct']:.1f} | "
+            f"{r['drift']} | {ff} "
             f"| {_pct(r['dark_counts'], 2)} | {_pct(r['dark_pct'], 2)} | {r['fit_s']:.2f} | {notes} |"
         )
     return "\n".join(lines)
@@ -444,19 +580,30 @@ def sweep(first: int, count: int, only: str | None, out: str, processes: int) ->
 
     from shadeflow.core import synth_sweep
 
-    kinds = synth_sweep.SCENES + synth_sweep.SHADINGS + synth_sweep.DARKFIELDS + synth_sweep.DRIFTS + synth_sweep.DTYPES
+    kinds = (
+        synth_sweep.SCENES
+        + synth_sweep.SHADINGS
+        + synth_sweep.DARKFIELDS
+        + synth_sweep.DRIFTS
+        + synth_sweep.DTYPES
+    )
     if only is not None and only not in kinds:
         print(f"--only {only!r}: not a kind of the sweep ({', '.join(kinds)})", file=sys.stderr)
         return 0
     seeds = [c.seed for c in sweep_cases(first, count, only)]
-    print(f"sweep: {len(seeds)} cases, method {os.environ.get('SHADEFLOW_SWEEP_METHOD', 'default')} (seeds {first}–{first + count - 1}{', ' + only if only else ''}); "
-          f"FF = flatfield relative RMS %, D = darkfield RMS error in counts and in % of the mean signal above it; "
-          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"sweep: {len(seeds)} cases, method {os.environ.get('SHADEFLOW_SWEEP_METHOD', 'default')} (seeds "
+        f"{first}–{first + count - 1}{', ' + only if only else ''}); "
+        "FF = flatfield relative RMS %, D = darkfield RMS error in counts and in % of the mean signal "
+        "above it; "
+        f"load {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     print(SWEEP_HEADER, flush=True)
     started = time.perf_counter()
     rows = []
     with ProcessPoolExecutor(processes) if processes > 1 else nullcontext() as pool:
-        for row in (pool.map(sweep_case, seeds) if pool else map(sweep_case, seeds)):
+        for row in pool.map(sweep_case, seeds) if pool else map(sweep_case, seeds):
             rows.append(row)
             print(sweep_line(row), flush=True)
     runtime = time.perf_counter() - started
@@ -464,15 +611,24 @@ def sweep(first: int, count: int, only: str | None, out: str, processes: int) ->
     text = sweep_summary_text(summary) if rows else "no cases"
     print(f"\n{text}\n\ntotal {runtime:.0f} s ({len(rows)} cases, {processes} process(es))", flush=True)
     os.makedirs(out, exist_ok=True)
-    record = {"first_seed": first, "cases": count, "only": only, "processes": processes, "runtime_s": round(runtime, 1),
-              "rows": rows, "summary": summary}
+    record = {
+        "first_seed": first,
+        "cases": count,
+        "only": only,
+        "processes": processes,
+        "runtime_s": round(runtime, 1),
+        "rows": rows,
+        "summary": summary,
+    }
     with open(os.path.join(out, "results.json"), "w") as handle:
         json.dump(record, handle, indent=2)
     with open(os.path.join(out, "results.md"), "w") as handle:
         title = f"seeds {first}–{first + count - 1}{' (' + only + ')' if only else ''}, {runtime:.0f} s"
-        handle.write(f"# Estimator sweep: {title}\n\nFF: flatfield relative RMS %. "
-                     f"D: RMS(D̂ − D) in counts, and in % of the mean signal above the darkfield.\n\n"
-                     f"{text}\n\n{sweep_table(rows)}\n")
+        handle.write(
+            f"# Estimator sweep: {title}\n\nFF: flatfield relative RMS %. "
+            f"D: RMS(D̂ − D) in counts, and in % of the mean signal above the darkfield.\n\n"
+            f"{text}\n\n{sweep_table(rows)}\n"
+        )
     return 0
 
 

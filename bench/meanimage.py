@@ -83,7 +83,9 @@ def full_masking(client: Client, plan, mask_dir: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--fields", type=int, default=48)
     parser.add_argument("--out", default="bench-output")
     args = parser.parse_args()
@@ -92,7 +94,10 @@ def main() -> None:
     plan = plan_slide(slide)
     n = len(slide.fields)
     size, source = size_from_settings()
-    print(f"slide: {n} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk) of {VECTRA[0]}×{VECTRA[1]}×{VECTRA[2]} uint16")
+    print(
+        f"slide: {n} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk) of "
+        f"{VECTRA[0]}×{VECTRA[1]}×{VECTRA[2]} uint16"
+    )
     print(f"cluster: {size.describe()} (memory from {source}); mask grid binning {plan.grid.binning}")
     with local_worker_memory(size):  # as the flows start it (infra/allocator.py)
         cluster = LocalCluster(**local_cluster_kwargs(size))
@@ -109,10 +114,17 @@ def main() -> None:
     plain_rate = n / t_plain
     for label, (t_thresholds, t_stack) in zip(("first pass", "second pass"), passes):
         t_full = t_thresholds + t_stack
-        print(f"full masking, {label:11s}: {n / t_full:5.2f} fields/s  ({t_full:.1f} s: thresholds {t_thresholds:.1f} s on {len(plan.edge_fields)} edge fields, masks+stack {t_stack:.1f} s on {n})")
+        print(
+            f"full masking, {label:11s}: {n / t_full:5.2f} fields/s  ({t_full:.1f} s: thresholds "
+            f"{t_thresholds:.1f} s on {len(plan.edge_fields)} edge fields, masks+stack {t_stack:.1f} s on "
+            f"{n})"
+        )
     print(f"read-and-sum             : {plain_rate:5.2f} fields/s  ({t_plain:.1f} s)")
     best = n / min(sum(p) for p in passes)
-    print(f"ratio                    : {best / plain_rate:5.3f}  (best full-masking pass ÷ read-and-sum; target ≥ 2 fields/s with full masking)")
+    print(
+        f"ratio                    : {best / plain_rate:5.3f}  (best full-masking pass ÷ read-and-sum; "
+        "target ≥ 2 fields/s with full masking)"
+    )
     print(f"peak RSS     : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

@@ -41,16 +41,24 @@ from dataclasses import asdict
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import numpy as np
+import numpy as np  # noqa: E402 — after the thread limits above, which must precede numpy
 
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.synth import SynthConfig, write_cohort  # noqa: E402
 
 MEAN_IMAGE_RATIO = 1.3
 MODEL_RATIO = 1.3
 APPLIED_MARGIN = 5.0
 
 #: the outside check's cohort (issue 10)
-OUTSIDE_CHECK = SynthConfig(slides=3, shape=(256, 320, 8), grid=(12, 10), dark_current=4.0, tissue_rate=(8.0, 70.0), exposure_range=(4.0, 80.0), seed=10)
+OUTSIDE_CHECK = SynthConfig(
+    slides=3,
+    shape=(256, 320, 8),
+    grid=(12, 10),
+    dark_current=4.0,
+    tissue_rate=(8.0, 70.0),
+    exposure_range=(4.0, 80.0),
+    seed=10,
+)
 
 
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
@@ -102,8 +110,10 @@ def describe(config: SynthConfig) -> str:
     bg = "0.1/ms" if config.background_ratio is None else f"{config.background_ratio:.2g}×dark"
     return (
         f"{config.slides}×{c}×{r} fields {h}×{w}×{l}, coverage {cov}, dark {config.dark_current:g}, bg {bg}, "
-        f"ET {config.exposure_range[0]:g}–{config.exposure_range[1]:g} ms, rate {config.tissue_rate[0]:.3g}–{config.tissue_rate[1]:.3g}/ms, "
-        f"low-count {config.low_count_layers}×{config.low_count_signal:g}, folds {config.fold_probability:g}, sat {config.saturation_probability:g}"
+        f"ET {config.exposure_range[0]:g}–{config.exposure_range[1]:g} ms, rate "
+        f"{config.tissue_rate[0]:.3g}–{config.tissue_rate[1]:.3g}/ms, "
+        f"low-count {config.low_count_layers}×{config.low_count_signal:g}, folds "
+        f"{config.fold_probability:g}, sat {config.saturation_probability:g}"
     )
 
 
@@ -136,8 +146,12 @@ def run_cohort(name: str, config: SynthConfig, workdir: str, keep: bool) -> dict
     finally:
         if not keep:
             shutil.rmtree(root, ignore_errors=True)
-    per_slide_pipe = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.inf for r in pipeline.mean_image])
-    per_slide_oracle = np.array([np.nanmedian(r) if np.isfinite(r).any() else np.inf for r in oracle.mean_image])
+    per_slide_pipe = np.array(
+        [np.nanmedian(r) if np.isfinite(r).any() else np.inf for r in pipeline.mean_image]
+    )
+    per_slide_oracle = np.array(
+        [np.nanmedian(r) if np.isfinite(r).any() else np.inf for r in oracle.mean_image]
+    )
     mean_ratio = max(_ratio(a, b) for a, b in zip(per_slide_pipe, per_slide_oracle))
     model_ratio = _ratio(pipeline.model_figure(), oracle.model_figure())
     passed = {
@@ -152,10 +166,14 @@ def run_cohort(name: str, config: SynthConfig, workdir: str, keep: bool) -> dict
         "mean_image": {
             "pipeline_median": float(np.nanmedian(pipeline.mean_image)),
             "pipeline_worst_slide": float(per_slide_pipe.max()),
-            "pipeline_worst_layer": float(np.nanmax(pipeline.mean_image)) if np.isfinite(pipeline.mean_image).any() else math.inf,
+            "pipeline_worst_layer": float(np.nanmax(pipeline.mean_image))
+            if np.isfinite(pipeline.mean_image).any()
+            else math.inf,
             "oracle_median": float(np.nanmedian(oracle.mean_image)),
             "oracle_worst_slide": float(per_slide_oracle.max()),
-            "oracle_worst_layer": float(np.nanmax(oracle.mean_image)) if np.isfinite(oracle.mean_image).any() else math.inf,
+            "oracle_worst_layer": float(np.nanmax(oracle.mean_image))
+            if np.isfinite(oracle.mean_image).any()
+            else math.inf,
             "ratio": mean_ratio,
             "per_slide_layer_pipeline": pipeline.mean_image.tolist(),
             "per_slide_layer_oracle": oracle.mean_image.tolist(),
@@ -168,7 +186,10 @@ def run_cohort(name: str, config: SynthConfig, workdir: str, keep: bool) -> dict
             "per_layer_oracle": oracle.model.tolist(),
         },
         "applied": {"pipeline": pipeline.applied_reduction, "oracle": oracle.applied_reduction},
-        "stacked_fields": {"pipeline": pipeline.stacked_fields.tolist(), "oracle": oracle.stacked_fields.tolist()},
+        "stacked_fields": {
+            "pipeline": pipeline.stacked_fields.tolist(),
+            "oracle": oracle.stacked_fields.tolist(),
+        },
         "failures": pipeline.failures + [f"oracle: {f}" for f in oracle.failures],
         "passed": passed,
         "pass": all(passed.values()),
@@ -184,16 +205,23 @@ def format_row(r: dict) -> str:
     m, d, a = r["mean_image"], r["model"], r["applied"]
     flags = "".join("." if ok else "x" for ok in r["passed"].values())
     return (
-        f"{r['name']:<14} mean {_pct(m['pipeline_worst_slide'])}% vs {_pct(m['oracle_worst_slide'])}% ×{m['ratio']:.2f} "
+        f"{r['name']:<14} mean {_pct(m['pipeline_worst_slide'])}% vs {_pct(m['oracle_worst_slide'])}% "
+        f"×{m['ratio']:.2f} "
         f"(worst layer {_pct(m['pipeline_worst_layer'])} vs {_pct(m['oracle_worst_layer'])}) | "
         f"model {_pct(d['pipeline'])}% vs {_pct(d['oracle'])}% ×{d['ratio']:.2f} | "
-        f"applied {a['pipeline']:5.1f}% vs {a['oracle']:5.1f}% | {'PASS' if r['pass'] else 'FAIL'} {flags} | {r['seconds']['total']:.0f} s"
+        f"applied {a['pipeline']:5.1f}% vs {a['oracle']:5.1f}% | {'PASS' if r['pass'] else 'FAIL'} {flags} "
+        f"| {r['seconds']['total']:.0f} s"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cohorts", type=int, default=22, help="cohorts including the fixed outside-check one (≥ 20 for the issue's target)")
+    parser.add_argument(
+        "--cohorts",
+        type=int,
+        default=22,
+        help="cohorts including the fixed outside-check one (≥ 20 for the issue's target)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the cohort draw")
     parser.add_argument("--jobs", type=int, default=2, help="cohorts run in parallel (processes)")
     parser.add_argument("--out", default="bench-output")
@@ -213,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = []
     with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-        futures = {name: pool.submit(run_cohort, name, config, workdir, args.keep) for name, config in todo.items()}
-        for name, future in futures.items():
+        futures = {
+            name: pool.submit(run_cohort, name, config, workdir, args.keep) for name, config in todo.items()
+        }
+        for future in futures.values():
             result = future.result()
             results.append(result)
             print(format_row(result), flush=True)
@@ -227,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     worst_model = max(results, key=lambda r: np.nan_to_num(r["model"]["ratio"], nan=np.inf))
     worst_applied = min(results, key=_gap)
     summary = [
-        f"{n_pass}/{len(results)} cohorts PASS (targets: mean-image and model error ≤ {MEAN_IMAGE_RATIO} × oracle, applied reduction ≥ oracle − {APPLIED_MARGIN:g} points)",
+        f"{n_pass}/{len(results)} cohorts PASS (targets: mean-image and model error ≤ {MEAN_IMAGE_RATIO} × "
+        f"oracle, applied reduction ≥ oracle − {APPLIED_MARGIN:g} points)",
         f"worst mean-image ratio ×{worst_mean['mean_image']['ratio']:.2f} ({worst_mean['name']}), "
         f"worst model ratio ×{worst_model['model']['ratio']:.2f} ({worst_model['name']}), "
         f"worst applied gap {_gap(worst_applied):+.1f} points ({worst_applied['name']})",
@@ -240,10 +271,38 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"seed": args.seed, "results": results, "summary": summary}, handle, indent=1)
     with open(os.path.join(out, "results.csv"), "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["cohort", "mean_image_pipeline", "mean_image_oracle", "mean_image_ratio", "model_pipeline", "model_oracle", "model_ratio", "applied_pipeline", "applied_oracle", "pass", "description"])
+        writer.writerow(
+            [
+                "cohort",
+                "mean_image_pipeline",
+                "mean_image_oracle",
+                "mean_image_ratio",
+                "model_pipeline",
+                "model_oracle",
+                "model_ratio",
+                "applied_pipeline",
+                "applied_oracle",
+                "pass",
+                "description",
+            ]
+        )
         for r in results:
             m, d, a = r["mean_image"], r["model"], r["applied"]
-            writer.writerow([r["name"], m["pipeline_worst_slide"], m["oracle_worst_slide"], m["ratio"], d["pipeline"], d["oracle"], d["ratio"], a["pipeline"], a["oracle"], r["pass"], r["description"]])
+            writer.writerow(
+                [
+                    r["name"],
+                    m["pipeline_worst_slide"],
+                    m["oracle_worst_slide"],
+                    m["ratio"],
+                    d["pipeline"],
+                    d["oracle"],
+                    d["ratio"],
+                    a["pipeline"],
+                    a["oracle"],
+                    r["pass"],
+                    r["description"],
+                ]
+            )
     with open(os.path.join(out, "summary.txt"), "w") as handle:
         handle.write("\n".join([format_row(r) for r in results] + [""] + summary) + "\n")
     if not args.keep:

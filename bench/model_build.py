@@ -39,17 +39,42 @@ def write_slide(root: str, slide_id: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
     folder = os.path.join(root, slide_id, "meanimage")
     os.makedirs(folder, exist_ok=True)
-    meta = {"slide_id": slide_id, "project": "1", "cohort": "1", "batch": str(seed), "microscope": "vectra", "shape": list(VECTRA), "dtype": "uint16", "layer_groups": GROUPS, "dark_current": 8}
+    meta = {
+        "slide_id": slide_id,
+        "project": "1",
+        "cohort": "1",
+        "batch": str(seed),
+        "microscope": "vectra",
+        "shape": list(VECTRA),
+        "dtype": "uint16",
+        "layer_groups": GROUPS,
+        "dark_current": 8,
+    }
     json.dump(meta, open(os.path.join(root, slide_id, "slide.json"), "w"))
     count = rng.integers(400, 600, (n, h, w)).astype(np.uint64)
-    mean = planted_flatfield(VECTRA) * rng.uniform(8, 15, (n, 1, 1)) * (1 + 0.05 * rng.standard_normal((n, h, w)))
+    mean = (
+        planted_flatfield(VECTRA)
+        * rng.uniform(8, 15, (n, 1, 1))
+        * (1 + 0.05 * rng.standard_normal((n, h, w)))
+    )
     std_err = mean * 0.5 / np.sqrt(count)
     astropath_io.write_bin(os.path.join(folder, f"{slide_id}-mean_image.bin"), mean, "float64")
     astropath_io.write_bin(os.path.join(folder, f"{slide_id}-std_err_of_mean_image.bin"), std_err, "float64")
-    astropath_io.write_bin(os.path.join(folder, f"{slide_id}-sum_images_squared.bin"), count * (mean**2 + std_err**2 * count), "float64")
+    astropath_io.write_bin(
+        os.path.join(folder, f"{slide_id}-sum_images_squared.bin"),
+        count * (mean**2 + std_err**2 * count),
+        "float64",
+    )
     astropath_io.write_bin(os.path.join(folder, f"{slide_id}-mask_stack.bin"), count, "uint64")
-    rows = [[slide_id, f"{slide_id}_[{i},0].Data.dat", "bulk", "stacking", str(list(range(1, n + 1)))] for i in range(500)]
-    astropath_io.write_csv(os.path.join(folder, "fields_used.csv"), ["slide", "file", "location", "use", "stacked_in_layers"], rows)
+    rows = [
+        [slide_id, f"{slide_id}_[{i},0].Data.dat", "bulk", "stacking", str(list(range(1, n + 1)))]
+        for i in range(500)
+    ]
+    astropath_io.write_csv(
+        os.path.join(folder, "fields_used.csv"),
+        ["slide", "file", "location", "use", "stacked_in_layers"],
+        rows,
+    )
 
 
 def cohort(out: str) -> str:
@@ -69,7 +94,10 @@ def cohort(out: str) -> str:
         meta["slide_id"] = f"BENCH_{i + 1}"
         json.dump(meta, open(os.path.join(target, "slide.json"), "w"))
         for name in os.listdir(os.path.join(source, "meanimage")):
-            os.link(os.path.join(source, "meanimage", name), os.path.join(target, "meanimage", name.replace(f"BENCH_{i % 5 + 1}-", f"BENCH_{i + 1}-")))
+            os.link(
+                os.path.join(source, "meanimage", name),
+                os.path.join(target, "meanimage", name.replace(f"BENCH_{i % 5 + 1}-", f"BENCH_{i + 1}-")),
+            )
     print(f"wrote 5 Vectra slide stacks (linked as 20) in {time.perf_counter() - start:.0f} s → {root}")
     return root
 
@@ -101,11 +129,24 @@ def build(root: str, n_slides: int) -> None:
         write_model_version(staged, store, "bench", model, stack, refs, {"sigma": model.sigma})
     end = time.perf_counter()
     shutil.rmtree(store, ignore_errors=True)
-    print(json.dumps({"slides": n_slides, "seconds": end - start, "merge": merged - start, "flatfield": built - merged, "write": end - built, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    print(
+        json.dumps(
+            {
+                "slides": n_slides,
+                "seconds": end - start,
+                "merge": merged - start,
+                "flatfield": built - merged,
+                "write": end - built,
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            }
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default="bench-output")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,14 +156,30 @@ def main() -> None:
         return
     results = []
     for n in (5, 20):
-        line = subprocess.run([sys.executable, __file__, "--out", args.out, "--child", str(n)], check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        line = (
+            subprocess.run(
+                [sys.executable, __file__, "--out", args.out, "--child", str(n)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         results.append(json.loads(line))
     stack_gib = (8 + 8 + 4) * np.prod(VECTRA) / 2**30
     print(f"one Vectra stack (sum, sum of squares, counts): {stack_gib:.2f} GiB")
     for r in results:
-        print(f"{r['slides']:3d} slides: {r['seconds']:6.1f} s (merge {r['merge']:.1f} s, flatfield {r['flatfield']:.1f} s, write {r['write']:.1f} s), peak RSS {r['peak_rss_gib']:.2f} GiB = {r['peak_rss_gib'] / stack_gib:.1f} stacks")
+        print(
+            f"{r['slides']:3d} slides: {r['seconds']:6.1f} s (merge {r['merge']:.1f} s, flatfield "
+            f"{r['flatfield']:.1f} s, write {r['write']:.1f} s), peak RSS {r['peak_rss_gib']:.2f} GiB = "
+            f"{r['peak_rss_gib'] / stack_gib:.1f} stacks"
+        )
     five, twenty = results
-    print(f"20 vs 5 slides: time ×{twenty['seconds'] / five['seconds']:.2f}, peak memory ×{twenty['peak_rss_gib'] / five['peak_rss_gib']:.2f}")
+    print(
+        f"20 vs 5 slides: time ×{twenty['seconds'] / five['seconds']:.2f}, peak memory "
+        f"×{twenty['peak_rss_gib'] / five['peak_rss_gib']:.2f}"
+    )
 
 
 if __name__ == "__main__":

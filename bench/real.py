@@ -41,7 +41,11 @@ DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "real-stacks"
 
 
 def stacks(folder: str) -> list[str]:
-    return sorted(f[: -len(".npz")] for f in os.listdir(folder) if f.endswith(".npz") and not f.endswith(".basic-reference.npz"))
+    return sorted(
+        f[: -len(".npz")]
+        for f in os.listdir(folder)
+        if f.endswith(".npz") and not f.endswith(".basic-reference.npz")
+    )
 
 
 METHOD = "auto"
@@ -56,7 +60,9 @@ def fit(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray, li
     from shadeflow.core.estimate_dask import estimate_shading_dask
 
     with dask.config.set(scheduler="threads"):
-        result = estimate_shading_dask(da.from_array(images, chunks=(64, -1, -1)), darkfield, settings=EstimateSettings(method=METHOD))
+        result = estimate_shading_dask(
+            da.from_array(images, chunks=(64, -1, -1)), darkfield, settings=EstimateSettings(method=METHOD)
+        )
     return result.flatfield.astype(np.float64), result.darkfield.astype(np.float64), list(result.notes)
 
 
@@ -75,7 +81,11 @@ def held_out(images: np.ndarray, method) -> float:
     """Mean of the two held-out residuals (fit on one half, measure on the other)."""
     half = len(images) // 2
     first, second = images[:half], images[half:]
-    return float(np.mean([residual_shading(test, *method(train)[:2]) for train, test in ((first, second), (second, first))]))
+    return float(
+        np.mean(
+            [residual_shading(test, *method(train)[:2]) for train, test in ((first, second), (second, first))]
+        )
+    )
 
 
 def planted_shading(shape: tuple[int, int]) -> np.ndarray:
@@ -104,7 +114,11 @@ def planted_error(images: np.ndarray, darkfield: bool, flat: np.ndarray) -> floa
 def reference(name: str, shape: tuple[int, int], darkfield: bool) -> tuple[np.ndarray, np.ndarray]:
     """BaSiC's profiles, resized (bilinear) to the image shape."""
     ref = np.load(os.path.join(DATA, f"{name}.basic-reference.npz"))
-    flat, dark = (ref["flatfield"], ref["darkfield"]) if darkfield else (ref["flatfield_flatonly"], ref["darkfield_flatonly"])
+    flat, dark = (
+        (ref["flatfield"], ref["darkfield"])
+        if darkfield
+        else (ref["flatfield_flatonly"], ref["darkfield_flatonly"])
+    )
 
     def to_shape(a):
         return resize(a.astype(np.float64), shape, order=1, mode="edge", anti_aliasing=False)
@@ -113,7 +127,9 @@ def reference(name: str, shape: tuple[int, int], darkfield: bool) -> tuple[np.nd
 
 
 def median_reference(train: np.ndarray) -> tuple[np.ndarray, float]:
-    m = ndi.gaussian_filter(np.median(train.astype(np.float64), axis=0), 0.01 * train.shape[2], mode="nearest")
+    m = ndi.gaussian_filter(
+        np.median(train.astype(np.float64), axis=0), 0.01 * train.shape[2], mode="nearest"
+    )
     return m / m.mean(), 0.0
 
 
@@ -125,7 +141,11 @@ from basicpy import BaSiC
 images, darkfield, out = np.load(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 model = BaSiC(get_darkfield=darkfield)
 model.fit(images)
-np.savez(out, flatfield=np.asarray(model.flatfield, np.float64), darkfield=np.asarray(model.darkfield, np.float64))
+np.savez(
+    out,
+    flatfield=np.asarray(model.flatfield, np.float64),
+    darkfield=np.asarray(model.darkfield, np.float64),
+)
 """
 
 
@@ -138,11 +158,18 @@ def basicpy_fit(train: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndar
     with tempfile.TemporaryDirectory() as folder:
         stack, out = os.path.join(folder, "train.npy"), os.path.join(folder, "fit.npz")
         np.save(stack, train)
-        subprocess.run([BASICPY, "-c", BASICPY_FIT, stack, "1" if darkfield else "0", out], check=True, capture_output=True, timeout=900)
+        subprocess.run(
+            [BASICPY, "-c", BASICPY_FIT, stack, "1" if darkfield else "0", out],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
         fitted = np.load(out)
         shape = train.shape[1:]
-        return (resize(fitted["flatfield"], shape, order=1, mode="edge", anti_aliasing=False),
-                resize(fitted["darkfield"], shape, order=1, mode="edge", anti_aliasing=False))
+        return (
+            resize(fitted["flatfield"], shape, order=1, mode="edge", anti_aliasing=False),
+            resize(fitted["darkfield"], shape, order=1, mode="edge", anti_aliasing=False),
+        )
 
 
 def peak_rss_gib() -> float:
@@ -152,7 +179,13 @@ def peak_rss_gib() -> float:
 def run(name: str, darkfield: bool, repeats: int, quick: bool) -> dict:
     images = np.load(os.path.join(DATA, f"{name}.npz"))["images"]
     shape = images.shape[1:]
-    row = {"stack": name, "frames": int(images.shape[0]), "shape": list(shape), "dtype": str(images.dtype), "mode": "darkfield" if darkfield else "flat"}
+    row = {
+        "stack": name,
+        "frames": int(images.shape[0]),
+        "shape": list(shape),
+        "dtype": str(images.dtype),
+        "mode": "darkfield" if darkfield else "flat",
+    }
     try:
         before = peak_rss_gib()
         times = []
@@ -160,18 +193,36 @@ def run(name: str, darkfield: bool, repeats: int, quick: bool) -> dict:
             started = time.perf_counter()
             flat, dark, notes = fit(images, darkfield)
             times.append(time.perf_counter() - started)
-        row.update(fit_s=min(times), peak_gib=max(0.0, peak_rss_gib() - before), notes=notes, flat_min=float(flat.min()), flat_max=float(flat.max()), dark_mean=float(np.mean(dark)))
+        row.update(
+            fit_s=min(times),
+            peak_gib=max(0.0, peak_rss_gib() - before),
+            notes=notes,
+            flat_min=float(flat.min()),
+            flat_max=float(flat.max()),
+            dark_mean=float(np.mean(dark)),
+        )
         row["held_out"] = held_out(images, lambda train: fit(train, darkfield))
         row["planted_pct"] = None if quick else planted_error(images, darkfield, flat)
         row["failure"] = None
     except Exception as exc:  # a refused fit is a result here: it is reported, and it fails the target
-        row.update(failure=f"{type(exc).__name__}: {exc}", held_out=float("inf"), planted_pct=float("inf"), fit_s=None, peak_gib=None, notes=[])
+        row.update(
+            failure=f"{type(exc).__name__}: {exc}",
+            held_out=float("inf"),
+            planted_pct=float("inf"),
+            fit_s=None,
+            peak_gib=None,
+            notes=[],
+        )
     row["held_out_none"] = held_out(images, lambda train: (np.ones(shape), 0.0))
     row["held_out_basic"] = held_out(images, lambda train: reference(name, shape, darkfield))
     row["held_out_median"] = held_out(images, median_reference)
-    row["held_out_basicpy_half"] = held_out(images, lambda train: basicpy_fit(train, darkfield)) if os.path.exists(BASICPY) else None
+    row["held_out_basicpy_half"] = (
+        held_out(images, lambda train: basicpy_fit(train, darkfield)) if os.path.exists(BASICPY) else None
+    )
     row["ratio_to_basic"] = row["held_out"] / row["held_out_basic"]
-    row["meets"] = bool(row["failure"] is None and row["ratio_to_basic"] <= 1.1 and (quick or row["planted_pct"] <= 1.0))
+    row["meets"] = bool(
+        row["failure"] is None and row["ratio_to_basic"] <= 1.1 and (quick or row["planted_pct"] <= 1.0)
+    )
     return row
 
 
@@ -180,8 +231,10 @@ def line(row: dict) -> str:
     fit_s = "—" if row["fit_s"] is None else f"{row['fit_s']:.2f}"
     half = "—" if row["held_out_basicpy_half"] is None else f"{row['held_out_basicpy_half']:.3f}"
     return (
-        f"{row['stack']:22} {row['mode']:9} {row['held_out']:8.3f} {row['held_out_basic']:8.3f} {row['ratio_to_basic']:6.2f} "
-        f"{row['held_out_median']:8.3f} {row['held_out_none']:8.3f} {half:>8} {planted:>8} {fit_s:>6} {'yes' if row['meets'] else 'NO':>5}  "
+        f"{row['stack']:22} {row['mode']:9} {row['held_out']:8.3f} {row['held_out_basic']:8.3f} "
+        f"{row['ratio_to_basic']:6.2f} "
+        f"{row['held_out_median']:8.3f} {row['held_out_none']:8.3f} {half:>8} {planted:>8} {fit_s:>6} "
+        f"{'yes' if row['meets'] else 'NO':>5}  "
         f"{row['failure'] or '; '.join(row['notes'])}"
     )
 
@@ -190,22 +243,34 @@ def main() -> int:
     global METHOD, DATA
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=DATA, help="folder of <name>.npz and <name>.basic-reference.npz")
-    parser.add_argument("--repeats", type=int, default=1, help="timed fits per stack and mode (best reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed fits per stack and mode (best reported)"
+    )
     parser.add_argument("--quick", action="store_true", help="held-out residuals only (no planted shading)")
-    parser.add_argument("--method", default="auto", choices=("auto", "floor", "surface"), help="the estimator's method")
-    parser.add_argument("--out", default=None, help="folder for results.json (default bench-output/real-<method>)")
+    parser.add_argument(
+        "--method", default="auto", choices=("auto", "floor", "surface"), help="the estimator's method"
+    )
+    parser.add_argument(
+        "--out", default=None, help="folder for results.json (default bench-output/real-<method>)"
+    )
     args = parser.parse_args()
     METHOD, DATA = args.method, args.data  # every reader below takes the stacks and references from --data
     names = stacks(args.data)
     print(f"real stacks in {args.data}: {', '.join(names)}; method {METHOD}; load {os.getloadavg()[0]:.2f}")
-    print(f"{'stack':22} {'mode':9} {'held-out':>8} {'BaSiC':>8} {'ratio':>6} {'median':>8} {'none':>8} {'BaSiC½':>8} {'planted':>8} {'fit s':>6} {'meets':>5}  notes")
+    print(
+        f"{'stack':22} {'mode':9} {'held-out':>8} {'BaSiC':>8} {'ratio':>6} {'median':>8} {'none':>8} "
+        f"{'BaSiC½':>8} {'planted':>8} {'fit s':>6} {'meets':>5}  notes"
+    )
     rows = []
     for name in names:
         for darkfield in (False, True):
             rows.append(run(name, darkfield, args.repeats, args.quick))
             print(line(rows[-1]), flush=True)
     met = sum(r["meets"] for r in rows)
-    print(f"targets (held-out ≤ 1.1 × BaSiC reference, planted ≤ 1 %, fit succeeds) met on {met} of {len(rows)} stack-modes")
+    print(
+        f"targets (held-out ≤ 1.1 × BaSiC reference, planted ≤ 1 %, fit succeeds) met on {met} of "
+        f"{len(rows)} stack-modes"
+    )
     out = args.out or os.path.join(ROOT, "bench-output", f"real-{METHOD}")
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "results.json"), "w") as fh:

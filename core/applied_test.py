@@ -15,12 +15,12 @@ import numpy as np
 
 from shadeflow.core import storage
 from shadeflow.core.field_masks import stacking_masks, unpack_tissue_mask
-from shadeflow.core.morphology import upsample
 from shadeflow.core.flatfield import Flatfield, build_flatfield
 from shadeflow.core.illumination import Variation, layer_variation, mean_relative
 from shadeflow.core.meanimage import MASK_DIR, SlidePlan, read_corrected_field, read_mask_file
 from shadeflow.core.meanimage_outputs import output_url
 from shadeflow.core.models_csv import ModelError
+from shadeflow.core.morphology import upsample
 from shadeflow.core.slide import Field
 from shadeflow.core.smoothing import flatfield_sigma, masked_smooth
 from shadeflow.core.stack import CountAccumulator, FieldLogRow, MeanImageStack, mean_and_std_err
@@ -42,7 +42,9 @@ def split_fields(slide_id: str, bulk_keys: list[str], seed: int) -> Split:
     other slides are in the test (AstroPath's split was unseeded).
     """
     if len(bulk_keys) < 2:
-        raise ModelError(f"slide {slide_id}: {len(bulk_keys)} bulk field(s); the applied test needs at least 2 to split")
+        raise ModelError(
+            f"slide {slide_id}: {len(bulk_keys)} bulk field(s); the applied test needs at least 2 to split"
+        )
     rng = np.random.default_rng([seed, zlib.crc32(slide_id.encode())])
     chosen = set(rng.choice(len(bulk_keys), size=(len(bulk_keys) + 1) // 2, replace=False).tolist())
     return Split(
@@ -52,7 +54,14 @@ def split_fields(slide_id: str, bulk_keys: list[str], seed: int) -> Split:
     )
 
 
-def stacking_masks_from_files(mask_dir_url: str, key: str, shape: tuple[int, int], n_groups: int, guard_px: float = 0.0, binning: int = 1) -> np.ndarray:
+def stacking_masks_from_files(
+    mask_dir_url: str,
+    key: str,
+    shape: tuple[int, int],
+    n_groups: int,
+    guard_px: float = 0.0,
+    binning: int = 1,
+) -> np.ndarray:
     """(G, H, W) pixels to stack per layer group, from the mask files meanimage wrote for a field.
 
     Tissue comes from ``<key>_tissue_mask.bin``; group g's saturation from ``<key>_full_mask.bin``
@@ -74,8 +83,12 @@ def stacking_masks_from_files(mask_dir_url: str, key: str, shape: tuple[int, int
             saturation[g] = labels[..., g + 1] > last_blur
     if guard_px > 0 and binning > 1:
         cells_tissue, cells_saturation = tissue[::binning, ::binning], saturation[:, ::binning, ::binning]
-        if (upsample(cells_tissue, binning, shape) == tissue).all() and (upsample(cells_saturation, binning, shape) == saturation).all():
-            return upsample(stacking_masks(cells_tissue, cells_saturation, guard_px / binning), binning, shape)
+        if (upsample(cells_tissue, binning, shape) == tissue).all() and (
+            upsample(cells_saturation, binning, shape) == saturation
+        ).all():
+            return upsample(
+                stacking_masks(cells_tissue, cells_saturation, guard_px / binning), binning, shape
+            )
     return stacking_masks(tissue, saturation, guard_px)
 
 
@@ -90,9 +103,13 @@ def restack(plan: SlidePlan, fields: list[Field], half: str) -> MeanImageStack:
     accumulator = CountAccumulator.empty((n, h, w))
     for field in fields:
         image = read_corrected_field(plan, field)
-        masks = stacking_masks_from_files(mask_dir, field.key, (h, w), len(slide.layer_groups), plan.stacking_guard_px, plan.grid.binning)
+        masks = stacking_masks_from_files(
+            mask_dir, field.key, (h, w), len(slide.layer_groups), plan.stacking_guard_px, plan.grid.binning
+        )
         layers = accumulator.add(image, masks, slide.layer_groups, plan.params.min_pixel_fraction)
-        accumulator.fields.append(FieldLogRow(slide.slide_id, storage.basename(field.file), "bulk", half, layers))
+        accumulator.fields.append(
+            FieldLogRow(slide.slide_id, storage.basename(field.file), "bulk", half, layers)
+        )
     return accumulator.to_stack(plan.exposure_ms)
 
 
@@ -114,8 +131,20 @@ class LayerMetrics:
     def row(self) -> dict[str, float]:
         """A row of ``applied_flatfield_metrics.csv``."""
         out: dict[str, float] = {"layer_n": self.layer}
-        for name, value in (("pre", self.pre), ("post", self.post), ("pre_central", self.pre_central), ("post_central", self.post_central)):
-            out.update({f"{name}_p5": value.p5, f"{name}_p95": value.p95, f"{name}_spread": value.spread, f"{name}_std": value.std})
+        for name, value in (
+            ("pre", self.pre),
+            ("post", self.post),
+            ("pre_central", self.pre_central),
+            ("post_central", self.post_central),
+        ):
+            out.update(
+                {
+                    f"{name}_p5": value.p5,
+                    f"{name}_p95": value.p95,
+                    f"{name}_spread": value.spread,
+                    f"{name}_std": value.std,
+                }
+            )
         out["spread_change_percent"] = self.change(self.pre.spread, self.post.spread)
         out["std_change_percent"] = self.change(self.pre.std, self.post.std)
         out["central_spread_change_percent"] = self.change(self.pre_central.spread, self.post_central.spread)
@@ -139,13 +168,19 @@ class AppliedTestResult:
     def tested_layers(self) -> list[int]:
         """0-based layers stacked in both halves (the others say nothing about the flatfield)."""
         empty = set(self.flatfield.empty_layers)
-        return [i for i in range(len(self.metrics)) if self.corrected_stack.n_images[i] > 0 and i + 1 not in empty]
+        return [
+            i for i in range(len(self.metrics)) if self.corrected_stack.n_images[i] > 0 and i + 1 not in empty
+        ]
 
     def summary(self) -> dict[str, dict[str, float]]:
-        """AstroPath's tables over the tested layers: extremes and averaged spreads, before/after, whole/central; % change."""
+        """AstroPath's tables over the tested layers: extremes and averaged spreads, before/after,
+        whole/central; % change."""
         table: dict[str, dict[str, float]] = {}
         layers = self.tested_layers or list(range(len(self.metrics)))
-        for when, images, attr in (("pre", self.smoothed_pre[layers], "pre"), ("post", self.smoothed_post[layers], "post")):
+        for when, images, attr in (
+            ("pre", self.smoothed_pre[layers], "pre"),
+            ("post", self.smoothed_post[layers], "post"),
+        ):
             whole = [getattr(self.metrics[i], attr) for i in layers]
             centre = [getattr(self.metrics[i], f"{attr}_central") for i in layers]
             table[when] = {
@@ -157,12 +192,15 @@ class AppliedTestResult:
                 "mean_central_std": float(np.mean([v.std for v in centre])),
             }
         table["change_percent"] = {
-            key: LayerMetrics.change(table["pre"][key], table["post"][key]) for key in ("mean_spread", "mean_std", "mean_central_spread", "mean_central_std")
+            key: LayerMetrics.change(table["pre"][key], table["post"][key])
+            for key in ("mean_spread", "mean_std", "mean_central_spread", "mean_central_std")
         }
         return table
 
 
-def correct_mean_image(mean: np.ndarray, std_err: np.ndarray, flatfield: np.ndarray, uncertainty: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def correct_mean_image(
+    mean: np.ndarray, std_err: np.ndarray, flatfield: np.ndarray, uncertainty: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Corrected mean image m/F and its uncertainty, relative errors combined in quadrature.
 
     .. math:: c = m/F, \\qquad \\sigma_c = |c|\\sqrt{(\\sigma_m/m)^2 + (\\delta F/F)^2}
@@ -176,7 +214,12 @@ def correct_mean_image(mean: np.ndarray, std_err: np.ndarray, flatfield: np.ndar
     return corrected, error
 
 
-def evaluate(flatfield_stack: MeanImageStack, corrected_stack: MeanImageStack, sigma: float | None = None, border: str = "linear") -> AppliedTestResult:
+def evaluate(
+    flatfield_stack: MeanImageStack,
+    corrected_stack: MeanImageStack,
+    sigma: float | None = None,
+    border: str = "linear",
+) -> AppliedTestResult:
     """Build the test flatfield from one half, correct the other half's mean image, measure both.
 
     The evaluation smoothing is AstroPath's — a Gaussian of the same σ with replicated borders, then
@@ -194,4 +237,6 @@ def evaluate(flatfield_stack: MeanImageStack, corrected_stack: MeanImageStack, s
         before, before_central = layer_variation(pre[layer])
         after, after_central = layer_variation(post[layer])
         metrics.append(LayerMetrics(layer + 1, before, after, before_central, after_central))
-    return AppliedTestResult(model, flatfield_stack, corrected_stack, mean, corrected, error, pre, post, metrics)
+    return AppliedTestResult(
+        model, flatfield_stack, corrected_stack, mean, corrected, error, pre, post, metrics
+    )

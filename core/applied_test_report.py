@@ -30,8 +30,22 @@ from matplotlib.figure import Figure
 from shadeflow.core import storage
 from shadeflow.core.applied_test import AppliedTestResult, LayerMetrics, Split
 from shadeflow.core.illumination import central
-from shadeflow.core.report_pages import A4, LAYERS_PER_PAGE, ReportHeader, Tile, as_layer_groups, colour_limits, downsample, group_separators, mosaic, pages_of, table, table_pages, write_pdf
 from shadeflow.core.model_report import CENTRAL_LABEL
+from shadeflow.core.report_pages import (
+    A4,
+    LAYERS_PER_PAGE,
+    ReportHeader,
+    Tile,
+    as_layer_groups,
+    colour_limits,
+    downsample,
+    group_separators,
+    mosaic,
+    pages_of,
+    table,
+    table_pages,
+    write_pdf,
+)
 from shadeflow.core.slide import LayerGroup
 
 PRE_COLOUR, POST_COLOUR = "#d95f02", "#1b9e77"  # before / after correction
@@ -70,7 +84,9 @@ def intensity_series(result: AppliedTestResult, central_region: bool = False) ->
         variations = [getattr(m, f"{when}{suffix}") for m in result.metrics]
         series[f"{when}_p5"] = np.array([v.p5 for v in variations])
         series[f"{when}_p95"] = np.array([v.p95 for v in variations])
-        series[f"{when}_mean"] = np.array([float((central(layer) if central_region else layer).mean()) for layer in images])
+        series[f"{when}_mean"] = np.array(
+            [float((central(layer) if central_region else layer).mean()) for layer in images]
+        )
     return series
 
 
@@ -87,7 +103,9 @@ def reduction_series(result: AppliedTestResult, central_region: bool = False) ->
         series[f"{when}_spread"] = np.array([v.spread for v in variations])
         series[f"{when}_std"] = np.array([v.std for v in variations])
     for what in ("spread", "std"):
-        series[f"{what}_change_percent"] = np.array([LayerMetrics.change(a, b) for a, b in zip(series[f"pre_{what}"], series[f"post_{what}"])])
+        series[f"{what}_change_percent"] = np.array(
+            [LayerMetrics.change(a, b) for a, b in zip(series[f"pre_{what}"], series[f"post_{what}"])]
+        )
     return series
 
 
@@ -101,12 +119,34 @@ def summary_table(result: AppliedTestResult) -> tuple[list[str], list[list]]:
         centres = [central(layer) for layer in images]
         central_extremes[when] = (max(float(c.max()) for c in centres), min(float(c.min()) for c in centres))
     rows = [
-        ["max relative intensity", *(summary[w]["max_relative_intensity"] for w in ("pre", "post")), *(central_extremes[w][0] for w in ("pre", "post"))],
-        ["min relative intensity", *(summary[w]["min_relative_intensity"] for w in ("pre", "post")), *(central_extremes[w][1] for w in ("pre", "post"))],
-        ["mean spread (p5-p95)", *(summary[w]["mean_spread"] for w in ("pre", "post")), *(summary[w]["mean_central_spread"] for w in ("pre", "post"))],
-        ["mean std", *(summary[w]["mean_std"] for w in ("pre", "post")), *(summary[w]["mean_central_std"] for w in ("pre", "post"))],
+        [
+            "max relative intensity",
+            *(summary[w]["max_relative_intensity"] for w in ("pre", "post")),
+            *(central_extremes[w][0] for w in ("pre", "post")),
+        ],
+        [
+            "min relative intensity",
+            *(summary[w]["min_relative_intensity"] for w in ("pre", "post")),
+            *(central_extremes[w][1] for w in ("pre", "post")),
+        ],
+        [
+            "mean spread (p5-p95)",
+            *(summary[w]["mean_spread"] for w in ("pre", "post")),
+            *(summary[w]["mean_central_spread"] for w in ("pre", "post")),
+        ],
+        [
+            "mean std",
+            *(summary[w]["mean_std"] for w in ("pre", "post")),
+            *(summary[w]["mean_central_std"] for w in ("pre", "post")),
+        ],
     ]
-    header = ["", "whole image, before", "whole image, after", f"{CENTRAL_LABEL}, before", f"{CENTRAL_LABEL}, after"]
+    header = [
+        "",
+        "whole image, before",
+        "whole image, after",
+        f"{CENTRAL_LABEL}, before",
+        f"{CENTRAL_LABEL}, after",
+    ]
     return header, rows
 
 
@@ -129,7 +169,13 @@ def split_rows(splits: Sequence[Split], result: AppliedTestResult) -> list[list]
             if row.stacked_in_layers:
                 stacked[half, row.slide] = stacked.get((half, row.slide), 0) + 1
     return [
-        [s.slide_id, len(s.flatfield), stacked.get(("flatfield", s.slide_id), 0), len(s.corrected), stacked.get(("corrected", s.slide_id), 0)]
+        [
+            s.slide_id,
+            len(s.flatfield),
+            stacked.get(("flatfield", s.slide_id), 0),
+            len(s.corrected),
+            stacked.get(("corrected", s.slide_id), 0),
+        ]
         for s in splits
     ]
 
@@ -164,15 +210,37 @@ def _layer_axis(ax: Axes, layers: np.ndarray, groups: Sequence[LayerGroup], ylab
         group_separators(ax, groups)
 
 
-def intensities_figure(result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup] = ()) -> Figure:
+def intensities_figure(
+    result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup] = ()
+) -> Figure:
     """Per layer: 5th–95th percentile range (bar) and mean (dot) before and after correction."""
     s = intensity_series(result, central_region)
     fig = Figure(figsize=PLOT_SIZE)
     ax = fig.add_axes((0.09, 0.2, 0.86, 0.66))
-    for when, colour, offset, label in (("pre", PRE_COLOUR, -0.15, "before correction"), ("post", POST_COLOUR, 0.15, "after correction")):
+    for when, colour, offset, label in (
+        ("pre", PRE_COLOUR, -0.15, "before correction"),
+        ("post", POST_COLOUR, 0.15, "after correction"),
+    ):
         x = s["layer"] + offset
-        ax.vlines(x, s[f"{when}_p5"], s[f"{when}_p95"], color=colour, linewidth=4, alpha=0.6, label=f"{label}: 5th-95th percentile")
-        ax.plot(x, s[f"{when}_mean"], "o", color=colour, markersize=3, markeredgecolor="black", markeredgewidth=0.4, label=f"{label}: mean")
+        ax.vlines(
+            x,
+            s[f"{when}_p5"],
+            s[f"{when}_p95"],
+            color=colour,
+            linewidth=4,
+            alpha=0.6,
+            label=f"{label}: 5th-95th percentile",
+        )
+        ax.plot(
+            x,
+            s[f"{when}_mean"],
+            "o",
+            color=colour,
+            markersize=3,
+            markeredgecolor="black",
+            markeredgewidth=0.4,
+            label=f"{label}: mean",
+        )
     ax.axhline(1.0, color="0.5", linewidth=0.6)
     _layer_axis(ax, s["layer"], groups, "smoothed mean-relative intensity")
     ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=2, frameon=False)
@@ -180,24 +248,53 @@ def intensities_figure(result: AppliedTestResult, central_region: bool, groups: 
     return fig
 
 
-def reduction_figure(result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup] = ()) -> Figure:
+def reduction_figure(
+    result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup] = ()
+) -> Figure:
     """Per layer: spread and std before and after correction (top) and their % change (bottom)."""
     s = reduction_series(result, central_region)
     layers = s["layer"]
     fig = Figure(figsize=PLOT_SIZE)
     top = fig.add_axes((0.09, 0.52, 0.68, 0.34))
     for when, colour, label in (("pre", PRE_COLOUR, "before"), ("post", POST_COLOUR, "after")):
-        top.plot(layers, s[f"{when}_spread"], "-o", color=colour, markersize=2.5, linewidth=1, label=f"spread (p5-p95), {label}")
-        top.plot(layers, s[f"{when}_std"], "--s", color=colour, markersize=2.5, linewidth=1, label=f"std, {label}")
+        top.plot(
+            layers,
+            s[f"{when}_spread"],
+            "-o",
+            color=colour,
+            markersize=2.5,
+            linewidth=1,
+            label=f"spread (p5-p95), {label}",
+        )
+        top.plot(
+            layers, s[f"{when}_std"], "--s", color=colour, markersize=2.5, linewidth=1, label=f"std, {label}"
+        )
     top.set_ylim(bottom=0)
     _layer_axis(top, layers, groups, "mean-relative intensity")
     top.set_xlabel("")
     top.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
 
     bottom = fig.add_axes((0.09, 0.1, 0.68, 0.34), sharex=top)
-    mean_change = {what: np.nanmean(s[f"{what}_change_percent"]) if np.isfinite(s[f"{what}_change_percent"]).any() else np.nan for what in ("spread", "std")}
-    bottom.bar(layers - 0.2, s["spread_change_percent"], width=0.4, color="#7570b3", label=f"spread (mean {_fmt(mean_change['spread'], True)})")
-    bottom.bar(layers + 0.2, s["std_change_percent"], width=0.4, color="#e7298a", label=f"std (mean {_fmt(mean_change['std'], True)})")
+    mean_change = {
+        what: np.nanmean(s[f"{what}_change_percent"])
+        if np.isfinite(s[f"{what}_change_percent"]).any()
+        else np.nan
+        for what in ("spread", "std")
+    }
+    bottom.bar(
+        layers - 0.2,
+        s["spread_change_percent"],
+        width=0.4,
+        color="#7570b3",
+        label=f"spread (mean {_fmt(mean_change['spread'], True)})",
+    )
+    bottom.bar(
+        layers + 0.2,
+        s["std_change_percent"],
+        width=0.4,
+        color="#e7298a",
+        label=f"std (mean {_fmt(mean_change['std'], True)})",
+    )
     bottom.axhline(0, color="black", linewidth=0.6)
     _layer_axis(bottom, layers, (), "% change after correction")
     bottom.set_title("mean = average of the layers' % changes", fontsize=6, loc="left")
@@ -206,11 +303,15 @@ def reduction_figure(result: AppliedTestResult, central_region: bool, groups: Se
     return fig
 
 
-def _figure(kind: str, result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup]) -> Figure:
+def _figure(
+    kind: str, result: AppliedTestResult, central_region: bool, groups: Sequence[LayerGroup]
+) -> Figure:
     return (intensities_figure if kind == "intensities" else reduction_figure)(result, central_region, groups)
 
 
-def write_applied_test_plots(folder_url: str, result: AppliedTestResult, layer_groups: dict[str, list[int]] | None = None) -> list[str]:
+def write_applied_test_plots(
+    folder_url: str, result: AppliedTestResult, layer_groups: dict[str, list[int]] | None = None
+) -> list[str]:
     """Write AstroPath's four applied-test PNGs into ``folder_url``; returns their file names.
 
     ``layer_groups`` (``{name: [first, last]}``, optional) marks the groups on the layer axis.
@@ -228,7 +329,13 @@ def write_applied_test_plots(folder_url: str, result: AppliedTestResult, layer_g
 # --- the PDF ------------------------------------------------------------------------------------
 
 
-def write_applied_test_summary(url: str, result: AppliedTestResult, splits: list[Split], parameters: dict, layer_groups: dict[str, list[int]] | None = None) -> None:
+def write_applied_test_summary(
+    url: str,
+    result: AppliedTestResult,
+    splits: list[Split],
+    parameters: dict,
+    layer_groups: dict[str, list[int]] | None = None,
+) -> None:
     """Write ``applied_flatfield_summary.pdf`` to ``url``.
 
     Parameters
@@ -246,8 +353,10 @@ def write_applied_test_summary(url: str, result: AppliedTestResult, splits: list
     header = ReportHeader.of(
         "applied flatfield test",
         parameters,
-        f"{len(splits)} slides; {drawn[0]} fields drawn for the test flatfield, {drawn[1]} for the corrected mean image; "
-        f"seed {parameters.get('seed', 'not recorded')}; {n_layers} layers of {h}x{w} px; sigma {flatfield.sigma:g} px, {flatfield.border} borders",
+        f"{len(splits)} slides; {drawn[0]} fields drawn for the test flatfield, {drawn[1]} for the "
+        "corrected mean image; "
+        f"seed {parameters.get('seed', 'not recorded')}; {n_layers} layers of {h}x{w} px; sigma "
+        f"{flatfield.sigma:g} px, {flatfield.border} borders",
     )
     groups = as_layer_groups(layer_groups) if layer_groups else ()
     write_pdf(url, header.metadata("applied_flatfield_summary"), _pages(header, result, splits, groups))
@@ -257,18 +366,29 @@ def _values_table(ax: Axes, header: list[str], rows: list[list], percent: bool =
     table(ax, [[name, *(_fmt(v, percent) for v in values)] for name, *values in rows], header, 7, row_in=0.2)
 
 
-def _pages(header: ReportHeader, result: AppliedTestResult, splits: Sequence[Split], groups: Sequence[LayerGroup]) -> Iterator[Figure]:
+def _pages(
+    header: ReportHeader, result: AppliedTestResult, splits: Sequence[Split], groups: Sequence[LayerGroup]
+) -> Iterator[Figure]:
     slide_pages = table_pages(split_rows(splits, result), first=35)
     fig = Figure(figsize=A4)
     top = header.draw(
         fig,
         "applied flatfield summary",
         [
-            "Each slide's bulk fields split in two seeded halves: one builds a test flatfield F, the other's mean image is divided by F.",
-            "Metrics: the mean image smoothed (Gaussian, same sigma), divided by its layer mean; percentiles and std per layer.",
+            "Each slide's bulk fields split in two seeded halves: one builds a test flatfield F, the "
+            "other's mean image is divided by F.",
+            "Metrics: the mean image smoothed (Gaussian, same sigma), divided by its layer mean; "
+            "percentiles and std per layer.",
         ],
     )
-    fig.text(0.06, top, "Illumination variation before and after correction (averages over layers)", fontsize=9, weight="bold", va="top")
+    fig.text(
+        0.06,
+        top,
+        "Illumination variation before and after correction (averages over layers)",
+        fontsize=9,
+        weight="bold",
+        va="top",
+    )
     table_header, rows = summary_table(result)
     _values_table(_axes(fig, top - 0.02, 0.12), table_header, rows)
     top -= 0.16
@@ -276,7 +396,14 @@ def _pages(header: ReportHeader, result: AppliedTestResult, splits: Sequence[Spl
     table_header, rows = change_table(result)
     _values_table(_axes(fig, top - 0.02, 0.065), table_header, rows, percent=True)
     top -= 0.11
-    fig.text(0.06, top, f"Fields per slide ({len(splits)} slides; stacked = in at least one layer)", fontsize=9, weight="bold", va="top")
+    fig.text(
+        0.06,
+        top,
+        f"Fields per slide ({len(splits)} slides; stacked = in at least one layer)",
+        fontsize=9,
+        weight="bold",
+        va="top",
+    )
     if slide_pages[0]:
         table(_axes(fig, top - 0.02, top - 0.05), slide_pages[0], SPLIT_TABLE_HEADER, 6)
     yield fig
@@ -290,7 +417,8 @@ def _pages(header: ReportHeader, result: AppliedTestResult, splits: Sequence[Spl
         if page == 0:
             fig.text(0.06, 0.975, "Illumination variation per layer", fontsize=11, weight="bold", va="top")
             fig.text(
-                0.06, 0.95, f"spread = 95th - 5th percentile of the smoothed mean-relative intensity; c. = {CENTRAL_LABEL}; % = change after correction",
+                0.06, 0.95, "spread = 95th - 5th percentile of the smoothed mean-relative intensity; c. = "
+                            f"{CENTRAL_LABEL}; % = change after correction",
                 fontsize=7, va="top",
             )  # fmt: skip
         table(_axes(fig, 0.93, 0.9), rows, LAYER_TABLE_HEADER, 5)
@@ -333,7 +461,8 @@ def _layer_pages(result: AppliedTestResult, groups: Sequence[LayerGroup]) -> Ite
 
 
 def shared_limits(*images: np.ndarray) -> tuple[float, float]:
-    """One colour range for mean-relative images, symmetric about 1, wide enough for each one's robust range."""
+    """One colour range for mean-relative images, symmetric about 1, wide enough for each one's robust
+    range."""
     half = max(max(abs(lo - 1.0), abs(hi - 1.0)) for lo, hi in (colour_limits(image) for image in images))
     half = max(half, 1e-3)
     return 1.0 - half, 1.0 + half

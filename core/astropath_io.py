@@ -26,13 +26,18 @@ def encode_bin(layers: np.ndarray, dtype: str | np.dtype) -> bytes:
     return np.ascontiguousarray(np.moveaxis(layers, 0, -1), dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
 
 
-def decode_bin(data: bytes, shape: tuple[int, int, int], dtype: str | np.dtype, what: str = ".bin") -> np.ndarray:
+def decode_bin(
+    data: bytes, shape: tuple[int, int, int], dtype: str | np.dtype, what: str = ".bin"
+) -> np.ndarray:
     """(L, H, W) array from AstroPath's interleaved bytes; ``shape`` is (H, W, L)."""
     dtype = np.dtype(dtype).newbyteorder("<")
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) != expected:
         h, w, l = shape
-        raise BinFormatError(f"{what}: {len(data)} bytes, expected {expected} for {h}x{w}x{l} {dtype.name} (truncated or corrupt?)")
+        raise BinFormatError(
+            f"{what}: {len(data)} bytes, expected {expected} for {h}x{w}x{l} {dtype.name} (truncated or "
+            "corrupt?)"
+        )
     interleaved = np.frombuffer(data, dtype=dtype).reshape(shape)
     return np.ascontiguousarray(np.moveaxis(interleaved, -1, 0)).astype(dtype.newbyteorder("="), copy=False)
 

@@ -37,6 +37,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from shadeflow.core.correction import non_finite_voxels
+from shadeflow.core.ome_zarr_io import CANONICAL, TileError, to_canonical
+
 SURVEY_MIN_YX = 128
 SURVEY_MAX_SAMPLES = 2**24
 MIN_SLICES = 3
@@ -102,7 +105,9 @@ def select_quiet_slices(
     """
     n = survey.shape[0]
     if n < min_slices:
-        raise BackgroundError(f"{n} slice{'s' if n != 1 else ''}; estimating a background needs at least {min_slices}")
+        raise BackgroundError(
+            f"{n} slice{'s' if n != 1 else ''}; estimating a background needs at least {min_slices}"
+        )
     survey3 = survey.reshape(n, survey.shape[-2] if survey.ndim > 2 else 1, -1).astype(np.float32, copy=False)
     planes = survey3.reshape(n, -1)
     stds = planes.std(axis=1)
@@ -116,7 +121,9 @@ def select_quiet_slices(
     def bright_fractions(keep: list[int], test: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         # μ: per-pixel median of the kept slices, smoothed so it follows the background's shape
         # (haze, vignetting) but not the noise of a few slices
-        mu_map = ndi.gaussian_filter(np.median(survey3[keep], axis=0), MU_SMOOTHING, mode="nearest").reshape(-1)
+        mu_map = ndi.gaussian_filter(np.median(survey3[keep], axis=0), MU_SMOOTHING, mode="nearest").reshape(
+            -1
+        )
         # σ: the noise, from differences of neighbouring pixels (structure cancels there, so a
         # slice with tissue cannot inflate it and pass as background)
         sigma_ = noise_sigma(survey3[keep])
@@ -132,7 +139,10 @@ def select_quiet_slices(
         kept = survivors
     fallback = None
     if not kept:
-        fallback = f"every one of the {len(candidates)} candidate slices had more than {max_bright_fraction:.0%} of its voxels above μ + {sigma_factor:g}σ; used the candidates anyway"
+        fallback = (
+            f"every one of the {len(candidates)} candidate slices had more than "
+            f"{max_bright_fraction:.0%} of its voxels above μ + {sigma_factor:g}σ; used the candidates anyway"
+        )
         kept = list(candidates)
         _, mu_map, sigma = bright_fractions(kept, np.array(kept))
         mu = float(np.median(mu_map))
@@ -143,12 +153,22 @@ def select_quiet_slices(
         kept = sorted(set(kept) | set(quiet[: max(0, max_slices - len(kept))]))
         mu = float(np.median(mu_map))
         if len(kept) < min_slices:
-            notes.append(f"only {len(kept)} slice{'s' if len(kept) != 1 else ''} passed the rejection (fewer than {min_slices}); the background is noisier than usual")
+            notes.append(
+                f"only {len(kept)} slice{'s' if len(kept) != 1 else ''} passed the rejection (fewer than "
+                f"{min_slices}); the background is noisier than usual"
+            )
     kept = sorted(kept, key=lambda i: stds[i])[:max_slices]
     return QuietSlices(sorted(kept), sorted(candidates), iterations, mu, float(sigma), fallback, notes)
 
 
-def map_planes(indices: list[int], source_scale: float, source_translation: float, target_scale: float, target_translation: float, n_target: int) -> list[int]:
+def map_planes(
+    indices: list[int],
+    source_scale: float,
+    source_translation: float,
+    target_scale: float,
+    target_translation: float,
+    n_target: int,
+) -> list[int]:
     """Planes of a target level that overlap the given planes of a source level, by physical z.
 
     Plane i of a level with scale s and translation t is centred at ``t + i·s`` and spans half a
@@ -178,16 +198,23 @@ class Background:
 def constant_background(values: list[float], n_channels: int, kind: str = "value") -> Background:
     """One value for every channel, or one value per channel."""
     if len(values) not in (1, n_channels):
-        raise BackgroundError(f"{len(values)} background values for {n_channels} channels; give one value or one per channel")
-    array = np.array(values * n_channels if len(values) == 1 else values, np.float32).reshape(n_channels, 1, 1)
+        raise BackgroundError(
+            f"{len(values)} background values for {n_channels} channels; give one value or one per channel"
+        )
+    array = np.array(values * n_channels if len(values) == 1 else values, np.float32).reshape(
+        n_channels, 1, 1
+    )
     if kind == "none":
         return Background(array, "none", "none", {"kind": "none"})
     text = ", ".join(f"{v:g}" for v in values)
-    return Background(array, "value", f"value {text}", {"kind": "value", "values": [float(v) for v in values]})
+    return Background(
+        array, "value", f"value {text}", {"kind": "value", "values": [float(v) for v in values]}
+    )
 
 
 def survey_level(image, level):
-    """The level the background estimate surveys for ``level`` of ``image`` (step 1 of the module description)."""
+    """The level the background estimate surveys for ``level`` of ``image`` (step 1 of the module
+    description)."""
     roles = image.roles
     return image.levels[_survey_level(image.levels, level.index, roles.index("z") if "z" in roles else None)]
 
@@ -211,15 +238,15 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
     """
     import dask.array as da
 
-    from shadeflow.core.ome_zarr_io import to_canonical
-
     roles = image.roles
     target5 = to_canonical(da.from_zarr(image.array(level)), roles)
     n_t, n_c, n_z, n_y, n_x = target5.shape
     if n_t * n_z < min_slices:
         raise BackgroundError(
-            f"tile {image.url}: {n_t * n_z} slice{'s' if n_t * n_z != 1 else ''} (z planes × time points) at level {level.path}; "
-            f"--background estimate needs at least {min_slices} — use --background VALUE, --darkfield URL or --background none"
+            f"tile {image.url}: {n_t * n_z} slice{'s' if n_t * n_z != 1 else ''} (z planes × time points) "
+            f"at level {level.path}; "
+            f"--background estimate needs at least {min_slices} — use --background VALUE, --darkfield URL "
+            "or --background none"
         )
     z_axis = roles.index("z") if "z" in roles else None
     survey_level = image.levels[_survey_level(image.levels, level.index, z_axis)]
@@ -245,10 +272,14 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
             zs = [i - t * s_z for i in quiet.indices if t * s_z <= i < (t + 1) * s_z]
             selected += [(t, z) for z in map_planes(zs, ss, st, ts, tt, n_z)]
         if len(selected) > MAX_MEDIAN_PLANES:  # the survey was coarser in z: keep an even subset
-            selected = [selected[i] for i in np.linspace(0, len(selected) - 1, MAX_MEDIAN_PLANES).round().astype(int)]
+            selected = [
+                selected[i] for i in np.linspace(0, len(selected) - 1, MAX_MEDIAN_PLANES).round().astype(int)
+            ]
         plane_lists.append(selected)
         if quiet.fallback:
-            warnings.append(f"tile {image.url} channel {c}: background slice rejection fell back: {quiet.fallback}")
+            warnings.append(
+                f"tile {image.url} channel {c}: background slice rejection fell back: {quiet.fallback}"
+            )
         warnings += [f"tile {image.url} channel {c}: {note}" for note in quiet.notes]
         per_channel.append(
             {
@@ -274,11 +305,10 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
     fields = np.stack([np.asarray(r, np.float32) for r in results])
     for c, (f, selected) in enumerate(zip(fields, plane_lists)):
         if not np.isfinite(f).all():  # a NaN the strided survey stepped over
-            from shadeflow.core.ome_zarr_io import TileError
-
             planes = ", ".join(f"t={t} z={z}" if n_t > 1 else f"z={z}" for t, z in selected[:5])
             raise TileError(
-                f"tile {image.url} channel {c}: non-finite values (NaN or ±inf) in the background planes at level {level.path} ({planes}{', …' if len(selected) > 5 else ''}); "
+                f"tile {image.url} channel {c}: non-finite values (NaN or ±inf) in the background planes at "
+                f"level {level.path} ({planes}{', …' if len(selected) > 5 else ''}); "
                 "non-finite voxels cannot be corrected — fix or replace them in the input"
             )
     for entry, f in zip(per_channel, fields):
@@ -288,7 +318,8 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
         "kind": "estimate",
         "survey_level": survey_level.path,
         "survey_stride": stride,
-        "method": "per-pixel median of the quietest slices (rank candidates, per-pixel μ, noise σ, 3σ / 1% rejection)",
+        "method": "per-pixel median of the quietest slices (rank candidates, per-pixel μ, noise σ, 3σ / 1% "
+        "rejection)",
         "channels": per_channel,
     }
     return Background(fields, "estimate", summary, details, warnings)
@@ -297,8 +328,6 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
 def _refuse_non_finite(image, level, survey: np.ndarray, stride: int) -> None:
     """A NaN or ±inf in the survey would make the background NaN and every corrected voxel with it:
     refuse, naming where (in the tile's own axes and the survey level's coordinates)."""
-    from shadeflow.core.correction import non_finite_voxels
-    from shadeflow.core.ome_zarr_io import CANONICAL, TileError
 
     bad = non_finite_voxels(survey)
     if bad is None:
@@ -308,7 +337,8 @@ def _refuse_non_finite(image, level, survey: np.ndarray, stride: int) -> None:
     where = ", ".join(f"{name}={at[role]}" for name, role in zip(image.axis_names, image.roles))
     raise TileError(
         f"tile {image.url}: non-finite values (NaN or ±inf) at level {level.path}, the first at {where} "
-        f"({len(bad)} of the {survey.size} voxels surveyed); non-finite voxels cannot be corrected — fix or replace them in the input"
+        f"({len(bad)} of the {survey.size} voxels surveyed); non-finite voxels cannot be corrected — fix or "
+        "replace them in the input"
     )
 
 

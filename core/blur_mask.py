@@ -20,7 +20,9 @@ from shadeflow.core.slide import LayerGroup
 _HEAVY_GROUPS = ("dapi", "fitc")
 
 
-def normalized_laplacian(image: np.ndarray, presmooth_sigma: float, binning: int) -> tuple[np.ndarray, np.ndarray]:
+def normalized_laplacian(
+    image: np.ndarray, presmooth_sigma: float, binning: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Block means of NL and NL² on the working grid, where NL = Laplacian ÷ local mean.
 
     .. math:: NL = \\frac{\\Delta S}{\\bar S_+}, \\qquad \\bar S_+ = \\tfrac15(S + \\text{4 neighbours})
@@ -42,7 +44,10 @@ def normalized_laplacian(image: np.ndarray, presmooth_sigma: float, binning: int
     nl_binned, nl2_binned = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
     tiny = np.finfo(np.float32).tiny
     # three full-resolution float32 layers, reused by this thread for every layer of every field
-    s, neighbours, denominator = (buffers.scratch(f"nl-{name}", (h, w), np.float32) for name in ("smoothed", "neighbours", "denominator"))
+    s, neighbours, denominator = (
+        buffers.scratch(f"nl-{name}", (h, w), np.float32)
+        for name in ("smoothed", "neighbours", "denominator")
+    )
     for i, layer in enumerate(image):
         if presmooth_sigma > 0:
             # kernel to 3σ: OpenCV's 9-tap σ=1 kernel has ±4 taps of 1.3e-4; 7 taps are ~20 % faster
@@ -86,7 +91,8 @@ _DIRECT_WINDOW_MAX = 16
 def window_mean(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """Mean of each layer over an elliptical window (reflected borders).
 
-    Small windows (the 15-px one is 3×3 on the 4×-binned grid) are direct correlations; larger ones FFT convolutions.
+    Small windows (the 15-px one is 3×3 on the 4×-binned grid) are direct correlations; larger ones FFT
+    convolutions.
     """
     if footprint.size == 1:
         return stack
@@ -94,28 +100,48 @@ def window_mean(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     if footprint.sum() <= _DIRECT_WINDOW_MAX:
         return ndi.correlate(stack, kernel[None], mode="mirror")
     r = footprint.shape[0] // 2
-    padded = np.pad(stack, ((0, 0), (r, r), (r, r)), mode="reflect" if min(stack.shape[1:]) > r else "symmetric")
+    padded = np.pad(
+        stack, ((0, 0), (r, r), (r, r)), mode="reflect" if min(stack.shape[1:]) > r else "symmetric"
+    )
     return signal.fftconvolve(padded, kernel[None], mode="valid", axes=(1, 2)).astype(np.float32)
 
 
-def sharpness(nl: np.ndarray, nl2: np.ndarray, grid: WorkingGrid, params: MaskParameters) -> tuple[np.ndarray, np.ndarray]:
+def sharpness(
+    nl: np.ndarray, nl2: np.ndarray, grid: WorkingGrid, params: MaskParameters
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised Laplacian variance over the 45-px window, and its mean over the 15-px window, per layer."""
     window = morph.ellipse(grid.length(params.nlv_window))
     nlv = np.abs(window_mean(nl2, window) - window_mean(nl, window) ** 2)
     return nlv, window_mean(nlv, morph.ellipse(grid.length(params.nlv_mean_window)))
 
 
-def sharp_layers(nlv: np.ndarray, nlv_mean: np.ndarray, cut: np.ndarray, mean_cut: np.ndarray, grid: WorkingGrid, params: MaskParameters) -> np.ndarray:
+def sharp_layers(
+    nlv: np.ndarray,
+    nlv_mean: np.ndarray,
+    cut: np.ndarray,
+    mean_cut: np.ndarray,
+    grid: WorkingGrid,
+    params: MaskParameters,
+) -> np.ndarray:
     """Per-layer sharp masks: variance or its local mean above the cut, then open, close and erode."""
     sharp = (nlv > cut[:, None, None]) | (nlv_mean > mean_cut[:, None, None])
     fp = morph.ellipse(grid.length(params.layer_morph))
-    cleaned = morph.erode(morph.close(morph.open_(sharp, fp), fp), morph.ellipse(grid.length(params.sharp_erode)))
+    cleaned = morph.erode(
+        morph.close(morph.open_(sharp, fp), fp), morph.ellipse(grid.length(params.sharp_erode))
+    )
     uniform = sharp.all(axis=(1, 2)) | ~sharp.any(axis=(1, 2))
     cleaned[uniform] = sharp[uniform]
     return cleaned
 
 
-def morph_filter(flagged: np.ndarray, tissue: np.ndarray, min_pixels: float, min_size: float, grid: WorkingGrid, params: MaskParameters) -> np.ndarray:
+def morph_filter(
+    flagged: np.ndarray,
+    tissue: np.ndarray,
+    min_pixels: float,
+    min_size: float,
+    grid: WorkingGrid,
+    params: MaskParameters,
+) -> np.ndarray:
     """AstroPath's clean-up of a blur flag mask (``get_morphed_and_filtered_mask``).
 
     Flags near existing flags may grow into tissue along a smoothed version of the mask; then
@@ -171,8 +197,12 @@ def blur_mask(
         return fold
     cut, mean_cut = params.cuts.dust_cut
     n = dapi.size
-    dust_sharp = sharp_layers(nlv[dapi.index], nlv_mean[dapi.index], np.full(n, cut), np.full(n, mean_cut), grid, params)
-    dust = morph_filter(dust_sharp.sum(axis=0) <= 0.5 * n, tissue, params.dust_min_pixels, params.dust_min_size, grid, params)
+    dust_sharp = sharp_layers(
+        nlv[dapi.index], nlv_mean[dapi.index], np.full(n, cut), np.full(n, mean_cut), grid, params
+    )
+    dust = morph_filter(
+        dust_sharp.sum(axis=0) <= 0.5 * n, tissue, params.dust_min_pixels, params.dust_min_size, grid, params
+    )
     if dust.any():
         labels, count = morph.label_regions(dust)
         size = np.bincount(labels.ravel(), minlength=count + 1)

@@ -17,6 +17,7 @@ import numpy as np
 
 from shadeflow.core import astropath_io, storage
 from shadeflow.core.failpoints import reached
+from shadeflow.core.meanimage_outputs import output_url
 from shadeflow.core.models_csv import ModelError, check_version_name, read_models_csv, select_version
 from shadeflow.core.outputs import MANIFEST, WRITING
 from shadeflow.core.slide import SLIDE_JSON
@@ -41,7 +42,6 @@ class SlideRef:
     def meanimage_url(self) -> str:
         # deferred: meanimage_outputs pulls in the mask modules (scipy.signal, ~0.7 s), which the
         # command line's checks of slides and roots must not wait for
-        from shadeflow.core.meanimage_outputs import output_url
 
         return output_url(self.url)
 
@@ -63,7 +63,9 @@ def _slide_folders(root: str) -> list[str]:
     return sorted(names)
 
 
-def find_slides(roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None) -> list[SlideRef]:
+def find_slides(
+    roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None
+) -> list[SlideRef]:
     """Slides under ``roots``: those named in ``slide_ids`` (each must exist exactly once), or all whose
     SlideID matches ``pattern`` from its start (AstroPath's ``--sampleregex``)."""
     roots = [storage.normalize(r) for r in roots]
@@ -80,9 +82,14 @@ def find_slides(roots: list[str], slide_ids: list[str] | None = None, pattern: s
     for slide_id in wanted:
         found = where.get(slide_id, [])
         if not found:
-            raise ModelError(f"slide {slide_id} not found under {', '.join(roots)} (no {slide_id}/{SLIDE_JSON})")
+            raise ModelError(
+                f"slide {slide_id} not found under {', '.join(roots)} (no {slide_id}/{SLIDE_JSON})"
+            )
         if len(found) > 1:
-            raise ModelError(f"slide {slide_id} is in more than one root: {', '.join(found)}; SlideIDs must be unique across roots")
+            raise ModelError(
+                f"slide {slide_id} is in more than one root: {', '.join(found)}; SlideIDs must be unique "
+                "across roots"
+            )
         refs.append(_slide_ref(found[0], slide_id))
     return refs
 
@@ -104,7 +111,9 @@ def _slide_ref(root: str, slide_id: str) -> SlideRef:
     )
 
 
-def slides_with_meanimages(roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None) -> list[SlideRef]:
+def slides_with_meanimages(
+    roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None
+) -> list[SlideRef]:
     """The slides :func:`find_slides` selects, each with a usable mean image, all of one shape and
     layer groups; an error naming the roots when none match. Reads only listings and small files."""
     refs = find_slides(roots, slide_ids=slide_ids, pattern=pattern)
@@ -126,7 +135,13 @@ def model_slides(version: str, models_csv: str, roots: list[str]) -> list[SlideR
 
 def meanimage_files(ref: SlideRef) -> list[str]:
     sid = ref.slide_id
-    return [f"{sid}-mean_image.bin", f"{sid}-std_err_of_mean_image.bin", f"{sid}-sum_images_squared.bin", f"{sid}-mask_stack.bin", "fields_used.csv"]
+    return [
+        f"{sid}-mean_image.bin",
+        f"{sid}-std_err_of_mean_image.bin",
+        f"{sid}-sum_images_squared.bin",
+        f"{sid}-mask_stack.bin",
+        "fields_used.csv",
+    ]
 
 
 def check_meanimage(ref: SlideRef) -> None:
@@ -135,17 +150,23 @@ def check_meanimage(ref: SlideRef) -> None:
     present = storage.file_sizes(folder)
     made_by_shadeflow = any(name.startswith(f"{ref.slide_id}-meanimage.zarr/") for name in present)
     if made_by_shadeflow and (MANIFEST not in present or WRITING in present):
-        raise ModelError(f"slide {ref.slide_id}: the mean image in {folder} is incomplete (no {MANIFEST}, or still being written); rerun meanimage")
+        raise ModelError(
+            f"slide {ref.slide_id}: the mean image in {folder} is incomplete (no {MANIFEST}, or still being "
+            "written); rerun meanimage"
+        )
     missing = [name for name in meanimage_files(ref) if name not in present]
     if missing:
         what = "no meanimage output" if not present else f"missing {', '.join(missing)}"
-        raise ModelError(f"slide {ref.slide_id}: {what} in {folder}; run `shadeflow meanimage {ref.url}` first")
+        raise ModelError(
+            f"slide {ref.slide_id}: {what} in {folder}; run `shadeflow meanimage {ref.url}` first"
+        )
     expected = int(np.prod(ref.shape)) * 8  # float64 images and the uint64 mask stack
     for name in meanimage_files(ref)[:4]:
         if present[name] != expected:
             h, w, l = ref.shape
             raise ModelError(
-                f"slide {ref.slide_id}: {storage.join(folder, name)} has {present[name]} bytes, expected {expected} "
+                f"slide {ref.slide_id}: {storage.join(folder, name)} has {present[name]} bytes, expected "
+                f"{expected} "
                 f"for {h}x{w}x{l} (truncated or corrupt?)"
             )
 
@@ -157,7 +178,10 @@ def check_compatible(refs: list[SlideRef]) -> None:
     first = refs[0]
     for ref in refs[1:]:
         if ref.shape != first.shape:
-            raise ModelError(f"slides {first.slide_id} and {ref.slide_id} have different shapes {first.shape} and {ref.shape}")
+            raise ModelError(
+                f"slides {first.slide_id} and {ref.slide_id} have different shapes {first.shape} and "
+                f"{ref.shape}"
+            )
         if ref.layer_groups != first.layer_groups:
             raise ModelError(f"slides {first.slide_id} and {ref.slide_id} have different layer groups")
 
@@ -165,9 +189,20 @@ def check_compatible(refs: list[SlideRef]) -> None:
 def read_field_log(ref: SlideRef) -> list[FieldLogRow]:
     rows = astropath_io.read_csv(ref.file("fields_used.csv"))
     try:
-        return [FieldLogRow(r["slide"], r["file"], r["location"], r["use"], tuple(ast.literal_eval(r["stacked_in_layers"] or "[]"))) for r in rows]
+        return [
+            FieldLogRow(
+                r["slide"],
+                r["file"],
+                r["location"],
+                r["use"],
+                tuple(ast.literal_eval(r["stacked_in_layers"] or "[]")),
+            )
+            for r in rows
+        ]
     except (KeyError, ValueError, SyntaxError) as exc:
-        raise ModelError(f"slide {ref.slide_id}: {ref.file('fields_used.csv')} is not a fields_used table ({exc})") from None
+        raise ModelError(
+            f"slide {ref.slide_id}: {ref.file('fields_used.csv')} is not a fields_used table ({exc})"
+        ) from None
 
 
 def load_mean_image(ref: SlideRef) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -190,7 +225,9 @@ def load_stack(ref: SlideRef) -> MeanImageStack:
     sid = ref.slide_id
     try:
         mean = astropath_io.read_bin(ref.file(f"{sid}-mean_image.bin"), ref.shape, "float64")
-        count = astropath_io.read_bin(ref.file(f"{sid}-mask_stack.bin"), ref.shape, "uint64").astype(np.uint32)
+        count = astropath_io.read_bin(ref.file(f"{sid}-mask_stack.bin"), ref.shape, "uint64").astype(
+            np.uint32
+        )
         total = mean * count
         del mean
         sum_sq = astropath_io.read_bin(ref.file(f"{sid}-sum_images_squared.bin"), ref.shape, "float64")
@@ -201,7 +238,13 @@ def load_stack(ref: SlideRef) -> MeanImageStack:
     for row in fields:
         for layer in row.stacked_in_layers:
             n_images[layer - 1] += 1
-    return MeanImageStack(sum=total, sum_sq=sum_sq, count=count, n_images=n_images, fields=[r for r in fields if r.use == "stacking"])
+    return MeanImageStack(
+        sum=total,
+        sum_sq=sum_sq,
+        count=count,
+        n_images=n_images,
+        fields=[r for r in fields if r.use == "stacking"],
+    )
 
 
 def read_stacked_metadata(ref: SlideRef) -> list[dict[str, str]]:

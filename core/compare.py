@@ -36,7 +36,14 @@ from shadeflow.core.cohort import SlideRef, load_mean_image
 from shadeflow.core.models_csv import ModelError
 
 TABLE_NAME = "meanimagecomparison_table.csv"
-TABLE_COLUMNS = ("root_dir_1", "slide_ID_1", "root_dir_2", "slide_ID_2", "layer_n", "delta_over_sigma_std_dev")
+TABLE_COLUMNS = (
+    "root_dir_1",
+    "slide_ID_1",
+    "root_dir_2",
+    "slide_ID_2",
+    "layer_n",
+    "delta_over_sigma_std_dev",
+)
 WORKDIR_NAME = "meanimagecomparison"
 DEFAULT_BAND = (0.85, 1.15)
 
@@ -119,7 +126,9 @@ def delta_over_sigma(m1: np.ndarray, s1: np.ndarray, m2: np.ndarray, s2: np.ndar
         return (m1 - m2) / np.sqrt(np.square(s1) + np.square(s2))
 
 
-def layer_statistic(m1: np.ndarray, s1: np.ndarray, c1: np.ndarray, m2: np.ndarray, s2: np.ndarray, c2: np.ndarray) -> float:
+def layer_statistic(
+    m1: np.ndarray, s1: np.ndarray, c1: np.ndarray, m2: np.ndarray, s2: np.ndarray, c2: np.ndarray
+) -> float:
     """Standard deviation of δ/σ over the pixels both slides cover (one layer).
 
     Pixels count when both slides stacked at least one image there (``c1 & c2``) and d is finite.
@@ -152,11 +161,16 @@ def pair_statistics(a: NormalisedMeanImage, b: NormalisedMeanImage) -> np.ndarra
     if a.mean.shape != b.mean.shape:
         raise ValueError(f"mean images of different shapes {a.mean.shape} and {b.mean.shape}")
     return np.array(
-        [layer_statistic(a.mean[l], a.std_err[l], a.covered[l], b.mean[l], b.std_err[l], b.covered[l]) for l in range(a.mean.shape[0])]
+        [
+            layer_statistic(a.mean[l], a.std_err[l], a.covered[l], b.mean[l], b.std_err[l], b.covered[l])
+            for l in range(a.mean.shape[0])
+        ]
     )
 
 
-def unusable_reason(mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, min_images_stacked: int = 1) -> str | None:
+def unusable_reason(
+    mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, min_images_stacked: int = 1
+) -> str | None:
     """Why a slide's mean image cannot be compared, or None if it can (AstroPath's skip rules).
 
     A slide is skipped when some pixel of some layer has fewer than ``min_images_stacked`` images
@@ -165,7 +179,9 @@ def unusable_reason(mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, mi
     """
     fewest = int(count.min()) if count.size else 0
     if fewest < min_images_stacked:
-        return f"fewest images stacked in a pixel is {fewest}, below --min-images-stacked {min_images_stacked}"
+        return (
+            f"fewest images stacked in a pixel is {fewest}, below --min-images-stacked {min_images_stacked}"
+        )
     if not np.isfinite(mean).all() or not np.isfinite(std_err).all():
         return "mean image or standard error has NaN or infinite values"
     if mean.size == 0 or float(mean.max()) == float(mean.min()):
@@ -302,7 +318,7 @@ class ComparisonTable:
         self._new: OrderedDict[PairKey, dict[int, float]] = OrderedDict()
 
     @classmethod
-    def read(cls, url: str) -> "ComparisonTable":
+    def read(cls, url: str) -> ComparisonTable:
         """The table at ``url``; empty if there is none; a clear error if it is not such a table."""
         table = cls(url)
         if not storage.exists(url):
@@ -310,16 +326,25 @@ class ComparisonTable:
         reader = csv.DictReader(io.StringIO(storage.read_text(url)))
         missing = [c for c in TABLE_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise ModelError(f"comparison table {url} is missing column(s) {', '.join(missing)} (expected {','.join(TABLE_COLUMNS)})")
+            raise ModelError(
+                f"comparison table {url} is missing column(s) {', '.join(missing)} (expected "
+                f"{','.join(TABLE_COLUMNS)})"
+            )
         for number, row in enumerate(reader, start=1):
             try:
                 layer = int(row["layer_n"])
                 value = float(row["delta_over_sigma_std_dev"])
             except (TypeError, ValueError):
-                raise ModelError(f"comparison table {url} row {number}: layer_n and delta_over_sigma_std_dev must be numbers") from None
+                raise ModelError(
+                    f"comparison table {url} row {number}: layer_n and delta_over_sigma_std_dev must be "
+                    "numbers"
+                ) from None
             if layer < 1 or not row["slide_ID_1"] or not row["slide_ID_2"]:
                 raise ModelError(f"comparison table {url} row {number}: empty SlideID or layer_n < 1")
-            key = pair_key((storage.normalize(row["root_dir_1"]), row["slide_ID_1"]), (storage.normalize(row["root_dir_2"]), row["slide_ID_2"]))
+            key = pair_key(
+                (storage.normalize(row["root_dir_1"]), row["slide_ID_1"]),
+                (storage.normalize(row["root_dir_2"]), row["slide_ID_2"]),
+            )
             table._values.setdefault(key, {})[layer] = value
             table._read.append((key, [row[c] for c in TABLE_COLUMNS]))
         return table
@@ -344,7 +369,9 @@ class ComparisonTable:
 
     def __len__(self) -> int:
         """Number of rows :meth:`text` writes."""
-        return sum(1 for key, _ in self._read if key not in self._new) + sum(len(v) for v in self._new.values())
+        return sum(1 for key, _ in self._read if key not in self._new) + sum(
+            len(v) for v in self._new.values()
+        )
 
     def text(self) -> str:
         buffer = io.StringIO()
@@ -367,7 +394,16 @@ def _natural(text: str) -> list[tuple[int, Any]]:
 
 def sort_slides(refs: Iterable[SlideRef]) -> list[SlideRef]:
     """Slides by Project, Cohort, Batch, then SlideID (the order of the plots' rows and columns)."""
-    return sorted(refs, key=lambda r: (_natural(r.project), _natural(r.cohort), _natural(r.batch), _natural(r.slide_id), r.root))
+    return sorted(
+        refs,
+        key=lambda r: (
+            _natural(r.project),
+            _natural(r.cohort),
+            _natural(r.batch),
+            _natural(r.slide_id),
+            r.root,
+        ),
+    )
 
 
 def pair_matrix(n_slides: int, n_layers: int, values: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
@@ -409,7 +445,9 @@ def compatibility_graph(slide_ids: Sequence[str], average: np.ndarray, band: tup
     return graph
 
 
-def suggest_compatible_set(slide_ids: Sequence[str], average: np.ndarray, band: tuple[float, float] = DEFAULT_BAND) -> list[str]:
+def suggest_compatible_set(
+    slide_ids: Sequence[str], average: np.ndarray, band: tuple[float, float] = DEFAULT_BAND
+) -> list[str]:
     """The largest set of slides whose pairwise layer-averaged values all lie within ``band``.
 
     A maximum clique of :func:`compatibility_graph`. Of several maximum cliques the lexicographically

@@ -53,14 +53,20 @@ def check_store_request(store_as: str | None, models_csv: str | None) -> None:
     """``--store-as`` and ``--models-csv`` come together, the version is a safe name and is new."""
     if bool(store_as) != bool(models_csv):
         given, missing = ("--store-as", "--models-csv") if store_as else ("--models-csv", "--store-as")
-        raise ModelError(f"{given} needs {missing}: give both to append the compared slides to a models CSV as a new version, or neither")
+        raise ModelError(
+            f"{given} needs {missing}: give both to append the compared slides to a models CSV as a new "
+            "version, or neither"
+        )
     if not store_as:
         return
     check_version_name(store_as)
     if storage.exists(models_csv):
         present = {e.version for e in read_models_csv(models_csv)}
         if store_as in present:
-            raise ModelError(f"models CSV {models_csv} already has version {store_as!r}; choose another name (nothing was compared or written)")
+            raise ModelError(
+                f"models CSV {models_csv} already has version {store_as!r}; choose another name (nothing "
+                "was compared or written)"
+            )
 
 
 def make_plan(
@@ -99,8 +105,15 @@ def make_plan(
         except ModelError as exc:
             skipped[slide_id] = f"named in {table.url} but cannot be read: {exc}"
     if not found and not from_table:
-        what = f"matches --slides {pattern!r} (matched from the start of the SlideID)" if pattern else "was found"
-        raise ModelError(f"no slide under {', '.join(roots)} {what}" + (f"; {'; '.join(f'{k}: {v}' for k, v in skipped.items())}" if skipped else ""))
+        what = (
+            f"matches --slides {pattern!r} (matched from the start of the SlideID)"
+            if pattern
+            else "was found"
+        )
+        raise ModelError(
+            f"no slide under {', '.join(roots)} {what}"
+            + (f"; {'; '.join(f'{k}: {v}' for k, v in skipped.items())}" if skipped else "")
+        )
     return ComparisonPlan(
         roots=roots,
         pattern=pattern,

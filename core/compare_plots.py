@@ -74,7 +74,8 @@ def grid_figure(
     side = min(40.0, max(5.5, 0.5 * n + 3.0))
     fig = Figure(figsize=(side + 1.5, side), layout="constrained")
     ax = fig.add_subplot()
-    # inside the band a perceptually uniform scale; outside it two colours viridis never uses; blank = no value
+    # inside the band a perceptually uniform scale; outside it two colours viridis never uses; blank = no
+    # value
     cmap = colormaps["viridis"].with_extremes(bad="white", under=UNDER_COLOUR, over=OVER_COLOUR)
     shown = np.ma.masked_invalid(matrix)
     image = ax.imshow(shown, cmap=cmap, vmin=band[0], vmax=band[1], interpolation="nearest")
@@ -91,7 +92,15 @@ def grid_figure(
                 value = matrix[i, j]
                 if np.isfinite(value):
                     dark = value < dark_below or value > band[1]
-                    ax.text(j, i, f"{value:.{digits}f}", ha="center", va="center", fontsize=font * 0.85, color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{value:.{digits}f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font * 0.85,
+                        color="white" if dark else "black",
+                    )
     for position, kind in separators(labels):
         ax.axhline(position, color="black", linewidth=_LINE[kind])
         ax.axvline(position, color="black", linewidth=_LINE[kind])
@@ -121,11 +130,26 @@ def write_grids(
     """
     pngs = []
     buffer = io.BytesIO()
-    with PdfPages(buffer, metadata={k: v for k, v in metadata.items() if k in ("Title", "Author", "Subject", "Keywords", "Creator")}) as pdf:
+    with PdfPages(
+        buffer,
+        metadata={
+            k: v for k, v in metadata.items() if k in ("Title", "Author", "Subject", "Keywords", "Creator")
+        },
+    ) as pdf:
         for page in pages:
             fig = grid_figure(page.matrix, slide_ids, labels, band, page.title, subtitle)
             url = storage.join(workdir, f"{page.name}.png")
-            storage.write_bytes(url, png_bytes(fig, {"Title": page.title, "Description": metadata.get("Subject", ""), "Software": metadata.get("Creator", "")}))
+            storage.write_bytes(
+                url,
+                png_bytes(
+                    fig,
+                    {
+                        "Title": page.title,
+                        "Description": metadata.get("Subject", ""),
+                        "Software": metadata.get("Creator", ""),
+                    },
+                ),
+            )
             pngs.append(url)
             pdf.savefig(fig)
     pdf_url = storage.join(workdir, pdf_name)

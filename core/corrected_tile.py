@@ -29,10 +29,22 @@ from typing import Any
 import numpy as np
 
 from shadeflow.core import storage
-from shadeflow.core.background import Background, BackgroundError, constant_background, estimate_background, survey_level
+from shadeflow.core.background import (
+    Background,
+    BackgroundError,
+    constant_background,
+    estimate_background,
+    survey_level,
+)
 from shadeflow.core.correction import correction_pyramid, graph_constants_allowed, plan_pyramid, select_axes
-from shadeflow.core.flatfield_sources import Flatfield, FlatfieldError, darkfield_fields, estimate_flatfield, file_flatfield, model_flatfield, parse_channel_map
-from shadeflow.core.models_csv import ModelError
+from shadeflow.core.flatfield_sources import (
+    Flatfield,
+    darkfield_fields,
+    estimate_flatfield,
+    file_flatfield,
+    model_flatfield,
+    parse_channel_map,
+)
 from shadeflow.core.ome_zarr_io import (
     CANONICAL,
     NGFF_FOR_ZARR,
@@ -74,20 +86,29 @@ class CorrectRequest:
     allow_missing_chunks: bool = False  # read absent chunks as the fill value instead of refusing the tile
 
     def flatfield_kind(self) -> str:
-        kinds = [k for k, v in (("model", self.model), ("file", self.flatfield), ("estimate", self.method)) if v]
+        kinds = [
+            k for k, v in (("model", self.model), ("file", self.flatfield), ("estimate", self.method)) if v
+        ]
         if len(kinds) != 1:
-            raise ValueError(f"give exactly one flatfield source (--model V --store URL, --flatfield URL or --method estimate); got {', '.join(kinds) or 'none'}")
+            raise ValueError(
+                "give exactly one flatfield source (--model V --store URL, --flatfield URL or --method "
+                f"estimate); got {', '.join(kinds) or 'none'}"
+            )
         if kinds == ["model"] and not self.store:
             raise ValueError("--model needs --store (the model store holding the version)")
         if self.method and self.method != "estimate":
             raise ValueError(f"--method {self.method!r} is not known; the only method is 'estimate'")
         return kinds[0]
 
-    def check(self) -> "CorrectRequest":
+    def check(self) -> CorrectRequest:
         """The options fit together: exactly one flatfield source, layers only for a model, a darkfield
         or a background, no credentials in any URL; reads nothing."""
         storage.refuse_credentials_in_url(self.out, "--out")
-        for what, url in (("--store", self.store), ("--flatfield", self.flatfield), ("--darkfield", self.darkfield)):
+        for what, url in (
+            ("--store", self.store),
+            ("--flatfield", self.flatfield),
+            ("--darkfield", self.darkfield),
+        ):
             if url:
                 storage.refuse_credentials_in_url(url, what)
         self.flatfield_kind()
@@ -108,11 +129,27 @@ class CorrectRequest:
         kind = self.flatfield_kind()
         flat: dict[str, Any] = {"kind": kind, "repair": self.repair_flatfield}
         if kind == "model":
-            flat.update(store=storage.normalize(self.store), version=self.model, layer=self.layer, channel_map=self.channel_map)
+            flat.update(
+                store=storage.normalize(self.store),
+                version=self.model,
+                layer=self.layer,
+                channel_map=self.channel_map,
+            )
         elif kind == "file":
             flat.update(url=storage.normalize(self.flatfield))
-        background = {"kind": "darkfield", "url": storage.normalize(self.darkfield)} if self.darkfield else {"kind": self.background}
-        return {"tile": storage.normalize(tile), "level": str(self.level), "flatfield": flat, "background": background, "levels": self.levels, "zarr_format": self.zarr_format}
+        background = (
+            {"kind": "darkfield", "url": storage.normalize(self.darkfield)}
+            if self.darkfield
+            else {"kind": self.background}
+        )
+        return {
+            "tile": storage.normalize(tile),
+            "level": str(self.level),
+            "flatfield": flat,
+            "background": background,
+            "levels": self.levels,
+            "zarr_format": self.zarr_format,
+        }
 
 
 @dataclass
@@ -174,7 +211,10 @@ def tile_name(tile_url: str) -> str:
     storage.refuse_credentials_in_url(tile_url, "tile")
     name = storage.basename(storage.normalize(tile_url))
     if name in ("", ".", "..") or any(ch in name for ch in "/\\\0"):
-        raise TileError(f"tile {storage.redact(tile_url)}: its name {name!r} cannot name an output folder under --out; give the tile's own folder (e.g. s3://bucket/tiles/tile.ome.zarr)")
+        raise TileError(
+            f"tile {storage.redact(tile_url)}: its name {name!r} cannot name an output folder under --out; "
+            "give the tile's own folder (e.g. s3://bucket/tiles/tile.ome.zarr)"
+        )
     return name
 
 
@@ -188,7 +228,9 @@ def check_output_child(out: str, output: str) -> None:
     out = storage.normalize(out)
     name = storage.basename(output)
     if name in ("", ".", "..") or any(ch in name for ch in "/\\\0") or storage.join(out, name) != output:
-        raise TileError(f"output {output} is not a folder directly inside --out {out}; refusing to write or remove it")
+        raise TileError(
+            f"output {output} is not a folder directly inside --out {out}; refusing to write or remove it"
+        )
 
 
 def _inside(inner: str, outer: str) -> bool:
@@ -200,11 +242,17 @@ def check_output_location(tile_url: str, output: str) -> None:
     """Refuse an output that is the input, lies inside it, or contains it."""
     tile, out = storage.normalize(tile_url), storage.normalize(output)
     if out.rstrip("/") == tile.rstrip("/"):
-        raise TileError(f"tile {tile}: the output would be the input tile itself (--out is the folder holding it); choose another --out")
+        raise TileError(
+            f"tile {tile}: the output would be the input tile itself (--out is the folder holding it); "
+            "choose another --out"
+        )
     if _inside(out, tile):
         raise TileError(f"tile {tile}: output {out} is inside the input tile; choose an --out outside it")
     if _inside(tile, out):
-        raise TileError(f"tile {tile}: the input lies inside the output {out}; writing there would destroy it — choose another --out")
+        raise TileError(
+            f"tile {tile}: the input lies inside the output {out}; writing there would destroy it — choose "
+            "another --out"
+        )
 
 
 def check_distinct_outputs(tiles: list[str], out: str) -> None:
@@ -213,7 +261,9 @@ def check_distinct_outputs(tiles: list[str], out: str) -> None:
     for tile in tiles:
         target = output_url(out, tile)
         if target in seen and storage.normalize(seen[target]) != storage.normalize(tile):
-            raise TileError(f"tiles {seen[target]} and {tile} have the same name and would both write {target}")
+            raise TileError(
+                f"tiles {seen[target]} and {tile} have the same name and would both write {target}"
+            )
         if target in seen:
             raise TileError(f"tile {tile} is listed twice")
         seen[target] = tile
@@ -232,7 +282,11 @@ def output_state(url: str) -> str:
         attrs = open_group(url, mode="r").attrs.asdict()
     except Exception:
         return "foreign"
-    return "partial" if isinstance(attrs.get(PROVENANCE_KEY), dict) and attrs[PROVENANCE_KEY].get("kind") == KIND else "foreign"
+    return (
+        "partial"
+        if isinstance(attrs.get(PROVENANCE_KEY), dict) and attrs[PROVENANCE_KEY].get("kind") == KIND
+        else "foreign"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +301,10 @@ def parse_background(text: str) -> list[float] | str:
     try:
         values = [float(v) for v in text.split(",")]
     except ValueError:
-        raise BackgroundError(f"--background {text!r} is not 'estimate', 'none', a number or one number per channel (e.g. 100 or 100,120)") from None
+        raise BackgroundError(
+            f"--background {text!r} is not 'estimate', 'none', a number or one number per channel (e.g. 100 "
+            "or 100,120)"
+        ) from None
     if not all(math.isfinite(v) for v in values):
         raise BackgroundError(f"--background {text!r} must be finite")
     return values
@@ -277,18 +334,27 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
     notes: list[str] = []
     absent_chunks: dict[str, int] = {}
     # every level the run reads: the corrected one, and the background survey's
-    read = [level] + ([survey_level(image, level)] if not request.darkfield and request.background.strip().lower() == "estimate" else [])
+    read = [level] + (
+        [survey_level(image, level)]
+        if not request.darkfield and request.background.strip().lower() == "estimate"
+        else []
+    )
     for lv in {lv.path: lv for lv in read}.values():
         absent = missing_chunks(image, lv)
         if not absent.missing:
             continue
         if not request.allow_missing_chunks:
             raise TileError(
-                f"tile {tile}: {absent.describe()}; zarr would read them as the fill value {absent.fill_value!r} — "
-                "restore them, or rerun with --allow-missing-chunks if they were left out on purpose (zarr omits chunks holding only the fill value)"
+                f"tile {tile}: {absent.describe()}; zarr would read them as the fill value "
+                f"{absent.fill_value!r} — "
+                "restore them, or rerun with --allow-missing-chunks if they were left out on purpose (zarr "
+                "omits chunks holding only the fill value)"
             )
         absent_chunks[lv.path] = absent.missing
-        notes.append(f"tile {tile}: {absent.describe()}, read as the fill value {absent.fill_value!r} (--allow-missing-chunks)")
+        notes.append(
+            f"tile {tile}: {absent.describe()}, read as the fill value {absent.fill_value!r} "
+            "(--allow-missing-chunks)"
+        )
     canonical = tuple(image.size(r, level.index) for r in CANONICAL)
     try:
         plan_pyramid(canonical, (1.0,) * 5, (0.0,) * 5, request.levels)
@@ -298,7 +364,16 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
     n_c = canonical[1]
     flat = None
     if kind == "model":
-        flat = model_flatfield(request.store, request.model, yx, n_c, request.layer, request.channel_map, request.repair_flatfield, tile)
+        flat = model_flatfield(
+            request.store,
+            request.model,
+            yx,
+            n_c,
+            request.layer,
+            request.channel_map,
+            request.repair_flatfield,
+            tile,
+        )
     elif kind == "file":
         flat = file_flatfield(request.flatfield, yx, n_c, request.repair_flatfield, tile)
     background = None
@@ -307,7 +382,9 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
         if request.background not in ("estimate", ""):
             raise BackgroundError(f"tile {tile}: give --darkfield or --background, not both")
         fields, details, dnotes = darkfield_fields(request.darkfield, yx, n_c, tile)
-        background = Background(fields, "darkfield", f"darkfield {storage.basename(request.darkfield)}", details)
+        background = Background(
+            fields, "darkfield", f"darkfield {storage.basename(request.darkfield)}", details
+        )
         notes += dnotes
     else:
         parsed = parse_background(request.background)
@@ -317,7 +394,8 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
             slices = canonical[0] * canonical[2]
             if slices < 3:
                 raise BackgroundError(
-                    f"tile {tile}: {slices} slice{'s' if slices != 1 else ''} (z planes × time points); --background estimate needs at least 3 "
+                    f"tile {tile}: {slices} slice{'s' if slices != 1 else ''} (z planes × time points); "
+                    "--background estimate needs at least 3 "
                     "— use --background VALUE, --darkfield URL or --background none"
                 )
         else:
@@ -325,7 +403,11 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
                 background = constant_background(parsed, n_c)
             except BackgroundError as exc:
                 raise BackgroundError(f"tile {tile}: {exc}") from None
-    recorded = {**request.recorded(tile), "level": level.path, "zarr_format": zarr_format}  # as resolved, not as spelled
+    recorded = {
+        **request.recorded(tile),
+        "level": level.path,
+        "zarr_format": zarr_format,
+    }  # as resolved, not as spelled
     state = output_state(output)
     action = {"absent": "write", "partial": "redo"}.get(state)
     if state == "complete":
@@ -336,14 +418,32 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
             action = "replace"
         else:
             raise TileError(
-                f"tile {tile}: output {output} exists and is complete (made {manifest.get('created', '?')} with other parameters); "
+                f"tile {tile}: output {output} exists and is complete (made {manifest.get('created', '?')} "
+                "with other parameters); "
                 "rerun with --overwrite to replace it"
             )
     elif state == "foreign":
         if not request.overwrite:
-            raise TileError(f"tile {tile}: output {output} exists and is not a shadeflow output; remove it, choose another --out, or rerun with --overwrite")
+            raise TileError(
+                f"tile {tile}: output {output} exists and is not a shadeflow output; remove it, choose "
+                "another --out, or rerun with --overwrite"
+            )
         action = "replace"
-    return TilePlan(tile, name, output, image, level, zarr_format, recorded, action, flat, background, notes, storage.normalize(request.out), absent_chunks)
+    return TilePlan(
+        tile,
+        name,
+        output,
+        image,
+        level,
+        zarr_format,
+        recorded,
+        action,
+        flat,
+        background,
+        notes,
+        storage.normalize(request.out),
+        absent_chunks,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +470,12 @@ def _log(message: str) -> None:
         logger.info("%s", message)
 
 
-def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Callable[[], None] | None = None, log: Callable[[str], None] = _log) -> TileReport:
+def run_tile(
+    plan: TilePlan,
+    compute: Callable = default_compute,
+    on_block: Callable[[], None] | None = None,
+    log: Callable[[str], None] = _log,
+) -> TileReport:
     """Correct one planned tile and write its output (module description).
 
     ``compute`` runs Dask collections (``dask.compute`` or a client's); ``on_block`` is called per
@@ -407,13 +512,26 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
     report.notes += flat.notes if plan.flatfield is None else []
     report.notes += background.warnings
     if plan.action in ("redo", "replace"):
-        log(f"{plan.name}: {'partial output of an interrupted run' if plan.action == 'redo' else 'replacing the existing output'} at {plan.output}, rewriting it")
+        what = (
+            ("partial output of an interrupted run")
+            if plan.action == "redo"
+            else "replacing the existing output"
+        )
+        log(f"{plan.name}: {what} at {plan.output}, rewriting it")
         storage.remove(storage.join(plan.output, MANIFEST))
         storage.remove(plan.output)
     roles = image.roles
     keep = [i for i, r in enumerate(CANONICAL) if r in roles]  # the tile's axes among t, c, z, y, x
     canonical = tuple(image.size(r, level.index) for r in CANONICAL)
-    pyramid = select_axes(plan_pyramid(canonical, _canonical(level.scale, roles, 1.0), _canonical(level.translation, roles, 0.0), plan.recorded["levels"]), keep)
+    pyramid = select_axes(
+        plan_pyramid(
+            canonical,
+            _canonical(level.scale, roles, 1.0),
+            _canonical(level.translation, roles, 0.0),
+            plan.recorded["levels"],
+        ),
+        keep,
+    )
     source = da.from_zarr(image.array(level), chunks=level.blocks)  # the tile's own axes: no reshaping layers
     # (C, Y, X) fields as arrays broadcastable to the tile: size 1 along t and z, C along c
     ff = flat.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
@@ -423,11 +541,17 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
         group = create_image_group(plan.output, plan.zarr_format, {PROVENANCE_KEY: provenance})
         paths = [str(i) for i in range(len(pyramid))]
         shards = level.shards if plan.zarr_format == 3 else None
-        targets = [create_level_array(group, p, lv.shape, level.chunks, level.dtype, image.axis_names, shards) for p, lv in zip(paths, pyramid)]
+        targets = [
+            create_level_array(group, p, lv.shape, level.chunks, level.dtype, image.axis_names, shards)
+            for p, lv in zip(paths, pyramid)
+        ]
         # Dask blocks = the arrays' shards (or chunks), so no two tasks ever write into the same one
         write_blocks = [target.shards or target.chunks for target in targets]
-        where = f"tile {plan.tile} level {level.path}"  # float tiles: each chunk checked for NaN / ±inf as it streams
-        outputs = correction_pyramid(source, ff, bg, pyramid, write_blocks, on_block=on_block, where=where, axis_names=image.axis_names)
+        # float tiles: each chunk checked for NaN / ±inf as it streams
+        where = f"tile {plan.tile} level {level.path}"
+        outputs = correction_pyramid(
+            source, ff, bg, pyramid, write_blocks, on_block=on_block, where=where, axis_names=image.axis_names
+        )
         stored = da.store(outputs, targets, lock=False, compute=False)
         with graph_constants_allowed():
             compute(*(stored if isinstance(stored, tuple) else (stored,)))
@@ -437,7 +561,10 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
             [(p, lv.scale, lv.translation) for p, lv in zip(paths, pyramid)],
             name=image.multiscale_name or plan.name,
             omero=image.omero,
-            metadata={"method": "block mean (float32, rounded to the tile's dtype)", "description": "flatfield-corrected by shadeflow"},
+            metadata={
+                "method": "block mean (float32, rounded to the tile's dtype)",
+                "description": "flatfield-corrected by shadeflow",
+            },
         )
         seconds = time.perf_counter() - started
         provenance = _provenance(plan, flat, background, pyramid, status="complete", seconds=seconds)
@@ -452,7 +579,9 @@ def run_tile(plan: TilePlan, compute: Callable = default_compute, on_block: Call
         raise
     report.status = "written"
     report.seconds = round(seconds, 2)
-    report.mb_per_s = float(f"{math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9):.3g}")  # 3 significant digits: small tiles stay non-zero
+    report.mb_per_s = float(
+        f"{math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9):.3g}"
+    )  # 3 significant digits: small tiles stay non-zero
     return report
 
 
@@ -461,13 +590,20 @@ def _canonical(values: tuple, roles: tuple[str, ...], missing) -> tuple:
     return tuple(by_role.get(r, missing) for r in CANONICAL)
 
 
-def _provenance(plan: TilePlan, flat: Flatfield, background: Background, pyramid, status: str, seconds: float | None = None) -> dict[str, Any]:
+def _provenance(
+    plan: TilePlan,
+    flat: Flatfield,
+    background: Background,
+    pyramid,
+    status: str,
+    seconds: float | None = None,
+) -> dict[str, Any]:
     image, level = plan.image, plan.level
     return {
         "kind": KIND,
         "status": status,
         "shadeflow_version": shadeflow_version(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "source": {
             "url": plan.tile,
             "level": level.path,
@@ -477,8 +613,13 @@ def _provenance(plan: TilePlan, flat: Flatfield, background: Background, pyramid
             "zarr_format": image.zarr_format,
             **({"missing_chunks_read_as_fill_value": plan.missing_chunks} if plan.missing_chunks else {}),
         },
-        "output": {"ngff_version": NGFF_FOR_ZARR[plan.zarr_format], "zarr_format": plan.zarr_format, "levels": [list(lv.shape) for lv in pyramid]},
-        "formula": "out = clip(rint((in - background) / flatfield), dtype range), float32; floats not rounded or clipped",
+        "output": {
+            "ngff_version": NGFF_FOR_ZARR[plan.zarr_format],
+            "zarr_format": plan.zarr_format,
+            "levels": [list(lv.shape) for lv in pyramid],
+        },
+        "formula": "out = clip(rint((in - background) / flatfield), dtype range), float32; floats not "
+        "rounded or clipped",
         "flatfield": {"summary": flat.summary, **_jsonable(flat.details)},
         "background": {"summary": background.summary, **_jsonable(background.details)},
         "parameters": plan.recorded,
@@ -487,7 +628,9 @@ def _provenance(plan: TilePlan, flat: Flatfield, background: Background, pyramid
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else str(v)))
+    return json.loads(
+        json.dumps(value, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else str(v))
+    )
 
 
 def _write_marker(plan: TilePlan, provenance: dict[str, Any]) -> None:
@@ -495,7 +638,7 @@ def _write_marker(plan: TilePlan, provenance: dict[str, Any]) -> None:
     manifest = {
         "kind": KIND,
         "shadeflow_version": provenance["shadeflow_version"],
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "parameters": plan.recorded,
         "inputs": [plan.tile],
         "flatfield": provenance["flatfield"],
@@ -509,4 +652,3 @@ def _write_marker(plan: TilePlan, provenance: dict[str, Any]) -> None:
 
 def report_dict(report: TileReport) -> dict[str, Any]:
     return asdict(report)
-

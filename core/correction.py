@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shadeflow.core.ome_zarr_io import TileError
+
 #: the z axis is halved together with y and x while its voxel is at most this many times the yx voxel
 Z_ANISOTROPY_LIMIT = 2.0
 
@@ -52,7 +54,9 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float] | None:
     return None
 
 
-def correct_block(block: np.ndarray, flatfield: np.ndarray, background: np.ndarray | float, dtype: np.dtype | None = None) -> np.ndarray:
+def correct_block(
+    block: np.ndarray, flatfield: np.ndarray, background: np.ndarray | float, dtype: np.dtype | None = None
+) -> np.ndarray:
     """Background-subtract and flatfield-divide one chunk: ``clip(rint((block − B) / F))``.
 
     Parameters
@@ -79,7 +83,9 @@ def correct_block(block: np.ndarray, flatfield: np.ndarray, background: np.ndarr
     array([[200, 100]], dtype=uint16)
     """
     dtype = np.dtype(dtype or block.dtype)
-    flatfield, background = (_leading_ones(np.asarray(a, np.float32), block.ndim) for a in (flatfield, background))
+    flatfield, background = (
+        _leading_ones(np.asarray(a, np.float32), block.ndim) for a in (flatfield, background)
+    )
     limits = dtype_range(dtype)
     out = np.empty(block.shape, dtype)
     plane = np.empty(block.shape[-2:], np.float32)
@@ -120,7 +126,8 @@ def downsample_block(block: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PyramidLevel:
-    """One output level: shape, factor relative to the previous level, and its NGFF transform (t, c, z, y, x)."""
+    """One output level: shape, factor relative to the previous level, and its NGFF transform (t, c, z, y,
+    x)."""
 
     shape: tuple[int, ...]
     factors: tuple[int, ...]
@@ -131,10 +138,14 @@ class PyramidLevel:
 def select_axes(levels: list[PyramidLevel], keep: list[int]) -> list[PyramidLevel]:
     """The levels of a (t, c, z, y, x) plan restricted to the axes ``keep`` (a tile's own axes)."""
     pick = lambda values: tuple(values[i] for i in keep)  # noqa: E731
-    return [PyramidLevel(pick(lv.shape), pick(lv.factors), pick(lv.scale), pick(lv.translation)) for lv in levels]
+    return [
+        PyramidLevel(pick(lv.shape), pick(lv.factors), pick(lv.scale), pick(lv.translation)) for lv in levels
+    ]
 
 
-def plan_pyramid(shape: tuple[int, ...], scale: tuple[float, ...], translation: tuple[float, ...], n_levels: int) -> list[PyramidLevel]:
+def plan_pyramid(
+    shape: tuple[int, ...], scale: tuple[float, ...], translation: tuple[float, ...], n_levels: int
+) -> list[PyramidLevel]:
     """Shapes, factors, scales and translations of ``n_levels`` levels of a (t, c, z, y, x) image.
 
     Every level halves y and x. It halves z too when z has at least 2 planes and its voxel size is at
@@ -155,7 +166,10 @@ def plan_pyramid(shape: tuple[int, ...], scale: tuple[float, ...], translation: 
         prev = levels[-1]
         _, _, nz, ny, nx = prev.shape
         if ny < 2 or nx < 2:
-            raise ValueError(f"a {shape[3]}×{shape[4]} (y×x) image has room for {k} pyramid level{'s' if k > 1 else ''}, not {n_levels}")
+            raise ValueError(
+                f"a {shape[3]}×{shape[4]} (y×x) image has room for {k} pyramid level{'s' if k > 1 else ''}, "
+                f"not {n_levels}"
+            )
         yx_voxel = max(prev.scale[3], prev.scale[4])
         fz = 2 if nz >= 2 and prev.scale[2] <= Z_ANISOTROPY_LIMIT * yx_voxel else 1
         factors = (1, 1, fz, 2, 2)
@@ -177,7 +191,9 @@ def non_finite_voxels(block: np.ndarray) -> np.ndarray | None:
     return bad if len(bad) else None
 
 
-def check_finite(block: np.ndarray, where: str, axis_names: tuple[str, ...], start: tuple[int, ...] = ()) -> None:
+def check_finite(
+    block: np.ndarray, where: str, axis_names: tuple[str, ...], start: tuple[int, ...] = ()
+) -> None:
     """Refuse a chunk holding NaN or ±inf: a corrected tile would carry them into every pyramid level
     (and a background or flatfield estimated from it would be NaN). ``start``: the chunk's origin in
     the level, so the message names voxels as the level counts them.
@@ -187,7 +203,6 @@ def check_finite(block: np.ndarray, where: str, axis_names: tuple[str, ...], sta
     TileError
         Naming ``where``, the chunk's extent and the first bad voxel.
     """
-    from shadeflow.core.ome_zarr_io import TileError
 
     bad = non_finite_voxels(block)
     if bad is None:
@@ -196,7 +211,8 @@ def check_finite(block: np.ndarray, where: str, axis_names: tuple[str, ...], sta
     extent = ", ".join(f"{a} {s}–{s + n - 1}" for a, s, n in zip(axis_names, start, block.shape))
     first = ", ".join(f"{a}={s + i}" for a, s, i in zip(axis_names, start, bad[0]))
     raise TileError(
-        f"{where}: the chunk at {extent} holds {len(bad)} non-finite value{'s' if len(bad) != 1 else ''} (NaN or ±inf), the first at {first}; "
+        f"{where}: the chunk at {extent} holds {len(bad)} non-finite value{'s' if len(bad) != 1 else ''} "
+        f"(NaN or ±inf), the first at {first}; "
         "non-finite voxels cannot be corrected — fix or replace them in the input"
     )
 
@@ -211,7 +227,9 @@ def _correct_chunk(block, flatfield, background, *, dtype, on_block, check, bloc
     return out
 
 
-def _aligned_chunks(chunks: tuple[tuple[int, ...], ...], factors: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+def _aligned_chunks(
+    chunks: tuple[tuple[int, ...], ...], factors: tuple[int, ...]
+) -> tuple[tuple[int, ...], ...]:
     """Chunks whose every block but the last along each axis is a multiple of that axis's factor."""
     aligned = []
     for sizes, f in zip(chunks, factors):
@@ -241,7 +259,9 @@ def chunked_constant(array: np.ndarray, chunks: tuple[tuple[int, ...], ...]):
         (name, *index): array[tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, index))]
         for index in itertools.product(*(range(len(sizes)) for sizes in axes))
     }
-    return da.Array(HighLevelGraph.from_collections(name, graph, dependencies=()), name, tuple(axes), dtype=array.dtype)
+    return da.Array(
+        HighLevelGraph.from_collections(name, graph, dependencies=()), name, tuple(axes), dtype=array.dtype
+    )
 
 
 def correction_pyramid(
@@ -282,9 +302,15 @@ def correction_pyramid(
     dtype = source.dtype
     ff = chunked_constant(np.asarray(flatfield, np.float32), source.chunks)
     bg = chunked_constant(np.asarray(background, np.float32), source.chunks)
-    check = (where, tuple(axis_names or (f"axis {i}" for i in range(source.ndim)))) if where and np.dtype(dtype).kind == "f" else None
+    check = (
+        (where, tuple(axis_names or (f"axis {i}" for i in range(source.ndim))))
+        if where and np.dtype(dtype).kind == "f"
+        else None
+    )
     if on_block is None and check is None:
-        corrected = da.map_blocks(correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct")
+        corrected = da.map_blocks(
+            correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct"
+        )
     else:
         # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
         chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
@@ -298,15 +324,28 @@ def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:
     import dask.array as da
 
     dtype = level0.dtype
-    per_level = list(chunks) if chunks and isinstance(chunks[0], (tuple, list)) else [tuple(chunks)] * len(levels)
-    outputs = [level0 if level0.chunksize == tuple(min(c, n) for c, n in zip(per_level[0], level0.shape)) else level0.rechunk(per_level[0])]
+    per_level = (
+        list(chunks) if chunks and isinstance(chunks[0], (tuple, list)) else [tuple(chunks)] * len(levels)
+    )
+    outputs = [
+        level0
+        if level0.chunksize == tuple(min(c, n) for c, n in zip(per_level[0], level0.shape))
+        else level0.rechunk(per_level[0])
+    ]
     for level, target_chunks in zip(levels[1:], per_level[1:]):
         prev = outputs[-1]
         prev = prev.rechunk(_aligned_chunks(prev.chunks, level.factors))
         down_chunks = tuple(tuple(s // f for s in sizes) for sizes, f in zip(prev.chunks, level.factors))
         # the last block along an axis may be odd: its trailing row is dropped (floor), which the
         # chunk sizes above already say; drop empty blocks that a 1-pixel remainder would leave
-        reduced = da.map_blocks(downsample_block, prev, level.factors, chunks=down_chunks, dtype=dtype, token="shadeflow-downsample")
+        reduced = da.map_blocks(
+            downsample_block,
+            prev,
+            level.factors,
+            chunks=down_chunks,
+            dtype=dtype,
+            token="shadeflow-downsample",
+        )
         if any(0 in sizes for sizes in down_chunks):
             reduced = reduced[tuple(slice(0, n) for n in level.shape)]
         target = tuple(max(1, min(c, n)) for c, n in zip(target_chunks, level.shape))

@@ -27,7 +27,8 @@ EXIT_RUN_FAILED = 1
 
 
 class InputError(ValueError):
-    """An input that cannot work: ``<input>: <problem>[; <hint>]`` (e.g. ``--out s3://x: bucket 'x' does not exist; …``)."""
+    """An input that cannot work: ``<input>: <problem>[; <hint>]`` (e.g. ``--out s3://x: bucket 'x' does not
+    exist; …``)."""
 
     def __init__(self, input: str, problem: str, hint: str | None = None):
         super().__init__(f"{input}: {problem}" + (f"; {hint}" if hint else ""))
@@ -43,7 +44,13 @@ class RunFailed(RuntimeError):
 
 
 #: a missing, refused or misplaced path: the input's fault, not the storage's
-_PATH_ERRORS: tuple[type[OSError], ...] = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_PATH_ERRORS: tuple[type[OSError], ...] = (
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -70,7 +77,8 @@ def one_line(exc: BaseException) -> str:
 
 
 def validation_message(exc) -> str:
-    """A pydantic ``ValidationError`` as the command-line user would phrase it: ``--levels: Input should be …``."""
+    """A pydantic ``ValidationError`` as the command-line user would phrase it: ``--levels: Input should be
+    …``."""
     parts = []
     for error in exc.errors():
         message = str(error.get("msg", "")).removeprefix("Value error, ")
@@ -95,38 +103,80 @@ def failure_reason(message: str | None) -> str:
 _TRANSIENT_ERRNOS = {
     getattr(errno, name)
     for name in (
-        "EAGAIN", "EBUSY", "EIO", "EREMOTEIO", "ETIMEDOUT", "ECONNRESET", "ECONNREFUSED", "ECONNABORTED",
-        "EPIPE", "ENETDOWN", "ENETUNREACH", "ENETRESET", "EHOSTUNREACH", "EHOSTDOWN",
+        "EAGAIN",
+        "EBUSY",
+        "EIO",
+        "EREMOTEIO",
+        "ETIMEDOUT",
+        "ECONNRESET",
+        "ECONNREFUSED",
+        "ECONNABORTED",
+        "EPIPE",
+        "ENETDOWN",
+        "ENETUNREACH",
+        "ENETRESET",
+        "EHOSTUNREACH",
+        "EHOSTDOWN",
     )
     if hasattr(errno, name)
 }
 #: error codes of S3 (and AWS generally) that mean "slow down" or "try again"
 _RETRYABLE_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled", "RequestThrottledException",
-    "TooManyRequestsException", "RequestLimitExceeded", "ProvisionedThroughputExceededException", "BandwidthLimitExceeded",
-    "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable", "PriorRequestNotComplete",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "ProvisionedThroughputExceededException",
+    "BandwidthLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "PriorRequestNotComplete",
 }
 #: connection and timeout errors of the storage and cluster libraries, by class name so classifying
 #: needs none of them imported: botocore (``HTTPClientError`` is the base of its read/connect timeouts
 #: and closed connections), aiohttp (s3fs's transport), urllib3 / http.client, distributed
 _TRANSIENT_CLASSES = {
-    "HTTPClientError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
-    "ProxyConnectionError", "ResponseStreamingError", "IncompleteReadError",
-    "ClientConnectionError", "ClientOSError", "ServerDisconnectedError", "ServerTimeoutError", "ClientPayloadError",
-    "ProtocolError", "NewConnectionError", "IncompleteRead", "RemoteDisconnected",
+    "HTTPClientError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ReadTimeoutError",
+    "ConnectionClosedError",
+    "ProxyConnectionError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
+    "ClientConnectionError",
+    "ClientOSError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "ClientPayloadError",
+    "ProtocolError",
+    "NewConnectionError",
+    "IncompleteRead",
+    "RemoteDisconnected",
     "CommClosedError",
 }
 
 
 def _retryable_response(exc: BaseException) -> bool:
-    """botocore's ``ClientError`` (a 5xx, 429 or throttling code) or aiohttp's ``ClientResponseError`` (5xx, 429)."""
+    """botocore's ``ClientError`` (a 5xx, 429 or throttling code) or aiohttp's ``ClientResponseError`` (5xx,
+    429)."""
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and "Error" in response:
         code = str((response.get("Error") or {}).get("Code", ""))
         status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         return code in _RETRYABLE_CODES or (isinstance(status, int) and (status >= 500 or status == 429))
     status = getattr(exc, "status", None)
-    return type(exc).__name__ == "ClientResponseError" and isinstance(status, int) and (status >= 500 or status == 429)
+    return (
+        type(exc).__name__ == "ClientResponseError"
+        and isinstance(status, int)
+        and (status >= 500 or status == 429)
+    )
 
 
 def _causes(exc: BaseException):
@@ -155,7 +205,9 @@ def is_transient(exc: BaseException) -> bool:
         if _retryable_response(link):
             return True
         if isinstance(link, OSError) and link.errno in _TRANSIENT_ERRNOS:
-            if link.errno == errno.EIO and any(_client_error_says_permanent(c) for c in _causes(link.__cause__)):
+            if link.errno == errno.EIO and any(
+                _client_error_says_permanent(c) for c in _causes(link.__cause__)
+            ):
                 return False
             return True
     return False

@@ -70,9 +70,12 @@ from shadeflow.core.estimate_grid import (
     single_threaded_blas,
 )
 
-METHOD = "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
+METHOD = (
+    "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
+)
 SURFACE_METHOD = (
-    "shadeflow surface regression (robust IRLS on block means, thin-plate surfaces with cross-validated smoothness, "
+    "shadeflow surface regression (robust IRLS on block means, thin-plate surfaces with cross-validated "
+    "smoothness, "
     "bounded darkfield gauge)"
 )
 METHODS = ("auto", "floor", "surface")
@@ -85,13 +88,23 @@ class EstimateSettings:
     """Parameters of the estimator (all recorded with its outputs)."""
 
     darkfield: bool = False  # estimate a darkfield (else D = 0, or the known darkfield)
-    method: str = "auto"  # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness; "auto": floor, else surface
+    # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness; "auto": floor, else
+    # surface
+    method: str = "auto"
     degree: int = 6  # floor: total degree of the flatfield's Legendre polynomial
     darkfield_degree: int = 2  # floor: total degree of the darkfield's polynomial (before the gauge)
-    smoothness: float | None = None  # surface: the flatfield's smoothing length in pixels; None: cross-validated
-    darkfield_smoothness: float = 16.0  # surface: the darkfield's smoothing length in units of the flatfield's
-    order_statistics: bool | None = False  # surface: separate S and D by order statistics; None: when levels hardly vary
-    grid: int | None = None  # blocks across the longer side; None: 64 (floor) or 128 (surface; auto per method used)
+    smoothness: float | None = (
+        None  # surface: the flatfield's smoothing length in pixels; None: cross-validated
+    )
+    darkfield_smoothness: float = (
+        16.0  # surface: the darkfield's smoothing length in units of the flatfield's
+    )
+    order_statistics: bool | None = (
+        False  # surface: separate S and D by order statistics; None: when levels hardly vary
+    )
+    grid: int | None = (
+        None  # blocks across the longer side; None: 64 (floor) or 128 (surface; auto per method used)
+    )
     window: float = 3.0  # biweight half-width, in units of the floor's noise
     max_frames: int = 1000  # the robust fit uses at most this many frames (seeded subsample)
     chunk_frames: int = 64  # frames per chunk of the final pass (and per Dask task)
@@ -104,26 +117,58 @@ class EstimateSettings:
         if self.method not in METHODS:
             raise EstimateError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if self.smoothness is not None and not 0 < self.smoothness <= 1000:
-            raise EstimateError(f"smoothness {self.smoothness} must be a length in pixels between 0 and 1000 (or automatic)")
+            raise EstimateError(
+                f"smoothness {self.smoothness} must be a length in pixels between 0 and 1000 (or automatic)"
+            )
         if not 0 <= self.darkfield_degree <= self.degree <= 12:
-            raise EstimateError(f"degrees must satisfy 0 ≤ darkfield_degree ({self.darkfield_degree}) ≤ degree ({self.degree}) ≤ 12")
-        if self.window <= 0 or self.max_frames < 1 or self.chunk_frames < 1 or (self.grid is not None and self.grid < 8):
-            raise EstimateError("window must be positive, max_frames and chunk_frames at least 1, grid at least 8")
+            raise EstimateError(
+                f"degrees must satisfy 0 ≤ darkfield_degree ({self.darkfield_degree}) ≤ degree "
+                f"({self.degree}) ≤ 12"
+            )
+        if (
+            self.window <= 0
+            or self.max_frames < 1
+            or self.chunk_frames < 1
+            or (self.grid is not None and self.grid < 8)
+        ):
+            raise EstimateError(
+                "window must be positive, max_frames and chunk_frames at least 1, grid at least 8"
+            )
 
     @property
     def grid_blocks(self) -> int:
-        return self.grid if self.grid is not None else (SURFACE_GRID if self.method == "surface" else DEFAULT_GRID)
+        return (
+            self.grid
+            if self.grid is not None
+            else (SURFACE_GRID if self.method == "surface" else DEFAULT_GRID)
+        )
 
     def fit_settings(self) -> FitSettings:
-        return FitSettings(self.darkfield, self.degree, self.darkfield_degree, self.window, self.max_iterations, self.tolerance)
+        return FitSettings(
+            self.darkfield,
+            self.degree,
+            self.darkfield_degree,
+            self.window,
+            self.max_iterations,
+            self.tolerance,
+        )
 
-    def surface_settings(self, dtype: np.dtype, layout: GridLayout, nonnegative: bool) -> surface_fit.FitSettings:
+    def surface_settings(
+        self, dtype: np.dtype, layout: GridLayout, nonnegative: bool
+    ) -> surface_fit.FitSettings:
         """The surface fit's settings for images of ``dtype`` on ``layout``; ``nonnegative``: the images
         hold no negative value (raw camera counts), so neither can their darkfield."""
         blocks = None if self.smoothness is None else max(0.1, self.smoothness / layout.block)
         return surface_fit.FitSettings(
-            self.darkfield, blocks, self.darkfield_smoothness, self.window, max(self.max_iterations, 30), self.tolerance,
-            self.order_statistics, nonnegative_darkfield=nonnegative, quantisation=0.29 if np.dtype(dtype).kind in "ui" else 0.0,
+            self.darkfield,
+            blocks,
+            self.darkfield_smoothness,
+            self.window,
+            max(self.max_iterations, 30),
+            self.tolerance,
+            self.order_statistics,
+            nonnegative_darkfield=nonnegative,
+            quantisation=0.29 if np.dtype(dtype).kind in "ui" else 0.0,
         )
 
 
@@ -135,7 +180,9 @@ class ShadingEstimate:
     darkfield: np.ndarray  # (H, W) float32 (zeros when neither estimated nor given)
     baseline: np.ndarray  # (N,) float64: each frame's background level at unit flatfield; NaN if unused
     frames_used: int
-    frames_rejected: list[int]  # frames that did not enter the final fit (outliers, no background visible, no light)
+    frames_rejected: list[
+        int
+    ]  # frames that did not enter the final fit (outliers, no background visible, no light)
     diagnostics: dict[str, Any]
     settings: EstimateSettings
     notes: list[str] = field(default_factory=list)
@@ -149,7 +196,9 @@ class ShadingEstimate:
             "flatfield_min": round(float(self.flatfield.min()), 4),
             "flatfield_max": round(float(self.flatfield.max()), 4),
             "darkfield_mean": round(float(self.darkfield.mean()), 3),
-            "baseline_median": round(float(np.nanmedian(self.baseline)), 3) if np.isfinite(self.baseline).any() else None,
+            "baseline_median": round(float(np.nanmedian(self.baseline)), 3)
+            if np.isfinite(self.baseline).any()
+            else None,
             "noise_tau": round(float(self.diagnostics["tau"]), 5),
             "converged": bool(self.diagnostics["converged"]),
             "seconds": round(float(self.diagnostics["seconds"]), 3),
@@ -163,10 +212,14 @@ class ShadingEstimate:
 class MemoryFrames:
     """Frames held in memory: an (N, H, W) array or a sequence of (H, W) arrays of one shape."""
 
-    def __init__(self, images: np.ndarray | Sequence[np.ndarray], mask: np.ndarray | None = None, where: str = "images"):
+    def __init__(
+        self, images: np.ndarray | Sequence[np.ndarray], mask: np.ndarray | None = None, where: str = "images"
+    ):
         if isinstance(images, np.ndarray):
             if images.ndim != 3:
-                raise EstimateError(f"{where}: expected a stack (N, H, W), got an array of shape {images.shape}")
+                raise EstimateError(
+                    f"{where}: expected a stack (N, H, W), got an array of shape {images.shape}"
+                )
             self.frames = images
         else:
             frames = list(images)
@@ -177,27 +230,42 @@ class MemoryFrames:
                 if np.ndim(f) != 2:
                     raise EstimateError(f"{where}: image {i} has shape {np.shape(f)}, expected a 2-D image")
                 if np.shape(f) != first:
-                    raise EstimateError(f"{where}: image {i} is {np.shape(f)[0]}×{np.shape(f)[1]} but image 0 is {first[0]}×{first[1]}; all images must have one shape")
+                    raise EstimateError(
+                        f"{where}: image {i} is {np.shape(f)[0]}×{np.shape(f)[1]} but image 0 is "
+                        f"{first[0]}×{first[1]}; all images must have one shape"
+                    )
             self.frames = np.stack(frames)
         self.n = int(self.frames.shape[0])
         self.shape = (int(self.frames.shape[1]), int(self.frames.shape[2]))
         self.dtype = self.frames.dtype
         self.mask = check_mask(mask, self.n, self.shape)
 
-    def grid(self, indices: np.ndarray, layout: GridLayout, saturation: float | None, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        parts = [self._means(indices[i : i + chunk], layout, saturation) for i in range(0, len(indices), chunk)]
+    def grid(
+        self, indices: np.ndarray, layout: GridLayout, saturation: float | None, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        parts = [
+            self._means(indices[i : i + chunk], layout, saturation) for i in range(0, len(indices), chunk)
+        ]
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def statistics(self, model: GridModel, layout: GridLayout, saturation: float | None, chunk: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def statistics(
+        self, model: GridModel, layout: GridLayout, saturation: float | None, chunk: int
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         out = []
         for start in range(0, self.n, chunk):
             Y, V = self._means(np.arange(start, min(self.n, start + chunk)), layout, saturation)
             out.append(chunk_statistics(Y, V, model))
         return out
 
-    def _means(self, indices: np.ndarray, layout: GridLayout, saturation: float | None) -> tuple[np.ndarray, np.ndarray]:
+    def _means(
+        self, indices: np.ndarray, layout: GridLayout, saturation: float | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         mask = None if self.mask is None else (self.mask if self.mask.ndim == 2 else self.mask[indices])
-        frames = self.frames[indices] if not _is_range(indices) else self.frames[int(indices[0]) : int(indices[-1]) + 1]
+        frames = (
+            self.frames[indices]
+            if not _is_range(indices)
+            else self.frames[int(indices[0]) : int(indices[-1]) + 1]
+        )
         try:
             return block_means(frames, layout, saturation, mask)
         except EstimateError as exc:
@@ -214,7 +282,10 @@ def check_mask(mask: np.ndarray | None, n: int, shape: tuple[int, int]) -> np.nd
         return None
     mask = np.asarray(mask)
     if mask.shape not in (tuple(shape), (n, *shape)):
-        raise EstimateError(f"weight mask of shape {mask.shape} does not match the images: expected {tuple(shape)} (one for all) or {(n, *shape)} (one per image)")
+        raise EstimateError(
+            f"weight mask of shape {mask.shape} does not match the images: expected {tuple(shape)} (one for "
+            f"all) or {(n, *shape)} (one per image)"
+        )
     if mask.dtype.kind not in "biuf":
         raise EstimateError(f"weight mask dtype {mask.dtype} is not boolean or numeric")
     if mask.dtype.kind == "f" and not np.isfinite(mask).all():
@@ -282,7 +353,9 @@ def estimate_shading(
     microscopy. Nat. Methods 12, 404–406 (2015).
     """
     source = MemoryFrames(images, mask, where)
-    return run_estimate(source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where)
+    return run_estimate(
+        source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where
+    )
 
 
 def resolve_settings(settings: EstimateSettings | None, darkfield: bool, known_darkfield) -> EstimateSettings:
@@ -301,16 +374,20 @@ def choose_frames(n: int, max_frames: int, seed: int) -> np.ndarray:
 
 #: what a refused darkfield fit under ``auto`` suggests
 DARKFIELD_REFUSED_ADVICE = (
-    "; give the camera offset if you know it, fit without --darkfield, or try --method surface (whose darkfield is less "
+    "; give the camera offset if you know it, fit without --darkfield, or try --method surface (whose "
+    "darkfield is less "
     "reliable: check it)"
 )
 
 
 class ContentError(EstimateError):
-    """The images themselves cannot be fitted (unreadable, empty, constant, fully masked): no method can do better."""
+    """The images themselves cannot be fitted (unreadable, empty, constant, fully masked): no method can do
+    better."""
 
 
-def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str = "images") -> ShadingEstimate:
+def run_estimate(
+    source, settings: EstimateSettings, known_darkfield, where: str = "images"
+) -> ShadingEstimate:
     """The estimator over any frame source (memory or Dask): checks, then the chosen method's fit.
 
     ``auto`` fits the floor's polynomials first (fast, and the most accurate where the illumination is
@@ -322,14 +399,20 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
     started = time.perf_counter()
     need = frames_needed(settings.darkfield)
     if source.n < need:
-        raise EstimateError(f"{where}: {source.n} image{'s' if source.n != 1 else ''}; the estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}")
+        raise EstimateError(
+            f"{where}: {source.n} image{'s' if source.n != 1 else ''}; the estimator needs at least "
+            f"{need}{' to estimate a darkfield' if settings.darkfield else ''}"
+        )
     if source.dtype.kind not in "biuf":
         raise EstimateError(f"{where}: dtype {source.dtype} is not a real number type")
     if settings.method != "auto":
         return _estimate_with(source, settings, known_darkfield, where, started)
     if settings.darkfield:
         try:
-            return replace(_estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started), settings=settings)
+            return replace(
+                _estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started),
+                settings=settings,
+            )
         except ContentError:
             raise
         except EstimateError as exc:
@@ -349,7 +432,10 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
         surface = _estimate_with(source, replace(settings, method="surface"), known_darkfield, where, started)
     except EstimateError as exc:
         if floor is None:
-            raise EstimateError(f"{where}: neither fit answers — {why}; with free surfaces: {str(exc).removeprefix(where + ': ')}") from exc
+            raise EstimateError(
+                f"{where}: neither fit answers — {why}; with free surfaces: "
+                f"{str(exc).removeprefix(where + ': ')}"
+            ) from exc
         return replace(floor, settings=settings)
     if floor is not None and not surface.diagnostics["converged"]:
         return replace(floor, settings=settings)  # neither converged: the polynomial's answer, with its note
@@ -357,10 +443,16 @@ def run_estimate(source, settings: EstimateSettings, known_darkfield, where: str
     return replace(surface, settings=settings)
 
 
-def _estimate_with(source, settings: EstimateSettings, known_darkfield, where: str, started: float) -> ShadingEstimate:
+def _estimate_with(
+    source, settings: EstimateSettings, known_darkfield, where: str, started: float
+) -> ShadingEstimate:
     """One method's estimate (``settings.method`` is floor or surface): robust fit, final pass, fields."""
     layout = grid_layout(source.shape, settings.grid_blocks)
-    saturation = settings.saturation if settings.saturation is not None else (float(np.iinfo(source.dtype).max) if source.dtype.kind in "ui" else None)
+    saturation = (
+        settings.saturation
+        if settings.saturation is not None
+        else (float(np.iinfo(source.dtype).max) if source.dtype.kind in "ui" else None)
+    )
     known_grid = _known_on_grid(known_darkfield, layout, where)
     fit_frames = choose_frames(source.n, settings.max_frames, settings.seed)
     try:
@@ -373,17 +465,27 @@ def _estimate_with(source, settings: EstimateSettings, known_darkfield, where: s
     surface = settings.method == "surface"
     with single_threaded_blas():
         if surface:
-            fitted = surface_fit.fit_grid(Y, V, layout, settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0)), known_grid)
+            fitted = surface_fit.fit_grid(
+                Y,
+                V,
+                layout,
+                settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0)),
+                known_grid,
+            )
         else:
             fitted = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
             if settings.darkfield:
                 check_darkfield_below_data(fitted, Y, V, where)
-        offset = None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings)
+        offset = (
+            None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings)
+        )
     model = fitted
     if len(fit_frames) == source.n:  # every frame is on the grid already: the final pass needs no second read
         step = settings.chunk_frames
         with single_threaded_blas():
-            parts = [chunk_statistics(Y[i : i + step], V[i : i + step], model) for i in range(0, source.n, step)]
+            parts = [
+                chunk_statistics(Y[i : i + step], V[i : i + step], model) for i in range(0, source.n, step)
+            ]
     else:
         del Y, V
         parts = source.statistics(model, layout, saturation, settings.chunk_frames)
@@ -404,8 +506,10 @@ def _estimate_with(source, settings: EstimateSettings, known_darkfield, where: s
     notes = list(model.notes)
     if offset is not None and offset["clear"]:
         notes.append(
-            f"the images hold an offset of about {offset['counts']:.3g} counts ({offset['share']:.0%} of the mean signal) that a "
-            "flatfield-only fit folds into the flatfield; estimate it with --darkfield or give the camera offset"
+            f"the images hold an offset of about {offset['counts']:.3g} counts ({offset['share']:.0%} of "
+            "the mean signal) that a "
+            "flatfield-only fit folds into the flatfield; estimate it with --darkfield or give the camera "
+            "offset"
         )
     seconds = time.perf_counter() - started
     rejected = [int(i) for i in np.flatnonzero(~used)]  # outliers, frames with no background or no light
@@ -434,7 +538,9 @@ MAX_FLATFIELD_RANGE = 100.0
 OFFSET_SHARE = 0.02
 
 
-def offset_probe(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: EstimateSettings) -> dict[str, Any] | None:
+def offset_probe(
+    Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: EstimateSettings
+) -> dict[str, Any] | None:
     """For a flatfield-only fit: what a darkfield fit of the same block means finds — the mean darkfield
     in counts and as a share of the mean signal — and whether that offset is clear (above
     :data:`OFFSET_SHARE` of the signal and three times the floor's noise). None if that fit fails."""
@@ -460,16 +566,21 @@ def check_plausible(flat: np.ndarray, dark: np.ndarray, where: str) -> None:
     """Refuse profiles no optics produce, with advice: non-finite values, or a flatfield spanning more
     than :data:`MAX_FLATFIELD_RANGE`× (the floor method also refuses a flatfield that is not positive)."""
     if not (np.isfinite(flat).all() and np.isfinite(dark).all()):
-        raise EstimateError(f"{where}: the fit produced non-finite profiles; check the images for constant or empty frames")
+        raise EstimateError(
+            f"{where}: the fit produced non-finite profiles; check the images for constant or empty frames"
+        )
     span = float(flat.max() / flat.min()) if flat.min() > 0 else float("inf")
     if span > MAX_FLATFIELD_RANGE:
         raise EstimateError(
-            f"{where}: the estimated flatfield spans {span:.0f}× (more than {MAX_FLATFIELD_RANGE:g}×), which no illumination does; "
-            "the images do not constrain it — use more frames, frames with more even content, or a smoother fit"
+            f"{where}: the estimated flatfield spans {span:.0f}× (more than {MAX_FLATFIELD_RANGE:g}×), "
+            "which no illumination does; "
+            "the images do not constrain it — use more frames, frames with more even content, or a smoother "
+            "fit"
         )
 
 
-#: share of the blocks where a floor-method darkfield may exceed the data's 1 % quantile (by more than 5 % of the level)
+# : share of the blocks where a floor-method darkfield may exceed the data's 1 % quantile (by more than 5 % of
+# the level)
 MAX_DARKFIELD_ABOVE_DATA = 0.01
 
 
@@ -483,12 +594,16 @@ def check_darkfield_below_data(model: GridModel, Y: np.ndarray, V: np.ndarray, w
     above = np.isfinite(darkest) & (D > darkest + 0.05 * level)
     if above.mean() > MAX_DARKFIELD_ABOVE_DATA:
         raise EstimateError(
-            f"{where}: the estimated darkfield rises above the darkest 1 % of the images on {above.mean():.0%} of the field, "
-            "which no darkfield can; the images do not determine it — give the camera offset, raise --darkfield-degree, or try --method surface"
+            f"{where}: the estimated darkfield rises above the darkest 1 % of the images on "
+            f"{above.mean():.0%} of the field, "
+            "which no darkfield can; the images do not determine it — give the camera offset, raise "
+            "--darkfield-degree, or try --method surface"
         )
 
 
-def _surface_fields(model: surface_fit.GridModel, shape: tuple[int, int], known) -> tuple[np.ndarray, np.ndarray, float]:
+def _surface_fields(
+    model: surface_fit.GridModel, shape: tuple[int, int], known
+) -> tuple[np.ndarray, np.ndarray, float]:
     """The surface model's S (mean 1) and D at every pixel, and the factor by which S was rescaled."""
     flat = np.exp(full_resolution(model.log_flat, model.layout))
     scale = float(flat.mean())
@@ -511,7 +626,10 @@ def _known_on_grid(known, layout: GridLayout, where: str) -> np.ndarray | None:
             raise EstimateError(f"{where}: the known darkfield {float(value)} is not finite")
         return np.full(layout.size, float(value))
     if value.shape != layout.shape:
-        raise EstimateError(f"{where}: known darkfield of shape {value.shape} does not match the images ({layout.shape[0]}, {layout.shape[1]})")
+        raise EstimateError(
+            f"{where}: known darkfield of shape {value.shape} does not match the images ({layout.shape[0]}, "
+            f"{layout.shape[1]})"
+        )
     if not np.isfinite(value).all():
         raise EstimateError(f"{where}: the known darkfield holds non-finite values")
     means, _ = block_means(value[None], layout)
@@ -521,7 +639,9 @@ def _known_on_grid(known, layout: GridLayout, where: str) -> np.ndarray | None:
 def _check_content(Y: np.ndarray, V: np.ndarray, where: str) -> None:
     valid = V > 0
     if not valid.any():
-        raise ContentError(f"{where}: every block of every image is masked or saturated; nothing to estimate from")
+        raise ContentError(
+            f"{where}: every block of every image is masked or saturated; nothing to estimate from"
+        )
     values = Y[valid]
     low, high = float(values.min()), float(values.max())
     if high == low:
@@ -564,7 +684,10 @@ def _full_fields(model: GridModel, shape: tuple[int, int], known) -> tuple[np.nd
     else:
         dark = np.zeros(shape)
     if not np.all(flat > 0):
-        raise EstimateError(f"the estimated flatfield reaches {flat.min():.3g} (not positive); the images do not constrain it (too few frames with background?)")
+        raise EstimateError(
+            f"the estimated flatfield reaches {flat.min():.3g} (not positive); the images do not constrain "
+            "it (too few frames with background?)"
+        )
     return flat.astype(np.float32), dark.astype(np.float32), scale
 
 

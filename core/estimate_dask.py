@@ -20,18 +20,34 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shadeflow.core.estimate import EstimateSettings, ShadingEstimate, check_mask, chunk_statistics, resolve_settings, run_estimate
+from shadeflow.core.estimate import (
+    EstimateSettings,
+    ShadingEstimate,
+    check_mask,
+    chunk_statistics,
+    resolve_settings,
+    run_estimate,
+)
 from shadeflow.core.estimate_grid import EstimateError, GridLayout, block_means
 
 
-def _grid_chunk(frames: np.ndarray, layout: GridLayout, saturation: float | None, mask: np.ndarray | None, report=None) -> np.ndarray:
+def _grid_chunk(
+    frames: np.ndarray, layout: GridLayout, saturation: float | None, mask: np.ndarray | None, report=None
+) -> np.ndarray:
     Y, V = block_means(np.asarray(frames), layout, saturation, mask)
     if report is not None:
         report(len(frames))
     return np.concatenate([Y, V], axis=1)
 
 
-def _statistics_chunk(frames: np.ndarray, model, layout: GridLayout, saturation: float | None, mask: np.ndarray | None, report=None):
+def _statistics_chunk(
+    frames: np.ndarray,
+    model,
+    layout: GridLayout,
+    saturation: float | None,
+    mask: np.ndarray | None,
+    report=None,
+):
     Y, V = block_means(np.asarray(frames), layout, saturation, mask)
     if report is not None:
         report(len(frames))
@@ -45,7 +61,14 @@ class DaskFrames:
     (progress); it must be picklable.
     """
 
-    def __init__(self, array, mask: np.ndarray | None = None, compute: Callable | None = None, report: Callable[[int], None] | None = None, where: str = "images"):
+    def __init__(
+        self,
+        array,
+        mask: np.ndarray | None = None,
+        compute: Callable | None = None,
+        report: Callable[[int], None] | None = None,
+        where: str = "images",
+    ):
         import dask
 
         if array.ndim != 3:
@@ -67,14 +90,20 @@ class DaskFrames:
             return self.mask
         return self.mask[start:stop]
 
-    def grid(self, indices: np.ndarray, layout: GridLayout, saturation: float | None, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    def grid(
+        self, indices: np.ndarray, layout: GridLayout, saturation: float | None, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         import dask
 
         sub = self.array if len(indices) == self.n else self.array[indices]
         blocks = self._chunked(sub, chunk).to_delayed().ravel()
         tasks, start = [], 0
         for block, size in zip(blocks, self._chunked(sub, chunk).chunks[0]):
-            mask = self.mask if self.mask is None or self.mask.ndim == 2 else self.mask[indices[start : start + size]]
+            mask = (
+                self.mask
+                if self.mask is None or self.mask.ndim == 2
+                else self.mask[indices[start : start + size]]
+            )
             tasks.append(dask.delayed(_grid_chunk, pure=True)(block, layout, saturation, mask, self.report))
             start += size
         results = self._run(tasks)
@@ -88,7 +117,11 @@ class DaskFrames:
         chunked = self._chunked(self.array, chunk)
         tasks, start = [], 0
         for block, size in zip(chunked.to_delayed().ravel(), chunked.chunks[0]):
-            tasks.append(dask.delayed(_statistics_chunk, pure=True)(block, model, layout, saturation, self._mask_for(start, start + size), self.report))
+            tasks.append(
+                dask.delayed(_statistics_chunk, pure=True)(
+                    block, model, layout, saturation, self._mask_for(start, start + size), self.report
+                )
+            )
             start += size
         return list(self._run(tasks))
 
@@ -112,4 +145,6 @@ def estimate_shading_dask(
 ) -> ShadingEstimate:
     """:func:`~shadeflow.core.estimate.estimate_shading` of an (N, H, W) Dask array (module description)."""
     source = DaskFrames(array, mask, compute, report, where)
-    return run_estimate(source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where)
+    return run_estimate(
+        source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where
+    )

@@ -42,14 +42,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shadeflow.core.estimate_grid import GridLayout, basis_matrix, degree_pairs, laplacian
+from shadeflow.core.estimate_grid import EstimateError, GridLayout, basis_matrix, degree_pairs, laplacian
 
 #: low quantile of the start (at least 2/N)
 START_QUANTILE = 0.02
 #: frames with fewer floor blocks than this share of the median frame's get no weight
 MIN_FLOOR_SHARE = 0.25
 #: said with a fit that did not converge (the sweep's largest errors come with it)
-NOT_CONVERGED_ADVICE = "; the flatfield may be off by several percent — check it, or fit more frames or with --method surface"
+NOT_CONVERGED_ADVICE = (
+    "; the flatfield may be off by several percent — check it, or fit more frames or with --method surface"
+)
 #: frames whose floor residuals scatter more than this many times the median frame's are outliers
 OUTLIER_SCATTER = 3.0
 #: relative spread of the baselines below which the darkfield is not identifiable
@@ -114,7 +116,8 @@ def low_quantile(values: np.ndarray, p: float, axis: int) -> np.ndarray:
 
 
 def lower_scale(x: np.ndarray, keep: np.ndarray) -> float:
-    """1.4826 × the median of −x over kept negative residuals: the noise on the side specimen never reaches."""
+    """1.4826 × the median of −x over kept negative residuals: the noise on the side specimen never
+    reaches."""
     values = -x[(x < 0) & keep]
     if values.size == 0:
         return float("nan")
@@ -129,7 +132,13 @@ def basis_terms(settings: FitSettings) -> tuple[list[int], list[int]]:
     return darkfield, trend
 
 
-def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettings, known_darkfield: np.ndarray | None = None) -> GridModel:
+def fit_grid(
+    Y: np.ndarray,
+    V: np.ndarray,
+    layout: GridLayout,
+    settings: FitSettings,
+    known_darkfield: np.ndarray | None = None,
+) -> GridModel:
     """Fit S (and D) to block means ``Y`` (N, G) with validity ``V`` (module description)."""
     n_frames, _ = Y.shape
     P = basis_matrix(*layout.centres(), settings.degree)
@@ -231,22 +240,42 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
             break
         rejected = sorted(rejected + new)
     if rejected:
-        notes.append(f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}")
-    converged = converged or change <= 10 * settings.tolerance  # a last step of ≤ 10× the tolerance changes nothing that matters
+        notes.append(
+            f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median "
+            f"frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}"
+        )
+    converged = (
+        converged or change <= 10 * settings.tolerance
+    )  # a last step of ≤ 10× the tolerance changes nothing that matters
     if not converged:
-        notes.append(f"the fit stopped after {settings.max_iterations} iterations still changing by {change:.1e} (tolerance {settings.tolerance:g})" + NOT_CONVERGED_ADVICE)
+        notes.append(
+            f"the fit stopped after {settings.max_iterations} iterations still changing by {change:.1e} "
+            f"(tolerance {settings.tolerance:g})" + NOT_CONVERGED_ADVICE
+        )
     w_final = biweight(x / (settings.window * tau)) * V * usable
     w_final[rejected] = 0.0
     spread = _baseline_spread(B, w_final)
     if settings.darkfield and not spread >= MIN_BASELINE_SPREAD:
         notes.append(
-            f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not identifiable from these images and rests on the "
+            f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not "
+            "identifiable from these images and rests on the "
             "least-curvature prior; give a darkfield or a camera offset if you know it"
         )
     used = int((w_final.sum(axis=1) > 0).sum())
     return GridModel(
-        layout, settings, s_coef, d_coef if settings.darkfield else np.zeros(P.shape[1]), tau, scatter_limit,
-        None if known_darkfield is None else fixed, iterations, converged, used, rejected, notes, spread,
+        layout,
+        settings,
+        s_coef,
+        d_coef if settings.darkfield else np.zeros(P.shape[1]),
+        tau,
+        scatter_limit,
+        None if known_darkfield is None else fixed,
+        iterations,
+        converged,
+        used,
+        rejected,
+        notes,
+        spread,
     )
 
 
@@ -257,7 +286,11 @@ def _robust_surface(P: np.ndarray, values: np.ndarray, iterations: int = 4) -> n
     v = np.where(ok, values, 0.0)
     typical = float(np.median(v[ok])) if ok.any() else 0.0
     # start without blocks far from the typical level (vignetting stays within a few-fold of it)
-    w = (ok & (v < 2.5 * typical) & (v > 0.2 * typical)).astype(np.float64) if typical > 0 else ok.astype(np.float64)
+    w = (
+        (ok & (v < 2.5 * typical) & (v > 0.2 * typical)).astype(np.float64)
+        if typical > 0
+        else ok.astype(np.float64)
+    )
     coef = np.zeros(P.shape[1])
     for _ in range(iterations):
         coef = np.linalg.lstsq(P * w[:, None], v * w, rcond=None)[0]
@@ -288,9 +321,11 @@ def _rms(values: np.ndarray) -> float:
 
 
 def _no_signal(live: int, total: int) -> ValueError:
-    from shadeflow.core.estimate_grid import EstimateError
 
-    return EstimateError(f"only {live} of {total} images hold light above the darkfield; a flatfield cannot be estimated from them")
+    return EstimateError(
+        f"only {live} of {total} images hold light above the darkfield; a flatfield cannot be estimated "
+        "from them"
+    )
 
 
 def _residuals(Y: np.ndarray, S: np.ndarray, B: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,7 +366,9 @@ def relative_weights(w: np.ndarray, B: np.ndarray, S: np.ndarray, D: np.ndarray)
     return w / np.maximum(level, floor)[:, None] ** 2
 
 
-def _solve(X: np.ndarray, B: np.ndarray, w: np.ndarray, P: np.ndarray, PD: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray]:
+def _solve(
+    X: np.ndarray, B: np.ndarray, w: np.ndarray, P: np.ndarray, PD: np.ndarray, darkfield: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted least squares of X ≈ (P·a)·B (+ PD·b) from the per-block sufficient statistics."""
     stats = block_statistics(X, B, w)
     return solve_statistics(stats, P, PD, darkfield)
@@ -346,7 +383,9 @@ def block_statistics(X: np.ndarray, B: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.concatenate([first, second])
 
 
-def solve_statistics(stats: np.ndarray, P: np.ndarray, PD: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray]:
+def solve_statistics(
+    stats: np.ndarray, P: np.ndarray, PD: np.ndarray, darkfield: bool
+) -> tuple[np.ndarray, np.ndarray]:
     s1, sb, sbb, sx, sbx = stats
     A11 = P.T @ (P * sbb[:, None])
     if not darkfield:
@@ -368,14 +407,18 @@ def least_curvature_gauge(S: np.ndarray, D: np.ndarray, layout: GridLayout) -> f
     return -float(np.cov(D, S)[0, 1]) / var if var > 1e-12 else 0.0
 
 
-def _baselines(Y: np.ndarray, S: np.ndarray, D: np.ndarray, w: np.ndarray, previous: np.ndarray) -> np.ndarray:
+def _baselines(
+    Y: np.ndarray, S: np.ndarray, D: np.ndarray, w: np.ndarray, previous: np.ndarray
+) -> np.ndarray:
     """B per frame by least squares over its floor blocks; frames without weight keep their value."""
     num = (w * (Y - D[None, :])) @ S
     den = w @ (S * S)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), previous)
 
 
-def frame_baselines(Y: np.ndarray, V: np.ndarray, model: GridModel, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def frame_baselines(
+    Y: np.ndarray, V: np.ndarray, model: GridModel, iterations: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
     """Baselines and floor weights of frames the model was not fitted on (or all frames in the final pass)."""
     S, D = model.fields()
     X = np.where(V > 0, Y - D, np.inf)

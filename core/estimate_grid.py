@@ -71,14 +71,19 @@ def grid_layout(shape: tuple[int, int], grid: int = DEFAULT_GRID) -> GridLayout:
     """
     h, w = (int(s) for s in shape)
     if min(h, w) < MIN_BLOCKS:
-        raise EstimateError(f"images of {h}×{w} px are too small: the estimator needs at least {MIN_BLOCKS} px along each side")
+        raise EstimateError(
+            f"images of {h}×{w} px are too small: the estimator needs at least {MIN_BLOCKS} px along each "
+            "side"
+        )
     block = max(1, max(h, w) // max(grid, MIN_BLOCKS))
     block = min(block, min(h, w) // MIN_BLOCKS)
     ny, nx = h // block, w // block
     return GridLayout((h, w), block, ny, nx, (h - ny * block) // 2, (w - nx * block) // 2)
 
 
-def block_means(frames: np.ndarray, layout: GridLayout, saturation: float | None = None, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def block_means(
+    frames: np.ndarray, layout: GridLayout, saturation: float | None = None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Block means of (n, H, W) ``frames`` and each block's validity in [0, 1].
 
     Parameters
@@ -108,7 +113,9 @@ def block_means(frames: np.ndarray, layout: GridLayout, saturation: float | None
     if view.dtype.kind == "f":
         finite = np.isfinite(view).reshape(n, -1).all(axis=1)
         if not finite.all():
-            raise EstimateError(f"image {int(np.flatnonzero(~finite)[0])} of the chunk holds non-finite values (NaN or ±inf)")
+            raise EstimateError(
+                f"image {int(np.flatnonzero(~finite)[0])} of the chunk holds non-finite values (NaN or ±inf)"
+            )
     if mask is not None:
         m = mask[..., layout.y0 : layout.y0 + ny * b, layout.x0 : layout.x0 + nx * b].astype(np.float64)
         m = np.broadcast_to(m, view.shape)
@@ -162,7 +169,8 @@ def basis_matrix(cy: np.ndarray, cx: np.ndarray, degree: int) -> np.ndarray:
 
 
 def evaluate_field(coefficients: np.ndarray, degree: int, shape: tuple[int, int]) -> np.ndarray:
-    """Σ c_ij L_i(y) L_j(x) at every pixel centre of a ``shape`` frame, float64 (separable: two small products)."""
+    """Σ c_ij L_i(y) L_j(x) at every pixel centre of a ``shape`` frame, float64 (separable: two small
+    products)."""
     h, w = shape
     ly = legendre_columns((np.arange(h) + 0.5) / h * 2 - 1, degree)
     lx = legendre_columns((np.arange(w) + 0.5) / w * 2 - 1, degree)
@@ -180,7 +188,9 @@ def laplacian(field: np.ndarray, layout: GridLayout) -> np.ndarray:
     """Finite-difference Laplacian of a grid field (in [−1, 1] units), interior points only."""
     f = field.reshape(layout.ny, layout.nx)
     dy, dx = 2.0 * layout.block / layout.shape[0], 2.0 * layout.block / layout.shape[1]
-    lap = np.gradient(np.gradient(f, dy, axis=0), dy, axis=0) + np.gradient(np.gradient(f, dx, axis=1), dx, axis=1)
+    lap = np.gradient(np.gradient(f, dy, axis=0), dy, axis=0) + np.gradient(
+        np.gradient(f, dx, axis=1), dx, axis=1
+    )
     trim = 2 if min(layout.ny, layout.nx) > 6 else 1
     return lap[trim:-trim, trim:-trim].ravel()
 
@@ -216,7 +226,9 @@ def interpolate(field: np.ndarray, layout: GridLayout, ys: np.ndarray, xs: np.nd
     """A grid field (G,) at the points ys × xs (pixel coordinates): bilinear between block centres,
     extended linearly past the outer centres (the border half-blocks and the left-out rows)."""
     cy, cx = block_centres(layout)
-    grid = RegularGridInterpolator((cy, cx), field.reshape(layout.ny, layout.nx), bounds_error=False, fill_value=None)
+    grid = RegularGridInterpolator(
+        (cy, cx), field.reshape(layout.ny, layout.nx), bounds_error=False, fill_value=None
+    )
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     return grid((yy, xx))
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from shadeflow.core import storage
 from shadeflow.core.estimate_grid import EstimateError
+from shadeflow.core.slide import SlideError, load_slide, read_field
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -63,7 +64,10 @@ class ImageStack:
         return self.array[:, c]
 
     def describe(self) -> str:
-        return f"{self.n_frames} frames × {self.n_channels} channel{'s' if self.n_channels != 1 else ''} of {self.shape[0]}×{self.shape[1]} {self.dtype} ({self.kind})"
+        return (
+            f"{self.n_frames} frames × {self.n_channels} channel{'s' if self.n_channels != 1 else ''} of "
+            f"{self.shape[0]}×{self.shape[1]} {self.dtype} ({self.kind})"
+        )
 
 
 def open_images(urls: list[str], channels: int = 1, component: str | None = None) -> ImageStack:
@@ -82,7 +86,10 @@ def open_images(urls: list[str], channels: int = 1, component: str | None = None
     urls = [storage.normalize(u) for u in urls]
     kinds = [_kind(u) for u in urls]
     if len(set(kinds)) > 1:
-        raise EstimateError("give one kind of input per run (TIFF files or folders, one zarr array, or slide folders); got " + ", ".join(f"{u} ({k})" for u, k in zip(urls, kinds)))
+        raise EstimateError(
+            "give one kind of input per run (TIFF files or folders, one zarr array, or slide folders); got "
+            + ", ".join(f"{u} ({k})" for u, k in zip(urls, kinds))
+        )
     kind = kinds[0]
     if kind == "zarr":
         if len(urls) > 1:
@@ -107,10 +114,14 @@ def _kind(url: str) -> str:
     if fs.isdir(path):
         if fs.exists(path.rstrip("/") + "/slide.json"):
             return "slide"
-        if name.endswith(".zarr") or any(fs.exists(path.rstrip("/") + "/" + m) for m in ("zarr.json", ".zarray", ".zgroup")):
+        if name.endswith(".zarr") or any(
+            fs.exists(path.rstrip("/") + "/" + m) for m in ("zarr.json", ".zarray", ".zgroup")
+        ):
             return "zarr"
         return "tiff-folder"
-    raise EstimateError(f"input {url} is neither a TIFF file, a folder of TIFFs, a zarr store nor a slide folder")
+    raise EstimateError(
+        f"input {url} is neither a TIFF file, a folder of TIFFs, a zarr store nor a slide folder"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +153,10 @@ def _tiff_header(url: str) -> tuple[tuple[int, ...], np.dtype]:
             # every page's header, so that a page of another shape is named here, not by a stack error mid-run
             for index, other in enumerate(tif.pages):
                 if other.shape != page.shape or other.dtype != page.dtype:
-                    raise EstimateError(f"TIFF {url}: page {index} is {other.shape} {other.dtype} but page 0 is {page.shape} {page.dtype}; all pages must be frames of one shape")
+                    raise EstimateError(
+                        f"TIFF {url}: page {index} is {other.shape} {other.dtype} but page 0 is "
+                        f"{page.shape} {page.dtype}; all pages must be frames of one shape"
+                    )
             return (pages, *page.shape), np.dtype(page.dtype)
     except EstimateError:
         raise
@@ -170,14 +184,22 @@ def _open_tiffs(urls: list[str], channels: int) -> ImageStack:
     for url in files:
         shape, dtype = _tiff_header(url)
         if len(shape) != 3:
-            raise EstimateError(f"TIFF {url}: pages of shape {shape[1:]} are not 2-D images (RGB and volumes are not supported)")
+            raise EstimateError(
+                f"TIFF {url}: pages of shape {shape[1:]} are not 2-D images (RGB and volumes are not "
+                "supported)"
+            )
         pages, h, w = shape
         if first_shape is None:
             first_shape, first_dtype, first_file = (h, w), dtype, url
         elif (h, w) != first_shape:
-            raise EstimateError(f"images of different shapes: {url} is {h}×{w} but {first_file} is {first_shape[0]}×{first_shape[1]}")
+            raise EstimateError(
+                f"images of different shapes: {url} is {h}×{w} but {first_file} is "
+                f"{first_shape[0]}×{first_shape[1]}"
+            )
         elif dtype != first_dtype:
-            raise EstimateError(f"images of different types: {url} is {dtype} but {first_file} is {first_dtype}")
+            raise EstimateError(
+                f"images of different types: {url} is {dtype} but {first_file} is {first_dtype}"
+            )
         if pages % channels:
             raise EstimateError(f"TIFF {url} has {pages} pages, not a multiple of --channels {channels}")
         stack = da.from_delayed(dask.delayed(_read_tiff, pure=True)(url, pages), (pages, h, w), dtype)
@@ -201,7 +223,10 @@ def _open_zarr(url: str, component: str | None) -> ImageStack:
         elif not isinstance(node, zarr.Array):
             arrays = dict(node.arrays())
             if len(arrays) != 1:
-                raise EstimateError(f"zarr group {url} holds {len(arrays)} arrays ({', '.join(sorted(arrays)) or 'none'}); name one with --component")
+                raise EstimateError(
+                    f"zarr group {url} holds {len(arrays)} arrays ({', '.join(sorted(arrays)) or 'none'}); "
+                    "name one with --component"
+                )
             component, node = next(iter(arrays.items()))
     except EstimateError:
         raise
@@ -210,7 +235,9 @@ def _open_zarr(url: str, component: str | None) -> ImageStack:
     except Exception as exc:
         raise EstimateError(f"zarr {url} cannot be opened ({type(exc).__name__}: {exc})") from None
     if not isinstance(node, zarr.Array):
-        raise EstimateError(f"zarr {url}{'/' + component if component else ''} is a group; name an array with --component")
+        raise EstimateError(
+            f"zarr {url}{'/' + component if component else ''} is a group; name an array with --component"
+        )
     array = da.from_zarr(node)
     where = url + (f" (array {component})" if component else "")
     if array.ndim == 3:
@@ -225,7 +252,6 @@ def _open_zarr(url: str, component: str | None) -> ImageStack:
 
 
 def _read_slide_field(slide, field_) -> np.ndarray:
-    from shadeflow.core.slide import read_field
 
     return read_field(slide, field_)
 
@@ -233,8 +259,6 @@ def _read_slide_field(slide, field_) -> np.ndarray:
 def _open_slides(urls: list[str]) -> ImageStack:
     import dask
     import dask.array as da
-
-    from shadeflow.core.slide import SlideError, load_slide
 
     parts, names, darks = [], None, []
     first = None
@@ -248,13 +272,24 @@ def _open_slides(urls: list[str]) -> ImageStack:
             first = slide
             names = [f"layer {i + 1}" for i in range(n_layers)]
         elif slide.shape != first.shape:
-            raise EstimateError(f"images of different shapes: slide {slide.slide_id} is {h}×{w}×{n_layers} but {first.slide_id} is {'×'.join(map(str, first.shape))}")
+            raise EstimateError(
+                f"images of different shapes: slide {slide.slide_id} is {h}×{w}×{n_layers} but "
+                f"{first.slide_id} is {'×'.join(map(str, first.shape))}"
+            )
         darks.append(slide.dark_current)
         for field_ in slide.fields:
-            parts.append(da.from_delayed(dask.delayed(_read_slide_field, pure=True)(slide, field_), (n_layers, h, w), np.dtype(slide.dtype)))
+            parts.append(
+                da.from_delayed(
+                    dask.delayed(_read_slide_field, pure=True)(slide, field_),
+                    (n_layers, h, w),
+                    np.dtype(slide.dtype),
+                )
+            )
     array = da.stack(parts)
     notes = []
     dark = float(np.median(darks))
     if len(set(darks)) > 1:
-        notes.append(f"slides give different dark currents {sorted(set(darks))}; the median {dark:g} is subtracted")
+        notes.append(
+            f"slides give different dark currents {sorted(set(darks))}; the median {dark:g} is subtracted"
+        )
     return ImageStack("slide", urls, urls, array, names, dark, notes)

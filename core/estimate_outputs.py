@@ -43,16 +43,26 @@ def output_state(out: str, parameters: dict[str, Any], inputs: list[str], overwr
     out = storage.normalize(out)
     if is_complete(out):
         manifest = read_manifest(out)
-        same = manifest.get("kind") == KIND and manifest.get("parameters") == _jsonable(parameters) and manifest.get("inputs") == inputs
+        same = (
+            manifest.get("kind") == KIND
+            and manifest.get("parameters") == _jsonable(parameters)
+            and manifest.get("inputs") == inputs
+        )
         if same and not overwrite:
             return "skip"
         if overwrite:
             return "replace"
-        raise FileExistsError(f"output {out} exists and is complete (made {manifest.get('created', '?')} with other parameters or inputs); rerun with --overwrite to replace it")
+        raise FileExistsError(
+            f"output {out} exists and is complete (made {manifest.get('created', '?')} with other "
+            "parameters or inputs); rerun with --overwrite to replace it"
+        )
     fs, path = storage.filesystem(out)
     if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
         if not overwrite:
-            raise FileExistsError(f"output {out} exists and is not a shadeflow estimate; remove it, choose another --out, or rerun with --overwrite")
+            raise FileExistsError(
+                f"output {out} exists and is not a shadeflow estimate; remove it, choose another --out, or "
+                "rerun with --overwrite"
+            )
         return "replace"
     return "write"
 
@@ -69,10 +79,23 @@ def _tiff_bytes(stack: np.ndarray, names: list[str]) -> bytes:
 
 def channel_record(name: str, result: ShadingEstimate) -> dict[str, Any]:
     """Per channel: statistics, diagnostics and notes (JSON-ready)."""
-    return {"channel": name, **result.summary(), "diagnostics": _jsonable(result.diagnostics), "rejected_frames": result.frames_rejected, "notes": result.notes}
+    return {
+        "channel": name,
+        **result.summary(),
+        "diagnostics": _jsonable(result.diagnostics),
+        "rejected_frames": result.frames_rejected,
+        "notes": result.notes,
+    }
 
 
-def write_estimate(out: str, results: list[ShadingEstimate], channel_names: list[str], parameters: dict[str, Any], inputs: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_estimate(
+    out: str,
+    results: list[ShadingEstimate],
+    channel_names: list[str],
+    parameters: dict[str, Any],
+    inputs: list[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write the output folder (module description) and return its manifest."""
     import zarr
 
@@ -111,14 +134,27 @@ def read_estimate(out: str) -> dict[str, Any]:
     group = zarr.open_group(url, mode="r", storage_options=storage.storage_options(url) or None)
     data = {name: group[name][...] for name in ("flatfield", "darkfield", "baseline")}
     data["attrs"] = group.attrs.asdict()
-    data["flatfield_tiff"] = tifffile.imread(io.BytesIO(storage.read_bytes(storage.join(out, FLATFIELD_TIFF))))
-    data["darkfield_tiff"] = tifffile.imread(io.BytesIO(storage.read_bytes(storage.join(out, DARKFIELD_TIFF))))
+    data["flatfield_tiff"] = tifffile.imread(
+        io.BytesIO(storage.read_bytes(storage.join(out, FLATFIELD_TIFF)))
+    )
+    data["darkfield_tiff"] = tifffile.imread(
+        io.BytesIO(storage.read_bytes(storage.join(out, DARKFIELD_TIFF)))
+    )
     return data
 
 
 def _jsonable(value: Any) -> Any:
     """JSON-ready: arrays as lists, numpy scalars as numbers, NaN and ±inf as null."""
-    plain = json.loads(json.dumps(value, default=lambda v: v.tolist() if isinstance(v, np.ndarray) else (v.item() if isinstance(v, np.generic) else str(v))))
+    plain = json.loads(
+        json.dumps(
+            value,
+            default=lambda v: (
+                v.tolist()
+                if isinstance(v, np.ndarray)
+                else (v.item() if isinstance(v, np.generic) else str(v))
+            ),
+        )
+    )
     return _finite(plain)
 
 

@@ -29,7 +29,9 @@ from scipy import fft
 
 
 def _second_difference(n: int) -> sp.csr_matrix:
-    return sp.diags([np.ones(n - 2), -2.0 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n), format="csr")
+    return sp.diags(
+        [np.ones(n - 2), -2.0 * np.ones(n - 2), np.ones(n - 2)], [0, 1, 2], shape=(n - 2, n), format="csr"
+    )
 
 
 def _first_difference(n: int) -> sp.csr_matrix:
@@ -69,7 +71,9 @@ class SurfaceGrid:
     def _idct(self, c: np.ndarray) -> np.ndarray:
         return fft.idctn(c, norm="ortho").ravel()
 
-    def solve_one(self, a: np.ndarray, r: np.ndarray, lam: float, tolerance: float = 1e-4, max_iterations: int = 400) -> tuple[np.ndarray, int]:
+    def solve_one(
+        self, a: np.ndarray, r: np.ndarray, lam: float, tolerance: float = 1e-4, max_iterations: int = 400
+    ) -> tuple[np.ndarray, int]:
         """argmin Σ a_g u_g² − 2 r·u + λ uᵀPu, and the number of CG iterations."""
         P = self.penalty
 
@@ -89,8 +93,16 @@ class SurfaceGrid:
         return conjugate_gradients(apply, _two_level(jacobi, dct_solve), r, tolerance, max_iterations)
 
     def solve_two(
-        self, a11: np.ndarray, a12: np.ndarray, a22: np.ndarray, r1: np.ndarray, r2: np.ndarray, lam1: float, lam2: float,
-        tolerance: float = 1e-4, max_iterations: int = 400,
+        self,
+        a11: np.ndarray,
+        a12: np.ndarray,
+        a22: np.ndarray,
+        r1: np.ndarray,
+        r2: np.ndarray,
+        lam1: float,
+        lam2: float,
+        tolerance: float = 1e-4,
+        max_iterations: int = 400,
     ) -> tuple[np.ndarray, np.ndarray, int]:
         """The coupled two-field problem (per block a 2×2 curvature [[a11, a12], [a12, a22]])."""
         P = self.penalty
@@ -106,7 +118,9 @@ class SurfaceGrid:
 
         def dct_solve(x):
             c1, c2 = self._dct(x[0]), self._dct(x[1])
-            return np.stack([self._idct((p22 * c1 - m12 * c2) / det), self._idct((p11 * c2 - m12 * c1) / det)])
+            return np.stack(
+                [self._idct((p22 * c1 - m12 * c2) / det), self._idct((p11 * c2 - m12 * c1) / det)]
+            )
 
         j11 = a11 + lam1 * self.penalty_diagonal
         j22 = a22 + lam2 * self.penalty_diagonal
@@ -116,7 +130,9 @@ class SurfaceGrid:
         def jacobi(x):
             return np.stack([(j22 * x[0] - a12 * x[1]) / jdet, (j11 * x[1] - a12 * x[0]) / jdet])
 
-        x, iterations = conjugate_gradients(apply, _two_level(jacobi, dct_solve), np.stack([r1, r2]), tolerance, max_iterations)
+        x, iterations = conjugate_gradients(
+            apply, _two_level(jacobi, dct_solve), np.stack([r1, r2]), tolerance, max_iterations
+        )
         return x[0], x[1], iterations
 
 
@@ -130,7 +146,9 @@ def _two_level(jacobi: Callable, dct_solve: Callable) -> Callable:
     return precondition
 
 
-def conjugate_gradients(apply: Callable, precondition: Callable, b: np.ndarray, tolerance: float, max_iterations: int) -> tuple[np.ndarray, int]:
+def conjugate_gradients(
+    apply: Callable, precondition: Callable, b: np.ndarray, tolerance: float, max_iterations: int
+) -> tuple[np.ndarray, int]:
     """scipy's preconditioned conjugate gradients on fields of b's shape (one or two stacked fields),
     from zero, to ‖r‖ ≤ tolerance·‖b‖; returns x and the number of iterations."""
     shape, n = b.shape, b.size
@@ -140,6 +158,16 @@ def conjugate_gradients(apply: Callable, precondition: Callable, b: np.ndarray, 
         count[0] += 1
 
     operator = sla.LinearOperator((n, n), matvec=lambda v: apply(v.reshape(shape)).ravel(), dtype=np.float64)
-    preconditioner = sla.LinearOperator((n, n), matvec=lambda v: precondition(v.reshape(shape)).ravel(), dtype=np.float64)
-    x, _ = sla.cg(operator, b.ravel(), rtol=tolerance, atol=0.0, maxiter=max_iterations, M=preconditioner, callback=counted)
+    preconditioner = sla.LinearOperator(
+        (n, n), matvec=lambda v: precondition(v.reshape(shape)).ravel(), dtype=np.float64
+    )
+    x, _ = sla.cg(
+        operator,
+        b.ravel(),
+        rtol=tolerance,
+        atol=0.0,
+        maxiter=max_iterations,
+        M=preconditioner,
+        callback=counted,
+    )
     return x.reshape(shape), count[0]

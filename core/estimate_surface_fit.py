@@ -10,7 +10,8 @@ into two contiguous halves, the model is fitted on one half and scored on how it
 (weighted squared error of the floor), for ℓ from 0.35 to 23 blocks. The specimen, saturated blocks and
 outlier frames get no weight through Tukey's biweight on the relative residual
 x = (Y − S·B − D)/(S·B + D), with a noise scale τ per block (the floor's noise, measured on the side
-specimen never reaches, raised in dim blocks as shot noise is) and a window that widens where the data lie below the model (2 × the block's 10 % residual quantile):
+specimen never reaches, raised in dim blocks as shot noise is) and a window that widens where the data lie
+below the model (2 × the block's 10 % residual quantile):
 specimen never darkens the floor, so such a block is one the model misses (a sharp edge, a poor start),
 and it is not locked out.
 
@@ -36,7 +37,8 @@ darkfield is below what the data allow by construction, and the flatfield, which
 touch, is positive by construction.
 
 **Where B hardly varies** (no drift, no bleaching: below :data:`SORT_BELOW_SPREAD`), the floor alone
-cannot separate S from D. The fit then uses the *order statistics* of each block instead of the frames: the k-th smallest value of every
+cannot separate S from D. The fit then uses the *order statistics* of each block instead of the frames: the
+k-th smallest value of every
 block, I_(k) = S·q_k + D, spreads over the whole range of the specimen, so S is identified by the
 specimen's own variation (the idea of CIDRE, Smith et al. 2015, and BaSiC's ``sort_intensity``).
 """
@@ -46,11 +48,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-import warnings
-
 import numpy as np
 
-from shadeflow.core.estimate_fit import NOT_CONVERGED_ADVICE, biweight, low_quantile  # the floor method's, shared
+# the floor method's, shared
+from shadeflow.core.estimate_fit import biweight, low_quantile
 from shadeflow.core.estimate_grid import EstimateError, GridLayout, coarsen, regrid
 from shadeflow.core.estimate_surface import SurfaceGrid
 
@@ -66,6 +67,8 @@ MIN_BASELINE_SPREAD = 0.01
 COARSE_WORK = 1_500_000
 #: smoothing lengths (blocks of the grid) the cross-validation chooses from
 SMOOTHNESS_CHOICES = (0.35, 0.7, 1.4, 2.8, 5.6, 11.0, 23.0)
+#: the surface fit's own advice (the floor's suggests this method)
+SURFACE_NOT_CONVERGED_ADVICE = "; the flatfield may be off by several percent — check it, or fit more frames"
 #: relative CV score within which the smoother surface is preferred
 CV_TOLERANCE = 0.002
 #: the window widens to this many times the block's 10 % residual quantile where that lies below the model:
@@ -82,7 +85,9 @@ class FitSettings:
     max_iterations: int = 40
     tolerance: float = 1e-4
     order_statistics: bool | None = None  # None: when the baselines vary by less than SORT_BELOW_SPREAD
-    nonnegative_darkfield: bool = False  # images without negative values: a darkfield below zero is impossible
+    nonnegative_darkfield: bool = (
+        False  # images without negative values: a darkfield below zero is impossible
+    )
     quantisation: float = 0.0  # rounding noise of the data (counts RMS), a floor under τ
 
 
@@ -133,10 +138,21 @@ def block_statistics(w: np.ndarray, B: np.ndarray, r: np.ndarray) -> np.ndarray:
     """(6, G): Σw, ΣwB, ΣwB², Σwr, ΣwBr, Σwr² over frames — all a Gauss–Newton step and its
     cross-validation score need, mergeable by addition (chunks, folds)."""
     wB = w * B[:, None]
-    return np.stack([w.sum(0), wB.sum(0), (wB * B[:, None]).sum(0), (w * r).sum(0), (wB * r).sum(0), (w * r * r).sum(0)])
+    return np.stack(
+        [w.sum(0), wB.sum(0), (wB * B[:, None]).sum(0), (w * r).sum(0), (wB * r).sum(0), (w * r * r).sum(0)]
+    )
 
 
-def gauss_newton_step(grid: SurfaceGrid, stats: np.ndarray, S: np.ndarray, f: np.ndarray, D: np.ndarray, smoothness: float, settings: FitSettings, tolerance: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+def gauss_newton_step(
+    grid: SurfaceGrid,
+    stats: np.ndarray,
+    S: np.ndarray,
+    f: np.ndarray,
+    D: np.ndarray,
+    smoothness: float,
+    settings: FitSettings,
+    tolerance: float = 1e-4,
+) -> tuple[np.ndarray, np.ndarray]:
     """The change (Δf, ΔD) that minimises the weighted squared residual of the linearised model
     Y ≈ S·B·(1 + Δf) + D + ΔD plus the roughness of f + Δf and D + ΔD (smoothing lengths ℓ and
     ``darkfield_ratio``·ℓ blocks)."""
@@ -152,7 +168,19 @@ def gauss_newton_step(grid: SurfaceGrid, stats: np.ndarray, S: np.ndarray, f: np
     return df, dD
 
 
-def choose_smoothness(grid: SurfaceGrid, Y: np.ndarray, V: np.ndarray, omega: np.ndarray, B: np.ndarray, r: np.ndarray, S: np.ndarray, f: np.ndarray, D: np.ndarray, widths: np.ndarray, settings: FitSettings) -> tuple[float, list[float]]:
+def choose_smoothness(
+    grid: SurfaceGrid,
+    Y: np.ndarray,
+    V: np.ndarray,
+    omega: np.ndarray,
+    B: np.ndarray,
+    r: np.ndarray,
+    S: np.ndarray,
+    f: np.ndarray,
+    D: np.ndarray,
+    widths: np.ndarray,
+    settings: FitSettings,
+) -> tuple[float, list[float]]:
     """ℓ by two-fold cross-validation over contiguous halves of the frames (contiguous, so that a
     timelapse's slowly changing specimen is not mistaken for shading): the model is stepped with ℓ on
     one half, the other half's baselines are refitted under it, and its frames are scored by Tukey's
@@ -167,7 +195,9 @@ def choose_smoothness(grid: SurfaceGrid, Y: np.ndarray, V: np.ndarray, omega: np
         for train, test in ((0, 1), (1, 0)):
             df, dD = gauss_newton_step(grid, stats[train], S, f, D, smoothness, settings, tolerance=1e-3)
             f_new = f + np.clip(df, -1.0, 1.0)
-            score += _robust_loss(Y[halves[test]], V[halves[test]], np.exp(f_new), D + dD, B[halves[test]], widths)
+            score += _robust_loss(
+                Y[halves[test]], V[halves[test]], np.exp(f_new), D + dD, B[halves[test]], widths
+            )
         scores.append(score)
     # the smoothest surface that predicts within CV_TOLERANCE of the best (a "one standard error" rule:
     # differences smaller than that are the halves' own noise)
@@ -176,7 +206,15 @@ def choose_smoothness(grid: SurfaceGrid, Y: np.ndarray, V: np.ndarray, omega: np
     return chosen, scores
 
 
-def _robust_loss(Y: np.ndarray, V: np.ndarray, S: np.ndarray, D: np.ndarray, B: np.ndarray, widths: np.ndarray, iterations: int = 2) -> float:
+def _robust_loss(
+    Y: np.ndarray,
+    V: np.ndarray,
+    S: np.ndarray,
+    D: np.ndarray,
+    B: np.ndarray,
+    widths: np.ndarray,
+    iterations: int = 2,
+) -> float:
     """Σ Tukey ρ(x / width) over the valid blocks of frames whose baselines are refitted under (S, D)."""
     valid = V > 0
     for _ in range(iterations + 1):
@@ -208,7 +246,9 @@ def residual_quantile(x: np.ndarray, ok: np.ndarray, p: float = 0.1, max_frames:
     return np.where((count > 0) & np.isfinite(q), q, 0.0)
 
 
-def _noise_scale(x: np.ndarray, ok: np.ndarray, level: np.ndarray, settings: FitSettings, block: int) -> np.ndarray:
+def _noise_scale(
+    x: np.ndarray, ok: np.ndarray, level: np.ndarray, settings: FitSettings, block: int
+) -> np.ndarray:
     """τ per block: the floor's relative noise τ₀ (1.4826 × the median of −x over negative residuals,
     the side specimen never reaches), raised where a block is dimmer than typical as shot noise is
     (τ ∝ level^−½, at most 5×), and never below the data's rounding."""
@@ -222,7 +262,9 @@ def _noise_scale(x: np.ndarray, ok: np.ndarray, level: np.ndarray, settings: Fit
     return np.maximum(tau, settings.quantisation / block / np.maximum(level, 1e-12))
 
 
-def _darkfield_gauge(grid: SurfaceGrid, S: np.ndarray, D: np.ndarray, upper: np.ndarray, lower: np.ndarray) -> float:
+def _darkfield_gauge(
+    grid: SurfaceGrid, S: np.ndarray, D: np.ndarray, upper: np.ndarray, lower: np.ndarray
+) -> float:
     """c for D → D + c·S: the least roughness of D + c·S (its least slope where S has hardly any
     curvature, which leaves c unconditioned), clamped so that lower ≤ D + c·S ≤ upper everywhere."""
     PS = grid.roughness(S)
@@ -241,7 +283,18 @@ def _darkfield_gauge(grid: SurfaceGrid, S: np.ndarray, D: np.ndarray, upper: np.
     return min(max(c, low), high) if low <= high else 0.0
 
 
-def _iterate(Y: np.ndarray, V: np.ndarray, layout: GridLayout, state: _State, settings: FitSettings, upper: np.ndarray, iterations: int, choose_at: tuple[int, ...], detect_outliers_at: int, fixed: np.ndarray) -> _State:
+def _iterate(
+    Y: np.ndarray,
+    V: np.ndarray,
+    layout: GridLayout,
+    state: _State,
+    settings: FitSettings,
+    upper: np.ndarray,
+    iterations: int,
+    choose_at: tuple[int, ...],
+    detect_outliers_at: int,
+    fixed: np.ndarray,
+) -> _State:
     """IRLS on one grid (module description, step 2)."""
     n, _ = Y.shape
     grid = SurfaceGrid(layout.ny, layout.nx)
@@ -272,10 +325,14 @@ def _iterate(Y: np.ndarray, V: np.ndarray, layout: GridLayout, state: _State, se
         if it in choose_at and settings.smoothness is None:
             smoothness, _ = choose_smoothness(grid, Y, V, omega, B, r, S, f, D, widths, settings)
         # an inexact step is enough: the next iteration corrects it (inexact Gauss–Newton)
-        df, dD = gauss_newton_step(grid, block_statistics(omega, B, r), S, f, D, smoothness, settings, tolerance=1e-3)
+        df, dD = gauss_newton_step(
+            grid, block_statistics(omega, B, r), S, f, D, smoothness, settings, tolerance=1e-3
+        )
         f_old = f
         f = f + np.clip(df, -1.0, 1.0)  # a step never rescales a block by more than e
-        D = D + np.clip(dD, -step_limit, step_limit)  # nor moves the darkfield by more than a quarter of the signal
+        D = D + np.clip(
+            dD, -step_limit, step_limit
+        )  # nor moves the darkfield by more than a quarter of the signal
         mean = float(np.exp(f).mean())
         f = f - math.log(mean)
         S = np.exp(f)
@@ -290,15 +347,23 @@ def _iterate(Y: np.ndarray, V: np.ndarray, layout: GridLayout, state: _State, se
             scatter = _frame_scatter(x, w)
             known = np.isfinite(scatter)
             if known.any():
-                # an outlier is rare: never more than a tenth of the frames (a stack of two kinds of frame is not outliers)
-                scatter_limit = max(OUTLIER_SCATTER * float(np.median(scatter[known])), float(np.quantile(scatter[known], 0.9)))
+                # an outlier is rare: never more than a tenth of the frames (a stack of two kinds of frame is
+                # not outliers)
+                scatter_limit = max(
+                    OUTLIER_SCATTER * float(np.median(scatter[known])),
+                    float(np.quantile(scatter[known], 0.9)),
+                )
                 rejected |= known & (scatter > scatter_limit)
         if it > max(choose_at, default=0) and it > detect_outliers_at and change < settings.tolerance:
             break
-    return _State(f, D, B, rejected, smoothness, tau, widths, state.iterations + it + 1, change, scatter_limit)
+    return _State(
+        f, D, B, rejected, smoothness, tau, widths, state.iterations + it + 1, change, scatter_limit
+    )
 
 
-def _baselines(Y: np.ndarray, S: np.ndarray, D: np.ndarray, w: np.ndarray, previous: np.ndarray) -> np.ndarray:
+def _baselines(
+    Y: np.ndarray, S: np.ndarray, D: np.ndarray, w: np.ndarray, previous: np.ndarray
+) -> np.ndarray:
     """B per frame by weighted least squares over its floor blocks; frames without weight keep their value."""
     num = (w * (Y - D)) @ S
     den = w @ (S * S)
@@ -312,7 +377,9 @@ def _frame_scatter(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.sqrt(np.divide(ms, ws, out=np.full(ws.shape, np.nan), where=ws > 0))
 
 
-def _start(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettings, fixed: np.ndarray) -> _State:
+def _start(
+    Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettings, fixed: np.ndarray
+) -> _State:
     """Step 1 of the module description."""
     valid = V > 0
     X = np.where(valid, Y - fixed, np.inf)
@@ -324,7 +391,9 @@ def _start(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettin
     q = low_quantile(X, START_QUANTILE, axis=0)
     good = np.isfinite(q) & (q > 0)
     if not good.any():
-        raise EstimateError("no block holds light above the darkfield in enough images; a flatfield cannot be estimated")
+        raise EstimateError(
+            "no block holds light above the darkfield in enough images; a flatfield cannot be estimated"
+        )
     f = np.log(np.where(good, q, np.median(q[good])))
     grid = SurfaceGrid(layout.ny, layout.nx)
     f, _ = grid.solve_one(np.where(good, 1.0, 1e-6), np.where(good, f, 0.0), 1.0)  # ℓ = 1 block: keeps edges
@@ -332,11 +401,16 @@ def _start(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettin
     B = low_quantile(X / np.exp(f), START_QUANTILE, axis=1)
     B = np.where(np.isfinite(B) & (B > 0), B, 0.0)
     if (B > 0).sum() < 2:
-        raise EstimateError(f"only {(B > 0).sum()} of {n} images hold light above the darkfield; a flatfield cannot be estimated from them")
+        raise EstimateError(
+            f"only {(B > 0).sum()} of {n} images hold light above the darkfield; a flatfield cannot be "
+            "estimated from them"
+        )
     return _State(f, D, B, np.zeros(n, bool), 2.8 if settings.smoothness is None else settings.smoothness)
 
 
-def _levels(Y: np.ndarray, V: np.ndarray, layout: GridLayout) -> list[tuple[np.ndarray, np.ndarray, GridLayout]]:
+def _levels(
+    Y: np.ndarray, V: np.ndarray, layout: GridLayout
+) -> list[tuple[np.ndarray, np.ndarray, GridLayout]]:
     """The working grid and the coarser grids the first iterations run on (coarsest last)."""
     levels = [(Y, V, layout)]
     while Y.shape[0] * levels[-1][2].size > COARSE_WORK and min(levels[-1][2].ny, levels[-1][2].nx) >= 16:
@@ -359,27 +433,56 @@ def _upper_bound(Y: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(q), q, np.inf)
 
 
-def _fit_levels(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettings, fixed: np.ndarray, state: _State | None, detect_outliers: bool) -> tuple[_State, GridLayout]:
+def _fit_levels(
+    Y: np.ndarray,
+    V: np.ndarray,
+    layout: GridLayout,
+    settings: FitSettings,
+    fixed: np.ndarray,
+    state: _State | None,
+    detect_outliers: bool,
+) -> tuple[_State, GridLayout]:
     levels = _levels(Y, V, layout)
     fixed_levels = [fixed]
-    for Yc, Vc, lay in levels[1:]:
-        fixed_levels.append(regrid(fixed_levels[-1], levels[len(fixed_levels) - 1][2], lay) if fixed.any() else np.zeros(lay.size))
+    for _, _, lay in levels[1:]:
+        fixed_levels.append(
+            regrid(fixed_levels[-1], levels[len(fixed_levels) - 1][2], lay)
+            if fixed.any()
+            else np.zeros(lay.size)
+        )
     Yc, Vc, coarse = levels[-1]
     coarser = 2 ** (len(levels) - 1)  # blocks of the working grid per block of the coarsest
     if state is None:
         state = _start(Yc, Vc, coarse, settings, fixed_levels[-1])
         state.smoothness = state.smoothness / coarser
     elif state.f.size != coarse.size:
-        state = replace(state, f=regrid(state.f, layout, coarse), D=regrid(state.D, layout, coarse), smoothness=state.smoothness / coarser)
+        state = replace(
+            state,
+            f=regrid(state.f, layout, coarse),
+            D=regrid(state.D, layout, coarse),
+            smoothness=state.smoothness / coarser,
+        )
     previous = None
     for depth in range(len(levels) - 1, -1, -1):
         Yl, Vl, lay = levels[depth]
         if previous is not None:
-            state = replace(state, f=regrid(state.f, previous, lay), D=regrid(state.D, previous, lay), smoothness=state.smoothness * 2)
+            state = replace(
+                state,
+                f=regrid(state.f, previous, lay),
+                D=regrid(state.D, previous, lay),
+                smoothness=state.smoothness * 2,
+            )
         first = depth == len(levels) - 1
         state = _iterate(
-            Yl, Vl, lay, state, settings, _upper_bound(Yl, Vl),
-            settings.max_iterations if first else 8,
+            Yl,
+            Vl,
+            lay,
+            state,
+            settings,
+            _upper_bound(Yl, Vl),
+            # the finer grids start close to the answer, but a sharp edge or a slow drift can need as many
+            # steps
+            settings.max_iterations,
             (0, 4) if first else (1,),
             8 if (first and detect_outliers) else -1,
             fixed_levels[depth],
@@ -388,13 +491,20 @@ def _fit_levels(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitS
     return state, layout
 
 
-def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSettings, known_darkfield: np.ndarray | None = None) -> GridModel:
+def fit_grid(
+    Y: np.ndarray,
+    V: np.ndarray,
+    layout: GridLayout,
+    settings: FitSettings,
+    known_darkfield: np.ndarray | None = None,
+) -> GridModel:
     """Fit S (and D) to block means ``Y`` (N, G) with validity ``V`` (module description)."""
-    n = Y.shape[0]
     fixed = np.zeros(layout.size) if known_darkfield is None else np.asarray(known_darkfield, np.float64)
     state, _ = _fit_levels(Y, V, layout, settings, fixed, None, detect_outliers=True)
     spread = _baseline_spread(state.B, state.rejected, state.D)
-    use_order = settings.darkfield and (settings.order_statistics if settings.order_statistics is not None else spread < SORT_BELOW_SPREAD)
+    use_order = settings.darkfield and (
+        settings.order_statistics if settings.order_statistics is not None else spread < SORT_BELOW_SPREAD
+    )
     notes: list[str] = []
     if use_order:
         # the k-th smallest value of every block (invalid blocks last), from the frames the first fit kept
@@ -402,33 +512,74 @@ def fit_grid(Y: np.ndarray, V: np.ndarray, layout: GridLayout, settings: FitSett
         key = np.where(V[keep] > 0, Y[keep], np.inf)
         order = np.argsort(key, axis=0, kind="stable")
         Ys, Vs = np.take_along_axis(Y[keep], order, 0), np.take_along_axis(V[keep], order, 0)
-        start = replace(state, B=np.sort(np.where(keep, state.B, np.inf))[: int(keep.sum())], rejected=np.zeros(int(keep.sum()), bool))
+        start = replace(
+            state,
+            B=np.sort(np.where(keep, state.B, np.inf))[: int(keep.sum())],
+            rejected=np.zeros(int(keep.sum()), bool),
+        )
         sorted_state, _ = _fit_levels(Ys, Vs, layout, settings, fixed, start, detect_outliers=False)
-        state = replace(state, f=sorted_state.f, D=sorted_state.D, smoothness=sorted_state.smoothness, tau=sorted_state.tau,
-                        widths=sorted_state.widths, iterations=state.iterations + sorted_state.iterations, change=sorted_state.change)
-        why = f"the frames' background levels vary by only {spread:.1%} (RMS), so " if settings.order_statistics is None else ""
+        state = replace(
+            state,
+            f=sorted_state.f,
+            D=sorted_state.D,
+            smoothness=sorted_state.smoothness,
+            tau=sorted_state.tau,
+            widths=sorted_state.widths,
+            iterations=state.iterations + sorted_state.iterations,
+            change=sorted_state.change,
+        )
+        why = (
+            f"the frames' background levels vary by only {spread:.1%} (RMS), so "
+            if settings.order_statistics is None
+            else ""
+        )
         notes.append(
-            f"{why}flatfield and darkfield were separated by each block's distribution over the frames (order statistics), "
+            f"{why}flatfield and darkfield were separated by each block's distribution over the frames "
+            "(order statistics), "
             "which assumes the specimen is spread evenly over the field"
         )
     rejected = [int(i) for i in np.flatnonzero(state.rejected)]
     if rejected:
-        notes.append(f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}")
+        notes.append(
+            f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median "
+            f"frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}"
+        )
     quiet = int(((state.B <= 0) & ~state.rejected).sum())
     if quiet:
         notes.append(f"{quiet} frame(s) with no light above the darkfield were not used")
     converged = state.change < 10 * settings.tolerance
     if not converged:
-        notes.append(f"the fit stopped after {state.iterations} iterations still changing by {state.change:.1e} (tolerance {settings.tolerance:g})" + NOT_CONVERGED_ADVICE)
+        notes.append(
+            f"the fit stopped after {state.iterations} iterations still changing by {state.change:.1e} "
+            f"(tolerance {settings.tolerance:g})" + SURFACE_NOT_CONVERGED_ADVICE
+        )
     if settings.darkfield and not use_order and not spread >= MIN_BASELINE_SPREAD:
         notes.append(
-            f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not identifiable from these images and rests on the "
+            f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not "
+            "identifiable from these images and rests on the "
             "least-roughness prior; give a darkfield or a camera offset if you know it"
         )
     used = int(((state.B > 0) & ~state.rejected).sum())
     return GridModel(
-        layout, settings, state.f, state.D, state.tau, state.widths, state.smoothness, _upper_bound(Y, V), _lower_bound(Y, V, settings), state.scatter_limit,
-        None if known_darkfield is None else fixed, state.iterations, converged, used, rejected, notes, spread, use_order, state.change,
+        layout,
+        settings,
+        state.f,
+        state.D,
+        state.tau,
+        state.widths,
+        state.smoothness,
+        _upper_bound(Y, V),
+        _lower_bound(Y, V, settings),
+        state.scatter_limit,
+        None if known_darkfield is None else fixed,
+        state.iterations,
+        converged,
+        used,
+        rejected,
+        notes,
+        spread,
+        use_order,
+        state.change,
     )
 
 
@@ -442,7 +593,9 @@ def _baseline_spread(B: np.ndarray, rejected: np.ndarray, D: np.ndarray) -> floa
     return float(np.std(b) / level)
 
 
-def frame_weights(Y: np.ndarray, V: np.ndarray, model: GridModel, iterations: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def frame_weights(
+    Y: np.ndarray, V: np.ndarray, model: GridModel, iterations: int = 3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Baselines B, biweights w and least-squares weights ω of frames under a fitted model (the final
     pass, or frames the model was not fitted on)."""
     S, D = model.fields()
@@ -464,7 +617,9 @@ def frame_weights(Y: np.ndarray, V: np.ndarray, model: GridModel, iterations: in
     return B, w, omega
 
 
-def chunk_statistics(Y: np.ndarray, V: np.ndarray, model: GridModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def chunk_statistics(
+    Y: np.ndarray, V: np.ndarray, model: GridModel
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-block sufficient statistics of one chunk of frames at the model (final pass), the chunk's
     baselines, and which frames contributed. Plain numpy: runs on a worker as it is."""
     B, w, omega = frame_weights(Y, V, model)
@@ -479,7 +634,9 @@ def final_step(model: GridModel, stats: np.ndarray) -> GridModel:
         return model
     grid = SurfaceGrid(model.layout.ny, model.layout.nx)
     S, D = model.fields()
-    df, dD = gauss_newton_step(grid, stats, S, model.log_flat, D, model.smoothness, model.settings, tolerance=1e-6)
+    df, dD = gauss_newton_step(
+        grid, stats, S, model.log_flat, D, model.smoothness, model.settings, tolerance=1e-6
+    )
     f = model.log_flat + np.clip(df, -1.0, 1.0)
     f = f - math.log(float(np.exp(f).mean()))
     if not model.settings.darkfield:

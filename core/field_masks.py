@@ -103,7 +103,9 @@ class FieldMasks:
 
     def _region_sizes(self, labels: np.ndarray, n: int) -> list[int]:
         """Full-resolution pixels of regions 1…n of a working-grid label image."""
-        return [int(v) for v in np.bincount(labels.ravel(), weights=self.cell_pixels.ravel(), minlength=n + 1)[1:]]
+        return [
+            int(v) for v in np.bincount(labels.ravel(), weights=self.cell_pixels.ravel(), minlength=n + 1)[1:]
+        ]
 
 
 def stacking_masks(tissue: np.ndarray, saturation: np.ndarray, guard_px: float = 0.0) -> np.ndarray:
@@ -186,11 +188,14 @@ def compute_field_masks(
     blur = blur_mask(nl, nl2, tissue, groups, grid, params)
     clipped = None if ceiling is None else clipped_cells(image, ceiling, grid.binning)
     saturation = saturation_masks(smoothed, exposure_ms, groups, grid, params, clipped)
-    return FieldMasks(tissue=tissue, blur=blur, saturation=saturation, binning=grid.binning, shape=image.shape[1:])
+    return FieldMasks(
+        tissue=tissue, blur=blur, saturation=saturation, binning=grid.binning, shape=image.shape[1:]
+    )
 
 
 def clipped_cells(image: np.ndarray, ceiling: np.ndarray, binning: int) -> np.ndarray | None:
-    """(L, h, w) working-grid cells holding a pixel at or above its layer's ``ceiling``; None if there is none."""
+    """(L, h, w) working-grid cells holding a pixel at or above its layer's ``ceiling``; None if there is
+    none."""
     layers = [i for i in range(image.shape[0]) if image[i].max() >= ceiling[i]]
     if not layers:
         return None

@@ -31,10 +31,13 @@ class Flatfield:
         return [layer_variation(layer) for layer in self.flatfield]
 
 
-def normalise(smoothed: np.ndarray, error: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+def normalise(
+    smoothed: np.ndarray, error: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Divide each layer by its inverse-variance weighted mean.
 
-    .. math:: w = 1/\\sigma_G^2 \\;(0 \\text{ where } \\sigma_G = 0), \\quad \\mu = \\frac{\\sum w G}{\\sum w}, \\quad F = G/\\mu, \\quad \\delta F = \\sigma_G/\\mu
+    .. math:: w = 1/\\sigma_G^2 \\;(0 \\text{ where } \\sigma_G = 0), \\quad \\mu = \\frac{\\sum w G}{\\sum
+    w}, \\quad F = G/\\mu, \\quad \\delta F = \\sigma_G/\\mu
 
     A layer with nothing stacked (or no weight) becomes F = δF = 1.
     """
@@ -48,7 +51,10 @@ def normalise(smoothed: np.ndarray, error: np.ndarray, count: np.ndarray) -> tup
             empty.append(layer + 1)
             continue
         if not (np.isfinite(g).all() and (g > 0).all()):
-            raise ValueError(f"layer {layer + 1}: the smoothed mean image is not positive everywhere; too little of the field was stacked")
+            raise ValueError(
+                f"layer {layer + 1}: the smoothed mean image is not positive everywhere; too little of the "
+                "field was stacked"
+            )
         mu = (weight * g).sum() / weight.sum()
         flatfield[layer] = g / mu
         uncertainty[layer] = e / mu
@@ -58,7 +64,9 @@ def normalise(smoothed: np.ndarray, error: np.ndarray, count: np.ndarray) -> tup
 BORDERS = ("linear", "replicate")
 
 
-def smooth_mean_image(mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, sigma: float, border: str = "linear") -> tuple[np.ndarray, np.ndarray]:
+def smooth_mean_image(
+    mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, sigma: float, border: str = "linear"
+) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed mean image and propagated error.
 
     ``linear`` (default) fits a local plane near the borders, so a sloping illumination is not
@@ -87,4 +95,6 @@ def build_flatfield(stack: MeanImageStack, sigma: float | None = None, border: s
     mean, std_err = mean_and_std_err(stack.sum, stack.sum_sq, stack.count)
     smoothed, error = smooth_mean_image(mean, std_err, stack.count, sigma, border)
     flatfield, uncertainty, empty = normalise(smoothed, error, stack.count)
-    return Flatfield(flatfield=flatfield, uncertainty=uncertainty, sigma=sigma, border=border, empty_layers=empty)
+    return Flatfield(
+        flatfield=flatfield, uncertainty=uncertainty, sigma=sigma, border=border, empty_layers=empty
+    )

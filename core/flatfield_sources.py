@@ -30,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from shadeflow.core import storage
+from shadeflow.core import astropath_io, storage
+from shadeflow.core.estimate import estimate_shading
+from shadeflow.core.estimate_grid import frames_needed
+from shadeflow.core.model_store import read_model, version_bin, version_exists, version_folder
+from shadeflow.core.models_csv import ModelError
+from shadeflow.core.ome_zarr_io import TileError, to_canonical
+from shadeflow.core.outputs import read_manifest
+from shadeflow.core.smoothing import gaussian_smooth
 
 ASPECT_TOLERANCE = 0.02
 #: working size (pixels across) of the estimate
@@ -74,13 +81,17 @@ def parse_channel_map(text: str) -> dict[int, str]:
             continue
         match = _MAP_ENTRY.match(entry)
         if not match:
-            raise FlatfieldError(f"--channel-map entry {entry.strip()!r} is not CHANNEL=LAYER (e.g. 0=5 or 0=dapi)")
+            raise FlatfieldError(
+                f"--channel-map entry {entry.strip()!r} is not CHANNEL=LAYER (e.g. 0=5 or 0=dapi)"
+            )
         channel = int(match.group(1))
         if channel in mapping:
             raise FlatfieldError(f"--channel-map maps channel {channel} twice")
         mapping[channel] = match.group(2)
     if not mapping:
-        raise FlatfieldError("--channel-map is empty; expected CHANNEL=LAYER,… (e.g. 0=5,1=12 or 0=dapi,1=fitc)")
+        raise FlatfieldError(
+            "--channel-map is empty; expected CHANNEL=LAYER,… (e.g. 0=5,1=12 or 0=dapi,1=fitc)"
+        )
     return mapping
 
 
@@ -92,13 +103,23 @@ def _layer_of(value: str, n_layers: int, layer_groups: dict[str, list[int]], whe
         return layer, f"layer {layer}"
     groups = {name.lower(): (name, span) for name, span in (layer_groups or {}).items()}
     if value.lower() not in groups:
-        raise FlatfieldError(f"{where}: {value!r} is neither a layer number nor a layer group of the model (groups: {', '.join(layer_groups or {}) or 'none'})")
+        raise FlatfieldError(
+            f"{where}: {value!r} is neither a layer number nor a layer group of the model (groups: "
+            f"{', '.join(layer_groups or {}) or 'none'})"
+        )
     name, (first, last) = groups[value.lower()]
     layer = (int(first) + int(last)) // 2
     return layer, f"layer {layer} (middle of group {name}, layers {first}–{last})"
 
 
-def model_layers(n_channels: int, n_layers: int, layer_groups: dict[str, list[int]], layer: int | None, channel_map: str | None, where: str) -> list[tuple[int, str]]:
+def model_layers(
+    n_channels: int,
+    n_layers: int,
+    layer_groups: dict[str, list[int]],
+    layer: int | None,
+    channel_map: str | None,
+    where: str,
+) -> list[tuple[int, str]]:
     """The 1-based model layer for each channel, with how it was chosen (rules in the module description)."""
     if layer is not None and channel_map:
         raise FlatfieldError(f"{where}: give --layer or --channel-map, not both")
@@ -109,17 +130,29 @@ def model_layers(n_channels: int, n_layers: int, layer_groups: dict[str, list[in
         mapping = parse_channel_map(channel_map)
         extra = sorted(c for c in mapping if c >= n_channels)
         if extra:
-            raise FlatfieldError(f"{where}: --channel-map names channel(s) {extra} but the tile has {n_channels} channel{'s' if n_channels != 1 else ''} (0–{n_channels - 1})")
+            raise FlatfieldError(
+                f"{where}: --channel-map names channel(s) {extra} but the tile has {n_channels} "
+                f"channel{'s' if n_channels != 1 else ''} (0–{n_channels - 1})"
+            )
         missing = [c for c in range(n_channels) if c not in mapping]
         if missing:
-            raise FlatfieldError(f"{where}: --channel-map does not map channel(s) {missing}; every channel of the tile needs a layer")
-        return [_layer_of(mapping[c], n_layers, layer_groups, f"{where} channel {c}") for c in range(n_channels)]
+            raise FlatfieldError(
+                f"{where}: --channel-map does not map channel(s) {missing}; every channel of the tile needs "
+                "a layer"
+            )
+        return [
+            _layer_of(mapping[c], n_layers, layer_groups, f"{where} channel {c}") for c in range(n_channels)
+        ]
     if n_layers == 1:
         return [(1, "layer 1 (the model's only layer)")] * n_channels
     if n_layers == n_channels:
-        return [(c + 1, f"layer {c + 1} (channel {c} → layer {c + 1}, one layer per channel)") for c in range(n_channels)]
+        return [
+            (c + 1, f"layer {c + 1} (channel {c} → layer {c + 1}, one layer per channel)")
+            for c in range(n_channels)
+        ]
     raise FlatfieldError(
-        f"{where}: cannot map the model's {n_layers} layers onto the tile's {n_channels} channel{'s' if n_channels != 1 else ''}; "
+        f"{where}: cannot map the model's {n_layers} layers onto the tile's {n_channels} "
+        f"channel{'s' if n_channels != 1 else ''}; "
         "give --layer N or --channel-map 0=N,1=… (layer numbers or group names)"
     )
 
@@ -163,11 +196,16 @@ def checked(fields: np.ndarray, repair: bool, where: str) -> tuple[np.ndarray, l
         if n_bad and not repair:
             y, x = np.argwhere(bad)[0]
             raise FlatfieldError(
-                f"{where}{f' field {k}' if len(fields) > 1 else ''}: {n_bad} pixel{'s' if n_bad != 1 else ''} zero, negative or not finite "
-                f"(first at y={y}, x={x}); rerun with --repair-flatfield to replace them by their neighbourhood"
+                f"{where}{f' field {k}' if len(fields) > 1 else ''}: {n_bad} "
+                f"pixel{'s' if n_bad != 1 else ''} zero, negative or not finite "
+                f"(first at y={y}, x={x}); rerun with --repair-flatfield to replace them by their "
+                "neighbourhood"
             )
         if n_bad == f.size:
-            raise FlatfieldError(f"{where}{f' field {k}' if len(fields) > 1 else ''}: every pixel is zero, negative or not finite; nothing to repair from")
+            raise FlatfieldError(
+                f"{where}{f' field {k}' if len(fields) > 1 else ''}: every pixel is zero, negative or not "
+                "finite; nothing to repair from"
+            )
         out.append(repair_flatfield(f, bad) if n_bad else f.astype(np.float64))
         counts.append(n_bad)
     return np.stack(out), counts
@@ -190,11 +228,14 @@ def resample_field(field_: np.ndarray, shape: tuple[int, int], where: str) -> np
     mismatch = abs((h / w) / (shape[0] / shape[1]) - 1)
     if mismatch > ASPECT_TOLERANCE:
         raise FlatfieldError(
-            f"{where}: a {h}×{w} field cannot be mapped onto a {shape[0]}×{shape[1]} (y×x) tile — the aspect ratios differ by "
+            f"{where}: a {h}×{w} field cannot be mapped onto a {shape[0]}×{shape[1]} (y×x) tile — the "
+            "aspect ratios differ by "
             f"{mismatch:.1%} (at most {ASPECT_TOLERANCE:.0%} is resampled)"
         )
     shrinking = h > shape[0] or w > shape[1]
-    out = resize(field_.astype(np.float64), shape, order=3, mode="edge", anti_aliasing=shrinking, preserve_range=True)
+    out = resize(
+        field_.astype(np.float64), shape, order=3, mode="edge", anti_aliasing=shrinking, preserve_range=True
+    )
     return out * (field_.mean() / out.mean())
 
 
@@ -209,8 +250,6 @@ def read_model_flatfield(store: str, version: str) -> tuple[np.ndarray, dict[str
     once (the flatfield only, not its uncertainty) and kept while the version's manifest is
     unchanged. An unknown version raises the model store's error, which lists the versions present.
     """
-    from shadeflow.core.model_store import read_model, version_exists, version_folder
-    from shadeflow.core.outputs import read_manifest
 
     if not version_exists(store, version):
         read_model(store, version)  # raises ModelError naming the versions present
@@ -220,10 +259,6 @@ def read_model_flatfield(store: str, version: str) -> tuple[np.ndarray, dict[str
 
 @functools.lru_cache(maxsize=2)
 def _cached_model_flatfield(store: str, version: str, created: str) -> np.ndarray:
-    from shadeflow.core import astropath_io
-    from shadeflow.core.model_store import version_bin, version_folder
-    from shadeflow.core.models_csv import ModelError
-    from shadeflow.core.outputs import read_manifest
 
     shape = tuple(read_manifest(version_folder(store, version))["shape"])
     try:
@@ -234,23 +269,40 @@ def _cached_model_flatfield(store: str, version: str, created: str) -> np.ndarra
     return stack
 
 
-def model_flatfield(store: str, version: str, shape: tuple[int, int], n_channels: int, layer: int | None, channel_map: str | None, repair: bool, tile: str) -> Flatfield:
+def model_flatfield(
+    store: str,
+    version: str,
+    shape: tuple[int, int],
+    n_channels: int,
+    layer: int | None,
+    channel_map: str | None,
+    repair: bool,
+    tile: str,
+) -> Flatfield:
     """Channel fields from a model version in ``store`` (rules in the module description)."""
-    from shadeflow.core.models_csv import ModelError
 
     try:
         stack, manifest = read_model_flatfield(storage.normalize(store), version)
     except ModelError as exc:
         raise ModelError(f"tile {tile}: {exc}") from None
     where = f"tile {tile}: model {version}"
-    layers = model_layers(n_channels, stack.shape[0], manifest.get("layer_groups") or {}, layer, channel_map, where)
+    layers = model_layers(
+        n_channels, stack.shape[0], manifest.get("layer_groups") or {}, layer, channel_map, where
+    )
     fields, counts = checked(np.stack([stack[n - 1] for n, _ in layers]), repair, where)
     notes = []
     resampled = tuple(stack.shape[1:]) != tuple(shape)
     if resampled:
         fields = np.stack([resample_field(f, shape, where) for f in fields])
-        notes.append(f"model {version} is {stack.shape[1]}×{stack.shape[2]}, the tile {shape[0]}×{shape[1]}: flatfield resampled from {stack.shape[1]}×{stack.shape[2]} (cubic spline, mean kept)")
-    notes += [f"{where} channel {c}: repaired {n} flatfield pixel{'s' if n != 1 else ''}" for c, n in enumerate(counts) if n]
+        notes.append(
+            f"model {version} is {stack.shape[1]}×{stack.shape[2]}, the tile {shape[0]}×{shape[1]}: "
+            f"flatfield resampled from {stack.shape[1]}×{stack.shape[2]} (cubic spline, mean kept)"
+        )
+    notes += [
+        f"{where} channel {c}: repaired {n} flatfield pixel{'s' if n != 1 else ''}"
+        for c, n in enumerate(counts)
+        if n
+    ]
     details = {
         "kind": "model",
         "store": storage.normalize(store),
@@ -262,7 +314,9 @@ def model_flatfield(store: str, version: str, shape: tuple[int, int], n_channels
         "repaired_pixels": counts,
     }
     layer_text = ",".join(str(n) for n, _ in layers)
-    summary = f"model {version} layer{'s' if len(set(n for n, _ in layers)) > 1 else ''} {layer_text}" + (f" (resampled from {stack.shape[1]}×{stack.shape[2]})" if resampled else "")
+    summary = f"model {version} layer{'s' if len(set(n for n, _ in layers)) > 1 else ''} {layer_text}" + (
+        f" (resampled from {stack.shape[1]}×{stack.shape[2]})" if resampled else ""
+    )
     return Flatfield(fields.astype(np.float32), "model", summary, details, notes)
 
 
@@ -291,7 +345,9 @@ def read_field_file(url: str, what: str = "flatfield file") -> np.ndarray:
         problem = storage.storage_problem(exc)
         if problem:
             raise FlatfieldError(f"{what} {url}: {problem}") from None
-        raise FlatfieldError(f"{what} {url} cannot be read as TIFF, .npy or zarr ({type(exc).__name__}: {exc})") from None
+        raise FlatfieldError(
+            f"{what} {url} cannot be read as TIFF, .npy or zarr ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _read_tiff_field(url: str, what: str) -> np.ndarray:
@@ -305,8 +361,13 @@ def _read_tiff_field(url: str, what: str) -> np.ndarray:
     with tifffile.TiffFile(io.BytesIO(storage.read_bytes(url))) as tif:
         shapes = [tuple(page.shape) for page in tif.pages]
         if len(set(shapes)) > 1:
-            listed = ", ".join("×".join(str(n) for n in shape) for shape in shapes[:4]) + (", …" if len(shapes) > 4 else "")
-            raise FlatfieldError(f"{what} {url}: its {len(shapes)} pages have different shapes ({listed}); give one field, or one same-sized page per channel")
+            listed = ", ".join("×".join(str(n) for n in shape) for shape in shapes[:4]) + (
+                ", …" if len(shapes) > 4 else ""
+            )
+            raise FlatfieldError(
+                f"{what} {url}: its {len(shapes)} pages have different shapes ({listed}); give one field, "
+                "or one same-sized page per channel"
+            )
         series = tif.series[0] if tif.series else None
         if series is not None and len(tif.series) == 1 and len(series.pages) == len(tif.pages):
             return series.asarray()  # one series covers every page: keep its shape (e.g. C, Y, X)
@@ -328,7 +389,10 @@ def _read_zarr_field(url: str) -> np.ndarray:
         return arrays["flatfield"][...]
     if len(arrays) == 1:
         return next(iter(arrays.values()))[...]
-    raise FlatfieldError(f"{url}: a zarr group with {len(arrays)} arrays and no 'flatfield' array or OME-Zarr image; point at the array")
+    raise FlatfieldError(
+        f"{url}: a zarr group with {len(arrays)} arrays and no 'flatfield' array or OME-Zarr image; point "
+        "at the array"
+    )
 
 
 def file_flatfield(url: str, shape: tuple[int, int], n_channels: int, repair: bool, tile: str) -> Flatfield:
@@ -348,12 +412,18 @@ def file_flatfield(url: str, shape: tuple[int, int], n_channels: int, repair: bo
     if not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data):
         raise FlatfieldError(f"{where}: dtype {data.dtype} is not a real number type")
     if data.shape[0] not in (1, n_channels):
-        raise FlatfieldError(f"{where}: holds {data.shape[0]} fields but the tile has {n_channels} channel{'s' if n_channels != 1 else ''}; give one field or one per channel")
+        raise FlatfieldError(
+            f"{where}: holds {data.shape[0]} fields but the tile has {n_channels} "
+            f"channel{'s' if n_channels != 1 else ''}; give one field or one per channel"
+        )
     fields, counts = checked(data.astype(np.float64), repair, where)
     notes = [f"{where}: repaired {n} pixel{'s' if n != 1 else ''}" for n in counts if n]
     resampled = tuple(fields.shape[1:]) != tuple(shape)
     if resampled:
-        notes.append(f"{where}: resampled from {fields.shape[1]}×{fields.shape[2]} to {shape[0]}×{shape[1]} (cubic spline)")
+        notes.append(
+            f"{where}: resampled from {fields.shape[1]}×{fields.shape[2]} to {shape[0]}×{shape[1]} (cubic "
+            "spline)"
+        )
         fields = np.stack([resample_field(f, shape, where) for f in fields])
     means = fields.reshape(len(fields), -1).mean(axis=1)
     fields = fields / means[:, None, None]
@@ -367,11 +437,15 @@ def file_flatfield(url: str, shape: tuple[int, int], n_channels: int, repair: bo
         "resampled_from": [int(data.shape[1]), int(data.shape[2])] if resampled else None,
         "repaired_pixels": counts,
     }
-    summary = f"file {storage.basename(url)}" + (f" (resampled from {data.shape[1]}×{data.shape[2]})" if resampled else "")
+    summary = f"file {storage.basename(url)}" + (
+        f" (resampled from {data.shape[1]}×{data.shape[2]})" if resampled else ""
+    )
     return Flatfield(fields.astype(np.float32), "file", summary, details, notes)
 
 
-def darkfield_fields(url: str, shape: tuple[int, int], n_channels: int, tile: str) -> tuple[np.ndarray, dict[str, Any], list[str]]:
+def darkfield_fields(
+    url: str, shape: tuple[int, int], n_channels: int, tile: str
+) -> tuple[np.ndarray, dict[str, Any], list[str]]:
     """Darkfield images (counts, subtracted as they are) from a file, one per channel."""
     url = storage.normalize(url)
     where = f"tile {tile}: darkfield {url}"
@@ -384,17 +458,27 @@ def darkfield_fields(url: str, shape: tuple[int, int], n_channels: int, tile: st
     if data.ndim == 2:
         data = data[None]
     if data.ndim != 3 or data.shape[0] not in (1, n_channels):
-        raise FlatfieldError(f"{where}: shape {data.shape} is neither one (Y, X) image nor one per channel of the tile's {n_channels}")
+        raise FlatfieldError(
+            f"{where}: shape {data.shape} is neither one (Y, X) image nor one per channel of the tile's "
+            f"{n_channels}"
+        )
     if not np.isfinite(data).all():
         raise FlatfieldError(f"{where}: holds non-finite values")
     notes = []
     resampled = tuple(data.shape[1:]) != tuple(shape)
     if resampled:
-        notes.append(f"{where}: resampled from {data.shape[1]}×{data.shape[2]} to {shape[0]}×{shape[1]} (cubic spline)")
+        notes.append(
+            f"{where}: resampled from {data.shape[1]}×{data.shape[2]} to {shape[0]}×{shape[1]} (cubic spline)"
+        )
         data = np.stack([resample_field(d, shape, where) for d in data])
     if data.shape[0] == 1 and n_channels > 1:
         data = np.repeat(data, n_channels, axis=0)
-    details = {"kind": "darkfield", "url": url, "resampled_from": list(data.shape[1:]) if resampled else None, "mean": [float(d.mean()) for d in data]}
+    details = {
+        "kind": "darkfield",
+        "url": url,
+        "resampled_from": list(data.shape[1:]) if resampled else None,
+        "mean": [float(d.mean()) for d in data],
+    }
     return data.astype(np.float32), details, notes
 
 
@@ -417,11 +501,6 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
     """
     import dask.array as da
 
-    from shadeflow.core.estimate import estimate_shading
-    from shadeflow.core.estimate_grid import frames_needed
-    from shadeflow.core.ome_zarr_io import to_canonical
-    from shadeflow.core.smoothing import gaussian_smooth
-
     source5 = to_canonical(da.from_zarr(image.array(level)), image.roles)
     n_t, n_c, n_z, n_y, n_x = source5.shape
     n = n_t * n_z
@@ -432,18 +511,21 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
         by_t.setdefault(p // n_z, []).append(p % n_z)
     parts = [source5[t][:, zs] for t, zs in sorted(by_t.items())]  # (C, k, Y, X)
     planes = da.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-    reduced = da.coarsen(_mean32, planes, {2: factor, 3: factor}, trim_excess=True) if factor > 1 else planes.astype(np.float32)
+    reduced = (
+        da.coarsen(_mean32, planes, {2: factor, 3: factor}, trim_excess=True)
+        if factor > 1
+        else planes.astype(np.float32)
+    )
     (low,) = compute(reduced)
     low = np.asarray(low, np.float32)
     finite = np.isfinite(low).reshape(n_c, len(picks), -1).all(axis=2)  # per channel and plane
     if not finite.all():  # else the planes' means are NaN and no plane looks brighter than the background
-        from shadeflow.core.ome_zarr_io import TileError
-
         c, k = (int(v) for v in np.argwhere(~finite)[0])
         t, z = divmod(picks[k], n_z)
         plane = (f"t={t} " if n_t > 1 else "") + f"z={z}"
         raise TileError(
-            f"tile {image.url} channel {c}: non-finite values (NaN or ±inf) in plane {plane} at level {level.path}; "
+            f"tile {image.url} channel {c}: non-finite values (NaN or ±inf) in plane {plane} at level "
+            f"{level.path}; "
             "non-finite voxels cannot be corrected — fix or replace them in the input"
         )
     h, w = low.shape[-2:]
@@ -461,10 +543,15 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
         errors = flat_planes.std(axis=1) / math.sqrt(flat_planes.shape[1])
         bright = (means >= 0.5 * np.percentile(means, 90)) & (means > 5 * errors)
         if not np.any(bright):
-            raise FlatfieldError(f"tile {image.url} channel {c}: no plane is brighter than the background; cannot estimate a flatfield (give --model or --flatfield)")
+            raise FlatfieldError(
+                f"tile {image.url} channel {c}: no plane is brighter than the background; cannot estimate a "
+                "flatfield (give --model or --flatfield)"
+            )
         keep = bright
         if keep.sum() >= frames_needed(False):  # the floor regression of `shadeflow estimate` (issue 6)
-            smooth = estimate_shading(low[c][keep], where=f"tile {image.url} channel {c}").flatfield.astype(np.float64)
+            smooth = estimate_shading(low[c][keep], where=f"tile {image.url} channel {c}").flatfield.astype(
+                np.float64
+            )
         else:  # too few planes for it: the simple median of mean-normalised planes
             estimate = np.median(low[c][keep] / means[keep, None, None], axis=0)
             smooth = gaussian_smooth(estimate[None], sigma)[0]
@@ -473,18 +560,24 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
         fields.append(full / full.mean())
         used.append(int(keep.sum()))
     if min(used) < 8:
-        notes.append(f"tile {image.url}: flatfield estimated from only {min(used)} plane(s) with sample; the sample's own structure may show in it")
+        notes.append(
+            f"tile {image.url}: flatfield estimated from only {min(used)} plane(s) with sample; the "
+            "sample's own structure may show in it"
+        )
     fields_arr, counts = checked(np.stack(fields), repair, f"tile {image.url}: estimated flatfield")
     details = {
         "kind": "estimate",
-        "method": "shadeflow floor regression of the planes with sample at reduced resolution (core.estimate); with fewer than 8 such planes, their median, Gaussian-smoothed",
+        "method": "shadeflow floor regression of the planes with sample at reduced resolution "
+        "(core.estimate); with fewer than 8 such planes, their median, Gaussian-smoothed",
         "planes_sampled": len(picks),
         "planes_used": used,
         "reduction": factor,
         "working_shape": [h, w],
         "sigma_px": round(sigma * factor, 2),
     }
-    return Flatfield(fields_arr.astype(np.float32), "estimate", f"estimate ({len(picks)} planes)", details, notes)
+    return Flatfield(
+        fields_arr.astype(np.float32), "estimate", f"estimate ({len(picks)} planes)", details, notes
+    )
 
 
 def _mean32(block: np.ndarray, axis) -> np.ndarray:

@@ -37,7 +37,9 @@ def variation(values: np.ndarray) -> Variation:
     """5th/95th percentiles (AstroPath's index ⌊0.05 n⌋ and ⌊0.95 n⌋ of the sorted values) and std."""
     flat = np.sort(values, axis=None)
     n = flat.size
-    return Variation(p5=float(flat[int(0.05 * n)]), p95=float(flat[min(n - 1, int(0.95 * n))]), std=float(flat.std()))
+    return Variation(
+        p5=float(flat[int(0.05 * n)]), p95=float(flat[min(n - 1, int(0.95 * n))]), std=float(flat.std())
+    )
 
 
 def layer_variation(relative: np.ndarray) -> tuple[Variation, Variation]:
@@ -48,4 +50,6 @@ def layer_variation(relative: np.ndarray) -> tuple[Variation, Variation]:
 def mean_relative(layers: np.ndarray) -> np.ndarray:
     """Each layer divided by its plain mean (layers with mean 0 stay 0)."""
     means = layers.reshape(layers.shape[0], -1).mean(axis=1)
-    return np.divide(layers, means[:, None, None], out=np.zeros(layers.shape), where=means[:, None, None] != 0)
+    return np.divide(
+        layers, means[:, None, None], out=np.zeros(layers.shape), where=means[:, None, None] != 0
+    )

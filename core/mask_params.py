@@ -46,7 +46,15 @@ POLARIS = MicroscopeCuts(
     fold_default=None,
     fold_flag_cut_large=1,
     dust_cut=(0.025, 0.01875),
-    saturation_cuts={"dapi": 100, "opal780": 50, "opal480": 250, "cy5": 250, "fitc": 150, "cy3": 100, "texasred": 100},
+    saturation_cuts={
+        "dapi": 100,
+        "opal780": 50,
+        "opal480": 250,
+        "cy5": 250,
+        "fitc": 150,
+        "cy3": 100,
+        "texasred": 100,
+    },
     presmooth_sigma=0.0,
 )
 
@@ -79,7 +87,8 @@ class MaskParameters:
     #: when any is. AstroPath: 0.8 (see ``shadeflow.core.stack.CountAccumulator.add`` for why not here)
     min_pixel_fraction: float = 0.0
     #: stacked pixels lie further than this from anything the mask excludes (4 × ``smoothing_sigma``, the
-    #: smoothing kernel's reach; see ``shadeflow.core.field_masks.stacking_masks``); 0: AstroPath's masks as they are
+    # : smoothing kernel's reach; see ``shadeflow.core.field_masks.stacking_masks``); 0: AstroPath's masks as
+    # they are
     stacking_guard: float = 20.0
     saturation_cut_overrides: dict[str, float] = field(default_factory=dict)
 
@@ -88,7 +97,9 @@ class MaskParameters:
         try:
             return MICROSCOPES[self.microscope]
         except KeyError:
-            raise ValueError(f"unknown microscope {self.microscope!r}: expected one of {sorted(MICROSCOPES)}") from None
+            raise ValueError(
+                f"unknown microscope {self.microscope!r}: expected one of {sorted(MICROSCOPES)}"
+            ) from None
 
     def fold_cut(self, group: str) -> tuple[float, float]:
         cuts = self.cuts
@@ -123,7 +134,7 @@ class WorkingGrid:
     binning: int = 1
 
     @classmethod
-    def auto(cls, scale: float, binning: int | None = None) -> "WorkingGrid":
+    def auto(cls, scale: float, binning: int | None = None) -> WorkingGrid:
         """Default binning: the largest of 4, 2, 1 that keeps the grid at ≥ ¼ of native resolution."""
         if binning is None:
             binning = next(b for b in (4, 2, 1) if scale / b >= 0.25 or b == 1)

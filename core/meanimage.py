@@ -19,7 +19,13 @@ import numpy as np
 
 from shadeflow.core import astropath_io, storage
 from shadeflow.core.exposure import correct_exposure, corrected_ceiling
-from shadeflow.core.field_masks import FieldMasks, MaskRegion, compute_field_masks, pack_tissue_mask, working_smoothed
+from shadeflow.core.field_masks import (
+    FieldMasks,
+    MaskRegion,
+    compute_field_masks,
+    pack_tissue_mask,
+    working_smoothed,
+)
 from shadeflow.core.geometry import classify_fields, field_size_um, pixel_scale
 from shadeflow.core.mask_params import MaskParameters, WorkingGrid
 from shadeflow.core.slide import Field, Slide, SlideError, read_field
@@ -69,7 +75,9 @@ class SlidePlan:
         return 0.0 if self.skip_masking else self.grid.data_length(self.params.stacking_guard)
 
 
-def plan_slide(slide: Slide, params: MaskParameters | None = None, binning: int | None = None, skip_masking: bool = False) -> SlidePlan:
+def plan_slide(
+    slide: Slide, params: MaskParameters | None = None, binning: int | None = None, skip_masking: bool = False
+) -> SlidePlan:
     """Check the slide can make a mean image and decide how.
 
     Raises
@@ -79,7 +87,7 @@ def plan_slide(slide: Slide, params: MaskParameters | None = None, binning: int 
     """
     params = params or MaskParameters(microscope=slide.microscope)
     try:
-        params.cuts
+        params.cuts  # noqa: B018 — evaluated for its check: a microscope without cuts raises here
         for group in slide.layer_groups:
             params.saturation_cut(group.name)
             params.fold_cut(group.name)
@@ -89,7 +97,8 @@ def plan_slide(slide: Slide, params: MaskParameters | None = None, binning: int 
     if not any(bulk):
         w, h = field_size_um(slide)
         raise SlideError(
-            f"slide {slide.slide_id}: no bulk fields — none of its {len(bulk)} fields has 8 overlapping neighbours "
+            f"slide {slide.slide_id}: no bulk fields — none of its {len(bulk)} fields has 8 overlapping "
+            "neighbours "
             f"(field size {w:g}×{h:g} µm), so there is nothing to stack"
         )
     if all(bulk) and not skip_masking:
@@ -106,7 +115,13 @@ def read_corrected_field(plan: SlidePlan, field: Field) -> np.ndarray:
     The array is this thread's scratch buffer: valid until the thread reads its next field.
     """
     slide = plan.slide
-    return correct_exposure(read_field(slide, field, reuse_buffers=True), slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current, inplace=True)
+    return correct_exposure(
+        read_field(slide, field, reuse_buffers=True),
+        slide.exposure_per_layer(field),
+        plan.exposure_ms,
+        slide.dark_current,
+        inplace=True,
+    )
 
 
 def field_thresholds(plan: SlidePlan, field: Field) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +175,7 @@ class BatchResult:
     regions: list[MaskRegion] = field(default_factory=list)
     summaries: list[FieldSummary] = field(default_factory=list)
 
-    def merge(self, other: "BatchResult") -> "BatchResult":
+    def merge(self, other: BatchResult) -> BatchResult:
         """Merge ``other`` into this result (consumes both; returns this one)."""
         self.accumulator.merge(other.accumulator)
         self.regions.extend(other.regions)
@@ -169,7 +184,11 @@ class BatchResult:
 
 
 def mask_and_stack(
-    plan: SlidePlan, fields: list[Field], thresholds: np.ndarray, mask_dir_url: str, on_field: Callable[[str], None] | None = None
+    plan: SlidePlan,
+    fields: list[Field],
+    thresholds: np.ndarray,
+    mask_dir_url: str,
+    on_field: Callable[[str], None] | None = None,
 ) -> BatchResult:
     """Mask a batch of fields, write their mask files, and stack the bulk ones.
 
@@ -189,17 +208,37 @@ def mask_and_stack(
         image = read_corrected_field(plan, f)
         if plan.skip_masking:
             masks = FieldMasks(
-                tissue=np.ones((h, w), bool), blur=np.zeros((h, w), bool), saturation=np.zeros((len(slide.layer_groups), h, w), bool), binning=1, shape=(h, w)
+                tissue=np.ones((h, w), bool),
+                blur=np.zeros((h, w), bool),
+                saturation=np.zeros((len(slide.layer_groups), h, w), bool),
+                binning=1,
+                shape=(h, w),
             )
         else:
             ceiling = corrected_ceiling(slide.exposure_per_layer(f), plan.exposure_ms, slide.dark_current)
-            masks = compute_field_masks(image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params, slide.dark_current, ceiling)
+            masks = compute_field_masks(
+                image,
+                thresholds,
+                plan.exposure_ms,
+                slide.layer_groups,
+                plan.grid,
+                plan.params,
+                slide.dark_current,
+                ceiling,
+            )
             _write_mask_files(mask_dir_url, f, masks, slide, result.regions)
         stacked: tuple[int, ...] = ()
         bulk = plan.is_bulk(f)
         if bulk:
-            stacked = result.accumulator.add(image, masks.stacking_masks(plan.stacking_guard_px), slide.layer_groups, plan.params.min_pixel_fraction)
-            result.accumulator.fields.append(FieldLogRow(slide.slide_id, storage.basename(f.file), "bulk", "stacking", stacked))
+            stacked = result.accumulator.add(
+                image,
+                masks.stacking_masks(plan.stacking_guard_px),
+                slide.layer_groups,
+                plan.params.min_pixel_fraction,
+            )
+            result.accumulator.fields.append(
+                FieldLogRow(slide.slide_id, storage.basename(f.file), "bulk", "stacking", stacked)
+            )
         result.summaries.append(
             FieldSummary(
                 key=f.key,
@@ -216,8 +255,12 @@ def mask_and_stack(
     return result
 
 
-def _write_mask_files(mask_dir_url: str, field: Field, masks: FieldMasks, slide: Slide, regions: list[MaskRegion]) -> None:
-    storage.write_bytes(storage.join(mask_dir_url, f"{field.key}_tissue_mask.bin"), pack_tissue_mask(masks.full(masks.tissue)))
+def _write_mask_files(
+    mask_dir_url: str, field: Field, masks: FieldMasks, slide: Slide, regions: list[MaskRegion]
+) -> None:
+    storage.write_bytes(
+        storage.join(mask_dir_url, f"{field.key}_tissue_mask.bin"), pack_tissue_mask(masks.full(masks.tissue))
+    )
     if masks.flagged:
         labelled, field_regions = masks.labelled(field.key, slide.layer_groups)
         storage.write_bytes(storage.join(mask_dir_url, f"{field.key}_full_mask.bin"), labelled.tobytes())
@@ -277,7 +320,10 @@ def check_tissue_found(plan: SlidePlan, result: BatchResult) -> None:
 
 
 def edge_log_rows(plan: SlidePlan) -> list[FieldLogRow]:
-    return [FieldLogRow(plan.slide.slide_id, storage.basename(f.file), "edge", "thresholding") for f in plan.edge_fields]
+    return [
+        FieldLogRow(plan.slide.slide_id, storage.basename(f.file), "edge", "thresholding")
+        for f in plan.edge_fields
+    ]
 
 
 def read_mask_file(url: str, shape: tuple[int, int], n_groups: int) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-
 from shadeflow.core import astropath_io, storage
 from shadeflow.core.field_masks import MaskRegion
 from shadeflow.core.meanimage import MASK_DIR, MeanImageResult, SlidePlan, edge_log_rows
@@ -32,7 +31,9 @@ def stack_url(slide_url: str, slide_id: str) -> str:
     return storage.join(output_url(slide_url), f"{slide_id}-meanimage.zarr")
 
 
-def write_meanimage_outputs(out: StagedOutput, result: MeanImageResult, parameters: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+def write_meanimage_outputs(
+    out: StagedOutput, result: MeanImageResult, parameters: dict[str, Any], seed: int = 0
+) -> dict[str, Any]:
     """Write all outputs of one slide into the staged folder ``out`` and publish it.
 
     The per-field mask files are already in ``out`` (written while masking). Returns the manifest.
@@ -52,25 +53,45 @@ def write_meanimage_outputs(out: StagedOutput, result: MeanImageResult, paramete
     astropath_io.write_csv(
         out.url(f"{sid}-background_thresholds.csv"),
         ["layer_n", "counts_threshold", "counts_per_ms_threshold"],
-        [[layer + 1, int(t.thresholds[layer]), t.thresholds[layer] / exposure[layer]] for layer in range(slide.n_layers)],
+        [
+            [layer + 1, int(t.thresholds[layer]), t.thresholds[layer] / exposure[layer]]
+            for layer in range(slide.n_layers)
+        ],
     )
-    # per-field counts/ms use the exposure every field was normalised to (AstroPath used a stale loop variable here)
+    # per-field counts/ms use the exposure every field was normalised to (AstroPath used a stale loop variable
+    # here)
     astropath_io.write_csv(
         out.url(f"{sid}-thresholding_data_table.csv"),
         ["rect_n", "layer_n", "counts_threshold", "counts_per_ms_threshold"],
-        [[f.n, layer + 1, int(row[layer]), row[layer] / exposure[layer]] for f, row in zip(t.fields, t.field_thresholds) for layer in range(slide.n_layers)],
+        [
+            [f.n, layer + 1, int(row[layer]), row[layer] / exposure[layer]]
+            for f, row in zip(t.fields, t.field_thresholds)
+            for layer in range(slide.n_layers)
+        ],
     )
     stacked_keys = {s.key for s in result.summaries if s.stacked_layers}
     _write_metadata_summary(out.url(f"{sid}-metadata_summary_thresholding_images.csv"), plan, t.fields)
-    _write_metadata_summary(out.url(f"{sid}-metadata_summary_stacked_images.csv"), plan, [f for f in plan.bulk_fields if f.key in stacked_keys])
+    _write_metadata_summary(
+        out.url(f"{sid}-metadata_summary_stacked_images.csv"),
+        plan,
+        [f for f in plan.bulk_fields if f.key in stacked_keys],
+    )
     field_log = edge_log_rows(plan) + stack.fields
     astropath_io.write_dataclass_csv(out.url("fields_used.csv"), field_log, FieldLogRow)
     if not plan.skip_masking:
-        astropath_io.write_dataclass_csv(out.url(MASK_DIR, "labelled_mask_regions.csv"), result.regions, MaskRegion)
+        astropath_io.write_dataclass_csv(
+            out.url(MASK_DIR, "labelled_mask_regions.csv"), result.regions, MaskRegion
+        )
 
     inputs = [slide.field_url(f) for f in slide.fields]
     attributes = {
-        "slide": {"slide_id": sid, "project": slide.project, "cohort": slide.cohort, "batch": slide.batch, "microscope": slide.microscope},
+        "slide": {
+            "slide_id": sid,
+            "project": slide.project,
+            "cohort": slide.cohort,
+            "batch": slide.batch,
+            "microscope": slide.microscope,
+        },
         "shape": list(slide.shape),
         "layer_groups": {g.name: [g.first, g.last] for g in slide.layer_groups},
         "exposure_ms": [float(v) for v in exposure],
@@ -93,7 +114,11 @@ def write_meanimage_outputs(out: StagedOutput, result: MeanImageResult, paramete
         fields={"total": len(slide.fields), "edge": len(plan.edge_fields), "bulk": len(plan.bulk_fields)},
         n_images=[int(v) for v in stack.n_images],
         thresholds=[int(v) for v in t.thresholds],
-        resolved={"mask_parameters": dataclasses.asdict(plan.params), "mask_grid": dataclasses.asdict(plan.grid), "exposure_ms": [float(v) for v in exposure]},
+        resolved={
+            "mask_parameters": dataclasses.asdict(plan.params),
+            "mask_grid": dataclasses.asdict(plan.grid),
+            "exposure_ms": [float(v) for v in exposure],
+        },
     )
 
 
@@ -105,8 +130,10 @@ def expected_files(result: MeanImageResult) -> list[str]:
     names = [
         f"{sid}-{stem}"
         for stem in (
-            "mean_image.bin", "std_err_of_mean_image.bin", "sum_images_squared.bin", "mask_stack.bin", "background_thresholds.csv",
-            "thresholding_data_table.csv", "metadata_summary_thresholding_images.csv", "metadata_summary_stacked_images.csv", "meanimage.zarr",
+            "mean_image.bin", "std_err_of_mean_image.bin", "sum_images_squared.bin", "mask_stack.bin",
+            "background_thresholds.csv", "thresholding_data_table.csv",
+            "metadata_summary_thresholding_images.csv", "metadata_summary_stacked_images.csv",
+            "meanimage.zarr",
         )
     ]  # fmt: skip
     names.append("fields_used.csv")
@@ -122,8 +149,17 @@ def expected_files(result: MeanImageResult) -> list[str]:
 def _write_metadata_summary(url: str, plan: SlidePlan, fields: list[Field]) -> None:
     slide = plan.slide
     times = sorted(f.acquired for f in fields)
-    row = [slide.slide_id, slide.project, slide.cohort, slide.microscope, times[0].isoformat() if times else "", times[-1].isoformat() if times else ""]
-    astropath_io.write_csv(url, ["slideID", "project", "cohort", "microscope_name", "mindate", "maxdate"], [row])
+    row = [
+        slide.slide_id,
+        slide.project,
+        slide.cohort,
+        slide.microscope,
+        times[0].isoformat() if times else "",
+        times[-1].isoformat() if times else "",
+    ]
+    astropath_io.write_csv(
+        url, ["slideID", "project", "cohort", "microscope_name", "mindate", "maxdate"], [row]
+    )
 
 
 def read_mean_image_stack(slide_url: str) -> tuple[MeanImageStack, dict[str, Any]]:

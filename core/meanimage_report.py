@@ -32,9 +32,14 @@ from matplotlib.ticker import NullLocator
 from shadeflow.core import storage
 from shadeflow.core.field_masks import unpack_tissue_mask
 from shadeflow.core.geometry import field_size_um
-from shadeflow.core.meanimage import MASK_DIR, FieldSummary, MeanImageResult, read_corrected_field, read_mask_file
+from shadeflow.core.meanimage import (
+    MASK_DIR,
+    FieldSummary,
+    MeanImageResult,
+    read_corrected_field,
+    read_mask_file,
+)
 from shadeflow.core.outputs import StagedOutput
-from shadeflow.core.slide import Field, LayerGroup, Slide
 from shadeflow.core.report_pages import (
     A4,
     BULK_COLOUR,
@@ -52,6 +57,7 @@ from shadeflow.core.report_pages import (
     table,
     write_pdf,
 )
+from shadeflow.core.slide import Field, LayerGroup, Slide
 from shadeflow.core.stack import mean_and_std_err
 
 MAX_HISTOGRAM_BINS = 200  # pixel histograms are re-binned to at most this many bars
@@ -62,7 +68,12 @@ BACKGROUND_COLOUR, TISSUE_COLOUR = "#9e9e9e", "#2e8b57"
 # mask categories of the example sheets, in category order 0..3
 MASK_CATEGORIES = {"background": "#202020", "tissue": "#5aae61", "blurred": "#f4a736", "saturated": "#d7191c"}
 MASK_CMAP = ListedColormap(list(MASK_CATEGORIES.values()))
-FLAG_COLOURS = {"not flagged": "#b8c9dc", "blurred": "#f4a736", "saturated": "#d7191c", "blurred and saturated": "#7b3294"}
+FLAG_COLOURS = {
+    "not flagged": "#b8c9dc",
+    "blurred": "#f4a736",
+    "saturated": "#d7191c",
+    "blurred and saturated": "#7b3294",
+}
 
 
 def _provenance(result: MeanImageResult, parameters: dict) -> ReportHeader:
@@ -71,7 +82,8 @@ def _provenance(result: MeanImageResult, parameters: dict) -> ReportHeader:
     h, w, l = slide.shape
     masking = "masking skipped" if plan.skip_masking else f"masks on a {plan.grid.binning}x binned grid"
     context = (
-        f"project {slide.project}, cohort {slide.cohort}, batch {slide.batch}, {slide.microscope} {h}x{w}x{l}; "
+        f"project {slide.project}, cohort {slide.cohort}, batch {slide.batch}, {slide.microscope} "
+        f"{h}x{w}x{l}; "
         f"{len(slide.fields)} fields ({len(plan.edge_fields)} edge, {len(plan.bulk_fields)} bulk); {masking}"
     )
     return ReportHeader.of(slide.slide_id, parameters, context)
@@ -92,9 +104,21 @@ def write_reports(out: StagedOutput, result: MeanImageResult, parameters: dict, 
     provenance = _provenance(result, parameters)
     preview = StackPreview.of(result)
     sid = result.slide_id
-    write_pdf(out.url(f"{sid}-thresholding_summary.pdf"), provenance.metadata("thresholding summary"), _thresholding_pages(result, provenance))
-    write_pdf(out.url(f"{sid}-masking_summary.pdf"), provenance.metadata("masking summary"), _masking_pages(out, result, preview, provenance, seed))
-    write_pdf(out.url(f"{sid}-meanimage_summary.pdf"), provenance.metadata("mean image summary"), _meanimage_pages(result, preview, provenance))
+    write_pdf(
+        out.url(f"{sid}-thresholding_summary.pdf"),
+        provenance.metadata("thresholding summary"),
+        _thresholding_pages(result, provenance),
+    )
+    write_pdf(
+        out.url(f"{sid}-masking_summary.pdf"),
+        provenance.metadata("masking summary"),
+        _masking_pages(out, result, preview, provenance, seed),
+    )
+    write_pdf(
+        out.url(f"{sid}-meanimage_summary.pdf"),
+        provenance.metadata("mean image summary"),
+        _meanimage_pages(result, preview, provenance),
+    )
 
 
 # --- images -----------------------------------------------------------------------------------
@@ -117,7 +141,7 @@ class StackPreview:
     count_max: np.ndarray  # (L,)
 
     @classmethod
-    def of(cls, result: MeanImageResult) -> "StackPreview":
+    def of(cls, result: MeanImageResult) -> StackPreview:
         stack = result.stack
         n_layers = stack.shape[0]
         means, errors = [], []
@@ -149,8 +173,6 @@ class StackPreview:
     def brightest_layers(self, groups: Sequence[LayerGroup]) -> list[int]:
         """0-based layer with the highest mean in each group (AstroPath shows those in its sheets)."""
         return [group.first - 1 + int(np.argmax(self.layer_mean[group.index])) for group in groups]
-
-
 
 
 def _no_data(ax: Axes, message: str) -> None:
@@ -186,14 +208,20 @@ def _field_map(ax: Axes, slide: Slide, colours: Sequence, legend: dict[str, str]
     ax.set_ylabel("y (µm)", fontsize=7)
     ax.tick_params(labelsize=6)
     ax.set_title(title, fontsize=8)
-    ax.legend(handles=[Patch(color=c, label=name) for name, c in legend.items()], fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(
+        handles=[Patch(color=c, label=name) for name, c in legend.items()],
+        fontsize=6,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1),
+    )
 
 
 # --- thresholding summary ---------------------------------------------------------------------
 
 
 def nonzero_percentiles(field_thresholds: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
-    """Per-layer percentiles of the non-zero field thresholds, (len(percentiles), L); NaN for a layer without any.
+    """Per-layer percentiles of the non-zero field thresholds, (len(percentiles), L); NaN for a layer without
+    any.
 
     Zero means "no threshold found" in a field and is left out, as in the slide threshold (their median).
     """
@@ -213,21 +241,50 @@ def _thresholding_pages(result: MeanImageResult, provenance: ReportHeader) -> It
         fig,
         "background thresholds",
         [
-            f"{len(t.fields)} edge fields threshold the background; slide threshold T per layer = median of their non-zero thresholds.",
-            "Per layer below: the edge fields' thresholds, and all their pixels' smoothed counts split at T (background ≤ T < tissue).",
+            f"{len(t.fields)} edge fields threshold the background; slide threshold T per layer = median of "
+            "their non-zero thresholds.",
+            "Per layer below: the edge fields' thresholds, and all their pixels' smoothed counts split at T "
+            "(background ≤ T < tissue).",
         ],
     )
-    grid = fig.add_gridspec(3, 1, top=0.84, bottom=0.05, left=0.1, right=0.78, hspace=0.4, height_ratios=[1.4, 1, 1])
+    grid = fig.add_gridspec(
+        3, 1, top=0.84, bottom=0.05, left=0.1, right=0.78, hspace=0.4, height_ratios=[1.4, 1, 1]
+    )
     colours = [BULK_COLOUR if b else EDGE_COLOUR for b in plan.bulk]
-    _field_map(fig.add_subplot(grid[0]), slide, colours, {"edge (thresholding)": EDGE_COLOUR, "bulk (stacking)": BULK_COLOUR}, "fields")
-    # a slide without edge fields (all bulk, masking skipped) has no histograms: its ThresholdResult holds a plain 0
+    _field_map(
+        fig.add_subplot(grid[0]),
+        slide,
+        colours,
+        {"edge (thresholding)": EDGE_COLOUR, "bulk (stacking)": BULK_COLOUR},
+        "fields",
+    )
+    # a slide without edge fields (all bulk, masking skipped) has no histograms: its ThresholdResult holds a
+    # plain 0
     histograms = t.histogram if np.ndim(t.histogram) == 2 else np.zeros((slide.n_layers, 1), np.int64)
     layers = np.arange(1, slide.n_layers + 1)
     p10, p90 = nonzero_percentiles(t.field_thresholds, (10, 90))
-    for row, (scale, unit) in enumerate(((np.ones(slide.n_layers), "counts"), (1 / plan.exposure_ms, "counts/ms"))):
+    for row, (scale, unit) in enumerate(
+        ((np.ones(slide.n_layers), "counts"), (1 / plan.exposure_ms, "counts/ms"))
+    ):
         ax = fig.add_subplot(grid[row + 1])
-        ax.vlines(layers, p10 * scale, p90 * scale, color=EDGE_COLOUR, linewidth=4, alpha=0.7, label="edge fields,\n10th-90th percentile")
-        ax.plot(layers, t.thresholds * scale, "_", color="black", markersize=9, markeredgewidth=1.5, label="slide threshold T")
+        ax.vlines(
+            layers,
+            p10 * scale,
+            p90 * scale,
+            color=EDGE_COLOUR,
+            linewidth=4,
+            alpha=0.7,
+            label="edge fields,\n10th-90th percentile",
+        )
+        ax.plot(
+            layers,
+            t.thresholds * scale,
+            "_",
+            color="black",
+            markersize=9,
+            markeredgewidth=1.5,
+            label="slide threshold T",
+        )
         ax.set_xlim(0.5, slide.n_layers + 0.5)
         ax.set_xlabel("layer", fontsize=7)
         ax.set_ylabel(f"threshold ({unit})", fontsize=7)
@@ -244,12 +301,26 @@ def _thresholding_pages(result: MeanImageResult, provenance: ReportHeader) -> It
     ]
     for page_layers in pages_of(range(slide.n_layers), LAYERS_PER_PAGE):
         fig = Figure(figsize=A4)
-        fig.legend(handles=legend, loc="upper center", ncols=4, fontsize=7, frameon=False)  # one per page: legends are slow to draw
-        axes = fig.subplots(LAYERS_PER_PAGE, 2, squeeze=False, gridspec_kw=dict(top=0.93, bottom=0.05, left=0.08, right=0.97, hspace=0.5, wspace=0.25))
+        fig.legend(
+            handles=legend, loc="upper center", ncols=4, fontsize=7, frameon=False
+        )  # one per page: legends are slow to draw
+        axes = fig.subplots(
+            LAYERS_PER_PAGE,
+            2,
+            squeeze=False,
+            gridspec_kw=dict(top=0.93, bottom=0.05, left=0.08, right=0.97, hspace=0.5, wspace=0.25),
+        )
         for (left, right), layer in zip(axes, page_layers):
             label, threshold = _layer_label(layer, groups), int(t.thresholds[layer])
-            _threshold_histogram(left, t.field_thresholds[:, layer], threshold, f"{label}: edge-field thresholds, T = {threshold}")
-            _pixel_histogram(right, histograms[layer], threshold, f"{label}: edge-field pixels, T = {threshold}")
+            _threshold_histogram(
+                left,
+                t.field_thresholds[:, layer],
+                threshold,
+                f"{label}: edge-field thresholds, T = {threshold}",
+            )
+            _pixel_histogram(
+                right, histograms[layer], threshold, f"{label}: edge-field pixels, T = {threshold}"
+            )
         for left, right in axes[len(page_layers) :]:
             left.set_visible(False)
             right.set_visible(False)
@@ -299,7 +370,12 @@ def _pixel_histogram(ax: Axes, histogram: np.ndarray, threshold: int, title: str
     k = int(np.searchsorted(edges, split))
     for part, colour in ((slice(0, k), BACKGROUND_COLOUR), (slice(k, None), TISSUE_COLOUR)):
         if density[part].size:
-            ax.stairs(density[part], edges[part.start : (part.stop or len(edges) - 1) + 1] - 0.5, fill=True, color=colour)
+            ax.stairs(
+                density[part],
+                edges[part.start : (part.stop or len(edges) - 1) + 1] - 0.5,
+                fill=True,
+                color=colour,
+            )
     ax.set_xscale("symlog", linthresh=1, linscale=0.3)
     ax.set_yscale("log", nonpositive="clip")
     for axis in (ax.xaxis, ax.yaxis):
@@ -327,7 +403,9 @@ def top_flagged(summaries: Sequence[FieldSummary], n_top: int = N_TOP_EXAMPLES) 
     return list(dict.fromkeys(s.key for s in blurred[:n_top] + saturated[:n_top]))
 
 
-def example_fields(summaries: Sequence[FieldSummary], n_top: int = N_TOP_EXAMPLES, total: int = N_EXAMPLES, seed: int = 0) -> list[str]:
+def example_fields(
+    summaries: Sequence[FieldSummary], n_top: int = N_TOP_EXAMPLES, total: int = N_EXAMPLES, seed: int = 0
+) -> list[str]:
     """Keys of the fields shown on example sheets: :func:`top_flagged` first, topped up to ``total`` with
     other fields drawn at random. AstroPath's draw was unseeded; this one is reproducible from ``seed``.
     """
@@ -341,10 +419,17 @@ def example_fields(summaries: Sequence[FieldSummary], n_top: int = N_TOP_EXAMPLE
 
 def _flag(summary: FieldSummary) -> str:
     blurred, saturated = summary.blur_pixels > 0, _saturated(summary) > 0
-    return {(False, False): "not flagged", (True, False): "blurred", (False, True): "saturated", (True, True): "blurred and saturated"}[blurred, saturated]
+    return {
+        (False, False): "not flagged",
+        (True, False): "blurred",
+        (False, True): "saturated",
+        (True, True): "blurred and saturated",
+    }[blurred, saturated]
 
 
-def _masking_pages(out: StagedOutput, result: MeanImageResult, preview: StackPreview, provenance: ReportHeader, seed: int) -> Iterator[Figure]:
+def _masking_pages(
+    out: StagedOutput, result: MeanImageResult, preview: StackPreview, provenance: ReportHeader, seed: int
+) -> Iterator[Figure]:
     plan, summaries = result.plan, result.summaries
     slide, groups = plan.slide, plan.slide.layer_groups
     top = top_flagged(summaries)
@@ -355,19 +440,28 @@ def _masking_pages(out: StagedOutput, result: MeanImageResult, preview: StackPre
         fig,
         "masking",
         [
-            f"Example sheets: the {len(top)} flagged fields with most blurred or saturated pixels (top {N_TOP_EXAMPLES} of each),"
+            f"Example sheets: the {len(top)} flagged fields with most blurred or saturated pixels (top "
+            f"{N_TOP_EXAMPLES} of each),"
             if top
             else "No field was flagged for blur or saturation, so there are no flagged example sheets;",
-            f"then {n_random} fields drawn at random with numpy default_rng(seed={seed}): AstroPath's draw was unseeded, this one is reproducible."
+            f"then {n_random} fields drawn at random with numpy default_rng(seed={seed}): AstroPath's draw "
+            "was unseeded, this one is reproducible."
             if n_random
             else "no other fields to draw at random.",
         ],
     )
     by_key = {s.key: s for s in summaries}
-    colours = [FLAG_COLOURS[_flag(by_key[f.key])] if bulk else _pale(FLAG_COLOURS[_flag(by_key[f.key])]) for f, bulk in zip(slide.fields, plan.bulk)]
+    colours = [
+        FLAG_COLOURS[_flag(by_key[f.key])] if bulk else _pale(FLAG_COLOURS[_flag(by_key[f.key])])
+        for f, bulk in zip(slide.fields, plan.bulk)
+    ]
     legend = {**FLAG_COLOURS, "pale: edge field": _pale(FLAG_COLOURS["not flagged"])}
-    _field_map(fig.add_axes((0.1, 0.53, 0.62, 0.31)), slide, colours, legend, "what masking flagged")  # room on the right for the legend
-    grid = fig.add_gridspec(2, 2, top=0.46, bottom=0.03, left=0.1, right=0.95, hspace=0.35, wspace=0.35, height_ratios=[1, 1.3])
+    _field_map(
+        fig.add_axes((0.1, 0.53, 0.62, 0.31)), slide, colours, legend, "what masking flagged"
+    )  # room on the right for the legend
+    grid = fig.add_gridspec(
+        2, 2, top=0.46, bottom=0.03, left=0.1, right=0.95, hspace=0.35, wspace=0.35, height_ratios=[1, 1.3]
+    )
     _flag_counts(fig.add_subplot(grid[0, 0]), summaries, groups)
     _tissue_fractions(fig.add_subplot(grid[0, 1]), summaries)
     _example_table(fig.add_subplot(grid[1, :]), [by_key[k] for k in examples], set(top), groups)
@@ -377,7 +471,9 @@ def _masking_pages(out: StagedOutput, result: MeanImageResult, preview: StackPre
     brightest = preview.brightest_layers(groups)
     for rank, key in enumerate(examples, start=1):
         reason = "flagged" if key in top else f"random draw, seed {seed}"
-        yield _example_sheet(out, result, by_key[key], fields[key], brightest, f"example {rank}/{len(examples)} ({reason})")
+        yield _example_sheet(
+            out, result, by_key[key], fields[key], brightest, f"example {rank}/{len(examples)} ({reason})"
+        )
 
 
 def _pale(colour: str) -> tuple[float, float, float]:
@@ -388,9 +484,13 @@ def _pale(colour: str) -> tuple[float, float, float]:
 def _flag_counts(ax: Axes, summaries: Sequence[FieldSummary], groups: Sequence[LayerGroup]) -> None:
     """Fields flagged for blur and for saturation in each layer group, with the flagged pixel totals."""
     names = ["blur"] + [f"sat. {g.name}" for g in groups]
-    pixels = np.array([[s.blur_pixels, *s.saturated_pixels] for s in summaries]).reshape(len(summaries), len(names))
+    pixels = np.array([[s.blur_pixels, *s.saturated_pixels] for s in summaries]).reshape(
+        len(summaries), len(names)
+    )
     fields = (pixels > 0).sum(axis=0)
-    bars = ax.bar(range(len(names)), fields, color=[FLAG_COLOURS["blurred"]] + [FLAG_COLOURS["saturated"]] * len(groups))
+    bars = ax.bar(
+        range(len(names)), fields, color=[FLAG_COLOURS["blurred"]] + [FLAG_COLOURS["saturated"]] * len(groups)
+    )
     ax.bar_label(bars, labels=[f"{p / 1e6:.2g} Mpx" if p else "" for p in pixels.sum(axis=0)], fontsize=5)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=6)
     ax.set_ylabel("fields flagged", fontsize=7)
@@ -402,7 +502,13 @@ def _flag_counts(ax: Axes, summaries: Sequence[FieldSummary], groups: Sequence[L
 def _tissue_fractions(ax: Axes, summaries: Sequence[FieldSummary]) -> None:
     bins = np.linspace(0, 1, 21)
     for bulk, colour, label in ((False, EDGE_COLOUR, "edge"), (True, BULK_COLOUR, "bulk")):
-        ax.hist([s.tissue_fraction for s in summaries if s.bulk == bulk], bins=bins, color=colour, alpha=0.7, label=label)
+        ax.hist(
+            [s.tissue_fraction for s in summaries if s.bulk == bulk],
+            bins=bins,
+            color=colour,
+            alpha=0.7,
+            label=label,
+        )
     ax.set_xlabel("tissue fraction", fontsize=7)
     ax.set_ylabel("fields", fontsize=7)
     ax.tick_params(labelsize=6)
@@ -410,7 +516,9 @@ def _tissue_fractions(ax: Axes, summaries: Sequence[FieldSummary]) -> None:
     ax.set_title("tissue fraction per field", fontsize=8)
 
 
-def _example_table(ax: Axes, examples: Sequence[FieldSummary], top: set[str], groups: Sequence[LayerGroup]) -> None:
+def _example_table(
+    ax: Axes, examples: Sequence[FieldSummary], top: set[str], groups: Sequence[LayerGroup]
+) -> None:
     ax.axis("off")
     ax.set_title("example fields", fontsize=8)
     rows = [
@@ -426,13 +534,19 @@ def _example_table(ax: Axes, examples: Sequence[FieldSummary], top: set[str], gr
         ]
         for s in examples
     ]
-    table(ax, rows, ["n", "field", "location", "tissue", "blurred px", "saturated px", "saturated groups", "shown as"], 5.5)
+    table(
+        ax,
+        rows,
+        ["n", "field", "location", "tissue", "blurred px", "saturated px", "saturated groups", "shown as"],
+        5.5,
+    )
 
 
 def mask_categories(out: StagedOutput, key: str, shape: tuple[int, int], n_groups: int) -> np.ndarray | None:
     """A field's masks per layer group, (G, H, W) uint8: 0 background, 1 tissue, 2 blurred, 3 saturated.
 
-    From the full label mask when masking flagged the field, else the tissue mask; ``None`` without mask files.
+    From the full label mask when masking flagged the field, else the tissue mask; ``None`` without mask
+    files.
     """
     full_url = out.url(MASK_DIR, f"{key}_full_mask.bin")
     if storage.exists(full_url):
@@ -449,38 +563,74 @@ def mask_categories(out: StagedOutput, key: str, shape: tuple[int, int], n_group
     return None
 
 
-def _example_sheet(out: StagedOutput, result: MeanImageResult, summary: FieldSummary, field: Field, brightest: Sequence[int], subtitle: str) -> Figure:
+def _example_sheet(
+    out: StagedOutput,
+    result: MeanImageResult,
+    summary: FieldSummary,
+    field: Field,
+    brightest: Sequence[int],
+    subtitle: str,
+) -> Figure:
     """One field: the brightest layer of each group (counts) beside that group's masks."""
     slide = result.plan.slide
     groups = slide.layer_groups
     image = read_corrected_field(result.plan, field)
-    layers = downsample(image[list(brightest)])  # fancy indexing copies: ``image`` is this thread's scratch buffer
+    layers = downsample(
+        image[list(brightest)]
+    )  # fancy indexing copies: ``image`` is this thread's scratch buffer
     categories = mask_categories(out, summary.key, (slide.height, slide.width), len(groups))
-    step = math.ceil(max(slide.height, slide.width) / MAX_PANEL_PX)  # the factor of ``downsample``; masks are sampled, not averaged
+    step = math.ceil(
+        max(slide.height, slide.width) / MAX_PANEL_PX
+    )  # the factor of ``downsample``; masks are sampled, not averaged
     tiles = []
     for g, (group, layer) in enumerate(zip(groups, brightest)):
-        tiles.append(Tile(layers[g], _layer_label(layer, groups), colormaps["gray"], colour_limits(layers[g])))
+        tiles.append(
+            Tile(layers[g], _layer_label(layer, groups), colormaps["gray"], colour_limits(layers[g]))
+        )
         if categories is not None:
-            tiles.append(Tile(categories[g, ::step, ::step], f"{group.name} masks", MASK_CMAP, (-0.5, len(MASK_CATEGORIES) - 0.5), ramp=False))
+            tiles.append(
+                Tile(
+                    categories[g, ::step, ::step],
+                    f"{group.name} masks",
+                    MASK_CMAP,
+                    (-0.5, len(MASK_CATEGORIES) - 0.5),
+                    ramp=False,
+                )
+            )
 
     fig = Figure(figsize=A4)
-    fig.text(0.06, 0.975, f"field {summary.n} {summary.key} — {subtitle}", fontsize=10, weight="bold", va="top")
+    fig.text(
+        0.06, 0.975, f"field {summary.n} {summary.key} — {subtitle}", fontsize=10, weight="bold", va="top"
+    )
     saturated = ", ".join(f"{g.name} {p}" for g, p in zip(groups, summary.saturated_pixels) if p) or "none"
     fig.text(
         0.06,
         0.955,
-        f"{'bulk' if summary.bulk else 'edge'} field, tissue {summary.tissue_fraction:.0%}, blurred {summary.blur_pixels} px, "
+        f"{'bulk' if summary.bulk else 'edge'} field, tissue {summary.tissue_fraction:.0%}, blurred "
+        f"{summary.blur_pixels} px, "
         f"saturated px: {saturated}; stacked in {summary.stacked_layers} layers.\n"
-        + ("The brightest layer of each group (counts), beside the group's masks." if categories is not None else "The brightest layer of each group (counts); no mask files (masking skipped)."),
+        + (
+            "The brightest layer of each group (counts), beside the group's masks."
+            if categories is not None
+            else "The brightest layer of each group (counts); no mask files (masking skipped)."
+        ),
         fontsize=7,
         va="top",
         linespacing=1.5,
     )
     if categories is not None:
-        fig.legend(handles=[Patch(color=c, label=n) for n, c in MASK_CATEGORIES.items()], loc="upper right", ncols=4, fontsize=6, bbox_to_anchor=(0.95, 0.925))
+        fig.legend(
+            handles=[Patch(color=c, label=n) for n, c in MASK_CATEGORIES.items()],
+            loc="upper right",
+            ncols=4,
+            fontsize=6,
+            bbox_to_anchor=(0.95, 0.925),
+        )
     rect = (0.05, 0.02, 0.9, 0.88)
     per_group = 2 if categories is not None else 1
-    n_cols = max((per_group, 2 * per_group), key=lambda n: mosaic_scale(fig, rect, layers.shape[1:], len(tiles), n))  # the larger tiles
+    n_cols = max(
+        (per_group, 2 * per_group), key=lambda n: mosaic_scale(fig, rect, layers.shape[1:], len(tiles), n)
+    )  # the larger tiles
     mosaic(fig, rect, tiles, n_cols)
     return fig
 
@@ -488,7 +638,9 @@ def _example_sheet(out: StagedOutput, result: MeanImageResult, summary: FieldSum
 # --- mean image summary -----------------------------------------------------------------------
 
 
-def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance: ReportHeader) -> Iterator[Figure]:
+def _meanimage_pages(
+    result: MeanImageResult, preview: StackPreview, provenance: ReportHeader
+) -> Iterator[Figure]:
     slide, stack = result.plan.slide, result.stack
     groups = slide.layer_groups
     header = ["layer", "group", "images", "mean", "min", "max", "max mask stack"]
@@ -497,7 +649,10 @@ def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance:
             layer + 1,
             _group_name(layer, groups),
             int(stack.n_images[layer]),
-            *(f"{v:.4g}" if np.isfinite(v) else "-" for v in (preview.stacked_mean[layer], preview.stacked_min[layer], preview.stacked_max[layer])),
+            *(
+                f"{v:.4g}" if np.isfinite(v) else "-"
+                for v in (preview.stacked_mean[layer], preview.stacked_min[layer], preview.stacked_max[layer])
+            ),
             int(preview.count_max[layer]),
         ]
         for layer in range(slide.n_layers)
@@ -510,7 +665,8 @@ def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance:
                 "mean image",
                 [
                     "Mean image and standard error in counts/ms; mask stack = fields stacked per pixel.",
-                    "Statistics over stacked pixels (mask stack > 0); '-' where a layer has none. Images are block means for display.",
+                    "Statistics over stacked pixels (mask stack > 0); '-' where a layer has none. Images "
+                    "are block means for display.",
                 ],
             )
             _layer_statistics(fig.add_axes((0.1, 0.64, 0.8, 0.2)), preview, groups)
@@ -524,9 +680,24 @@ def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance:
         for layer in page_layers:
             label = _layer_label(layer, groups)
             tiles += [
-                Tile(preview.mean[layer], f"{label}: mean (counts/ms)", colormaps["viridis"], colour_limits(preview.mean[layer])),
-                Tile(preview.std_err[layer], f"{label}: standard error", colormaps["magma"], colour_limits(preview.std_err[layer])),
-                Tile(preview.count[layer], f"{label}: mask stack", colormaps["cividis"], (0.0, max(float(preview.count_max[layer]), 1.0))),
+                Tile(
+                    preview.mean[layer],
+                    f"{label}: mean (counts/ms)",
+                    colormaps["viridis"],
+                    colour_limits(preview.mean[layer]),
+                ),
+                Tile(
+                    preview.std_err[layer],
+                    f"{label}: standard error",
+                    colormaps["magma"],
+                    colour_limits(preview.std_err[layer]),
+                ),
+                Tile(
+                    preview.count[layer],
+                    f"{label}: mask stack",
+                    colormaps["cividis"],
+                    (0.0, max(float(preview.count_max[layer]), 1.0)),
+                ),
             ]
         fig = Figure(figsize=A4)
         mosaic(fig, (0.04, 0.03, 0.92, 0.94), tiles, 3)
@@ -536,7 +707,15 @@ def _meanimage_pages(result: MeanImageResult, preview: StackPreview, provenance:
 def _layer_statistics(ax: Axes, preview: StackPreview, groups: Sequence[LayerGroup]) -> None:
     """Per layer: the mean over stacked pixels and the range from min to max."""
     layers = np.arange(1, preview.stacked_mean.size + 1)
-    ax.vlines(layers, preview.stacked_min, preview.stacked_max, color=BULK_COLOUR, linewidth=3, alpha=0.5, label="min-max")
+    ax.vlines(
+        layers,
+        preview.stacked_min,
+        preview.stacked_max,
+        color=BULK_COLOUR,
+        linewidth=3,
+        alpha=0.5,
+        label="min-max",
+    )
     ax.plot(layers, preview.stacked_mean, "o", color="black", markersize=3, label="mean")
     ax.set_xlim(0.5, layers.size + 0.5)
     ax.set_xlabel("layer", fontsize=7)

@@ -5,76 +5,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from shadeflow.core import astropath_io
 from shadeflow.core.cohort import SlideRef, read_field_log, read_stacked_metadata
 from shadeflow.core.flatfield import Flatfield
+from shadeflow.core.model_statistics import layer_statistics, summary_statistics
 from shadeflow.core.model_store import publish_version, write_version_files
 from shadeflow.core.outputs import StagedOutput
 from shadeflow.core.stack import FieldLogRow, MeanImageStack
 
 METADATA_COLUMNS = ["slideID", "project", "cohort", "microscope_name", "mindate", "maxdate"]
-
-
-@dataclass(frozen=True)
-class LayerStatistics:
-    """Per-layer statistics of a flatfield (mean-relative: the flatfield averages 1)."""
-
-    layer: int
-    group: str
-    n_images: int
-    minimum: float
-    maximum: float
-    p5: float
-    p95: float
-    spread: float
-    std: float
-    central_p5: float
-    central_p95: float
-    central_spread: float
-    central_std: float
-
-
-def layer_statistics(flatfield: Flatfield, n_images: np.ndarray, layer_groups: dict[str, list[int]]) -> list[LayerStatistics]:
-    group_of = {layer: name for name, (first, last) in layer_groups.items() for layer in range(first, last + 1)}
-    rows = []
-    for index, (whole, central) in enumerate(flatfield.layer_statistics()):
-        layer = flatfield.flatfield[index]
-        rows.append(
-            LayerStatistics(
-                layer=index + 1,
-                group=group_of.get(index + 1, ""),
-                n_images=int(n_images[index]),
-                minimum=float(layer.min()),
-                maximum=float(layer.max()),
-                p5=whole.p5,
-                p95=whole.p95,
-                spread=whole.spread,
-                std=whole.std,
-                central_p5=central.p5,
-                central_p95=central.p95,
-                central_spread=central.spread,
-                central_std=central.std,
-            )
-        )
-    return rows
-
-
-def summary_statistics(rows: list[LayerStatistics]) -> dict[str, float]:
-    """AstroPath's statistics table: extremes over layers and spreads averaged over layers."""
-    used = [r for r in rows if r.n_images > 0] or rows
-    return {
-        "max": max(r.maximum for r in used),
-        "min": min(r.minimum for r in used),
-        "mean_spread": float(np.mean([r.spread for r in used])),
-        "mean_std": float(np.mean([r.std for r in used])),
-        "mean_central_spread": float(np.mean([r.central_spread for r in used])),
-        "mean_central_std": float(np.mean([r.central_std for r in used])),
-    }
 
 
 def write_model_version(
@@ -97,7 +38,9 @@ def write_model_version(
             "project": ref.project,
             "cohort": ref.cohort,
             "batch": ref.batch,
-            "fields_stacked": sum(1 for row in stack.fields if row.slide == ref.slide_id and row.stacked_in_layers),
+            "fields_stacked": sum(
+                1 for row in stack.fields if row.slide == ref.slide_id and row.stacked_in_layers
+            ),
         }
         for ref in slides
     ]
@@ -114,12 +57,23 @@ def write_model_version(
     write_version_files(staged, version, model.flatfield, model.uncertainty, stack.count, attributes)
     field_log = [row for ref in slides for row in read_field_log(ref)]
     astropath_io.write_dataclass_csv(staged.url("fields_used.csv"), field_log, FieldLogRow)
-    metadata = [[row.get(c, "") for c in METADATA_COLUMNS] for ref in slides for row in read_stacked_metadata(ref)]
+    metadata = [
+        [row.get(c, "") for c in METADATA_COLUMNS] for ref in slides for row in read_stacked_metadata(ref)
+    ]
     astropath_io.write_csv(staged.url("metadata_summary_stacked_images.csv"), METADATA_COLUMNS, metadata)
 
-    from shadeflow.core import model_report  # matplotlib: imported only when writing
+    # deferred on purpose: the report imports matplotlib, needed only when a model is written
+    from shadeflow.core import model_report
 
-    model_report.write_model_summary(staged.url(f"flatfield_summary_{version}.pdf"), version, model, stack, statistics, slide_rows, parameters)
+    model_report.write_model_summary(
+        staged.url(f"flatfield_summary_{version}.pdf"),
+        version,
+        model,
+        stack,
+        statistics,
+        slide_rows,
+        parameters,
+    )
     return publish_version(
         staged,
         store,

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 
 from shadeflow.core.flatfield import Flatfield
 from shadeflow.core.illumination import CENTRAL_CLIP, central
+from shadeflow.core.model_statistics import LayerStatistics, summary_statistics
 from shadeflow.core.report_pages import (
     A4,
     BULK_COLOUR,
@@ -40,7 +41,6 @@ from shadeflow.core.report_pages import (
     table_pages,
     write_pdf,
 )
-from shadeflow.core.model_build import LayerStatistics, summary_statistics
 from shadeflow.core.slide import LayerGroup
 from shadeflow.core.stack import MeanImageStack
 
@@ -69,12 +69,14 @@ def layer_label(layer: int, group: str) -> str:
 # --- tables -------------------------------------------------------------------------------------
 
 
-def statistics_table(model: Flatfield, statistics: Sequence[LayerStatistics]) -> tuple[list[str], list[list[str]]]:
+def statistics_table(
+    model: Flatfield, statistics: Sequence[LayerStatistics]
+) -> tuple[list[str], list[list[str]]]:
     """AstroPath's flatfield statistics table: header and rows (max, min, mean spread, mean std).
 
     Columns: whole image, central region. The spread is the 5th–95th percentile range; "mean" is over
     layers. Layers with nothing stacked (F = 1) are left out, as in
-    :func:`~shadeflow.core.model_build.summary_statistics`, which gives the whole-image numbers.
+    :func:`~shadeflow.core.model_statistics.summary_statistics`, which gives the whole-image numbers.
     """
     summary = summary_statistics(list(statistics))
     used = [r.layer - 1 for r in statistics if r.n_images > 0] or [r.layer - 1 for r in statistics]
@@ -87,11 +89,14 @@ def statistics_table(model: Flatfield, statistics: Sequence[LayerStatistics]) ->
         ["mean spread (p5-p95)", summary["mean_spread"], summary["mean_central_spread"]],
         ["mean std", summary["mean_std"], summary["mean_central_std"]],
     ]
-    return ["", "whole image", CENTRAL_LABEL], [[name, f"{whole:.4f}", f"{middle:.4f}"] for name, whole, middle in rows]
+    return ["", "whole image", CENTRAL_LABEL], [
+        [name, f"{whole:.4f}", f"{middle:.4f}"] for name, whole, middle in rows
+    ]
 
 
 LAYER_TABLE_HEADER = [
-    "layer", "group", "images", "min", "max", "p5", "p95", "spread", "std", "c. p5", "c. p95", "c. spread", "c. std",
+    "layer", "group", "images", "min", "max", "p5", "p95", "spread", "std",
+    "c. p5", "c. p95", "c. spread", "c. std",
 ]  # fmt: skip
 
 
@@ -102,7 +107,21 @@ def layer_table_rows(statistics: Sequence[LayerStatistics]) -> list[list]:
             r.layer,
             r.group,
             r.n_images,
-            *(f"{v:.4f}" for v in (r.minimum, r.maximum, r.p5, r.p95, r.spread, r.std, r.central_p5, r.central_p95, r.central_spread, r.central_std)),
+            *(
+                f"{v:.4f}"
+                for v in (
+                    r.minimum,
+                    r.maximum,
+                    r.p5,
+                    r.p95,
+                    r.spread,
+                    r.std,
+                    r.central_p5,
+                    r.central_p95,
+                    r.central_spread,
+                    r.central_std,
+                )
+            ),
         ]
         for r in statistics
     ]
@@ -112,7 +131,17 @@ SLIDE_TABLE_HEADER = ["slide", "project", "cohort", "batch", "fields stacked", "
 
 
 def slide_table_rows(slides: Sequence[dict]) -> list[list]:
-    return [[s.get("slide_id", ""), s.get("project", ""), s.get("cohort", ""), s.get("batch", ""), s.get("fields_stacked", ""), _shorten(str(s.get("root", "")), 60)] for s in slides]
+    return [
+        [
+            s.get("slide_id", ""),
+            s.get("project", ""),
+            s.get("cohort", ""),
+            s.get("batch", ""),
+            s.get("fields_stacked", ""),
+            _shorten(str(s.get("root", "")), 60),
+        ]
+        for s in slides
+    ]
 
 
 def _shorten(text: str, n: int) -> str:
@@ -161,10 +190,20 @@ def write_model_summary(
         f"{len(slides)} slides, {fields} fields stacked; {n_layers} layers of {h}x{w} px; "
         f"smoothing sigma {model.sigma:g} px, {model.border} borders; empty layers (F = 1): {empty}",
     )
-    write_pdf(url, header.metadata(f"flatfield_summary_{version}"), _model_pages(header, model, stack, statistics, slides))
+    write_pdf(
+        url,
+        header.metadata(f"flatfield_summary_{version}"),
+        _model_pages(header, model, stack, statistics, slides),
+    )
 
 
-def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, statistics: list[LayerStatistics], slides: list[dict]) -> Iterator[Figure]:
+def _model_pages(
+    header: ReportHeader,
+    model: Flatfield,
+    stack: MeanImageStack,
+    statistics: list[LayerStatistics],
+    slides: list[dict],
+) -> Iterator[Figure]:
     groups = layer_groups_of(statistics)
     for page, rows in enumerate(table_pages(slide_table_rows(slides))):
         fig = Figure(figsize=A4)
@@ -174,8 +213,10 @@ def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, 
                 fig,
                 "flatfield summary",
                 [
-                    "F = smoothed mean image / its inverse-variance weighted mean, per layer; dF its propagated uncertainty.",
-                    "Pages: slides; variation of F per layer and the statistics table; per-layer statistics; F, dF and mask stack per layer.",
+                    "F = smoothed mean image / its inverse-variance weighted mean, per layer; dF its "
+                    "propagated uncertainty.",
+                    "Pages: slides; variation of F per layer and the statistics table; per-layer "
+                    "statistics; F, dF and mask stack per layer.",
                 ],
             )
             fig.text(0.06, top, f"slides ({len(slides)})", fontsize=9, weight="bold", va="top")
@@ -190,14 +231,22 @@ def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, 
         0.06,
         0.95,
         f"5th and 95th percentiles and standard deviation of F over the whole image and its {CENTRAL_LABEL} "
-        f"({CENTRAL_CLIP:.0%} clipped from each side).\nDotted lines separate layer groups; grey layers had nothing stacked (F = 1).",
+        f"({CENTRAL_CLIP:.0%} clipped from each side).\nDotted lines separate layer groups; grey layers had "
+        "nothing stacked (F = 1).",
         fontsize=7,
         va="top",
         linespacing=1.5,
     )
     _percentile_plot(fig.add_axes((0.1, 0.61, 0.68, 0.27)), statistics, groups)
     _std_plot(fig.add_axes((0.1, 0.27, 0.68, 0.26)), statistics, groups)
-    fig.text(0.06, 0.2, "Statistics of F (AstroPath's table; layers with nothing stacked left out)", fontsize=9, weight="bold", va="top")
+    fig.text(
+        0.06,
+        0.2,
+        "Statistics of F (AstroPath's table; layers with nothing stacked left out)",
+        fontsize=9,
+        weight="bold",
+        va="top",
+    )
     table_header, rows = statistics_table(model, statistics)
     ax = fig.add_axes((0.1, 0.05, 0.8, 0.13))
     ax.axis("off")
@@ -209,7 +258,13 @@ def _model_pages(header: ReportHeader, model: Flatfield, stack: MeanImageStack, 
         fig = Figure(figsize=A4)
         if page == 0:
             fig.text(0.06, 0.975, "Statistics of F per layer", fontsize=11, weight="bold", va="top")
-            fig.text(0.06, 0.95, f"images = fields stacked; spread = 95th - 5th percentile (p95 - p5); c. = {CENTRAL_LABEL}", fontsize=7, va="top")
+            fig.text(
+                0.06,
+                0.95,
+                f"images = fields stacked; spread = 95th - 5th percentile (p95 - p5); c. = {CENTRAL_LABEL}",
+                fontsize=7,
+                va="top",
+            )
         table(_table_axes(fig, 0.93), page_rows, LAYER_TABLE_HEADER, 5.5)
         yield fig
 
@@ -222,7 +277,9 @@ def _empty_layers(ax: Axes, statistics: Sequence[LayerStatistics]) -> None:
             ax.axvspan(r.layer - 0.5, r.layer + 0.5, color=EMPTY_COLOUR, linewidth=0)
 
 
-def _layer_axis(ax: Axes, statistics: Sequence[LayerStatistics], groups: Sequence[LayerGroup], ylabel: str) -> None:
+def _layer_axis(
+    ax: Axes, statistics: Sequence[LayerStatistics], groups: Sequence[LayerGroup], ylabel: str
+) -> None:
     ax.set_xlim(0.5, len(statistics) + 0.5)
     ax.set_xlabel("layer", fontsize=7)
     ax.set_ylabel(ylabel, fontsize=7)
@@ -241,22 +298,45 @@ def _percentile_plot(ax: Axes, statistics: Sequence[LayerStatistics], groups: Se
     layers = np.array([r.layer for r in statistics])
     for attr, colour, label in (("", BULK_COLOUR, "whole image"), ("central_", EDGE_COLOUR, CENTRAL_LABEL)):
         p5, p95 = _plotted(statistics, f"{attr}p5"), _plotted(statistics, f"{attr}p95")
-        ax.plot(layers, p95, "-o", color=colour, markersize=2.5, linewidth=1, label=f"{label}: 95th percentile")
-        ax.plot(layers, p5, "--s", color=colour, markersize=2.5, linewidth=1, label=f"{label}: 5th percentile")
+        ax.plot(
+            layers, p95, "-o", color=colour, markersize=2.5, linewidth=1, label=f"{label}: 95th percentile"
+        )
+        ax.plot(
+            layers, p5, "--s", color=colour, markersize=2.5, linewidth=1, label=f"{label}: 5th percentile"
+        )
     ax.axhline(1.0, color="0.5", linewidth=0.6)
     _layer_axis(ax, statistics, groups, "flatfield F")
 
 
 def _std_plot(ax: Axes, statistics: Sequence[LayerStatistics], groups: Sequence[LayerGroup]) -> None:
     layers = np.array([r.layer for r in statistics])
-    ax.plot(layers, _plotted(statistics, "std"), "-o", color=BULK_COLOUR, markersize=2.5, linewidth=1, label="whole image")
-    ax.plot(layers, _plotted(statistics, "central_std"), "-o", color=EDGE_COLOUR, markersize=2.5, linewidth=1, label=CENTRAL_LABEL)
+    ax.plot(
+        layers,
+        _plotted(statistics, "std"),
+        "-o",
+        color=BULK_COLOUR,
+        markersize=2.5,
+        linewidth=1,
+        label="whole image",
+    )
+    ax.plot(
+        layers,
+        _plotted(statistics, "central_std"),
+        "-o",
+        color=EDGE_COLOUR,
+        markersize=2.5,
+        linewidth=1,
+        label=CENTRAL_LABEL,
+    )
     ax.set_ylim(bottom=0)
     _layer_axis(ax, statistics, groups, "standard deviation of F")
 
 
-def _layer_pages(model: Flatfield, stack: MeanImageStack, statistics: Sequence[LayerStatistics]) -> Iterator[Figure]:
-    """One row per layer, ``LAYERS_PER_PAGE`` to a page: F, δF and the mask stack (downsampled a layer at a time)."""
+def _layer_pages(
+    model: Flatfield, stack: MeanImageStack, statistics: Sequence[LayerStatistics]
+) -> Iterator[Figure]:
+    """One row per layer, ``LAYERS_PER_PAGE`` to a page: F, δF and the mask stack (downsampled a layer at a
+    time)."""
     groups = {r.layer: r.group for r in statistics}
     empty = set(model.empty_layers)
     for page_layers in pages_of(range(model.flatfield.shape[0]), LAYERS_PER_PAGE):
@@ -264,11 +344,18 @@ def _layer_pages(model: Flatfield, stack: MeanImageStack, statistics: Sequence[L
         for layer in page_layers:
             label = layer_label(layer + 1, groups.get(layer + 1, ""))
             note = " (nothing stacked: F = 1)" if layer + 1 in empty else ""
-            flat, error, count = (downsample(a[layer]) for a in (model.flatfield, model.uncertainty, stack.count))
+            flat, error, count = (
+                downsample(a[layer]) for a in (model.flatfield, model.uncertainty, stack.count)
+            )
             tiles += [
                 Tile(flat, f"{label}: F{note}", colormaps["viridis"], colour_limits(flat)),
                 Tile(error, f"{label}: dF", colormaps["magma"], colour_limits(error)),
-                Tile(count, f"{label}: mask stack", colormaps["cividis"], (0.0, max(float(stack.count[layer].max()), 1.0))),
+                Tile(
+                    count,
+                    f"{label}: mask stack",
+                    colormaps["cividis"],
+                    (0.0, max(float(stack.count[layer].max()), 1.0)),
+                ),
             ]
         fig = Figure(figsize=A4)
         mosaic(fig, (0.04, 0.03, 0.92, 0.94), tiles, 3)
@@ -280,16 +367,23 @@ def _layer_pages(model: Flatfield, stack: MeanImageStack, statistics: Sequence[L
 
 def layer_means(stack: MeanImageStack) -> np.ndarray:
     """Per layer, the mean over all pixels of sum / max(count, 1): 0 where nothing was stacked."""
-    return np.array([(stack.sum[layer] / np.maximum(stack.count[layer], 1)).mean() for layer in range(stack.shape[0])])
+    return np.array(
+        [(stack.sum[layer] / np.maximum(stack.count[layer], 1)).mean() for layer in range(stack.shape[0])]
+    )
 
 
 def brightest_layers(stack: MeanImageStack, layer_groups: dict[str, list[int]]) -> dict[str, int]:
     """The 1-based layer with the highest :func:`layer_means` in each group (the first on ties)."""
     means = layer_means(stack)
-    return {group.name: group.first + int(np.argmax(means[group.index])) for group in as_layer_groups(layer_groups)}
+    return {
+        group.name: group.first + int(np.argmax(means[group.index]))
+        for group in as_layer_groups(layer_groups)
+    }
 
 
-def brightest_layer_images(model: Flatfield, stack: MeanImageStack, layer_groups: dict[str, list[int]]) -> dict[str, bytes]:
+def brightest_layer_images(
+    model: Flatfield, stack: MeanImageStack, layer_groups: dict[str, list[int]]
+) -> dict[str, bytes]:
     """A PNG per layer group of the flatfield of the group's brightest layer, for a markdown artifact.
 
     Each is ``PREVIEW_WIDTH_PX`` pixels wide, titled ``"<group> layer <n>"``, with a colour bar.
@@ -310,4 +404,3 @@ def brightest_layer_images(model: Flatfield, stack: MeanImageStack, layer_groups
         fig.savefig(buffer, format="png", dpi=100)
         images[name] = buffer.getvalue()
     return images
-

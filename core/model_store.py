@@ -6,7 +6,8 @@
     <store>/flatfield/flatfield_<V>/flatfield_<V>_uncertainty.bin
     <store>/flatfield/flatfield_<V>/fields_used.csv, metadata_summary_stacked_images.csv
     <store>/flatfield/flatfield_<V>/flatfield_summary_<V>.pdf
-    <store>/flatfield/flatfield_<V>/flatfield_<V>.zarr          self-describing copy (flatfield, uncertainty, count)
+    <store>/flatfield/flatfield_<V>/flatfield_<V>.zarr          self-describing copy (flatfield, uncertainty,
+    count)
     <store>/flatfield/flatfield_<V>/shadeflow.json              manifest, written last
 
 A version exists when it is complete (``core.outputs``: its manifest, and no publishing under way); it
@@ -66,8 +67,16 @@ def check_version_free(store: str, version: str, overwrite: bool) -> None:
     write (an AstroPath-made model, say), unless overwriting. A build that crashed is redone."""
     if version_exists(store, version) and not overwrite:
         made = read_manifest(version_folder(store, version)).get("created", "?")
-        raise ModelError(f"model version {version!r} already exists in {store} (built {made}); versions are immutable — use --overwrite to replace it")
-    refuse_foreign(version_folder(store, version), f"model version {version!r}", overwrite, beside=[version_bin(store, version)])
+        raise ModelError(
+            f"model version {version!r} already exists in {store} (built {made}); versions are immutable — "
+            "use --overwrite to replace it"
+        )
+    refuse_foreign(
+        version_folder(store, version),
+        f"model version {version!r}",
+        overwrite,
+        beside=[version_bin(store, version)],
+    )
 
 
 def staged_version(store: str, version: str) -> StagedOutput:
@@ -78,25 +87,55 @@ def bin_name(version: str) -> str:
     return f"flatfield_{version}.bin"
 
 
-def write_version_files(staged: StagedOutput, version: str, flatfield: np.ndarray, uncertainty: np.ndarray, count: np.ndarray, attributes: dict[str, Any]) -> None:
+def write_version_files(
+    staged: StagedOutput,
+    version: str,
+    flatfield: np.ndarray,
+    uncertainty: np.ndarray,
+    count: np.ndarray,
+    attributes: dict[str, Any],
+) -> None:
     """Write the model's images into the staged version (the .bin that goes beside the folder included)."""
     astropath_io.write_bin(staged.url(bin_name(version)), flatfield, "float64")
     astropath_io.write_bin(staged.url(f"flatfield_{version}_uncertainty.bin"), uncertainty, "float64")
     url = staged.url(f"flatfield_{version}.zarr")
-    group = zarr.open_group(url, mode="w", storage_options=storage.storage_options(url) or None, zarr_format=3)
+    group = zarr.open_group(
+        url, mode="w", storage_options=storage.storage_options(url) or None, zarr_format=3
+    )
     codec = zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
     for name, data in (("flatfield", flatfield), ("uncertainty", uncertainty), ("count", count)):
-        group.create_array(name, data=data, chunks=(1, *data.shape[1:]), compressors=codec, dimension_names=("layer", "y", "x"))
+        group.create_array(
+            name,
+            data=data,
+            chunks=(1, *data.shape[1:]),
+            compressors=codec,
+            dimension_names=("layer", "y", "x"),
+        )
     group.attrs.update({"format": "shadeflow-flatfield/1", **attributes})
 
 
 def publish_version(
-    staged: StagedOutput, store: str, version: str, parameters: dict[str, Any], inputs: list[str], expected: list[str] | None = None, **extra: Any
+    staged: StagedOutput,
+    store: str,
+    version: str,
+    parameters: dict[str, Any],
+    inputs: list[str],
+    expected: list[str] | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Publish the folder and its manifest, then the flatfield .bin beside it (last: see the module
-    description). Nothing is published unless the files of :func:`write_version_files` and ``expected`` are staged."""
+    description). Nothing is published unless the files of :func:`write_version_files` and ``expected`` are
+    staged."""
     files = [f"flatfield_{version}_uncertainty.bin", f"flatfield_{version}.zarr", *(expected or [])]
-    return staged.commit(KIND, parameters, inputs, outside={bin_name(version): version_bin(store, version)}, expected=files, version=version, **extra)
+    return staged.commit(
+        KIND,
+        parameters,
+        inputs,
+        outside={bin_name(version): version_bin(store, version)},
+        expected=files,
+        version=version,
+        **extra,
+    )
 
 
 @dataclass
@@ -118,12 +157,19 @@ def read_model(store: str, version: str) -> StoredModel:
     check_version_name(version)
     if not version_exists(store, version):
         present = [m["version"] for m in list_versions(store)]
-        raise ModelError(f"model version {version!r} not found in {store}; versions present: {', '.join(present) or 'none'}")
+        raise ModelError(
+            f"model version {version!r} not found in {store}; versions present: "
+            f"{', '.join(present) or 'none'}"
+        )
     manifest = read_manifest(version_folder(store, version))
     shape = tuple(manifest["shape"])
     try:
         flatfield = astropath_io.read_bin(version_bin(store, version), shape, "float64")
-        uncertainty = astropath_io.read_bin(storage.join(version_folder(store, version), f"flatfield_{version}_uncertainty.bin"), shape, "float64")
+        uncertainty = astropath_io.read_bin(
+            storage.join(version_folder(store, version), f"flatfield_{version}_uncertainty.bin"),
+            shape,
+            "float64",
+        )
     except (astropath_io.BinFormatError, FileNotFoundError) as exc:
         raise ModelError(f"model version {version!r}: {exc}") from None
     return StoredModel(version, flatfield, uncertainty, manifest)

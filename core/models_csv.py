@@ -1,4 +1,5 @@
-"""The models CSV: which slides make which flatfield version (AstroPath's ``AstroPathFlatfieldModels.csv``)."""
+"""The models CSV: which slides make which flatfield version (AstroPath's
+``AstroPathFlatfieldModels.csv``)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def check_version_name(version: str) -> str:
     """A version name must be a safe file name: letters, digits, ``.``, ``_``, ``-``; no path separators."""
     if not _SAFE_VERSION.match(version or "") or version in (".", ".."):
         raise ModelError(
-            f"model version {version!r} is not a safe file name: use up to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"model version {version!r} is not a safe file name: use up to 64 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit"
         )
     return version
 
@@ -45,13 +47,24 @@ def read_models_csv(url: str) -> list[ModelEntry]:
     reader = csv.DictReader(io.StringIO(storage.read_text(url)))
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
-        raise ModelError(f"models CSV {url} is missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
+        raise ModelError(
+            f"models CSV {url} is missing column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})"
+        )
     entries = []
     for row_number, row in enumerate(reader, start=1):
         values = {c: (row[c] or "").strip() for c in COLUMNS}
         if not values["version"] or not values["SlideID"]:
             raise ModelError(f"models CSV {url} row {row_number}: empty version or SlideID")
-        entries.append(ModelEntry(row_number, values["version"], values["Project"], values["Cohort"], values["BatchID"], values["SlideID"]))
+        entries.append(
+            ModelEntry(
+                row_number,
+                values["version"],
+                values["Project"],
+                values["Cohort"],
+                values["BatchID"],
+                values["SlideID"],
+            )
+        )
     return entries
 
 
@@ -60,11 +73,17 @@ def select_version(entries: list[ModelEntry], version: str, url: str) -> list[Mo
     selected = [e for e in entries if e.version == version]
     if not selected:
         present = sorted({e.version for e in entries})
-        raise ModelError(f"models CSV {url} has no rows for version {version!r}; versions present: {', '.join(present) or 'none'}")
+        raise ModelError(
+            f"models CSV {url} has no rows for version {version!r}; versions present: "
+            f"{', '.join(present) or 'none'}"
+        )
     seen: dict[str, int] = {}
     for entry in selected:
         if entry.slide_id in seen:
-            raise ModelError(f"models CSV {url}: slide {entry.slide_id} is listed twice for version {version!r} (rows {seen[entry.slide_id]} and {entry.row})")
+            raise ModelError(
+                f"models CSV {url}: slide {entry.slide_id} is listed twice for version {version!r} (rows "
+                f"{seen[entry.slide_id]} and {entry.row})"
+            )
         seen[entry.slide_id] = entry.row
     return selected
 

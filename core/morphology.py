@@ -43,7 +43,9 @@ def bin_mean(image: np.ndarray, factor: int, out: np.ndarray | None = None) -> n
     if pad_h or pad_w:
         pad = [(0, 0)] * (image.ndim - 2) + [(0, pad_h), (0, pad_w)]
         image = np.pad(image, pad, mode="edge")
-    rows = buffers.scratch("bin-mean-rows", (*image.shape[:-2], image.shape[-2] // factor, image.shape[-1]), np.float32)
+    rows = buffers.scratch(
+        "bin-mean-rows", (*image.shape[:-2], image.shape[-2] // factor, image.shape[-1]), np.float32
+    )
     np.copyto(rows, image[..., 0::factor, :])
     for i in range(1, factor):
         rows += image[..., i::factor, :]
@@ -111,7 +113,8 @@ def is_uniform(mask: np.ndarray) -> bool:
 
 
 def size_filter(mask: np.ndarray, min_size: float, fill_border_holes: bool = True) -> np.ndarray:
-    """Two-way size filter: drop True components and fill False holes smaller than ``min_size`` px (8-connected).
+    """Two-way size filter: drop True components and fill False holes smaller than ``min_size`` px
+    (8-connected).
 
     With ``fill_border_holes=False`` a False component touching the image border is never filled: it is
     not a hole but the part of a larger region that the border cuts off.
@@ -123,7 +126,9 @@ def size_filter(mask: np.ndarray, min_size: float, fill_border_holes: bool = Tru
     if fill_border_holes:
         return morphology.remove_small_holes(kept, max_size=max_size, connectivity=2)
     # a False frame joins every border-touching False component into one large one
-    framed = morphology.remove_small_holes(np.pad(kept, 1, constant_values=False), max_size=max_size, connectivity=2)
+    framed = morphology.remove_small_holes(
+        np.pad(kept, 1, constant_values=False), max_size=max_size, connectivity=2
+    )
     return framed[1:-1, 1:-1]
 
 

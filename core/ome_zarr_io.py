@@ -50,7 +50,8 @@ class Level:
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        """The unit of reading and writing: a shard when sharded (two writers must never share one), else a chunk."""
+        """The unit of reading and writing: a shard when sharded (two writers must never share one), else a
+        chunk."""
         return self.shards or self.chunks
 
 
@@ -105,14 +106,20 @@ class OmeImage:
 
     def describe(self, level: Level) -> str:
         dims = "×".join(str(s) for s in level.shape)
-        return f"{dims} {level.dtype} ({''.join(self.axis_names)}, NGFF {self.ngff_version}, zarr v{self.zarr_format})"
+        return (
+            f"{dims} {level.dtype} ({''.join(self.axis_names)}, NGFF {self.ngff_version}, zarr "
+            f"v{self.zarr_format})"
+        )
 
 
 def axis_roles(axes: list[dict[str, Any]]) -> tuple[str, ...]:
     """Canonical roles of validated axes: time → t, channel → c, the space axes → [z,] y, x."""
     n_space = sum(1 for a in axes if a.get("type") == "space")
     space_roles = iter(("z", "y", "x")[3 - n_space :])
-    return tuple("t" if a.get("type") == "time" else "c" if a.get("type") == "channel" else next(space_roles) for a in axes)
+    return tuple(
+        "t" if a.get("type") == "time" else "c" if a.get("type") == "channel" else next(space_roles)
+        for a in axes
+    )
 
 
 def open_group(url: str, mode: str = "r") -> zarr.Group:
@@ -121,27 +128,50 @@ def open_group(url: str, mode: str = "r") -> zarr.Group:
     return zarr.open_group(storage.normalize(url), mode=mode, storage_options=options)
 
 
-def _ngff_metadata(url: str, attrs: dict[str, Any], zarr_format: int) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
-    """The first multiscale, the NGFF version and the omero block, checked for consistency with the zarr format."""
+def _ngff_metadata(
+    url: str, attrs: dict[str, Any], zarr_format: int
+) -> tuple[dict[str, Any], str, dict[str, Any] | None]:
+    """The first multiscale, the NGFF version and the omero block, checked for consistency with the zarr
+    format."""
     if zarr_format == 3:
         ome = attrs.get("ome")
         if not isinstance(ome, dict):
-            hint = " (it has NGFF 0.4-style top-level 'multiscales'; NGFF 0.5 keeps them under 'ome')" if "multiscales" in attrs else ""
-            raise TileError(f"tile {url}: zarr v3 group without 'ome' metadata{hint}; expected NGFF 0.5 'ome.multiscales'")
+            hint = (
+                " (it has NGFF 0.4-style top-level 'multiscales'; NGFF 0.5 keeps them under 'ome')"
+                if "multiscales" in attrs
+                else ""
+            )
+            raise TileError(
+                f"tile {url}: zarr v3 group without 'ome' metadata{hint}; expected NGFF 0.5 'ome.multiscales'"
+            )
         version = str(ome.get("version", ""))
         multiscales, omero = ome.get("multiscales"), ome.get("omero")
     else:
         if "ome" in attrs and "multiscales" not in attrs:
-            raise TileError(f"tile {url}: zarr v2 group with NGFF 0.5-style 'ome' metadata; NGFF 0.5 needs zarr v3, on zarr v2 expected NGFF 0.4 'multiscales'")
+            raise TileError(
+                f"tile {url}: zarr v2 group with NGFF 0.5-style 'ome' metadata; NGFF 0.5 needs zarr v3, on "
+                "zarr v2 expected NGFF 0.4 'multiscales'"
+            )
         multiscales, omero = attrs.get("multiscales"), attrs.get("omero")
-        version = str(multiscales[0].get("version", "")) if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict) else ""
+        version = (
+            str(multiscales[0].get("version", ""))
+            if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict)
+            else ""
+        )
     if multiscales is None:
-        raise TileError(f"tile {url}: no 'multiscales' metadata — not an OME-Zarr image (expected NGFF {NGFF_FOR_ZARR[zarr_format]} on zarr v{zarr_format})")
+        raise TileError(
+            f"tile {url}: no 'multiscales' metadata — not an OME-Zarr image (expected NGFF "
+            f"{NGFF_FOR_ZARR[zarr_format]} on zarr v{zarr_format})"
+        )
     if not isinstance(multiscales, list) or not multiscales or not isinstance(multiscales[0], dict):
-        raise TileError(f"tile {url}: 'multiscales' must be a non-empty list of objects, found {type(multiscales).__name__}")
+        raise TileError(
+            f"tile {url}: 'multiscales' must be a non-empty list of objects, found "
+            f"{type(multiscales).__name__}"
+        )
     if version != NGFF_FOR_ZARR[zarr_format]:
         raise TileError(
-            f"tile {url}: NGFF version {version or 'missing'} on zarr v{zarr_format}; supported are NGFF 0.4 on zarr v2 and NGFF 0.5 on zarr v3"
+            f"tile {url}: NGFF version {version or 'missing'} on zarr v{zarr_format}; supported are NGFF "
+            "0.4 on zarr v2 and NGFF 0.5 on zarr v3"
         )
     return multiscales[0], version, omero if isinstance(omero, dict) else None
 
@@ -152,7 +182,10 @@ def _check_axes(url: str, axes: Any) -> list[dict[str, Any]]:
     checked = []
     for axis in axes:
         if isinstance(axis, str):  # tolerated shorthand: a known axis name
-            axis = {"name": axis, "type": {"t": "time", "c": "channel"}.get(axis, "space" if axis in "zyx" else None)}
+            axis = {
+                "name": axis,
+                "type": {"t": "time", "c": "channel"}.get(axis, "space" if axis in "zyx" else None),
+            }
         if not isinstance(axis, dict) or not axis.get("name"):
             raise TileError(f"tile {url}: axis {axis!r} has no name")
         checked.append(dict(axis))
@@ -167,12 +200,19 @@ def _check_axes(url: str, axes: Any) -> list[dict[str, Any]]:
     order = {"time": 0, "channel": 1, "space": 2}
     ranks = [order[t] for t in types]
     n_space = types.count("space")
-    if ranks != sorted(ranks) or types.count("time") > 1 or types.count("channel") > 1 or n_space not in (2, 3):
+    if (
+        ranks != sorted(ranks)
+        or types.count("time") > 1
+        or types.count("channel") > 1
+        or n_space not in (2, 3)
+    ):
         raise TileError(f"tile {url}: axes {names} with types {types}; expected {expected}")
     return checked
 
 
-def _transform(url: str, path: str, transforms: Any, ndim: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _transform(
+    url: str, path: str, transforms: Any, ndim: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     scale, translation = None, (0.0,) * ndim
     for t in transforms or []:
         if not isinstance(t, dict):
@@ -184,8 +224,14 @@ def _transform(url: str, path: str, transforms: Any, ndim: int) -> tuple[tuple[f
     if scale is None:
         raise TileError(f"tile {url}: dataset {path!r} has no 'scale' coordinate transformation")
     for name, values in (("scale", scale), ("translation", translation)):
-        if not isinstance(values, (list, tuple)) or len(values) != ndim or not all(isinstance(v, (int, float)) for v in values):
-            raise TileError(f"tile {url}: dataset {path!r} {name} {values!r} is not {ndim} numbers (one per axis)")
+        if (
+            not isinstance(values, (list, tuple))
+            or len(values) != ndim
+            or not all(isinstance(v, (int, float)) for v in values)
+        ):
+            raise TileError(
+                f"tile {url}: dataset {path!r} {name} {values!r} is not {ndim} numbers (one per axis)"
+            )
     if any(v <= 0 for v in scale):
         raise TileError(f"tile {url}: dataset {path!r} scale {list(scale)} must be positive")
     return tuple(float(v) for v in scale), tuple(float(v) for v in translation)
@@ -214,9 +260,14 @@ def open_image(url: str) -> OmeImage:
             what = "no zarr group or array there" if storage.exists(url) else "it does not exist"
             raise TileError(f"tile {url}: not an OME-Zarr image ({what})") from None
         # unreadable metadata, not zarr at all
-        raise TileError(f"tile {url}: not an OME-Zarr image ({type(exc).__name__}: {storage.redact(str(exc))})") from None
+        raise TileError(
+            f"tile {url}: not an OME-Zarr image ({type(exc).__name__}: {storage.redact(str(exc))})"
+        ) from None
     if isinstance(node, zarr.Array):
-        raise TileError(f"tile {url}: is a zarr array, not an OME-Zarr image group (give the image's folder, e.g. {storage.parent(url)})")
+        raise TileError(
+            f"tile {url}: is a zarr array, not an OME-Zarr image group (give the image's folder, e.g. "
+            f"{storage.parent(url)})"
+        )
     attrs = node.attrs.asdict()
     zarr_format = int(node.metadata.zarr_format)
     multiscale, version, omero = _ngff_metadata(url, attrs, zarr_format)
@@ -237,19 +288,40 @@ def open_image(url: str) -> OmeImage:
         if not isinstance(array, zarr.Array):
             raise TileError(f"tile {url}: dataset {path!r} is not an array")
         if array.ndim != ndim:
-            raise TileError(f"tile {url}: dataset {path!r} has {array.ndim} dimensions but the axes {[a['name'] for a in axes]} declare {ndim}")
+            raise TileError(
+                f"tile {url}: dataset {path!r} has {array.ndim} dimensions but the axes "
+                f"{[a['name'] for a in axes]} declare {ndim}"
+            )
         dtype = np.dtype(array.dtype)
         if dtype not in SUPPORTED_DTYPES:
-            raise TileError(f"tile {url}: unsupported dtype {dtype} in dataset {path!r}; supported: {', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+            raise TileError(
+                f"tile {url}: unsupported dtype {dtype} in dataset {path!r}; supported: "
+                f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+            )
         scale, translation = _transform(url, path, dataset.get("coordinateTransformations"), ndim)
         shards = tuple(int(c) for c in array.shards) if getattr(array, "shards", None) else None
-        levels.append(Level(index, path, tuple(int(s) for s in array.shape), tuple(int(c) for c in array.chunks), dtype, scale, translation, shards))
+        levels.append(
+            Level(
+                index,
+                path,
+                tuple(int(s) for s in array.shape),
+                tuple(int(c) for c in array.chunks),
+                dtype,
+                scale,
+                translation,
+                shards,
+            )
+        )
     first = levels[0]
     for level in levels[1:]:
         if level.dtype != first.dtype:
-            raise TileError(f"tile {url}: dataset {level.path!r} is {level.dtype} but {first.path!r} is {first.dtype}")
+            raise TileError(
+                f"tile {url}: dataset {level.path!r} is {level.dtype} but {first.path!r} is {first.dtype}"
+            )
         if any(a > b for a, b in zip(level.shape, first.shape)):
-            raise TileError(f"tile {url}: dataset {level.path!r} shape {level.shape} is larger than level 0 {first.shape}")
+            raise TileError(
+                f"tile {url}: dataset {level.path!r} shape {level.shape} is larger than level 0 {first.shape}"
+            )
     roles = axis_roles(axes)
     for role in ("t", "c"):
         if role in roles and len({lv.shape[roles.index(role)] for lv in levels}) != 1:
@@ -263,12 +335,16 @@ def check_not_empty(image: OmeImage, level: Level) -> None:
     marked complete (or a division by zero on the way) would hide that."""
     for name, n in zip(image.axis_names, level.shape):
         if n == 0:
-            raise TileError(f"tile {image.url}: zero-length axis {name} at level {level.path} (shape {level.shape}); there is nothing to correct")
+            raise TileError(
+                f"tile {image.url}: zero-length axis {name} at level {level.path} (shape {level.shape}); "
+                "there is nothing to correct"
+            )
 
 
 @dataclass(frozen=True)
 class MissingChunks:
-    """The stored blocks (chunks, or shards when sharded) of a level that its grid expects but storage lacks."""
+    """The stored blocks (chunks, or shards when sharded) of a level that its grid expects but storage
+    lacks."""
 
     level: str
     expected: int
@@ -279,7 +355,10 @@ class MissingChunks:
 
     def describe(self) -> str:
         plural = "s" if self.expected != 1 else ""
-        return f"level {self.level} lacks {self.missing} of its {self.expected} {self.unit}{plural} ({', '.join(self.examples)}{', …' if self.missing > len(self.examples) else ''})"
+        return (
+            f"level {self.level} lacks {self.missing} of its {self.expected} {self.unit}{plural} "
+            f"({', '.join(self.examples)}{', …' if self.missing > len(self.examples) else ''})"
+        )
 
 
 def missing_chunks(image: OmeImage, level: Level, examples: int = 3) -> MissingChunks:
@@ -298,7 +377,9 @@ def missing_chunks(image: OmeImage, level: Level, examples: int = 3) -> MissingC
                 first.append(key)
     fill = array.fill_value
     fill = fill.item() if hasattr(fill, "item") else fill
-    return MissingChunks(level.path, math.prod(grid), missing, first, "shard" if level.shards else "chunk", fill)
+    return MissingChunks(
+        level.path, math.prod(grid), missing, first, "shard" if level.shards else "chunk", fill
+    )
 
 
 def to_canonical(array, roles: tuple[str, ...]):
@@ -327,11 +408,19 @@ def blosc_zstd(zarr_format: int, clevel: int = 1):
 def create_image_group(url: str, zarr_format: int, attributes: dict[str, Any]) -> zarr.Group:
     """Create an empty group (and its attributes, in one metadata write) for an image."""
     options = storage.storage_options(url) or None
-    return zarr.create_group(url, zarr_format=zarr_format, attributes=attributes, storage_options=options, overwrite=True)
+    return zarr.create_group(
+        url, zarr_format=zarr_format, attributes=attributes, storage_options=options, overwrite=True
+    )
 
 
 def create_level_array(
-    group: zarr.Group, path: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype, axis_names: tuple[str, ...], shards: tuple[int, ...] | None = None
+    group: zarr.Group,
+    path: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: np.dtype,
+    axis_names: tuple[str, ...],
+    shards: tuple[int, ...] | None = None,
 ) -> zarr.Array:
     """An empty level array: blosc-zstd; ``/``-separated chunk keys for both formats
     (v2 ``dimension_separator: "/"``, as NGFF 0.4 asks; v3's default ``c/…`` keys) and v3 dimension
@@ -342,7 +431,11 @@ def create_level_array(
     """
     zarr_format = int(group.metadata.zarr_format)
     chunks = tuple(max(1, min(c, s)) for c, s in zip(chunks, shape))
-    kwargs: dict[str, Any] = {"compressors": blosc_zstd(zarr_format), "fill_value": 0, "config": {"write_empty_chunks": True}}
+    kwargs: dict[str, Any] = {
+        "compressors": blosc_zstd(zarr_format),
+        "fill_value": 0,
+        "config": {"write_empty_chunks": True},
+    }
     if zarr_format == 2:
         kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
     else:
@@ -353,7 +446,8 @@ def create_level_array(
 
 
 def shard_shape(shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[int, ...]) -> tuple[int, ...]:
-    """``shards`` no larger than needed to cover ``shape``, in whole chunks (a shard is a multiple of the chunk)."""
+    """``shards`` no larger than needed to cover ``shape``, in whole chunks (a shard is a multiple of the
+    chunk)."""
     return tuple(min(s, -(-n // c) * c) for n, c, s in zip(shape, chunks, shards))
 
 
@@ -375,7 +469,13 @@ def write_multiscales(
 
     fmt = FormatV04() if int(group.metadata.zarr_format) == 2 else FormatV05()
     datasets = [
-        {"path": path, "coordinateTransformations": [{"type": "scale", "scale": list(scale)}, {"type": "translation", "translation": list(translation)}]}
+        {
+            "path": path,
+            "coordinateTransformations": [
+                {"type": "scale", "scale": list(scale)},
+                {"type": "translation", "translation": list(translation)},
+            ],
+        }
         for path, scale, translation in levels
     ]
     extra = dict(metadata or {})

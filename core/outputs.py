@@ -32,10 +32,17 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+from shadeflow import __version__
 from shadeflow.core import storage
-from shadeflow.core.failpoints import reached
 from shadeflow.core.errors import InputError
-from shadeflow.core.staging_lease import LEASE, StagingLease, new_run_token, remove_stale_partials, staging_url
+from shadeflow.core.failpoints import reached
+from shadeflow.core.staging_lease import (
+    LEASE,
+    StagingLease,
+    new_run_token,
+    remove_stale_partials,
+    staging_url,
+)
 
 MANIFEST = "shadeflow.json"
 #: present while an output is being published; lists every file of the old and the new output
@@ -49,8 +56,6 @@ class IncompleteOutput(RuntimeError):
 
 
 def shadeflow_version() -> str:
-    from shadeflow import __version__
-
     return __version__
 
 
@@ -62,7 +67,9 @@ def is_complete(url: str) -> bool:
 def read_manifest(url: str) -> dict[str, Any]:
     """The manifest of a complete output folder; ``FileNotFoundError`` if it is incomplete or absent."""
     if not is_complete(url):
-        raise FileNotFoundError(f"{url} is not a complete shadeflow output (no {MANIFEST}, or it is being written)")
+        raise FileNotFoundError(
+            f"{url} is not a complete shadeflow output (no {MANIFEST}, or it is being written)"
+        )
     return json.loads(storage.read_text(storage.join(url, MANIFEST)))
 
 
@@ -87,14 +94,21 @@ def owned_files(url: str) -> set[str]:
 
 
 def foreign_files(url: str, beside: Iterable[str] = ()) -> list[str]:
-    """URLs of the files at the output ``url``, and of the ``beside`` files next to it, that shadeflow did not write."""
+    """URLs of the files at the output ``url``, and of the ``beside`` files next to it, that shadeflow did not
+    write."""
     url = storage.normalize(url)
     fs, path = storage.filesystem(url)
     if fs.exists(path) and not fs.isdir(path):
         return [url]
     owned = owned_files(url) | set(_MARKERS)
-    found = [storage.join(url, name) for name in sorted(storage.file_sizes(url)) if _TEMPORARY.sub("", name) not in owned]
-    found += [other for other in beside if f"../{storage.basename(other)}" not in owned and storage.exists(other)]
+    found = [
+        storage.join(url, name)
+        for name in sorted(storage.file_sizes(url))
+        if _TEMPORARY.sub("", name) not in owned
+    ]
+    found += [
+        other for other in beside if f"../{storage.basename(other)}" not in owned and storage.exists(other)
+    ]
     return found
 
 
@@ -107,7 +121,11 @@ def refuse_foreign(url: str, label: str, overwrite: bool, beside: Iterable[str] 
         return
     foreign = foreign_files(url, beside)
     if foreign:
-        more = f" (nor {len(foreign) - 1} other file{'s' if len(foreign) > 2 else ''} there)" if len(foreign) > 1 else ""
+        more = (
+            f" (nor {len(foreign) - 1} other file{'s' if len(foreign) > 2 else ''} there)"
+            if len(foreign) > 1
+            else ""
+        )
         raise InputError(
             f"{label}: {foreign[0]}",
             f"was not written by shadeflow{more}",
@@ -157,12 +175,17 @@ class StagedOutput:
         (e.g. AstroPath's ``flatfield_<V>.bin`` beside ``flatfield_<V>/``); they are moved last.
         """
         outside = outside or {}
-        staged = {name: size for name, size in storage.file_sizes(self.staging).items() if not name.startswith(LEASE)}
+        staged = {
+            name: size
+            for name, size in storage.file_sizes(self.staging).items()
+            if not name.startswith(LEASE)
+        }
         present = set(staged) | {parent for name in staged for parent in _parents(name)}
         missing = [name for name in [*expected, *outside] if name.strip("/") not in present]
         if missing:
             raise IncompleteOutput(
-                f"{self.final}: {len(missing)} file{'s' if len(missing) > 1 else ''} of the output {'are' if len(missing) > 1 else 'is'} "
+                f"{self.final}: {len(missing)} file{'s' if len(missing) > 1 else ''} of the output "
+                f"{'are' if len(missing) > 1 else 'is'} "
                 f"missing from its staging folder {self.staging} (e.g. {missing[0]}); nothing was published"
             )
         inside = {name: size for name, size in staged.items() if name not in outside}
@@ -170,7 +193,7 @@ class StagedOutput:
         manifest = {
             "kind": kind,
             "shadeflow_version": shadeflow_version(),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "parameters": parameters,
             "inputs": inputs,
             **extra,
@@ -178,13 +201,21 @@ class StagedOutput:
         }
         text = json.dumps(manifest, indent=2, default=str)
         before = owned_files(self.final)
-        storage.write_text(storage.join(self.final, WRITING), json.dumps({"kind": kind, "files": sorted(before | set(files))}, indent=1))
+        storage.write_text(
+            storage.join(self.final, WRITING),
+            json.dumps({"kind": kind, "files": sorted(before | set(files))}, indent=1),
+        )
         reached("publish-marked")
-        beside = set(outside.values()) | {storage.join(storage.parent(self.final), n[3:]) for n in before if n.startswith("../")}
+        beside = set(outside.values()) | {
+            storage.join(storage.parent(self.final), n[3:]) for n in before if n.startswith("../")
+        }
         for url in sorted(beside):  # first: no AstroPath reader sees an old .bin beside a changing folder
             storage.remove(url)
         storage.remove(storage.join(self.final, MANIFEST))
-        _remove_files(self.final, [n for n in before if not n.startswith("../") and n not in inside and n not in _MARKERS])
+        _remove_files(
+            self.final,
+            [n for n in before if not n.startswith("../") and n not in inside and n not in _MARKERS],
+        )
         _place(self.staging, self.final, list(inside))
         _verify(self.final, inside)
         reached("publish-moved")
@@ -201,7 +232,7 @@ class StagedOutput:
     def abort(self) -> None:
         storage.remove(self.staging)
 
-    def __enter__(self) -> "StagedOutput":
+    def __enter__(self) -> StagedOutput:
         self.others = remove_stale_partials(self.final, self.token)
         self.lease.acquire()
         return self
@@ -239,7 +270,8 @@ def _remove_files(folder: str, names: list[str]) -> None:
 
 
 def _place(staging: str, final: str, names: list[str]) -> None:
-    """Move staged files into the output folder: renames on a local disk, server-side copies on object stores."""
+    """Move staged files into the output folder: renames on a local disk, server-side copies on object
+    stores."""
     if not names:
         return
     fs, source = storage.filesystem(staging)
@@ -272,7 +304,8 @@ def _verify(folder: str, files: dict[str, int]) -> None:
     wrong = [name for name, size in files.items() if found.get(name) != size]
     if wrong:
         raise IncompleteOutput(
-            f"{folder}: {len(wrong)} of its {len(files)} files are missing or of another size after publishing (e.g. {wrong[0]}); "
+            f"{folder}: {len(wrong)} of its {len(files)} files are missing or of another size after "
+            f"publishing (e.g. {wrong[0]}); "
             "it is not marked complete — was it written by another run at the same time?"
         )
 
@@ -281,4 +314,6 @@ def _verify_file(url: str, size: int) -> None:
     fs, path = storage.filesystem(url)
     fs.invalidate_cache(path)
     if not fs.exists(path) or fs.size(path) != size:
-        raise IncompleteOutput(f"{url}: missing or of another size after publishing; the output is not marked complete")
+        raise IncompleteOutput(
+            f"{url}: missing or of another size after publishing; the output is not marked complete"
+        )

@@ -30,7 +30,11 @@ A4 = (8.27, 11.69)  # inches, portrait
 MAX_PANEL_PX = 300  # long side of a plotted image
 LAYERS_PER_PAGE = 5
 FIRST_PAGE_ROWS = 50  # table rows below the first page's header
-TILE_TITLE_IN, TILE_RAMP_IN, TILE_GAP_IN = 0.2, 0.22, 0.15  # around each tile: title above, ramp below, gap beside
+TILE_TITLE_IN, TILE_RAMP_IN, TILE_GAP_IN = (
+    0.2,
+    0.22,
+    0.15,
+)  # around each tile: title above, ramp below, gap beside
 EDGE_COLOUR, BULK_COLOUR = "#e08214", "#3572b0"  # edge and bulk fields, or "before" and "after"
 PAGE_ROWS = 70  # table rows on a continuation page
 
@@ -46,11 +50,11 @@ class ReportHeader:
     context: str
 
     @classmethod
-    def of(cls, subject: str, parameters: dict, context: str) -> "ReportHeader":
+    def of(cls, subject: str, parameters: dict, context: str) -> ReportHeader:
         return cls(
             subject=subject,
             version=shadeflow_version(),
-            created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             parameters_json=json.dumps(parameters, default=str, sort_keys=True),
             context=context,
         )
@@ -100,7 +104,8 @@ def colour_limits(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tu
 
 @dataclass(frozen=True)
 class Tile:
-    """One image of a mosaic, coloured by ``cmap`` between ``limits``, with a labelled colour ramp unless categorical."""
+    """One image of a mosaic, coloured by ``cmap`` between ``limits``, with a labelled colour ramp unless
+    categorical."""
 
     image: np.ndarray  # 2-D
     title: str
@@ -109,15 +114,21 @@ class Tile:
     ramp: bool = True
 
 
-def mosaic_scale(fig: Figure, rect: tuple[float, float, float, float], shape: tuple[int, int], n_tiles: int, n_cols: int) -> float:
+def mosaic_scale(
+    fig: Figure, rect: tuple[float, float, float, float], shape: tuple[int, int], n_tiles: int, n_cols: int
+) -> float:
     """Inches per tile pixel when ``n_tiles`` tiles of ``shape`` fill ``rect``, ``n_cols`` to a row."""
     fig_w, fig_h = fig.get_size_inches()
     n_rows = math.ceil(n_tiles / n_cols)
-    return min((rect[2] * fig_w / n_cols - TILE_GAP_IN) / shape[1], (rect[3] * fig_h / n_rows - TILE_TITLE_IN - TILE_RAMP_IN) / shape[0])
+    return min(
+        (rect[2] * fig_w / n_cols - TILE_GAP_IN) / shape[1],
+        (rect[3] * fig_h / n_rows - TILE_TITLE_IN - TILE_RAMP_IN) / shape[0],
+    )
 
 
 def mosaic(fig: Figure, rect: tuple[float, float, float, float], tiles: Sequence[Tile], n_cols: int) -> None:
-    """Equal-shaped tiles, ``n_cols`` to a row, drawn as one RGB image in one axes within ``rect`` (figure fraction).
+    """Equal-shaped tiles, ``n_cols`` to a row, drawn as one RGB image in one axes within ``rect`` (figure
+    fraction).
 
     A page of many images thus costs one axes instead of dozens: axes dominate matplotlib's rendering time.
     The image is embedded unresampled (``interpolation="none"``), so its pixels are the tiles' pixels.
@@ -131,11 +142,15 @@ def mosaic(fig: Figure, rect: tuple[float, float, float, float], tiles: Sequence
     cell_h, cell_w = th + title + ramp, tw + gap
     canvas = np.full((n_rows * cell_h, n_cols * cell_w, 3), 255, np.uint8)
     ax_h, ax_w = canvas.shape[0] * inch / fig_h, canvas.shape[1] * inch / fig_w
-    ax = fig.add_axes((left + (width - ax_w) / 2, bottom + height - ax_h, ax_w, ax_h))  # centred, from the top
+    ax = fig.add_axes(
+        (left + (width - ax_w) / 2, bottom + height - ax_h, ax_w, ax_h)
+    )  # centred, from the top
     for i, tile in enumerate(tiles):
         y, x = (i // n_cols) * cell_h + title, (i % n_cols) * cell_w + gap // 2
         lo, hi = tile.limits
-        canvas[y : y + th, x : x + tw] = tile.cmap(np.clip((tile.image - lo) / (hi - lo), 0, 1), bytes=True)[..., :3]
+        canvas[y : y + th, x : x + tw] = tile.cmap(np.clip((tile.image - lo) / (hi - lo), 0, 1), bytes=True)[
+            ..., :3
+        ]
         ax.text(x, y - 0.15 * title, tile.title, fontsize=6, va="bottom")
         if tile.ramp:
             y0, x0, x1 = y + th + round(0.3 * ramp), x + tw // 4, x + 3 * tw // 4
@@ -157,10 +172,20 @@ def group_separators(ax: Axes, groups: Sequence[LayerGroup]) -> None:
     for group in groups[:-1]:
         ax.axvline(group.last + 0.5, color="0.6", linestyle=":", linewidth=0.8)
     for group in groups:
-        ax.text((group.first + group.last) / 2, 1.01, group.name, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=6)
+        ax.text(
+            (group.first + group.last) / 2,
+            1.01,
+            group.name,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=6,
+        )
 
 
-def table(ax: Axes, rows: Sequence[Sequence], header: Sequence[str], fontsize: float, row_in: float = 0.135) -> None:
+def table(
+    ax: Axes, rows: Sequence[Sequence], header: Sequence[str], fontsize: float, row_in: float = 0.135
+) -> None:
     """A table from the top of ``ax`` down, ``row_in`` inches a row (shrunk to fit ``ax``)."""
     height_in = ax.get_position().height * ax.get_figure().get_size_inches()[1]
     fraction = min(1.0, (len(rows) + 1) * row_in / height_in)
@@ -175,7 +200,8 @@ def as_layer_groups(layer_groups: dict[str, Sequence[int]]) -> tuple[LayerGroup,
 
 
 def table_pages(rows: Sequence, first: int = FIRST_PAGE_ROWS, rest: int = PAGE_ROWS) -> list[Sequence]:
-    """``rows`` split into a first page of ``first`` rows and further pages of ``rest`` (at least one page)."""
+    """``rows`` split into a first page of ``first`` rows and further pages of ``rest`` (at least one
+    page)."""
     pages = [rows[:first]]
     pages += [rows[start : start + rest] for start in range(first, len(rows), rest)]
     return pages

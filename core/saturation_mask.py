@@ -52,7 +52,9 @@ def saturation_masks(
         counts_per_ms = smoothed[group.index] / exposure_ms[group.index, None, None]
         flagged = (counts_per_ms > params.saturation_cut(group.name)).any(axis=0)
         if not morph.is_uniform(flagged):
-            flagged = morph.size_filter(morph.close(morph.open_(flagged, fp), fp), grid.area(params.saturation_min_size))
+            flagged = morph.size_filter(
+                morph.close(morph.open_(flagged, fp), fp), grid.area(params.saturation_min_size)
+            )
         if flagged.sum() < grid.area(params.saturation_min_pixels):
             flagged[:] = False
         if clipped is not None:

@@ -25,7 +25,17 @@ from shadeflow.core.errors import InputError
 
 SLIDE_JSON = "slide.json"
 FIELDS_CSV = "fields.csv"
-REQUIRED_SLIDE_KEYS = ("slide_id", "project", "cohort", "batch", "microscope", "shape", "dtype", "layer_groups", "dark_current")
+REQUIRED_SLIDE_KEYS = (
+    "slide_id",
+    "project",
+    "cohort",
+    "batch",
+    "microscope",
+    "shape",
+    "dtype",
+    "layer_groups",
+    "dark_current",
+)
 BASE_FIELD_COLUMNS = ("field", "file", "cx", "cy", "acquired")
 SUPPORTED_DTYPES = ("uint16",)
 
@@ -146,17 +156,23 @@ def load_slide(url: str, check_files: bool = True) -> Slide:
     meta = _read_slide_json(url, name)
     slide_id = str(meta["slide_id"])
     if slide_id != name:
-        raise SlideError(f"slide {name}: slide.json says slide_id {slide_id!r} but the folder is named {name!r}")
+        raise SlideError(
+            f"slide {name}: slide.json says slide_id {slide_id!r} but the folder is named {name!r}"
+        )
     shape = _parse_shape(meta["shape"], slide_id)
     dtype = str(meta["dtype"])
     if dtype not in SUPPORTED_DTYPES:
-        raise SlideError(f"slide {slide_id}: dtype {dtype!r} is not supported (expected one of {SUPPORTED_DTYPES})")
+        raise SlideError(
+            f"slide {slide_id}: dtype {dtype!r} is not supported (expected one of {SUPPORTED_DTYPES})"
+        )
     groups = _parse_layer_groups(meta["layer_groups"], shape[2], slide_id)
     dark_current = _number(meta["dark_current"], f"slide {slide_id}: dark_current")
     field_size = meta.get("field_size_um")
     if field_size is not None:
         if not (isinstance(field_size, list) and len(field_size) == 2):
-            raise SlideError(f"slide {slide_id}: field_size_um must be [width, height] in µm, got {field_size!r}")
+            raise SlideError(
+                f"slide {slide_id}: field_size_um must be [width, height] in µm, got {field_size!r}"
+            )
         field_size = tuple(_number(v, f"slide {slide_id}: field_size_um", positive=True) for v in field_size)
     fields = _read_fields_csv(url, slide_id, groups)
     slide = Slide(
@@ -186,12 +202,16 @@ def check_field_files(slide: Slide) -> None:
         if root is not None:
             _check_inside(slide, field, root)
         if field.file not in sizes:
-            raise SlideError(f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): file {field.file} is missing")
+            raise SlideError(
+                f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): file {field.file} "
+                "is missing"
+            )
         if field.file.lower().endswith(".dat") and sizes[field.file] != slide.field_nbytes:
             h, w, l = slide.shape
             raise SlideError(
                 f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): {field.file} has "
-                f"{sizes[field.file]} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}"
+                f"{sizes[field.file]} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} "
+                f"{slide.dtype}"
             )
 
 
@@ -225,7 +245,9 @@ def read_field(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.nd
         except Exception as exc:  # tifffile raises several types for damaged files
             raise SlideError(f"{where}: not a readable TIFF ({exc})") from exc
         if image.shape != (l, h, w) or image.dtype != np.dtype(slide.dtype):
-            raise SlideError(f"{where}: TIFF holds {image.shape} {image.dtype}, expected ({l}, {h}, {w}) {slide.dtype}")
+            raise SlideError(
+                f"{where}: TIFF holds {image.shape} {image.dtype}, expected ({l}, {h}, {w}) {slide.dtype}"
+            )
         return np.ascontiguousarray(image)
     dtype = np.dtype(slide.dtype).newbyteorder("<")
     raw = buffers.scratch("raw-field", (h, w, l), dtype) if reuse_buffers else np.empty((h, w, l), dtype)
@@ -235,13 +257,16 @@ def read_field(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.nd
         extra = handle.read(1)
     if n != slide.field_nbytes or extra:
         size = fs.size(path)
-        raise SlideError(f"{where}: {size} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}")
+        raise SlideError(
+            f"{where}: {size} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}"
+        )
     out = buffers.scratch("field-layers", (l, h, w), slide.dtype) if reuse_buffers else None
     return interleaved_to_layers(raw, out)
 
 
 def interleaved_to_layers(interleaved: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, L) → contiguous (L, H, W), transposed in bands of rows so each band stays in cache (~2× faster)."""
+    """(H, W, L) → contiguous (L, H, W), transposed in bands of rows so each band stays in cache (~2×
+    faster)."""
     h, w, l = interleaved.shape
     layers = out if out is not None else np.empty((l, h, w), dtype=interleaved.dtype.newbyteorder("="))
     for row in range(0, h, 64):
@@ -280,14 +305,22 @@ def _parse_layer_groups(value, n_layers: int, slide_id: str) -> tuple[LayerGroup
             raise SlideError(f"slide {slide_id}: layer group {name!r} must be [first, last], got {bounds!r}")
         first, last = bounds
         if not 1 <= first <= last <= n_layers:
-            raise SlideError(f"slide {slide_id}: layer group {name!r} [{first}, {last}] is outside layers 1..{n_layers}")
+            raise SlideError(
+                f"slide {slide_id}: layer group {name!r} [{first}, {last}] is outside layers 1..{n_layers}"
+            )
         groups.append(LayerGroup(str(name), first, last))
     expected = 1
     for group in groups:
         if group.first < expected:
-            raise SlideError(f"slide {slide_id}: layer group {group.name!r} [{group.first}, {group.last}] overlaps the group before it")
+            raise SlideError(
+                f"slide {slide_id}: layer group {group.name!r} [{group.first}, {group.last}] overlaps the "
+                "group before it"
+            )
         if group.first > expected:
-            raise SlideError(f"slide {slide_id}: layers {expected}-{group.first - 1} are in no layer group (before {group.name!r})")
+            raise SlideError(
+                f"slide {slide_id}: layers {expected}-{group.first - 1} are in no layer group (before "
+                f"{group.name!r})"
+            )
         expected = group.last + 1
     if expected <= n_layers:
         raise SlideError(f"slide {slide_id}: layers {expected}-{n_layers} are in no layer group")
@@ -314,7 +347,10 @@ def _read_fields_csv(url: str, slide_id: str, groups: tuple[LayerGroup, ...]) ->
         if not key:
             raise SlideError(f"{where}: empty field key")
         if _unsafe_key(key):
-            raise SlideError(f"{where}: field key {key!r} must be a plain name (it names the field's mask files): no '/', '\\', '..', drive or control characters")
+            raise SlideError(
+                f"{where}: field key {key!r} must be a plain name (it names the field's mask files): no "
+                "'/', '\\', '..', drive or control characters"
+            )
         if key in seen:
             raise SlideError(f"{where}: field key repeats an earlier row")
         seen.add(key)
@@ -363,7 +399,12 @@ def _safe_relative_path(path: str, where: str) -> str:
 
 
 def _unsafe_key(key: str) -> bool:
-    return any(c in key for c in "/\\") or key in (".", "..") or bool(_WINDOWS_DRIVE.match(key)) or any(ord(c) < 32 for c in key)
+    return (
+        any(c in key for c in "/\\")
+        or key in (".", "..")
+        or bool(_WINDOWS_DRIVE.match(key))
+        or any(ord(c) < 32 for c in key)
+    )
 
 
 def _number(value, what: str, positive: bool = False) -> float:
@@ -378,5 +419,5 @@ def _number(value, what: str, positive: bool = False) -> float:
 
 def _sortable(moment: dt.datetime) -> float:
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()

@@ -23,7 +23,9 @@ def flatfield_sigma(height: int, width: int) -> float:
     return REFERENCE_SIGMA * math.sqrt(height * width / (REFERENCE_FIELD[0] * REFERENCE_FIELD[1]))
 
 
-def gaussian_smooth(layers: np.ndarray, sigma: float, truncate: float = 4.0, mode: str = "edge") -> np.ndarray:
+def gaussian_smooth(
+    layers: np.ndarray, sigma: float, truncate: float = 4.0, mode: str = "edge"
+) -> np.ndarray:
     """Each layer of an (L, H, W) stack smoothed with a Gaussian of ``sigma`` px.
 
     ``mode`` is the ``numpy.pad`` mode beyond the borders: ``edge`` replicates (AstroPath), ``constant`` is 0.
@@ -50,7 +52,9 @@ def smooth_with_error(mean: np.ndarray, std_err: np.ndarray, sigma: float) -> tu
     For a Gaussian kernel k of width σ, k² is a Gaussian of width σ/√2 scaled by 1/(4πσ²) in 2-D.
     """
     smoothed = gaussian_smooth(mean, sigma)
-    variance = gaussian_smooth(std_err.astype(np.float64) ** 2, sigma / math.sqrt(2)) / (4 * math.pi * sigma**2)
+    variance = gaussian_smooth(std_err.astype(np.float64) ** 2, sigma / math.sqrt(2)) / (
+        4 * math.pi * sigma**2
+    )
     return smoothed, np.sqrt(np.clip(variance, 0, None))
 
 
@@ -58,13 +62,16 @@ def masked_smooth(mean: np.ndarray, count: np.ndarray, sigma: float) -> np.ndarr
     """Smoothing that ignores pixels where nothing was stacked (normalised convolution)."""
     covered = (count > 0).astype(np.float64)
     weight = gaussian_smooth(covered, sigma)
-    return np.divide(gaussian_smooth(mean * covered, sigma), weight, out=np.zeros(mean.shape), where=weight > 1e-6)
+    return np.divide(
+        gaussian_smooth(mean * covered, sigma), weight, out=np.zeros(mean.shape), where=weight > 1e-6
+    )
 
 
 def relative_rms(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """Per-layer relative RMS difference of two (L, H, W) fields after normalising each layer to mean 1.
 
-    .. math:: \\sqrt{\\langle (\\hat F / F - 1)^2 \\rangle}, \\quad \\hat F, F \\text{ each divided by its mean over } where
+    .. math:: \\sqrt{\\langle (\\hat F / F - 1)^2 \\rangle}, \\quad \\hat F, F \\text{ each divided by its
+    mean over } where
     """
     where = np.ones(truth.shape, bool) if where is None else where
     errors = []
@@ -77,7 +84,9 @@ def relative_rms(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray | No
     return np.array(errors)
 
 
-def masked_smooth_with_error(mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def masked_smooth_with_error(
+    mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Smoothed mean and propagated error, ignoring pixels where nothing was stacked.
 
     Normalised convolution: with w = [N > 0], G = k∗(w·m) / k∗w and σ_G² = k²∗(w·σ²) / (k∗w)².
@@ -87,11 +96,17 @@ def masked_smooth_with_error(mean: np.ndarray, std_err: np.ndarray, count: np.nd
     weight = gaussian_smooth(covered, sigma)
     safe = np.where(weight > 1e-6, weight, np.inf)
     smoothed = gaussian_smooth(mean * covered, sigma) / safe
-    variance = gaussian_smooth(covered * std_err.astype(np.float64) ** 2, sigma / math.sqrt(2)) / (4 * math.pi * sigma**2) / safe**2
+    variance = (
+        gaussian_smooth(covered * std_err.astype(np.float64) ** 2, sigma / math.sqrt(2))
+        / (4 * math.pi * sigma**2)
+        / safe**2
+    )
     return smoothed, np.sqrt(np.clip(variance, 0, None))
 
 
-def local_linear_smooth_with_error(mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def local_linear_smooth_with_error(
+    mean: np.ndarray, std_err: np.ndarray, count: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Gaussian local-linear smoothing of covered pixels, with exact error propagation.
 
     At each pixel p a plane a + b·dx + c·dy is fitted to the covered pixels (N > 0) with Gaussian
@@ -119,29 +134,48 @@ def local_linear_smooth_with_error(mean: np.ndarray, std_err: np.ndarray, count:
             in_image = gaussian_smooth(np.ones((1, h, w)), sigma, mode="constant")[0]
             cache[key + b"level"] = (weight, weight / in_image)  # Σ K w, and the covered share of Σ K
         r0, r1, r2 = cache[key]
-        d1, dx_, dy_ = gaussian_smooth(np.stack([covered * mean[layer], covered * mean[layer] * x, covered * mean[layer] * y]), sigma, mode="constant")
+        d1, dx_, dy_ = gaussian_smooth(
+            np.stack([covered * mean[layer], covered * mean[layer] * x, covered * mean[layer] * y]),
+            sigma,
+            mode="constant",
+        )
         linear = r0 * d1 + r1 * (dx_ - x * d1) + r2 * (dy_ - y * d1)
         # a plane extrapolated far from the data can run away: where less than half of the kernel's
         # in-image weight is covered, or the fit leaves the data's range, use the weighted mean instead
         level = cache[key + b"level"]
         constant = np.divide(d1, level[0], out=np.zeros(d1.shape), where=level[0] > 1e-6)
-        low, high = mean[layer][covered > 0].min(initial=np.inf), mean[layer][covered > 0].max(initial=-np.inf)
+        low, high = (
+            mean[layer][covered > 0].min(initial=np.inf),
+            mean[layer][covered > 0].max(initial=-np.inf),
+        )
         trusted = (level[1] >= 0.5) & (linear >= low) & (linear <= high)
         smoothed[layer] = np.where(trusted, linear, constant)
         var = covered * std_err[layer].astype(np.float64) ** 2
-        m = gaussian_smooth(np.stack([var, var * x, var * y, var * x * x, var * x * y, var * y * y]), sigma / math.sqrt(2), mode="constant")
+        m = gaussian_smooth(
+            np.stack([var, var * x, var * y, var * x * x, var * x * y, var * y * y]),
+            sigma / math.sqrt(2),
+            mode="constant",
+        )
         m /= 4 * math.pi * sigma**2
         # Σ K² v (r0 + r1 (xq − xp) + r2 (yq − yp))², expanded in moments about the origin
         c0 = r0 - r1 * x - r2 * y
-        total = c0**2 * m[0] + 2 * c0 * (r1 * m[1] + r2 * m[2]) + r1**2 * m[3] + 2 * r1 * r2 * m[4] + r2**2 * m[5]
+        total = (
+            c0**2 * m[0] + 2 * c0 * (r1 * m[1] + r2 * m[2]) + r1**2 * m[3] + 2 * r1 * r2 * m[4] + r2**2 * m[5]
+        )
         constant_total = np.divide(m[0], level[0] ** 2, out=np.zeros(m[0].shape), where=level[0] > 1e-6)
         error[layer] = np.sqrt(np.clip(np.where(trusted, total, constant_total), 0, None))
     return smoothed, error
 
 
-def _plane_fit_rows(covered: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _plane_fit_rows(
+    covered: np.ndarray, x: np.ndarray, y: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """First row of the inverse local normal matrix at every pixel (what turns data moments into a)."""
-    m1, mx, my, mxx, mxy, myy = gaussian_smooth(np.stack([covered, covered * x, covered * y, covered * x * x, covered * x * y, covered * y * y]), sigma, mode="constant")
+    m1, mx, my, mxx, mxy, myy = gaussian_smooth(
+        np.stack([covered, covered * x, covered * y, covered * x * x, covered * x * y, covered * y * y]),
+        sigma,
+        mode="constant",
+    )
     # moments about each pixel
     sx, sy = mx - x * m1, my - y * m1
     sxx = mxx - 2 * x * mx + x * x * m1

@@ -45,7 +45,7 @@ class MeanImageStack:
     fields: list[FieldLogRow] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, shape: tuple[int, int, int]) -> "MeanImageStack":
+    def empty(cls, shape: tuple[int, int, int]) -> MeanImageStack:
         """An empty stack for (L, H, W) images."""
         return cls(
             sum=np.zeros(shape, np.float64),
@@ -58,7 +58,7 @@ class MeanImageStack:
     def shape(self) -> tuple[int, int, int]:
         return self.sum.shape
 
-    def merge(self, other: "MeanImageStack") -> "MeanImageStack":
+    def merge(self, other: MeanImageStack) -> MeanImageStack:
         """The stack of both inputs (sums add; per-pixel counts weight every mean)."""
         if other.shape != self.shape:
             raise ValueError(f"cannot merge stacks of shape {self.shape} and {other.shape}")
@@ -79,7 +79,9 @@ class MeanImageStack:
         return mean_and_std_err(self.sum, self.sum_sq, self.count)[1]
 
 
-def mean_and_std_err(total: np.ndarray, total_sq: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mean_and_std_err(
+    total: np.ndarray, total_sq: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard error from sums (AstroPath §2.7).
 
     .. math:: \\bar x = S/N, \\qquad \\sigma_{\\bar x} = \\sqrt{\\left|SS/N - \\bar x^2\\right| / N}
@@ -116,7 +118,7 @@ class CountAccumulator:
     fields: list[FieldLogRow] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, shape: tuple[int, int, int]) -> "CountAccumulator":
+    def empty(cls, shape: tuple[int, int, int]) -> CountAccumulator:
         """An empty accumulator; its memory (0.7 GiB for a Vectra slide) reuses that of finished ones."""
         return cls(
             sum=buffers.recycled_zeros(shape, np.uint32),
@@ -135,7 +137,9 @@ class CountAccumulator:
             self.sum = self.sum.astype(np.uint64)
             self.count = self.count.astype(np.uint32)
 
-    def add(self, image: np.ndarray, masks: np.ndarray, groups: tuple[LayerGroup, ...], min_pixel_fraction: float) -> tuple[int, ...]:
+    def add(
+        self, image: np.ndarray, masks: np.ndarray, groups: tuple[LayerGroup, ...], min_pixel_fraction: float
+    ) -> tuple[int, ...]:
         """Stack one field and return the 1-based layers it was stacked in.
 
         Parameters
@@ -165,16 +169,26 @@ class CountAccumulator:
                 continue
             everywhere = bool(mask.all())  # common for bulk fields: skip the masking passes
             for layer in range(group.first - 1, group.last):
-                kept = image[layer] if everywhere else np.multiply(image[layer], mask, out=buffers.scratch("stack-kept", mask.shape, np.uint16))
+                kept = (
+                    image[layer]
+                    if everywhere
+                    else np.multiply(
+                        image[layer], mask, out=buffers.scratch("stack-kept", mask.shape, np.uint16)
+                    )
+                )
                 self.sum[layer] += kept
-                self.sum_sq[layer] += np.square(kept, dtype=np.uint64, out=buffers.scratch("stack-square", kept.shape, np.uint64))  # exact
+                self.sum_sq[layer] += np.square(
+                    kept, dtype=np.uint64, out=buffers.scratch("stack-square", kept.shape, np.uint64)
+                )  # exact
                 self.count[layer] += 1 if everywhere else mask
                 self.n_images[layer] += 1
                 stacked.append(layer + 1)
         return tuple(stacked)
 
-    def merge(self, other: "CountAccumulator") -> "CountAccumulator":
-        if self.is_narrow and (not other.is_narrow or (self.n_images + other.n_images).max(initial=0) > NARROW_FIELD_LIMIT):
+    def merge(self, other: CountAccumulator) -> CountAccumulator:
+        if self.is_narrow and (
+            not other.is_narrow or (self.n_images + other.n_images).max(initial=0) > NARROW_FIELD_LIMIT
+        ):
             self.widen()
         self.sum += other.sum
         self.sum_sq += other.sum_sq
@@ -184,7 +198,8 @@ class CountAccumulator:
         return self
 
     def to_stack(self, exposure_ms: np.ndarray) -> MeanImageStack:
-        """The stack in counts/ms: sums divided by the per-layer exposure time all fields were normalised to."""
+        """The stack in counts/ms: sums divided by the per-layer exposure time all fields were normalised
+        to."""
         scale = 1.0 / np.asarray(exposure_ms, dtype=np.float64)[:, None, None]
         return MeanImageStack(
             sum=self.sum * scale,

@@ -30,8 +30,16 @@ def write_stack(url: str, stack: MeanImageStack, attributes: dict[str, Any]) -> 
     inputs, …) are stored with the format name, units and the per-layer image counts and field log.
     """
     mean, std_err = mean_and_std_err(stack.sum, stack.sum_sq, stack.count)
-    group = zarr.open_group(url, mode="w", storage_options=storage.storage_options(url) or None, zarr_format=3)
-    values = {"sum": stack.sum, "sum_sq": stack.sum_sq, "count": stack.count, "mean": mean, "std_err": std_err}
+    group = zarr.open_group(
+        url, mode="w", storage_options=storage.storage_options(url) or None, zarr_format=3
+    )
+    values = {
+        "sum": stack.sum,
+        "sum_sq": stack.sum_sq,
+        "count": stack.count,
+        "mean": mean,
+        "std_err": std_err,
+    }
     for name in _ARRAYS:
         data = values[name]
         group.create_array(
@@ -44,7 +52,13 @@ def write_stack(url: str, stack: MeanImageStack, attributes: dict[str, Any]) -> 
     group.attrs.update(
         {
             "format": FORMAT,
-            "units": {"sum": "counts/ms", "sum_sq": "(counts/ms)^2", "count": "fields", "mean": "counts/ms", "std_err": "counts/ms"},
+            "units": {
+                "sum": "counts/ms",
+                "sum_sq": "(counts/ms)^2",
+                "count": "fields",
+                "mean": "counts/ms",
+                "std_err": "counts/ms",
+            },
             "n_images": [int(v) for v in stack.n_images],
             "fields": [[r.slide, r.file, r.location, r.use, list(r.stacked_in_layers)] for r in stack.fields],
             **attributes,

@@ -29,7 +29,8 @@ LEASE = ".lease"
 
 
 def new_run_token() -> str:
-    """A token naming one run's staging folders: decided once per run, never by a step that may be recomputed."""
+    """A token naming one run's staging folders: decided once per run, never by a step that may be
+    recomputed."""
     return uuid.uuid4().hex[:12]
 
 
@@ -48,13 +49,14 @@ def _lockable(url: str) -> bool:
 
 
 class StagingLease:
-    """Holds ``<staging>/.lease`` locked while its run may write to ``staging`` (local disks; a no-op on object stores)."""
+    """Holds ``<staging>/.lease`` locked while its run may write to ``staging`` (local disks; a no-op on
+    object stores)."""
 
     def __init__(self, staging: str):
         self.staging = staging
         self._handle = None
 
-    def acquire(self) -> "StagingLease":
+    def acquire(self) -> StagingLease:
         if not _lockable(self.staging) or self._handle is not None:
             return self
         os.makedirs(self.staging, exist_ok=True)
@@ -67,7 +69,8 @@ class StagingLease:
         return self
 
     def release(self, remove: bool = False) -> None:
-        """Unlock; with ``remove`` the staging folder goes too (the caller knows nothing writes there any more)."""
+        """Unlock; with ``remove`` the staging folder goes too (the caller knows nothing writes there any
+        more)."""
         if remove:
             storage.remove(self.staging)
         if self._handle is not None:
@@ -80,7 +83,7 @@ class StagingLease:
     def __getstate__(self):  # a lock does not travel: a copy on another process holds nothing
         return {"staging": self.staging, "_handle": None}
 
-    def __enter__(self) -> "StagingLease":
+    def __enter__(self) -> StagingLease:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from shadeflow.core.errors import InputError, one_line
+
 
 def is_remote(url: str) -> bool:
     """True for URLs with a protocol other than ``file://`` (e.g. ``s3://``)."""
@@ -24,12 +26,14 @@ def is_remote(url: str) -> bool:
 
 
 #: ``scheme://userinfo@`` — credentials written into a URL (``s3://KEY:SECRET@bucket/…``). The
-#: password may hold ``/`` (AWS secret keys do); ``s3://bucket/user@host/…`` (an ``@`` in a key) is no userinfo
+# : password may hold ``/`` (AWS secret keys do); ``s3://bucket/user@host/…`` (an ``@`` in a key) is no
+# userinfo
 _USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s:]*(?::[^@\s]*)?)@")
 
 
 def userinfo(url: str) -> str | None:
-    """The ``user[:password]`` part of a URL with a scheme, if any (a local path's ``@`` is just a character)."""
+    """The ``user[:password]`` part of a URL with a scheme, if any (a local path's ``@`` is just a
+    character)."""
     match = _USERINFO.match(url.strip())
     return match.group(2) if match else None
 
@@ -44,12 +48,11 @@ def refuse_credentials_in_url(url: str, what: str) -> None:
     echoed in errors and logs and stored with the run (Prefect parameters, task names, results).
     The message shows the URL redacted."""
     if url and userinfo(url) is not None:
-        from shadeflow.core.errors import InputError
-
         raise InputError(
             f"{what} {redact(url)}",
             "credentials in the URL are refused (they would end up in logs and in the run's records)",
-            "remove them and give credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or a profile (AWS_PROFILE)",
+            "remove them and give credentials through the environment (AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY) or a profile (AWS_PROFILE)",
         )
 
 
@@ -140,7 +143,9 @@ def file_sizes(url: str) -> dict[str, int]:
         return {}
     base = path.rstrip("/") + "/"
     found = fs.find(path, detail=True)
-    return {name[len(base) :]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(base)}
+    return {
+        name[len(base) :]: int(info.get("size") or 0) for name, info in found.items() if name.startswith(base)
+    }
 
 
 def remove(url: str) -> None:
@@ -156,13 +161,37 @@ def remove(url: str) -> None:
 
 #: botocore / aiohttp / urllib3 classes meaning "the endpoint did not answer" (by name: nothing imported)
 _UNREACHABLE = {
-    "EndpointConnectionError", "ConnectTimeoutError", "ConnectionClosedError", "ProxyConnectionError", "ReadTimeoutError",
-    "ClientConnectorError", "ClientConnectionError", "ServerDisconnectedError", "ServerTimeoutError", "NewConnectionError",
+    "EndpointConnectionError",
+    "ConnectTimeoutError",
+    "ConnectionClosedError",
+    "ProxyConnectionError",
+    "ReadTimeoutError",
+    "ClientConnectorError",
+    "ClientConnectionError",
+    "ServerDisconnectedError",
+    "ServerTimeoutError",
+    "NewConnectionError",
 }
-_NO_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "ProfileNotFound", "TokenRetrievalError"}
+_NO_CREDENTIALS = {
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+    "ProfileNotFound",
+    "TokenRetrievalError",
+}
 _DENIED_CODES = {
-    "403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
-    "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem", "InvalidSecurity", "RequestTimeTooSkewed",
+    "403",
+    "AccessDenied",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "InvalidSecurity",
+    "RequestTimeTooSkewed",
 }
 
 
@@ -218,7 +247,6 @@ def check_bucket(url: str, what: str, hint: str | None = None) -> None:
     """For an ``s3://`` URL: the endpoint answers, the credentials are accepted and the bucket exists
     (one HEAD request, no retries); raises :class:`~shadeflow.core.errors.InputError` naming ``what``
     and the URL. Local paths pass (their checks are the callers')."""
-    from shadeflow.core.errors import InputError
 
     if not url.startswith(("s3://", "s3a://")):
         return
@@ -238,8 +266,17 @@ def check_bucket(url: str, what: str, hint: str | None = None) -> None:
         if problem is None:
             raise
         if problem == "the bucket does not exist":
-            raise InputError(label, f"bucket {bucket!r} does not exist", hint or "check the bucket name and AWS_ENDPOINT_URL") from None
-        advice = "check AWS_ENDPOINT_URL and the network" if "endpoint" in problem else "check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and the bucket's permissions"
+            raise InputError(
+                label,
+                f"bucket {bucket!r} does not exist",
+                hint or "check the bucket name and AWS_ENDPOINT_URL",
+            ) from None
+        advice = (
+            "check AWS_ENDPOINT_URL and the network"
+            if "endpoint" in problem
+            else "check the AWS credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE) and "
+            "the bucket's permissions"
+        )
         raise InputError(label, f"bucket {bucket!r}: {problem}", advice) from None
 
 
@@ -250,7 +287,6 @@ def check_output_folder(url: str, what: str = "--out", hint: str | None = None) 
     S3: the bucket must exist and be reachable — a missing output bucket is the output's problem,
     named as such, not discovered when the first result is written.
     """
-    from shadeflow.core.errors import InputError, one_line
 
     url = normalize(url)
     label = f"{what} {redact(url)}"
@@ -268,9 +304,17 @@ def check_output_folder(url: str, what: str = "--out", hint: str | None = None) 
             found = fs.exists(bucket)
             is_file = found and "/" in path.strip("/") and fs.isfile(path)
         except PermissionError:
-            raise InputError(label, f"bucket {bucket!r} cannot be accessed (permission denied)", "check the AWS credentials") from None
+            raise InputError(
+                label,
+                f"bucket {bucket!r} cannot be accessed (permission denied)",
+                "check the AWS credentials",
+            ) from None
         except OSError as exc:
-            raise InputError(label, f"bucket {bucket!r} cannot be reached ({redact(one_line(exc))})", "check AWS_ENDPOINT_URL and the network") from None
+            raise InputError(
+                label,
+                f"bucket {bucket!r} cannot be reached ({redact(one_line(exc))})",
+                "check AWS_ENDPOINT_URL and the network",
+            ) from None
         if not found:
             raise InputError(label, f"bucket {bucket!r} does not exist", f"create it or {elsewhere}")
         if is_file:
@@ -280,8 +324,16 @@ def check_output_folder(url: str, what: str = "--out", hint: str | None = None) 
     while not os.path.exists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        where = "it is a file, not a folder" if existing == url else f"{existing} is a file, so the folder cannot be made"
+        where = (
+            "it is a file, not a folder"
+            if existing == url
+            else f"{existing} is a file, so the folder cannot be made"
+        )
         raise InputError(label, where, elsewhere)
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "the folder is not writable" if existing == url else f"the folder cannot be made: {existing} is not writable"
+        where = (
+            "the folder is not writable"
+            if existing == url
+            else f"the folder cannot be made: {existing} is not writable"
+        )
         raise InputError(label, where, elsewhere)

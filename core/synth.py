@@ -23,7 +23,8 @@ generator draws exactly the same random numbers as before the knob existed:
   ``low_count_signal`` counts above the dark current at the median exposure;
 * ``exposure_range`` — per-field, per-group exposure times drawn log-uniformly in (min, max) ms
   (default: each group's base time, × 0.8 or × 1.25 in a quarter of the fields);
-* ``tissue_rate`` — each group's tissue brightness drawn log-uniformly in (min, max) counts/ms, once per cohort;
+* ``tissue_rate`` — each group's tissue brightness drawn log-uniformly in (min, max) counts/ms, once per
+cohort;
 * ``grid`` — (columns, rows) of fields, overriding ``fields``;
 * ``fold_probability``, ``saturation_probability`` — chance that a field has a fold / saturated spots;
 * ``dark_current`` (counts).
@@ -51,10 +52,34 @@ from shadeflow.core.mask_params import MaskParameters
 TRUTH_DIR = "synthetic_truth"
 VECTRA_FIELD_UM = (1344 * NATIVE_PIXEL_UM, 1004 * NATIVE_PIXEL_UM)
 VECTRA_GROUPS = {"dapi": [1, 9], "fitc": [10, 18], "cy3": [19, 25], "texasred": [26, 32], "cy5": [33, 35]}
-POLARIS_GROUPS = {"dapi": [1, 9], "opal780": [10, 11], "opal480": [12, 17], "cy5": [18, 20], "fitc": [21, 29], "cy3": [30, 36], "texasred": [37, 43]}
+POLARIS_GROUPS = {
+    "dapi": [1, 9],
+    "opal780": [10, 11],
+    "opal480": [12, 17],
+    "cy5": [18, 20],
+    "fitc": [21, 29],
+    "cy3": [30, 36],
+    "texasred": [37, 43],
+}
 #: median exposure time (ms) and tissue brightness (counts/ms) per group
-BASE_EXPOSURE_MS = {"dapi": 60.0, "fitc": 120.0, "cy3": 60.0, "texasred": 40.0, "cy5": 100.0, "opal780": 150.0, "opal480": 60.0}
-TISSUE_BRIGHTNESS = {"dapi": 14.0, "fitc": 9.0, "cy3": 11.0, "texasred": 12.0, "cy5": 10.0, "opal780": 6.0, "opal480": 9.0}
+BASE_EXPOSURE_MS = {
+    "dapi": 60.0,
+    "fitc": 120.0,
+    "cy3": 60.0,
+    "texasred": 40.0,
+    "cy5": 100.0,
+    "opal780": 150.0,
+    "opal480": 60.0,
+}
+TISSUE_BRIGHTNESS = {
+    "dapi": 14.0,
+    "fitc": 9.0,
+    "cy3": 11.0,
+    "texasred": 12.0,
+    "cy5": 10.0,
+    "opal780": 6.0,
+    "opal480": 9.0,
+}
 
 
 @dataclass(frozen=True)
@@ -73,7 +98,9 @@ class SynthConfig:
     project: int = 1
     cohort: int = 1
     tissue_coverage: float | None = None  # fraction of the scan's interior that is tissue (None: ≈ 0.93)
-    background_ratio: float | None = None  # background counts above dark at the median exposure ÷ dark current
+    background_ratio: float | None = (
+        None  # background counts above dark at the median exposure ÷ dark current
+    )
     low_count_layers: int = 0  # non-DAPI layers with only ``low_count_signal`` counts of tissue
     low_count_signal: float = 15.0  # counts above dark of low-count tissue at the median exposure
     exposure_range: tuple[float, float] | None = None  # ms, per field and group, log-uniform
@@ -88,7 +115,9 @@ class SynthConfig:
             object.__setattr__(self, "grid", (columns, rows))
             object.__setattr__(self, "fields", columns * rows)
         if self.tissue_coverage is not None and not 0.0 < self.tissue_coverage < 1.0:
-            raise ValueError(f"tissue coverage must be between 0 and 1 (exclusive), got {self.tissue_coverage}")
+            raise ValueError(
+                f"tissue coverage must be between 0 and 1 (exclusive), got {self.tissue_coverage}"
+            )
         for name in ("exposure_range", "tissue_rate"):
             value = getattr(self, name)
             if value is not None:
@@ -139,7 +168,8 @@ def parse_grid(text: str) -> tuple[int, int]:
 
 
 def synthetic_layer_groups(n_layers: int) -> dict[str, list[int]]:
-    """Vectra's groups for 35 layers, Polaris's for 43, otherwise Vectra's five filters shrunk proportionally."""
+    """Vectra's groups for 35 layers, Polaris's for 43, otherwise Vectra's five filters shrunk
+    proportionally."""
     if n_layers == 35:
         return dict(VECTRA_GROUPS)
     if n_layers == 43:
@@ -202,7 +232,7 @@ def field_grid(config: SynthConfig, slide_id: str, slide_index: int) -> list[Fie
     fw, fh = config.field_size_um
     step_x, step_y = fw * (1 - config.overlap), fh * (1 - config.overlap)
     columns = config.columns
-    start = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.timezone.utc) + dt.timedelta(days=slide_index)
+    start = dt.datetime(2026, 1, 5, 9, 0, tzinfo=dt.UTC) + dt.timedelta(days=slide_index)
     groups = synthetic_layer_groups(config.shape[2])
     specs = []
     for i in range(config.fields):
@@ -210,11 +240,23 @@ def field_grid(config: SynthConfig, slide_id: str, slide_index: int) -> list[Fie
         cx, cy = 2000.0 + col * step_x, 1500.0 + row * step_y
         key = f"{slide_id}_[{int(round(cx))},{int(round(cy))}]"
         if config.exposure_range is None:
-            exposure = {g: BASE_EXPOSURE_MS.get(g, 100.0) * float(rng.choice([1.0] * 6 + [0.8, 1.25])) for g in groups}
+            exposure = {
+                g: BASE_EXPOSURE_MS.get(g, 100.0) * float(rng.choice([1.0] * 6 + [0.8, 1.25])) for g in groups
+            }
         else:
             low, high = np.log(config.exposure_range)
             exposure = {g: round(float(np.exp(rng.uniform(low, high))), 2) for g in groups}
-        specs.append(FieldSpec(key, f"fields/{key}.Data.dat", cx, cy, (start + dt.timedelta(seconds=20 * i)).isoformat(), exposure, i))
+        specs.append(
+            FieldSpec(
+                key,
+                f"fields/{key}.Data.dat",
+                cx,
+                cy,
+                (start + dt.timedelta(seconds=20 * i)).isoformat(),
+                exposure,
+                i,
+            )
+        )
     return specs
 
 
@@ -224,7 +266,12 @@ class _TissueMap:
     #: tissue where the density exceeds this (``generate_field``: level = clip(20 · density), tissue > 0.5)
     TISSUE_LEVEL = 0.025
 
-    def __init__(self, rng: np.random.Generator, extent: tuple[float, float, float, float], coverage: float | None = None):
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        extent: tuple[float, float, float, float],
+        coverage: float | None = None,
+    ):
         self.extent = extent
         n = 24
         wavelength = np.concatenate([rng.uniform(250, 600, n // 2), rng.uniform(90, 200, n // 2)])
@@ -234,7 +281,8 @@ class _TissueMap:
         self.amplitude = np.concatenate([np.full(n // 2, 1.0), np.full(n // 2, 0.5)]) / math.sqrt(n / 2)
         self.offset = 1.2  # mostly tissue (≈ 93 %), holes where the map dips
         if coverage is not None:
-            # the offset that makes ``coverage`` of the scan's interior tissue, from the map itself on a 10 µm grid
+            # the offset that makes ``coverage`` of the scan's interior tissue, from the map itself on a 10 µm
+            # grid
             x0, x1, y0, y1 = extent
             xs, ys = np.arange(x0, x1, 10.0), np.arange(y0, y1, 10.0)
             values = self._texture(xs[None, :], ys[:, None])
@@ -266,7 +314,8 @@ class CohortLevels:
 
 
 def cohort_levels(config: SynthConfig, groups: dict[str, list[int]]) -> CohortLevels:
-    """The cohort's tissue brightness per group, background per layer and low-count layers (seeded by ``config.seed``)."""
+    """The cohort's tissue brightness per group, background per layer and low-count layers (seeded by
+    ``config.seed``)."""
     rng = np.random.default_rng([config.seed, 5])
     if config.tissue_rate is None:
         rates = {name: TISSUE_BRIGHTNESS.get(name, 9.0) for name in groups}
@@ -278,8 +327,15 @@ def cohort_levels(config: SynthConfig, groups: dict[str, list[int]]) -> CohortLe
         for _ in range(first, last + 1):
             # 0.1 counts/ms by default; else a multiple of the dark current at the group's median exposure
             ratio = config.background_ratio
-            background.append(0.1 if ratio is None else ratio * config.dark_current / config.median_exposure_ms(name))
-    candidates = [layer for name, (first, last) in groups.items() if name.lower() != "dapi" for layer in range(first - 1, last)]
+            background.append(
+                0.1 if ratio is None else ratio * config.dark_current / config.median_exposure_ms(name)
+            )
+    candidates = [
+        layer
+        for name, (first, last) in groups.items()
+        if name.lower() != "dapi"
+        for layer in range(first - 1, last)
+    ]
     if config.low_count_layers and candidates:
         chosen = rng.choice(candidates, size=min(config.low_count_layers, len(candidates)), replace=False)
         for layer in sorted(int(v) for v in chosen):
@@ -297,13 +353,22 @@ def _texture(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) 
     return texture / texture.mean()
 
 
-def _disc(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float) -> np.ndarray:
+def _disc(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float
+) -> np.ndarray:
     c, s = math.cos(angle), math.sin(angle)
     dx, dy = x - cx, y - cy
     return ((c * dx + s * dy) / rx) ** 2 + ((-s * dx + c * dy) / ry) ** 2 <= 1.0
 
 
-def generate_field(config: SynthConfig, slide_index: int, spec: FieldSpec, tissue_map: _TissueMap, flatfield: np.ndarray, groups: dict[str, list[int]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def generate_field(
+    config: SynthConfig,
+    slide_index: int,
+    spec: FieldSpec,
+    tissue_map: _TissueMap,
+    flatfield: np.ndarray,
+    groups: dict[str, list[int]],
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One raw field, (H, W, L) uint16 interleaved, and its truth masks."""
     h, w, n_layers = config.shape
     rng = np.random.default_rng([config.seed, slide_index, spec.index, 11])
@@ -312,7 +377,9 @@ def generate_field(config: SynthConfig, slide_index: int, spec: FieldSpec, tissu
     # tissue map on a coarse grid (every ~8 µm), upsampled: the map is smooth at that scale
     step = max(1, int(round(8.0 / px)))
     ys, xs = np.arange(0, h + step, step), np.arange(0, w + step, step)
-    coarse = tissue_map(spec.cx - fw / 2 + (xs[None, :] + 0.5) * px, spec.cy - fh / 2 + (ys[:, None] + 0.5) * px)
+    coarse = tissue_map(
+        spec.cx - fw / 2 + (xs[None, :] + 0.5) * px, spec.cy - fh / 2 + (ys[:, None] + 0.5) * px
+    )
     density = ndi.zoom(coarse, step, order=1)[:h, :w]
     tissue_level = np.clip(density * 20.0, 0, 1)  # tissue edges a few µm wide
     tissue_level = ndi.gaussian_filter(tissue_level, 1.0)
@@ -337,7 +404,9 @@ def generate_field(config: SynthConfig, slide_index: int, spec: FieldSpec, tissu
             if layer in levels.low_count_rate:
                 weight = levels.low_count_rate[layer] / levels.tissue_rate[name]
             texture = 0.7 * stains[g % 3] + 0.3 * stains[(g + 1) % 3]
-            signal[layer] = levels.background[layer] + base * weight * tissue_level * texture  # background: autofluorescence
+            signal[layer] = (
+                levels.background[layer] + base * weight * tissue_level * texture
+            )  # background: autofluorescence
     if folds.any():
         # out of focus in every layer, and somewhat brighter (doubled tissue)
         for layer in range(n_layers):
@@ -356,15 +425,24 @@ def generate_field(config: SynthConfig, slide_index: int, spec: FieldSpec, tissu
                 name = group_names[g]
                 first, last = groups[name]
                 # far above the cut (clipping at 65,535), as real saturated objects are
-                signal[first - 1 : last] = np.where(spot, 4.0 * cuts.saturation_cut(name), signal[first - 1 : last])
+                signal[first - 1 : last] = np.where(
+                    spot, 4.0 * cuts.saturation_cut(name), signal[first - 1 : last]
+                )
                 saturation[g] |= spot
 
-    exposure = np.array([spec.exposure_ms[name] for name in group_names for _ in range(groups[name][1] - groups[name][0] + 1)])
+    exposure = np.array(
+        [spec.exposure_ms[name] for name in group_names for _ in range(groups[name][1] - groups[name][0] + 1)]
+    )
     expected = exposure[:, None, None] * flatfield.astype(np.float32) * signal
     noisy = expected + rng.standard_normal(expected.shape, dtype=np.float32) * np.sqrt(expected + 4.0)
     raw = np.clip(np.rint(config.dark_current + noisy), 0, 65535).astype(np.uint16)
     # "empty": clearly no tissue (the soft tissue edge counts as neither tissue nor empty)
-    truth = {"tissue": tissue_level > 0.5, "empty": tissue_level < 0.02, "blur": folds, "saturation": saturation}
+    truth = {
+        "tissue": tissue_level > 0.5,
+        "empty": tissue_level < 0.02,
+        "blur": folds,
+        "saturation": saturation,
+    }
     return np.ascontiguousarray(raw.transpose(1, 2, 0)), truth
 
 
@@ -398,12 +476,27 @@ def write_cohort(out: str, config: SynthConfig, workers: int = 2) -> list[str]:
     return urls
 
 
-def _write_slide(out: str, slide_id: str, slide_index: int, config: SynthConfig, groups: dict, flatfield: np.ndarray, pool: ThreadPoolExecutor) -> str:
+def _write_slide(
+    out: str,
+    slide_id: str,
+    slide_index: int,
+    config: SynthConfig,
+    groups: dict,
+    flatfield: np.ndarray,
+    pool: ThreadPoolExecutor,
+) -> str:
     url = storage.join(out, slide_id)
     specs = field_grid(config, slide_id, slide_index)
     fw, fh = config.field_size_um
-    extent = (min(s.cx for s in specs) - fw / 2, max(s.cx for s in specs) + fw / 2, min(s.cy for s in specs) - fh / 2, max(s.cy for s in specs) + fh / 2)
-    tissue_map = _TissueMap(np.random.default_rng([config.seed, slide_index, 3]), extent, config.tissue_coverage)
+    extent = (
+        min(s.cx for s in specs) - fw / 2,
+        max(s.cx for s in specs) + fw / 2,
+        min(s.cy for s in specs) - fh / 2,
+        max(s.cy for s in specs) + fh / 2,
+    )
+    tissue_map = _TissueMap(
+        np.random.default_rng([config.seed, slide_index, 3]), extent, config.tissue_coverage
+    )
 
     def make(spec: FieldSpec) -> None:
         raw, truth = generate_field(config, slide_index, spec, tissue_map, flatfield, groups)
@@ -426,9 +519,14 @@ def _write_slide(out: str, slide_id: str, slide_index: int, config: SynthConfig,
         "field_size_um": [round(v, 4) for v in config.field_size_um],
     }
     header = ["field", "file", "cx", "cy", "acquired", *[f"exposure_ms_{g}" for g in groups]]
-    rows = [[s.key, s.file, f"{s.cx:.2f}", f"{s.cy:.2f}", s.acquired, *[f"{s.exposure_ms[g]:g}" for g in groups]] for s in specs]
+    rows = [
+        [s.key, s.file, f"{s.cx:.2f}", f"{s.cy:.2f}", s.acquired, *[f"{s.exposure_ms[g]:g}" for g in groups]]
+        for s in specs
+    ]
     astropath_io.write_csv(storage.join(url, "fields.csv"), header, rows)
-    storage.write_text(storage.join(url, "slide.json"), json.dumps(meta, indent=2))  # last: the slide is complete
+    storage.write_text(
+        storage.join(url, "slide.json"), json.dumps(meta, indent=2)
+    )  # last: the slide is complete
     return url
 
 

@@ -1,6 +1,8 @@
-"""How right the mean-image chain is on a synthetic cohort: against the planted flatfield and an informed oracle.
+"""How right the mean-image chain is on a synthetic cohort: against the planted flatfield and an informed
+oracle.
 
-The *pipeline* arm runs the core functions the flows run — :func:`~shadeflow.core.meanimage.compute_mean_image`
+The *pipeline* arm runs the core functions the flows run —
+:func:`~shadeflow.core.meanimage.compute_mean_image`
 per slide (thresholds, masks written to ``<slide>/meanimage/image_masking/``, stacking), the model
 build (:func:`~shadeflow.core.flatfield.build_flatfield` on the merged slide stacks) and the applied
 test (:func:`~shadeflow.core.applied_test.split_fields`, :func:`~shadeflow.core.applied_test.restack`
@@ -32,8 +34,8 @@ import numpy as np
 from shadeflow.core import storage
 from shadeflow.core.applied_test import evaluate, restack, split_fields
 from shadeflow.core.flatfield import build_flatfield
-from shadeflow.core.meanimage import MASK_DIR, SlidePlan, compute_mean_image, plan_slide, read_corrected_field
 from shadeflow.core.mask_params import MaskParameters
+from shadeflow.core.meanimage import MASK_DIR, SlidePlan, compute_mean_image, plan_slide, read_corrected_field
 from shadeflow.core.meanimage_outputs import output_url
 from shadeflow.core.slide import Field, SlideError, load_slide
 from shadeflow.core.smoothing import flatfield_sigma, masked_smooth, relative_rms
@@ -61,7 +63,8 @@ class ArmResult:
 
 
 def planted_stacking_masks(root: str, slide_id: str, key: str, shape: tuple[int, int]) -> np.ndarray:
-    """(G, H, W) pixels the oracle stacks per layer group: planted tissue minus the group's planted saturation."""
+    """(G, H, W) pixels the oracle stacks per layer group: planted tissue minus the group's planted
+    saturation."""
     truth = read_truth_masks(root, slide_id, key, shape)
     return truth["tissue"][None] & ~truth["saturation"]
 
@@ -70,8 +73,11 @@ def planted_stacking_masks(root: str, slide_id: str, key: str, shape: tuple[int,
 ORACLE_MIN_FRACTION = 1e-12
 
 
-def stack_with_masks(plan: SlidePlan, fields: list[Field], masks_of: Callable[[Field], np.ndarray], use: str) -> MeanImageStack:
-    """Fields of one slide read as the pipeline reads them, stacked under the given masks (every kept pixel), in counts/ms."""
+def stack_with_masks(
+    plan: SlidePlan, fields: list[Field], masks_of: Callable[[Field], np.ndarray], use: str
+) -> MeanImageStack:
+    """Fields of one slide read as the pipeline reads them, stacked under the given masks (every kept pixel),
+    in counts/ms."""
     slide = plan.slide
     h, w, n = slide.shape
     accumulator = CountAccumulator.empty((n, h, w))
@@ -83,7 +89,8 @@ def stack_with_masks(plan: SlidePlan, fields: list[Field], masks_of: Callable[[F
 
 
 def mean_image_error(stack: MeanImageStack, truth: np.ndarray) -> np.ndarray:
-    """Per-layer relative RMS of a stack's smoothed mean image against the planted flatfield (NaN: nothing stacked)."""
+    """Per-layer relative RMS of a stack's smoothed mean image against the planted flatfield (NaN: nothing
+    stacked)."""
     h, w = stack.shape[1:]
     smoothed = masked_smooth(stack.mean(), stack.count, flatfield_sigma(h, w))
     return relative_rms(smoothed, truth, where=stack.count > 0)
@@ -96,7 +103,9 @@ def _merge(stacks: list[MeanImageStack]) -> MeanImageStack | None:
     return merged
 
 
-def run_arm(root: str, slide_urls: list[str], oracle: bool, seed: int = 1, params: MaskParameters | None = None) -> ArmResult:
+def run_arm(
+    root: str, slide_urls: list[str], oracle: bool, seed: int = 1, params: MaskParameters | None = None
+) -> ArmResult:
     """The chain on a synthetic cohort, with the pipeline's masks or (``oracle``) the planted ones.
 
     The pipeline arm must run first: it writes the mask files its applied test re-reads. ``params``
@@ -112,7 +121,12 @@ def run_arm(root: str, slide_urls: list[str], oracle: bool, seed: int = 1, param
         slide = plan.slide
         try:
             if oracle:
-                stack = stack_with_masks(plan, plan.bulk_fields, lambda f, s=slide: planted_stacking_masks(root, s.slide_id, f.key, shape[:2]), "stacking")
+                stack = stack_with_masks(
+                    plan,
+                    plan.bulk_fields,
+                    lambda f, s=slide: planted_stacking_masks(root, s.slide_id, f.key, shape[:2]),
+                    "stacking",
+                )
                 if stack.n_images.sum() == 0:
                     raise SlideError(f"slide {slide.slide_id}: the planted masks keep no bulk field")
             else:
@@ -121,8 +135,12 @@ def run_arm(root: str, slide_urls: list[str], oracle: bool, seed: int = 1, param
             failures.append(str(exc))
             stack = None
         stacks.append(stack)
-    mean_image = np.array([mean_image_error(s, truth) if s is not None else np.full(n_layers, np.nan) for s in stacks])
-    stacked = np.array([sum(1 for row in s.fields if row.stacked_in_layers) if s is not None else 0 for s in stacks])
+    mean_image = np.array(
+        [mean_image_error(s, truth) if s is not None else np.full(n_layers, np.nan) for s in stacks]
+    )
+    stacked = np.array(
+        [sum(1 for row in s.fields if row.stacked_in_layers) if s is not None else 0 for s in stacks]
+    )
 
     model = np.full(n_layers, np.nan)
     merged = _merge([s for s in stacks if s is not None])
@@ -142,7 +160,14 @@ def run_arm(root: str, slide_urls: list[str], oracle: bool, seed: int = 1, param
                 fields = [slide.field_by_key(k) for k in keys]
                 use = ("flatfield", "corrected_mean_image")[i]
                 if oracle:
-                    halves[i].append(stack_with_masks(plan, fields, lambda f, s=slide: planted_stacking_masks(root, s.slide_id, f.key, shape[:2]), use))
+                    halves[i].append(
+                        stack_with_masks(
+                            plan,
+                            fields,
+                            lambda f, s=slide: planted_stacking_masks(root, s.slide_id, f.key, shape[:2]),
+                            use,
+                        )
+                    )
                 else:
                     halves[i].append(restack(plan, fields, use))
         result = evaluate(_merge(halves[0]), _merge(halves[1]))

@@ -71,7 +71,9 @@ class StackConfig:
 
     def __post_init__(self) -> None:
         if self.darkfield_shape not in DARKFIELD_SHAPES:
-            raise ValueError(f"darkfield_shape {self.darkfield_shape!r} is not one of {', '.join(DARKFIELD_SHAPES)}")
+            raise ValueError(
+                f"darkfield_shape {self.darkfield_shape!r} is not one of {', '.join(DARKFIELD_SHAPES)}"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.size < 16:
@@ -86,7 +88,12 @@ class StackConfig:
     @property
     def label(self) -> str:
         """E.g. ``tissue-1024-n200-dark-out2`` (used in benchmark tables and file names)."""
-        parts = [self.kind, str(self.size), f"n{self.n}", ("glow" if self.darkfield_shape == "glow" else "dark") if self.darkfield else "nodark"]
+        parts = [
+            self.kind,
+            str(self.size),
+            f"n{self.n}",
+            ("glow" if self.darkfield_shape == "glow" else "dark") if self.darkfield else "nodark",
+        ]
         if self.outlier_fraction:
             parts.append(f"out{round(100 * self.outlier_fraction):g}")
         if self.saturated_fraction:
@@ -101,7 +108,8 @@ def _uv(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def truth_flatfield(size: int) -> np.ndarray:
-    """F (size×size, float64, mean 1): a Gaussian spot at (0.56, 0.45) whose farthest corner is 0.55 of its peak."""
+    """F (size×size, float64, mean 1): a Gaussian spot at (0.56, 0.45) whose farthest corner is 0.55 of its
+    peak."""
     u, v = _uv(size)
     u0, v0 = 0.56, 0.45
     corner_r2 = max((cu - u0) ** 2 + (cv - v0) ** 2 for cu in (0, 1) for cv in (0, 1))
@@ -124,7 +132,8 @@ def truth_darkfield(size: int, on: bool = True, shape: str = "ramp") -> np.ndarr
 
 @functools.lru_cache(maxsize=16)
 def _gaussian_transfer(shape: int | tuple[int, int], sigma: float) -> np.ndarray:
-    """The rfft2 transfer function of a unit-gain Gaussian of ``sigma`` px on an (H, W) (or size×size) grid."""
+    """The rfft2 transfer function of a unit-gain Gaussian of ``sigma`` px on an (H, W) (or size×size)
+    grid."""
     h, w = (shape, shape) if isinstance(shape, int) else shape
     fy = np.fft.fftfreq(h)[:, None]
     fx = np.fft.rfftfreq(w)[None, :]
@@ -132,7 +141,8 @@ def _gaussian_transfer(shape: int | tuple[int, int], sigma: float) -> np.ndarray
 
 
 def gaussian_filter_periodic(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Images (…, H, W) filtered by a unit-gain Gaussian of ``sigma`` px with periodic borders (in the Fourier domain)."""
+    """Images (…, H, W) filtered by a unit-gain Gaussian of ``sigma`` px with periodic borders (in the Fourier
+    domain)."""
     shape = images.shape[-2:]
     spectrum = fft.rfft2(images, workers=1)
     spectrum *= _gaussian_transfer(shape, float(sigma))
@@ -180,7 +190,9 @@ def specimen(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
         thr, amplitude, depth, n_cells = -0.67, 600.0, 0.5, 600
     else:
         g = _smooth_noise(rng, w, w / 30)
-        thr, amplitude, depth, n_cells = (1.04, 300.0, 0.4, 150) if kind == "sparse" else (2.05, 300.0, 0.4, 15)
+        thr, amplitude, depth, n_cells = (
+            (1.04, 300.0, 0.4, 150) if kind == "sparse" else (2.05, 300.0, 0.4, 15)
+        )
     h = _smooth_noise(rng, w, w / 150)
     m = 1.0 / (1.0 + np.exp(-(g - np.float32(thr)) / np.float32(0.15)))
     tissue = m * amplitude * np.maximum(0.0, 1.0 + depth * h)
@@ -192,7 +204,8 @@ def _seed_sequence(config: StackConfig) -> np.random.SeedSequence:
 
 
 def plan_frames(config: StackConfig) -> dict:
-    """Per-frame truth decided before any pixel: brightness b_n, outlier frames and their kind, saturated frames."""
+    """Per-frame truth decided before any pixel: brightness b_n, outlier frames and their kind, saturated
+    frames."""
     rng = np.random.default_rng(_seed_sequence(config).spawn(1)[0])
     brightness = rng.uniform(0.85, 1.15, config.n)
     n_out = int(round(config.outlier_fraction * config.n))
@@ -203,7 +216,9 @@ def plan_frames(config: StackConfig) -> dict:
     return {"brightness": brightness, "outliers": kinds, "saturated": saturated}
 
 
-def generate_frame(config: StackConfig, index: int, plan: dict, flatfield: np.ndarray, darkfield: np.ndarray) -> np.ndarray:
+def generate_frame(
+    config: StackConfig, index: int, plan: dict, flatfield: np.ndarray, darkfield: np.ndarray
+) -> np.ndarray:
     """Frame ``index`` of the stack, uint16 (size, size)."""
     seq = _seed_sequence(config)
     rng = np.random.default_rng(np.random.SeedSequence(seq.entropy, spawn_key=(1, index)))
@@ -231,7 +246,10 @@ def generate_frame(config: StackConfig, index: int, plan: dict, flatfield: np.nd
 
 def generate_stack(config: StackConfig, workers: int = 2) -> tuple[np.ndarray, dict]:
     """The whole stack (n, size, size) uint16 in memory, and its truth (see :func:`stack_truth`)."""
-    flatfield, darkfield = truth_flatfield(config.size), truth_darkfield(config.size, config.darkfield, config.darkfield_shape)
+    flatfield, darkfield = (
+        truth_flatfield(config.size),
+        truth_darkfield(config.size, config.darkfield, config.darkfield_shape),
+    )
     plan = plan_frames(config)
     stack = np.empty((config.n, config.size, config.size), np.uint16)
 
@@ -267,7 +285,12 @@ def write_stack(out: str, config: StackConfig, fmt: str = "zarr", workers: int =
 
         images = storage.join(out, STACK_NAME)
         array = zarr.create_array(
-            store=images, shape=stack.shape, chunks=(1, config.size, config.size), dtype=stack.dtype, overwrite=True, storage_options=storage.storage_options(out) or None
+            store=images,
+            shape=stack.shape,
+            chunks=(1, config.size, config.size),
+            dtype=stack.dtype,
+            overwrite=True,
+            storage_options=storage.storage_options(out) or None,
         )
         array[...] = stack
     else:
@@ -295,7 +318,12 @@ def write_stack(out: str, config: StackConfig, fmt: str = "zarr", workers: int =
         "recipe": "reference/basicpy.md §3 (shadeflow.core.synth_stacks)",
     }
     storage.write_text(storage.join(folder, "truth.json"), json.dumps(meta, indent=2))
-    return {"images": images, "truth": folder, "flatfield": storage.join(folder, "flatfield.npy"), "darkfield": storage.join(folder, "darkfield.npy")}
+    return {
+        "images": images,
+        "truth": folder,
+        "flatfield": storage.join(folder, "flatfield.npy"),
+        "darkfield": storage.join(folder, "darkfield.npy"),
+    }
 
 
 def read_truth(out: str) -> dict:

@@ -109,14 +109,23 @@ class SweepCase:
     shot_noise: bool = True  # False with read_noise 0 gives the noise-free images
 
     def __post_init__(self) -> None:
-        for name, kinds in (("scene", SCENES), ("shading", SHADINGS), ("darkfield", DARKFIELDS), ("drift", DRIFTS),
-                            ("dtype", DTYPES)):
+        for name, kinds in (
+            ("scene", SCENES),
+            ("shading", SHADINGS),
+            ("darkfield", DARKFIELDS),
+            ("drift", DRIFTS),
+            ("dtype", DTYPES),
+        ):
             if getattr(self, name) not in kinds:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {', '.join(kinds)}")
         if self.n < 1 or min(self.height, self.width) < 16:
-            raise ValueError(f"a case needs a frame of at least 16×16 px, got {self.n} of {self.height}×{self.width}")
+            raise ValueError(
+                f"a case needs a frame of at least 16×16 px, got {self.n} of {self.height}×{self.width}"
+            )
         if not (self.mean_counts > 0 and self.read_noise >= 0 and 0 <= self.outlier_fraction <= 1):
-            raise ValueError("mean_counts must be positive, read_noise non-negative, outlier_fraction in [0, 1]")
+            raise ValueError(
+                "mean_counts must be positive, read_noise non-negative, outlier_fraction in [0, 1]"
+            )
 
     @property
     def has_darkfield(self) -> bool:
@@ -156,7 +165,8 @@ class SweepTruth:
 
 
 def _stratum(seed: int, dimension: int, kinds: tuple[str, ...]) -> str:
-    """Kind of ``seed`` along one dimension: each block of len(kinds) seeds is a seeded permutation of kinds."""
+    """Kind of ``seed`` along one dimension: each block of len(kinds) seeds is a seeded permutation of
+    kinds."""
     block, position = divmod(seed, len(kinds))
     order = np.random.default_rng([_STRATA, dimension, block]).permutation(len(kinds))
     return kinds[int(order[position])]
@@ -166,8 +176,15 @@ def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 
 
-def draw_case(seed: int, *, scene: str | None = None, shading: str | None = None, darkfield: str | None = None,
-              drift: str | None = None, **fixed) -> SweepCase:
+def draw_case(
+    seed: int,
+    *,
+    scene: str | None = None,
+    shading: str | None = None,
+    darkfield: str | None = None,
+    drift: str | None = None,
+    **fixed,
+) -> SweepCase:
     """The case of ``seed`` (module description).
 
     Parameters
@@ -194,7 +211,14 @@ def draw_case(seed: int, *, scene: str | None = None, shading: str | None = None
     n = int(round(_log_uniform(rng, *FRAMES)))
     height, width = _frame_size(rng, n)
     case = SweepCase(
-        seed=seed, scene=scene, shading=shading, darkfield=darkfield, drift=drift, n=n, height=height, width=width,
+        seed=seed,
+        scene=scene,
+        shading=shading,
+        darkfield=darkfield,
+        drift=drift,
+        n=n,
+        height=height,
+        width=width,
         mean_counts=_log_uniform(rng, *COUNTS),
         read_noise=float(rng.uniform(*READ_NOISE)),
         outlier_fraction=float(rng.uniform(0.005, MAX_OUTLIERS)) if rng.random() < 0.6 else 0.0,
@@ -208,7 +232,8 @@ def draw_case(seed: int, *, scene: str | None = None, shading: str | None = None
 
 
 def _frame_size(rng: np.random.Generator, n: int) -> tuple[int, int]:
-    """Width uniform in SIZES, height equal or at a log aspect of ±0.4; both shrunk to keep N·H·W ≤ MAX_PIXELS."""
+    """Width uniform in SIZES, height equal or at a log aspect of ±0.4; both shrunk to keep N·H·W ≤
+    MAX_PIXELS."""
     width = int(rng.integers(SIZES[0], SIZES[1] + 1))
     aspect = 1.0 if rng.random() < 0.4 else math.exp(rng.uniform(-0.4, 0.4))
     height = int(np.clip(round(width * aspect), *SIZES))
@@ -219,57 +244,96 @@ def _frame_size(rng: np.random.Generator, n: int) -> tuple[int, int]:
 def draw_scene_params(scene: str, rng: np.random.Generator) -> dict[str, float]:
     """Parameters of a scene (module description); also used for the specimen of an other-channel outlier."""
     if scene == "sparse":
-        return {"coverage": rng.uniform(0.03, 0.2), "contrast": _log_uniform(rng, 3, 30),
-                "depth": rng.uniform(0.2, 0.5)}
+        return {
+            "coverage": rng.uniform(0.03, 0.2),
+            "contrast": _log_uniform(rng, 3, 30),
+            "depth": rng.uniform(0.2, 0.5),
+        }
     if scene == "tissue":
-        return {"coverage": rng.uniform(0.5, 0.85), "contrast": _log_uniform(rng, 1, 8), "depth": rng.uniform(0.3, 0.7)}
+        return {
+            "coverage": rng.uniform(0.5, 0.85),
+            "contrast": _log_uniform(rng, 1, 8),
+            "depth": rng.uniform(0.3, 0.7),
+        }
     if scene == "confluent":
-        return {"contrast": _log_uniform(rng, 2, 10), "floor": rng.uniform(0.2, 0.5), "depth": rng.uniform(0.3, 0.6)}
+        return {
+            "contrast": _log_uniform(rng, 2, 10),
+            "floor": rng.uniform(0.2, 0.5),
+            "depth": rng.uniform(0.3, 0.6),
+        }
     if scene == "brightfield":
-        return {"coverage": rng.uniform(0.1, 0.6), "absorption": rng.uniform(0.2, 0.7), "halo": rng.uniform(0.0, 0.3)}
+        return {
+            "coverage": rng.uniform(0.1, 0.6),
+            "absorption": rng.uniform(0.2, 0.7),
+            "halo": rng.uniform(0.0, 0.3),
+        }
     return {"spots": rng.uniform(1, 20), "contrast": _log_uniform(rng, 3, 30)}  # empty
 
 
 def _radial_params(rng: np.random.Generator, offset: tuple[float, float]) -> dict[str, float]:
     angle, distance = rng.uniform(0, 2 * math.pi), rng.uniform(*offset)
-    return {"centre_x": distance * math.cos(angle), "centre_y": distance * math.sin(angle),
-            "corner": rng.uniform(0.5, 0.9)}
+    return {
+        "centre_x": distance * math.cos(angle),
+        "centre_y": distance * math.sin(angle),
+        "corner": rng.uniform(0.5, 0.9),
+    }
 
 
 def _aperture_params(rng: np.random.Generator) -> dict[str, float]:
     params = _radial_params(rng, (0.0, 0.03))
     # edge_width: the logistic's scale, as a share of the frame width
-    params.update(edge_width=rng.uniform(0.01, 0.03), outside=rng.uniform(0.05, 0.4),
-                  circular=float(rng.random() < 0.5))
-    if params["circular"]:  # a circle crossing the frame: radius 0.55–0.9 of the centre's farthest-corner distance
-        params.update(aperture_x=rng.uniform(-0.1, 0.1), aperture_y=rng.uniform(-0.1, 0.1),
-                      radius=rng.uniform(0.55, 0.9))
+    params.update(
+        edge_width=rng.uniform(0.01, 0.03), outside=rng.uniform(0.05, 0.4), circular=float(rng.random() < 0.5)
+    )
+    if params[
+        "circular"
+    ]:  # a circle crossing the frame: radius 0.55–0.9 of the centre's farthest-corner distance
+        params.update(
+            aperture_x=rng.uniform(-0.1, 0.1),
+            aperture_y=rng.uniform(-0.1, 0.1),
+            radius=rng.uniform(0.55, 0.9),
+        )
     else:  # a straight edge near one side (± 10°), leaving 10–30 % of the frame's extent outside
         side = int(rng.integers(4))
-        params.update(angle=side * math.pi / 2 + rng.uniform(-0.17, 0.17), outside_share=rng.uniform(0.1, 0.3))
+        params.update(
+            angle=side * math.pi / 2 + rng.uniform(-0.17, 0.17), outside_share=rng.uniform(0.1, 0.3)
+        )
     return params
 
 
 _SHADING_PARAMS: dict[str, Callable[[np.random.Generator], dict[str, float]]] = {
     "radial": lambda rng: _radial_params(rng, (0.0, 0.03)),
     "offcentre": lambda rng: _radial_params(rng, (0.1, 0.3)),
-    "tilted": lambda rng: {"angle": rng.uniform(0, 2 * math.pi), "ratio": rng.uniform(0.5, 0.9),
-                           "curvature": rng.uniform(-0.1, 0.1)},
+    "tilted": lambda rng: {
+        "angle": rng.uniform(0, 2 * math.pi),
+        "ratio": rng.uniform(0.5, 0.9),
+        "curvature": rng.uniform(-0.1, 0.1),
+    },
     "aperture": _aperture_params,
 }
 
 
 def _glow_params(rng: np.random.Generator) -> dict[str, float]:
-    anchor_x, anchor_y = [(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0), (0.5, 1), (0, 0.5), (1, 0.5)][int(rng.integers(8))]
-    return {"offset": rng.uniform(50, 500), "amplitude": rng.uniform(5, 50), "sigma": rng.uniform(0.15, 0.4),
-            "u": anchor_x + rng.uniform(-0.05, 0.05), "v": anchor_y + rng.uniform(-0.05, 0.05)}
+    anchor_x, anchor_y = [(0, 0), (1, 0), (0, 1), (1, 1), (0.5, 0), (0.5, 1), (0, 0.5), (1, 0.5)][
+        int(rng.integers(8))
+    ]
+    return {
+        "offset": rng.uniform(50, 500),
+        "amplitude": rng.uniform(5, 50),
+        "sigma": rng.uniform(0.15, 0.4),
+        "u": anchor_x + rng.uniform(-0.05, 0.05),
+        "v": anchor_y + rng.uniform(-0.05, 0.05),
+    }
 
 
 _DARKFIELD_PARAMS: dict[str, Callable[[np.random.Generator], dict[str, float]]] = {
     "none": lambda rng: {},
     "flat": lambda rng: {"offset": rng.uniform(50, 500)},
-    "gradient": lambda rng: {"offset": rng.uniform(50, 500), "ramp": rng.uniform(0.02, 0.2),
-                             "angle": rng.uniform(0, 2 * math.pi)},
+    "gradient": lambda rng: {
+        "offset": rng.uniform(50, 500),
+        "ramp": rng.uniform(0.02, 0.2),
+        "angle": rng.uniform(0, 2 * math.pi),
+    },
     "glow": _glow_params,
 }
 
@@ -285,7 +349,8 @@ _DRIFT_PARAMS: dict[str, Callable[[np.random.Generator], dict[str, float]]] = {
 
 
 def frame_coordinates(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates (y as (H, 1), x as (1, W)) from the frame centre, in units of the longer side."""
+    """Pixel-centre coordinates (y as (H, 1), x as (1, W)) from the frame centre, in units of the longer
+    side."""
     h, w = shape
     length = max(h, w)
     y = ((np.arange(h) + 0.5) - h / 2) / length
@@ -316,7 +381,8 @@ def _along(shape: tuple[int, int], angle: float) -> tuple[np.ndarray, float, flo
 
 
 def tilted(shape: tuple[int, int], angle: float, ratio: float, curvature: float) -> np.ndarray:
-    """A plane along ``angle`` (smallest/largest over the frame: ``ratio``) times 1 − curvature·(ρ/ρ_corner)²."""
+    """A plane along ``angle`` (smallest/largest over the frame: ``ratio``) times 1 −
+    curvature·(ρ/ρ_corner)²."""
     t, low, high = _along(shape, angle)
     half = (high - low) / 2
     slope = (1 - ratio) / (1 + ratio) / half
@@ -326,7 +392,8 @@ def tilted(shape: tuple[int, int], angle: float, ratio: float, curvature: float)
 
 
 def aperture(shape: tuple[int, int], params: Mapping[str, float]) -> np.ndarray:
-    """outside + (1 − outside)·logistic(distance inside the edge / (edge_width·W)): a circle or a straight edge."""
+    """outside + (1 − outside)·logistic(distance inside the edge / (edge_width·W)): a circle or a straight
+    edge."""
     scale = params["edge_width"] * shape[1] / max(shape)  # logistic scale, in units of the longer side
     if params["circular"]:
         y, x = frame_coordinates(shape)
@@ -377,7 +444,9 @@ def baseline_drift(case: SweepCase, rng: np.random.Generator) -> np.ndarray:
         return jitter
     if case.drift == "bleach":
         return p["end"] ** (np.arange(n) / max(n - 1, 1)) * jitter
-    changes = np.sort(rng.choice(np.arange(1, n), min(int(p["changes"]), n - 1), replace=False)) if n > 1 else []
+    changes = (
+        np.sort(rng.choice(np.arange(1, n), min(int(p["changes"]), n - 1), replace=False)) if n > 1 else []
+    )
     levels = np.exp(rng.uniform(math.log(0.5), math.log(2.0), len(changes)))
     segment = np.searchsorted(changes, np.arange(n), side="right")  # 0 before the first change
     return np.concatenate([[1.0], levels])[segment] * jitter
@@ -392,14 +461,25 @@ def cell_mask(texture: np.ndarray, coverage: float, softness: float = 0.15) -> n
     return expit((texture - np.float32(ndtri(1 - coverage))) / np.float32(softness))
 
 
-def spots(rng: np.random.Generator, shape: tuple[int, int, int], per_frame: float, sigma: float, peak: float,
-          spread: float = 0.5) -> np.ndarray:
+def spots(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    per_frame: float,
+    sigma: float,
+    peak: float,
+    spread: float = 0.5,
+) -> np.ndarray:
     """Gaussian spots of ``sigma`` px, Poisson(per_frame) per image at uniform positions, log-normal peaks
-    (median ``peak``, σ_ln ``spread``): impulses filtered by a unit-gain Gaussian, so each spot keeps its weight."""
+    (median ``peak``, σ_ln ``spread``): impulses filtered by a unit-gain Gaussian, so each spot keeps its
+    weight."""
     out = np.zeros(shape, np.float32)
     counts = rng.poisson(per_frame, shape[0])
     total = int(counts.sum())
-    where = (np.repeat(np.arange(shape[0]), counts), rng.integers(0, shape[1], total), rng.integers(0, shape[2], total))
+    where = (
+        np.repeat(np.arange(shape[0]), counts),
+        rng.integers(0, shape[1], total),
+        rng.integers(0, shape[2], total),
+    )
     weights = peak * np.exp(spread * rng.standard_normal(total)) * 2 * math.pi * sigma**2
     np.add.at(out, where, weights.astype(np.float32))
     return gaussian_filter_periodic(out, sigma)
@@ -408,8 +488,11 @@ def spots(rng: np.random.Generator, shape: tuple[int, int, int], per_frame: floa
 Scene = Callable[[np.random.Generator, tuple[int, int, int], float, Mapping[str, float]], np.ndarray]
 
 
-def _sparse(rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]) -> np.ndarray:
-    """1 + contrast · cells · texture + nuclei: cells where a texture of σ = L/30 tops the coverage quantile."""
+def _sparse(
+    rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]
+) -> np.ndarray:
+    """1 + contrast · cells · texture + nuclei: cells where a texture of σ = L/30 tops the coverage
+    quantile."""
     cells = cell_mask(smooth_noise(rng, shape, length / 30), p["coverage"])
     texture = np.maximum(0, 1 + p["depth"] * smooth_noise(rng, shape, max(length / 150, 0.7)))
     area = shape[1] * shape[2] / length**2
@@ -417,8 +500,11 @@ def _sparse(rng: np.random.Generator, shape: tuple[int, int, int], length: float
     return 1 + p["contrast"] * cells * texture + nuclei
 
 
-def _tissue(rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]) -> np.ndarray:
-    """1 + contrast · tissue · texture + nuclei: tissue from textures of σ = L/10 and L/40 (synth_stacks' recipe)."""
+def _tissue(
+    rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]
+) -> np.ndarray:
+    """1 + contrast · tissue · texture + nuclei: tissue from textures of σ = L/10 and L/40 (synth_stacks'
+    recipe)."""
     g = 0.8 * smooth_noise(rng, shape, length / 10) + 0.45 * smooth_noise(rng, shape, length / 40)
     tissue = cell_mask(g / g.std(axis=(-2, -1), keepdims=True), p["coverage"])
     texture = np.maximum(0, 1 + p["depth"] * smooth_noise(rng, shape, max(length / 150, 0.7)))
@@ -427,9 +513,11 @@ def _tissue(rng: np.random.Generator, shape: tuple[int, int, int], length: float
     return 1 + p["contrast"] * tissue * texture + nuclei
 
 
-def _confluent(rng: np.random.Generator, shape: tuple[int, int, int], length: float,
-               p: Mapping[str, float]) -> np.ndarray:
-    """1 + contrast · layer · texture + nuclei, the layer in [floor, 1] everywhere: never the bare background."""
+def _confluent(
+    rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]
+) -> np.ndarray:
+    """1 + contrast · layer · texture + nuclei, the layer in [floor, 1] everywhere: never the bare
+    background."""
     layer = p["floor"] + (1 - p["floor"]) * expit(smooth_noise(rng, shape, length / 20) / np.float32(0.7))
     texture = np.maximum(0.3, 1 + p["depth"] * smooth_noise(rng, shape, max(length / 150, 0.7)))
     area = shape[1] * shape[2] / length**2
@@ -437,29 +525,42 @@ def _confluent(rng: np.random.Generator, shape: tuple[int, int, int], length: fl
     return 1 + p["contrast"] * layer * texture + nuclei
 
 
-def _brightfield(rng: np.random.Generator, shape: tuple[int, int, int], length: float,
-                 p: Mapping[str, float]) -> np.ndarray:
+def _brightfield(
+    rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]
+) -> np.ndarray:
     """Transmission 1 − absorption · cells · texture − debris + halo · rings, at least 0.02."""
     cells = cell_mask(smooth_noise(rng, shape, length / 25), p["coverage"], 0.12)
     texture = np.maximum(0, 1 + 0.4 * smooth_noise(rng, shape, max(length / 150, 0.7)))
-    halo = 2 * np.maximum(0, gaussian_filter_periodic(cells, length / 80) - cells)  # ≤ 1 just outside each cell
+    halo = 2 * np.maximum(
+        0, gaussian_filter_periodic(cells, length / 80) - cells
+    )  # ≤ 1 just outside each cell
     area = shape[1] * shape[2] / length**2
     debris = spots(rng, shape, 30 * area, max(length / 200, 1.0), 0.3)
     transmission = 1 - p["absorption"] * cells * texture - debris + p["halo"] * halo
     return np.maximum(transmission, np.float32(0.02))
 
 
-def _empty(rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]) -> np.ndarray:
+def _empty(
+    rng: np.random.Generator, shape: tuple[int, int, int], length: float, p: Mapping[str, float]
+) -> np.ndarray:
     """1 + a few spots (``spots`` per L² of frame)."""
-    return 1 + spots(rng, shape, p["spots"] * shape[1] * shape[2] / length**2, max(length / 150, 1.0), p["contrast"])
+    return 1 + spots(
+        rng, shape, p["spots"] * shape[1] * shape[2] / length**2, max(length / 150, 1.0), p["contrast"]
+    )
 
 
-_SCENES: dict[str, Scene] = {"sparse": _sparse, "tissue": _tissue, "confluent": _confluent,
-                                "brightfield": _brightfield, "empty": _empty}
+_SCENES: dict[str, Scene] = {
+    "sparse": _sparse,
+    "tissue": _tissue,
+    "confluent": _confluent,
+    "brightfield": _brightfield,
+    "empty": _empty,
+}
 
 
-def specimen(scene: str, params: Mapping[str, float], rng: np.random.Generator, n: int,
-             shape: tuple[int, int]) -> np.ndarray:
+def specimen(
+    scene: str, params: Mapping[str, float], rng: np.random.Generator, n: int, shape: tuple[int, int]
+) -> np.ndarray:
     """P for ``n`` independent fields of view of ``scene``, (n, H, W) float32, relative to a background of 1.
 
     Drawn on the next larger grid that FFTs fast (a frame of 383 px would otherwise take a slow prime-size
@@ -484,8 +585,9 @@ def plan_outliers(case: SweepCase, rng: np.random.Generator) -> dict[int, str]:
     return {int(f): OUTLIER_KINDS[(start + k) % len(OUTLIER_KINDS)] for k, f in enumerate(frames)}
 
 
-def _make_outlier(kind: str, case: SweepCase, rng: np.random.Generator, frame: np.ndarray, flat: np.ndarray,
-                  level: float) -> tuple[np.ndarray, float]:
+def _make_outlier(
+    kind: str, case: SweepCase, rng: np.random.Generator, frame: np.ndarray, flat: np.ndarray, level: float
+) -> tuple[np.ndarray, float]:
     """An outlier frame's specimen and baseline factor, from a regular frame and its baseline ``level``."""
     shape = (case.height, case.width)
     if kind == "shutter":

@@ -26,7 +26,13 @@ import numpy as np
 
 from shadeflow.core import storage
 from shadeflow.core.correction import chunked_constant, graph_constants_allowed, plan_pyramid, reduced_levels
-from shadeflow.core.ome_zarr_io import CANONICAL, SUPPORTED_DTYPES, create_image_group, create_level_array, write_multiscales
+from shadeflow.core.ome_zarr_io import (
+    CANONICAL,
+    SUPPORTED_DTYPES,
+    create_image_group,
+    create_level_array,
+    write_multiscales,
+)
 from shadeflow.core.synth import planted_flatfield
 
 TRUTH_DIR = "truth"
@@ -41,7 +47,9 @@ class SynthTileConfig:
     axes: str = "zyx"
     dtype: str = "uint16"
     chunks: tuple[int, ...] | None = None  # default: 64 planes × 256 × 256 (clamped)
-    shards: tuple[int, ...] | None = None  # zarr v3 only: shard shape along ``axes`` (multiples of the chunks)
+    shards: tuple[int, ...] | None = (
+        None  # zarr v3 only: shard shape along ``axes`` (multiples of the chunks)
+    )
     zarr_format: int = 3
     levels: int = 1  # resolution levels of the input itself
     scale: dict[str, float] = field(default_factory=lambda: {"z": 2.0, "y": 0.75, "x": 0.75})
@@ -56,14 +64,25 @@ class SynthTileConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.axes) != len(self.shape) or "".join(a for a in CANONICAL if a in self.axes) != self.axes or not self.axes.endswith("yx"):
-            raise ValueError(f"axes {self.axes!r} must be a subsequence of 'tczyx' ending in 'yx', one per shape entry {self.shape}")
+        if (
+            len(self.axes) != len(self.shape)
+            or "".join(a for a in CANONICAL if a in self.axes) != self.axes
+            or not self.axes.endswith("yx")
+        ):
+            raise ValueError(
+                f"axes {self.axes!r} must be a subsequence of 'tczyx' ending in 'yx', one per shape entry "
+                f"{self.shape}"
+            )
         if np.dtype(self.dtype) not in SUPPORTED_DTYPES:
-            raise ValueError(f"dtype {self.dtype} is not one of {', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+            raise ValueError(
+                f"dtype {self.dtype} is not one of {', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+            )
         if self.zarr_format not in (2, 3):
             raise ValueError(f"zarr_format must be 2 or 3, got {self.zarr_format}")
         if self.shards is not None and (self.zarr_format != 3 or len(self.shards) != len(self.axes)):
-            raise ValueError(f"shards {self.shards} need zarr format 3 and one entry per axis of {self.axes!r}")
+            raise ValueError(
+                f"shards {self.shards} need zarr format 3 and one entry per axis of {self.axes!r}"
+            )
 
     def size(self, axis: str) -> int:
         return self.shape[self.axes.index(axis)] if axis in self.axes else 1
@@ -114,7 +133,9 @@ def _texture(config: SynthTileConfig, t: int, c: int, z: int, ys: slice, xs: sli
     return (g00 * (1 - wy) + g10 * wy) * (1 - wx) + (g01 * (1 - wy) + g11 * wy) * wx
 
 
-def _block(flatfield: np.ndarray, config: SynthTileConfig, envelope: np.ndarray, block_info=None) -> np.ndarray:
+def _block(
+    flatfield: np.ndarray, config: SynthTileConfig, envelope: np.ndarray, block_info=None
+) -> np.ndarray:
     """One (t, c, z, y, x) chunk of the tile, from its global location (``flatfield``: this chunk's piece)."""
     (t0, t1), (c0, c1), (z0, z1), (y0, y1), (x0, x1) = block_info[None]["array-location"]
     dtype = np.dtype(config.dtype)
@@ -126,8 +147,12 @@ def _block(flatfield: np.ndarray, config: SynthTileConfig, envelope: np.ndarray,
         for c in range(c0, c1):
             ff = flatfield[0, c - c0, 0]
             for z in range(z0, z1):
-                mean = background + (signal * envelope[z]) * ff * (_texture(config, t, c, z, ys, xs) if envelope[z] > 0 else 0)
-                noisy = mean + rng.standard_normal(mean.shape, dtype=np.float32) * np.sqrt(mean + read_noise**2)
+                mean = background + (signal * envelope[z]) * ff * (
+                    _texture(config, t, c, z, ys, xs) if envelope[z] > 0 else 0
+                )
+                noisy = mean + rng.standard_normal(mean.shape, dtype=np.float32) * np.sqrt(
+                    mean + read_noise**2
+                )
                 if dtype.kind in "ui":
                     info = np.iinfo(dtype)
                     noisy = np.clip(np.rint(noisy), info.min, info.max)
@@ -146,22 +171,46 @@ def write_synthetic_tile(url: str, config: SynthTileConfig, compute=None) -> dic
     compute = compute or dask.compute
     url = storage.normalize(url)
     shape, chunks = config.canonical_shape(), config.canonical_chunks()
-    shards = tuple(dict(zip(config.axes, config.shards)).get(a, 1) for a in CANONICAL) if config.shards else None
+    shards = (
+        tuple(dict(zip(config.axes, config.shards)).get(a, 1) for a in CANONICAL) if config.shards else None
+    )
     blocks = shards or chunks  # one Dask block per shard: no two tasks write into the same one
     flatfield = planted_fields(config).astype(np.float32)
     envelope = sample_envelope(config.size("z"), config.quiet_fraction)
     grid = da.core.normalize_chunks(blocks, shape)
     pieces = chunked_constant(flatfield[None, :, None], grid)
-    level0 = da.map_blocks(_block, da.broadcast_to(pieces, shape, chunks=grid), config, envelope, dtype=np.dtype(config.dtype), token="synth-tile")
+    level0 = da.map_blocks(
+        _block,
+        da.broadcast_to(pieces, shape, chunks=grid),
+        config,
+        envelope,
+        dtype=np.dtype(config.dtype),
+        token="synth-tile",
+    )
     scale = tuple(config.scale.get(a, 1.0) for a in CANONICAL)
     translation = tuple(config.translation.get(a, 0.0) for a in CANONICAL)
     plan = plan_pyramid(shape, scale, translation, config.levels)
     keep = tuple(slice(None) if a in config.axes else 0 for a in CANONICAL)
     own = [j for j, a in enumerate(CANONICAL) if a in config.axes]
-    axes = [{"name": a, "type": {"t": "time", "c": "channel"}.get(a, "space"), **({"unit": "micrometer"} if a in "zyx" else {})} for a in config.axes]
+    axes = [
+        {
+            "name": a,
+            "type": {"t": "time", "c": "channel"}.get(a, "space"),
+            **({"unit": "micrometer"} if a in "zyx" else {}),
+        }
+        for a in config.axes
+    ]
     group = create_image_group(url, config.zarr_format, {})
     targets = [
-        create_level_array(group, str(i), tuple(lv.shape[j] for j in own), tuple(chunks[j] for j in own), np.dtype(config.dtype), tuple(config.axes), config.shards)
+        create_level_array(
+            group,
+            str(i),
+            tuple(lv.shape[j] for j in own),
+            tuple(chunks[j] for j in own),
+            np.dtype(config.dtype),
+            tuple(config.axes),
+            config.shards,
+        )
         for i, lv in enumerate(plan)
     ]
     write_blocks = [tuple(t.shards or t.chunks) for t in targets]
@@ -173,7 +222,17 @@ def write_synthetic_tile(url: str, config: SynthTileConfig, compute=None) -> dic
     top = float(np.iinfo(config.dtype).max) if np.dtype(config.dtype).kind == "u" else 65535.0
     omero = {
         "channels": [
-            {"label": f"ch{c}", "color": COLORS[c % len(COLORS)], "active": True, "window": {"min": 0.0, "max": top, "start": 0.0, "end": min(top, float(background + 2 * signal))}}
+            {
+                "label": f"ch{c}",
+                "color": COLORS[c % len(COLORS)],
+                "active": True,
+                "window": {
+                    "min": 0.0,
+                    "max": top,
+                    "start": 0.0,
+                    "end": min(top, float(background + 2 * signal)),
+                },
+            }
             for c in range(config.size("c"))
         ],
         "rdefs": {"model": "color" if config.size("c") > 1 else "greyscale"},
@@ -181,7 +240,10 @@ def write_synthetic_tile(url: str, config: SynthTileConfig, compute=None) -> dic
     write_multiscales(
         group,
         axes,
-        [(str(i), tuple(lv.scale[j] for j in dims), tuple(lv.translation[j] for j in dims)) for i, lv in enumerate(plan)],
+        [
+            (str(i), tuple(lv.scale[j] for j in dims), tuple(lv.translation[j] for j in dims))
+            for i, lv in enumerate(plan)
+        ],
         name=storage.basename(url),
         omero=omero,
         metadata={"method": "shadeflow synthetic tile (block mean pyramid)"},
@@ -217,7 +279,9 @@ def _stem(url: str) -> str:
 
 def flatfield_truth_url(tile_url: str) -> str:
     """Where :func:`write_synthetic_tile` saves a tile's planted flatfield (``.npy``, (C, Y, X))."""
-    return storage.join(storage.parent(storage.normalize(tile_url)), TRUTH_DIR, f"{_stem(tile_url)}_flatfield.npy")
+    return storage.join(
+        storage.parent(storage.normalize(tile_url)), TRUTH_DIR, f"{_stem(tile_url)}_flatfield.npy"
+    )
 
 
 def read_truth(tile_url: str) -> dict:
@@ -249,6 +313,13 @@ def synth_tile_command(
     """What ``shadeflow synth tile`` does: write ``<out>/<name>`` and its truth (Dask's threaded
     scheduler, chunk by chunk); returns the truth. Bad options raise ``ValueError``."""
     config = SynthTileConfig(
-        shape=tuple(shape), axes=axes, dtype=dtype, chunks=tuple(chunks) if chunks else None, zarr_format=zarr_format, levels=levels, background=background, seed=seed
+        shape=tuple(shape),
+        axes=axes,
+        dtype=dtype,
+        chunks=tuple(chunks) if chunks else None,
+        zarr_format=zarr_format,
+        levels=levels,
+        background=background,
+        seed=seed,
     )
     return write_synthetic_tile(storage.join(out, name), config)

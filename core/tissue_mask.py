@@ -56,7 +56,9 @@ def tissue_mask(
     decided_tissue = tissue_tally > 10
     decided_background = background_tally > 10
     undecided = ~decided_tissue & ~decided_background
-    mask = (decided_tissue & ~decided_background) | (undecided & (above.sum(axis=0) > params.undecided_fraction * len(above)))
+    mask = (decided_tissue & ~decided_background) | (
+        undecided & (above.sum(axis=0) > params.undecided_fraction * len(above))
+    )
 
     if not morph.is_uniform(mask):
         mask = morph.size_filter(mask, grid.area(params.tissue_min_size), fill_border_holes=False)

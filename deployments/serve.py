@@ -128,7 +128,9 @@ def check_api_url(url: str | None) -> str:
     return url
 
 
-def serve_all(prefect_file: str | Path | None = None, limit: int | None = DEFAULT_LIMIT, only: list[str] | None = None) -> None:
+def serve_all(
+    prefect_file: str | Path | None = None, limit: int | None = DEFAULT_LIMIT, only: list[str] | None = None
+) -> None:
     """Serve every deployment of ``prefect_file`` with its schedules until interrupted.
 
     ``limit`` caps the runs executing at once (default 1: a local run sizes its cluster from the
@@ -143,10 +145,16 @@ def serve_all(prefect_file: str | Path | None = None, limit: int | None = DEFAUL
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shadeflow.deployments.serve", description=serve_all.__doc__.splitlines()[0])
-    parser.add_argument("--prefect-file", default=None, help="prefect.yaml to read (default: the packaged one)")
+    parser = argparse.ArgumentParser(
+        prog="python -m shadeflow.deployments.serve", description=serve_all.__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--prefect-file", default=None, help="prefect.yaml to read (default: the packaged one)"
+    )
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="most runs at once (0: no limit)")
-    parser.add_argument("--only", action="append", default=None, help="serve only this flow/deployment (repeatable)")
+    parser.add_argument(
+        "--only", action="append", default=None, help="serve only this flow/deployment (repeatable)"
+    )
     args = parser.parse_args(argv)
     try:
         serve_all(args.prefect_file, limit=args.limit or None, only=args.only)

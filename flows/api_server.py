@@ -113,7 +113,8 @@ _SERVER_MODULE = "prefect.server.api.server"
 
 
 class _RegisterOnImport:
-    """A meta-path finder that, once, lets the server module load as usual and then registers the tied server."""
+    """A meta-path finder that, once, lets the server module load as usual and then registers the tied
+    server."""
 
     def find_spec(self, name, path=None, target=None):
         if name != _SERVER_MODULE:

@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 import typer
 
@@ -24,14 +24,19 @@ from shadeflow.core.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, RunFailed, ex
 from shadeflow.flows import preflight
 
 app = typer.Typer(
-    help="Flatfield (shading) correction for microscopy: mean images, models, applied tests and tile correction, as Prefect flows.",
+    help="Flatfield (shading) correction for microscopy: mean images, models, applied tests and tile "
+    "correction, as Prefect flows.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-synth_app = typer.Typer(help="Synthetic data with a known flatfield, for demos, tests and benchmarks.", no_args_is_help=True)
+synth_app = typer.Typer(
+    help="Synthetic data with a known flatfield, for demos, tests and benchmarks.", no_args_is_help=True
+)
 app.add_typer(synth_app, name="synth")
-model_app = typer.Typer(help="Flatfield models: build a version, compare mean images, list a store.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="Flatfield models: build a version, compare mean images, list a store.", no_args_is_help=True
+)
 app.add_typer(model_app, name="model")
 
 
@@ -70,7 +75,11 @@ def _reported(up_front: bool = False) -> Iterator[None]:
         from shadeflow.core.storage import redact
 
         text = redact(one_line(exc))
-        _fail(f"storage unreachable: {text}; check the endpoint (AWS_ENDPOINT_URL) and the network, then run again", EXIT_BAD_INPUT if up_front else EXIT_RUN_FAILED)
+        _fail(
+            f"storage unreachable: {text}; check the endpoint (AWS_ENDPOINT_URL) and the network, then run "
+            "again",
+            EXIT_BAD_INPUT if up_front else EXIT_RUN_FAILED,
+        )
 
 
 def _quiet_prefect_console() -> None:
@@ -103,7 +112,17 @@ def _quiet_prefect_console() -> None:
 
 #: exceptions that are the input's fault, by name, as Dask's "Compute Failed" log shows them
 _EXPECTED_NAMES = frozenset(
-    {"ValueError", "InputError", "SlideError", "ModelError", "TileError", "FlatfieldError", "BackgroundError", "EstimateError", "SettingsError"}
+    {
+        "ValueError",
+        "InputError",
+        "SlideError",
+        "ModelError",
+        "TileError",
+        "FlatfieldError",
+        "BackgroundError",
+        "EstimateError",
+        "SettingsError",
+    }
     | {cls.__name__ for cls in expected_errors()}
 )
 
@@ -141,18 +160,39 @@ def synth_slides(
     out: str = typer.Option(..., "--out", help="Folder (or s3:// URL) to write the slides into"),
     slides: int = typer.Option(3, "--slides", min=1, help="Number of slides"),
     fields: int = typer.Option(48, "--fields", min=1, help="Fields per slide"),
-    shape: tuple[int, int, int] = typer.Option((251, 336, 10), "--shape", help="Field shape H W L (Vectra: 1004 1344 35)"),
+    shape: tuple[int, int, int] = typer.Option(
+        (251, 336, 10), "--shape", help="Field shape H W L (Vectra: 1004 1344 35)"
+    ),
     seed: int = typer.Option(0, "--seed", help="Random seed"),
-    grid: Optional[str] = typer.Option(None, "--grid", help="COLUMNSxROWS of fields, e.g. 12x10 (replaces --fields)"),
-    tissue_coverage: Optional[float] = typer.Option(None, "--tissue-coverage", help="Fraction of the scan that is tissue, e.g. 0.2–0.95 (default ≈ 0.93)"),
+    grid: str | None = typer.Option(
+        None, "--grid", help="COLUMNSxROWS of fields, e.g. 12x10 (replaces --fields)"
+    ),
+    tissue_coverage: float | None = typer.Option(
+        None, "--tissue-coverage", help="Fraction of the scan that is tissue, e.g. 0.2–0.95 (default ≈ 0.93)"
+    ),
     dark_current: float = typer.Option(8.0, "--dark-current", min=0, help="Dark current, counts"),
-    background_ratio: Optional[float] = typer.Option(None, "--background-ratio", min=0, help="Background counts above dark at the median exposure ÷ dark current (default: 0.1 counts/ms)"),
-    low_count_layers: int = typer.Option(0, "--low-count-layers", min=0, help="Non-DAPI layers whose tissue has only --low-count-signal counts"),
-    low_count_signal: float = typer.Option(15.0, "--low-count-signal", help="Counts above dark of low-count tissue at the median exposure"),
-    exposure_range: Optional[tuple[float, float]] = typer.Option(None, "--exposure-range", help="MIN MAX exposure time (ms), drawn per field and layer group"),
-    tissue_rate: Optional[tuple[float, float]] = typer.Option(None, "--tissue-rate", help="MIN MAX tissue brightness (counts/ms), drawn per layer group"),
+    background_ratio: float | None = typer.Option(
+        None,
+        "--background-ratio",
+        min=0,
+        help="Background counts above dark at the median exposure ÷ dark current (default: 0.1 counts/ms)",
+    ),
+    low_count_layers: int = typer.Option(
+        0, "--low-count-layers", min=0, help="Non-DAPI layers whose tissue has only --low-count-signal counts"
+    ),
+    low_count_signal: float = typer.Option(
+        15.0, "--low-count-signal", help="Counts above dark of low-count tissue at the median exposure"
+    ),
+    exposure_range: tuple[float, float] | None = typer.Option(
+        None, "--exposure-range", help="MIN MAX exposure time (ms), drawn per field and layer group"
+    ),
+    tissue_rate: tuple[float, float] | None = typer.Option(
+        None, "--tissue-rate", help="MIN MAX tissue brightness (counts/ms), drawn per layer group"
+    ),
     fold_density: float = typer.Option(0.3, "--fold-density", help="Probability that a field has a fold"),
-    saturation_density: float = typer.Option(0.3, "--saturation-density", help="Probability that a field has saturated spots"),
+    saturation_density: float = typer.Option(
+        0.3, "--saturation-density", help="Probability that a field has saturated spots"
+    ),
 ) -> None:
     """Write synthetic slides (slide contract) with a known flatfield saved beside them."""
     from shadeflow.core import storage
@@ -160,10 +200,21 @@ def synth_slides(
 
     with _reported():
         config = SynthConfig(
-            slides=slides, fields=fields, shape=tuple(shape), seed=seed, grid=parse_grid(grid) if grid else None, tissue_coverage=tissue_coverage,
-            dark_current=dark_current, background_ratio=background_ratio, low_count_layers=low_count_layers, low_count_signal=low_count_signal,
-            exposure_range=exposure_range, tissue_rate=tissue_rate, fold_probability=fold_density, saturation_probability=saturation_density,
-        )  # fmt: skip
+            slides=slides,
+            fields=fields,
+            shape=tuple(shape),
+            seed=seed,
+            grid=parse_grid(grid) if grid else None,
+            tissue_coverage=tissue_coverage,
+            dark_current=dark_current,
+            background_ratio=background_ratio,
+            low_count_layers=low_count_layers,
+            low_count_signal=low_count_signal,
+            exposure_range=exposure_range,
+            tissue_rate=tissue_rate,
+            fold_probability=fold_density,
+            saturation_probability=saturation_density,
+        )
         fields = config.fields
         storage.check_output_folder(out, "--out")
         urls = write_cohort(out, config, workers=os.cpu_count() or 2)
@@ -176,11 +227,24 @@ def synth_slides(
 @app.command()
 def meanimage(
     slides: list[str] = typer.Argument(..., help="Slide folders (local paths or s3:// URLs)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
-    mask_binning: Optional[int] = typer.Option(None, "--mask-binning", help="Block size of the mask grid (1, 2, 4, 8; default: automatic)"),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"
+    ),
+    memory: str | None = typer.Option(
+        None,
+        "--memory",
+        help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
+    ),
+    mask_binning: int | None = typer.Option(
+        None, "--mask-binning", help="Block size of the mask grid (1, 2, 4, 8; default: automatic)"
+    ),
     skip_masking: bool = typer.Option(False, "--skip-masking", help="Stack every pixel of every bulk field"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace complete outputs made with other parameters; files in meanimage/ that shadeflow did not write are kept"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace complete outputs made with other parameters; files in meanimage/ that shadeflow did "
+        "not write are kept",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for the example fields in the masking summary"),
 ) -> None:
     """Per-slide masked mean images, written to <slide>/meanimage/."""
@@ -192,7 +256,13 @@ def meanimage(
     from shadeflow.flows.meanimage import meanimage as flow
 
     with _reported():
-        params = MeanImageParameters(slides=slides, mask_binning=mask_binning, skip_masking=skip_masking, overwrite=overwrite, seed=seed)
+        params = MeanImageParameters(
+            slides=slides,
+            mask_binning=mask_binning,
+            skip_masking=skip_masking,
+            overwrite=overwrite,
+            seed=seed,
+        )
     reports = _run(flow, params, "fields", memory=memory, workers=workers)
     for report in reports:
         typer.echo(f"{report['slide_id']}: {report['status']} → {report['output']}")
@@ -200,14 +270,27 @@ def meanimage(
 
 @model_app.command("build")
 def model_build(
-    version: str = typer.Option(..., "--version", help="Version to build (rows of the models CSV with this version)"),
-    models_csv: str = typer.Option(..., "--models-csv", help="Models CSV: version,Project,Cohort,BatchID,SlideID"),
+    version: str = typer.Option(
+        ..., "--version", help="Version to build (rows of the models CSV with this version)"
+    ),
+    models_csv: str = typer.Option(
+        ..., "--models-csv", help="Models CSV: version,Project,Cohort,BatchID,SlideID"
+    ),
     roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
-    store: Optional[str] = typer.Option(None, "--store", help="Model store (default: the models CSV's folder)"),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"),
-    border: str = typer.Option("linear", "--border", help="Border handling of the smoothing: linear or replicate"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing version (or a flatfield_<V>.bin / folder shadeflow did not write); other files in the folder are kept"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
+    store: str | None = typer.Option(None, "--store", help="Model store (default: the models CSV's folder)"),
+    sigma: float | None = typer.Option(
+        None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"
+    ),
+    border: str = typer.Option(
+        "linear", "--border", help="Border handling of the smoothing: linear or replicate"
+    ),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace an existing version (or a flatfield_<V>.bin / folder shadeflow did not write); other "
+        "files in the folder are kept",
+    ),
+    memory: str | None = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
 ) -> None:
     """Build a flatfield model version from the slides the models CSV lists for it."""
     with _reported(up_front=True):
@@ -218,11 +301,21 @@ def model_build(
     from shadeflow.flows.model import model_build as flow
 
     with _reported():
-        params = ModelBuildParameters(version=version, models_csv=models_csv, roots=roots, store=store, sigma=sigma, border=border, overwrite=overwrite)
+        params = ModelBuildParameters(
+            version=version,
+            models_csv=models_csv,
+            roots=roots,
+            store=store,
+            sigma=sigma,
+            border=border,
+            overwrite=overwrite,
+        )
     result = _run(flow, params, "slides", memory=memory)
     summary = result["statistics"]
     typer.echo(f"model {result['version']}: {len(result['slides'])} slides → {result['folder']}")
-    typer.echo(f"flatfield range {summary['min']:.3f}–{summary['max']:.3f}, mean std {summary['mean_std']:.4f}")
+    typer.echo(
+        f"flatfield range {summary['min']:.3f}–{summary['max']:.3f}, mean std {summary['mean_std']:.4f}"
+    )
 
 
 @model_app.command("list")
@@ -245,19 +338,40 @@ def model_list(store: str = typer.Option(..., "--store", help="Model store")) ->
     for column in ("version", "slides", "fields", "shape", "min", "max", "mean std", "created"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["version"], str(row["slides"]), str(row["fields"]), row["shape"], f"{row['min']:.3f}", f"{row['max']:.3f}", f"{row['mean_std']:.4f}", row["created"])
+        table.add_row(
+            row["version"],
+            str(row["slides"]),
+            str(row["fields"]),
+            row["shape"],
+            f"{row['min']:.3f}",
+            f"{row['max']:.3f}",
+            f"{row['mean_std']:.4f}",
+            row["created"],
+        )
     Console(width=140).print(table)
 
 
 @model_app.command("compare")
 def model_compare(
     roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
-    slides: Optional[str] = typer.Option(None, "--slides", help="Regular expression the SlideIDs must match from their start"),
-    store_as: Optional[str] = typer.Option(None, "--store-as", help="Append the compared slides to the models CSV as this version"),
-    models_csv: Optional[str] = typer.Option(None, "--models-csv", help="Models CSV for --store-as"),
-    workdir: Optional[str] = typer.Option(None, "--workdir", help="Folder for the comparison table and plots (default <first root>/meanimagecomparison)"),
-    band: tuple[float, float] = typer.Option((0.85, 1.15), "--band", help="Compatible range of the pairwise statistic"),
-    min_images_stacked: int = typer.Option(1, "--min-images-stacked", help="Skip slides with fewer fields stacked at some pixel"),
+    slides: str | None = typer.Option(
+        None, "--slides", help="Regular expression the SlideIDs must match from their start"
+    ),
+    store_as: str | None = typer.Option(
+        None, "--store-as", help="Append the compared slides to the models CSV as this version"
+    ),
+    models_csv: str | None = typer.Option(None, "--models-csv", help="Models CSV for --store-as"),
+    workdir: str | None = typer.Option(
+        None,
+        "--workdir",
+        help="Folder for the comparison table and plots (default <first root>/meanimagecomparison)",
+    ),
+    band: tuple[float, float] = typer.Option(
+        (0.85, 1.15), "--band", help="Compatible range of the pairwise statistic"
+    ),
+    min_images_stacked: int = typer.Option(
+        1, "--min-images-stacked", help="Skip slides with fewer fields stacked at some pixel"
+    ),
 ) -> None:
     """Compare slides' mean images pairwise (δ/σ) and suggest a compatible set."""
     with _reported(up_front=True):
@@ -275,12 +389,18 @@ def model_compare(
 def applied_test(
     roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
     out: str = typer.Option(..., "--out", help="Folder for the test's outputs"),
-    slides: Optional[str] = typer.Option(None, "--slides", help="Regular expression the SlideIDs must match from their start"),
+    slides: str | None = typer.Option(
+        None, "--slides", help="Regular expression the SlideIDs must match from their start"
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split into halves"),
-    sigma: Optional[float] = typer.Option(None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"),
-    border: str = typer.Option("linear", "--border", help="Border handling of the smoothing: linear or replicate"),
+    sigma: float | None = typer.Option(
+        None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"
+    ),
+    border: str = typer.Option(
+        "linear", "--border", help="Border handling of the smoothing: linear or replicate"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier test in --out"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
+    memory: str | None = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
 ) -> None:
     """Test a flatfield on held-out fields: build it from one half of each slide, correct the other half."""
     with _reported(up_front=True):
@@ -291,11 +411,16 @@ def applied_test(
     from shadeflow.flows.model import applied_test as flow
 
     with _reported():
-        params = AppliedTestParameters(roots=roots, out=out, slides=slides, seed=seed, sigma=sigma, border=border, overwrite=overwrite)
+        params = AppliedTestParameters(
+            roots=roots, out=out, slides=slides, seed=seed, sigma=sigma, border=border, overwrite=overwrite
+        )
     result = _run(flow, params, "fields", memory=memory)
     change = result["summary"]["change_percent"]
     typer.echo(f"applied test on {len(result['slides'])} slides → {result['out']}")
-    typer.echo(f"illumination variation (std of smoothed mean-relative intensity): {change['mean_std']:+.1f} % whole image, {change['mean_central_std']:+.1f} % central")
+    typer.echo(
+        f"illumination variation (std of smoothed mean-relative intensity): {change['mean_std']:+.1f} % "
+        f"whole image, {change['mean_central_std']:+.1f} % central"
+    )
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -312,7 +437,9 @@ def synth_tile(
     shape: str = typer.Option("64,256,256", "--shape", help="Shape along --axes, e.g. 128,1024,1024"),
     axes: str = typer.Option("zyx", "--axes", help="Axes: a subsequence of tczyx ending in yx"),
     dtype: str = typer.Option("uint16", "--dtype", help="uint8, uint16 or float32"),
-    chunks: Optional[str] = typer.Option(None, "--chunks", help="Chunk shape along --axes (default 64 planes × 256 × 256)"),
+    chunks: str | None = typer.Option(
+        None, "--chunks", help="Chunk shape along --axes (default 64 planes × 256 × 256)"
+    ),
     zarr_format: int = typer.Option(3, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5)"),
     levels: int = typer.Option(1, "--levels", min=1, help="Resolution levels of the synthetic tile itself"),
     background: float = typer.Option(100.0, "--background", help="Background offset in counts"),
@@ -328,9 +455,26 @@ def synth_tile(
         _fail(f"--dtype {dtype}: not one of {', '.join(supported)}")
     with _reported():
         storage.check_output_folder(out, "--out")
-        truth = synth_tile_command(out, name, _ints(shape, "--shape"), axes, dtype, _ints(chunks, "--chunks") if chunks else None, zarr_format, levels, background, seed)
-    typer.echo(f"wrote {truth['tile']} ({'×'.join(map(str, truth['config']['shape']))} {axes} {dtype}, zarr v{zarr_format})")
-    typer.echo(f"planted flatfield: {truth['flatfield']}; background {truth['background']:g} counts; background-only planes: {truth['quiet_planes']}")
+        truth = synth_tile_command(
+            out,
+            name,
+            _ints(shape, "--shape"),
+            axes,
+            dtype,
+            _ints(chunks, "--chunks") if chunks else None,
+            zarr_format,
+            levels,
+            background,
+            seed,
+        )
+    typer.echo(
+        f"wrote {truth['tile']} ({'×'.join(map(str, truth['config']['shape']))} {axes} {dtype}, zarr "
+        f"v{zarr_format})"
+    )
+    typer.echo(
+        f"planted flatfield: {truth['flatfield']}; background {truth['background']:g} counts; "
+        f"background-only planes: {truth['quiet_planes']}"
+    )
 
 
 @synth_app.command("stack")
@@ -339,18 +483,29 @@ def synth_stack(
     kind: str = typer.Option("tissue", "--kind", help="tissue, sparse (cells) or empty (mostly background)"),
     size: int = typer.Option(512, "--size", min=16, help="Frames are SIZE×SIZE pixels"),
     frames: int = typer.Option(200, "--frames", min=1, help="Number of frames"),
-    darkfield: bool = typer.Option(True, "--darkfield/--no-darkfield", help="Plant a darkfield (≈100 counts)"),
+    darkfield: bool = typer.Option(
+        True, "--darkfield/--no-darkfield", help="Plant a darkfield (≈100 counts)"
+    ),
     outliers: float = typer.Option(0.0, "--outliers", help="Fraction of outlier frames (e.g. 0.02)"),
     saturated: float = typer.Option(0.0, "--saturated", help="Fraction of frames with saturated spots"),
     fmt: str = typer.Option("zarr", "--format", help="zarr (one array) or tiff (one file per frame)"),
     seed: int = typer.Option(0, "--seed", help="Random seed"),
 ) -> None:
-    """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for `shadeflow estimate`."""
+    """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for `shadeflow
+    estimate`."""
     from shadeflow.core import storage
     from shadeflow.core.synth_stacks import StackConfig, write_stack
 
     with _reported():
-        config = StackConfig(kind=kind, size=size, n=frames, darkfield=darkfield, outlier_fraction=outliers, saturated_fraction=saturated, seed=seed)
+        config = StackConfig(
+            kind=kind,
+            size=size,
+            n=frames,
+            darkfield=darkfield,
+            outlier_fraction=outliers,
+            saturated_fraction=saturated,
+            seed=seed,
+        )
         if fmt not in ("zarr", "tiff"):
             raise ValueError(f"--format {fmt}: not zarr or tiff")
         storage.check_output_folder(out, "--out")
@@ -361,25 +516,73 @@ def synth_stack(
 
 @app.command()
 def estimate(
-    images: list[str] = typer.Argument(..., help="TIFF files or folders of TIFFs, one zarr array, or slide folders (local or s3://); together one stack"),
-    out: str = typer.Option(..., "--out", help="Folder (or s3:// prefix) for flatfield.tiff, darkfield.tiff and estimate.zarr"),
+    images: list[str] = typer.Argument(
+        ...,
+        help="TIFF files or folders of TIFFs, one zarr array, or slide folders (local or s3://); together "
+        "one stack",
+    ),
+    out: str = typer.Option(
+        ..., "--out", help="Folder (or s3:// prefix) for flatfield.tiff, darkfield.tiff and estimate.zarr"
+    ),
     darkfield: bool = typer.Option(False, "--darkfield", help="Estimate a darkfield too"),
-    channels: int = typer.Option(1, "--channels", min=1, help="Channels interleaved in each TIFF's pages (page k: frame k // C, channel k % C)"),
-    component: Optional[str] = typer.Option(None, "--component", help="Array inside a zarr group (e.g. '0')"),
-    method: str = typer.Option("auto", "--method", help="auto: floor, and without --darkfield surface where the polynomial fit is refused or does not converge; floor: smooth polynomials (fast); surface: free surfaces, smoothness by cross-validation (sharp edges; slower)"),
-    degree: int = typer.Option(6, "--degree", help="floor: total degree of the flatfield's smooth polynomial"),
-    darkfield_degree: int = typer.Option(2, "--darkfield-degree", help="floor: total degree of the darkfield's polynomial"),
-    smoothness: Optional[float] = typer.Option(None, "--smoothness", help="surface: smoothing length of the flatfield in pixels (default: by cross-validation)"),
-    order_statistics: bool = typer.Option(False, "--order-statistics", help="surface: separate flatfield and darkfield by each pixel's order statistics (assumes the specimen is spread evenly)"),
-    max_frames: int = typer.Option(1000, "--max-frames", help="Frames in the robust fit (a seeded sample when there are more)"),
+    channels: int = typer.Option(
+        1,
+        "--channels",
+        min=1,
+        help="Channels interleaved in each TIFF's pages (page k: frame k // C, channel k % C)",
+    ),
+    component: str | None = typer.Option(None, "--component", help="Array inside a zarr group (e.g. '0')"),
+    method: str = typer.Option(
+        "auto",
+        "--method",
+        help="auto: floor, and without --darkfield surface where the polynomial fit is refused or does not "
+        "converge; floor: smooth polynomials (fast); surface: free surfaces, smoothness by cross-validation "
+        "(sharp edges; slower)",
+    ),
+    degree: int = typer.Option(
+        6, "--degree", help="floor: total degree of the flatfield's smooth polynomial"
+    ),
+    darkfield_degree: int = typer.Option(
+        2, "--darkfield-degree", help="floor: total degree of the darkfield's polynomial"
+    ),
+    smoothness: float | None = typer.Option(
+        None,
+        "--smoothness",
+        help="surface: smoothing length of the flatfield in pixels (default: by cross-validation)",
+    ),
+    order_statistics: bool = typer.Option(
+        False,
+        "--order-statistics",
+        help="surface: separate flatfield and darkfield by each pixel's order statistics (assumes the "
+        "specimen is spread evenly)",
+    ),
+    max_frames: int = typer.Option(
+        1000, "--max-frames", help="Frames in the robust fit (a seeded sample when there are more)"
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the frame sample"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a complete output made with other parameters or inputs"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a complete output made with other parameters or inputs"
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"
+    ),
+    memory: str | None = typer.Option(
+        None,
+        "--memory",
+        help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
+    ),
 ) -> None:
     """Estimate the flatfield (and darkfield) from the images themselves; no model needed."""
     with _reported(up_front=True):
-        preflight.estimate(images, out, channels=channels, component=component, darkfield=darkfield, memory=memory, workers=workers)
+        preflight.estimate(
+            images,
+            out,
+            channels=channels,
+            component=component,
+            darkfield=darkfield,
+            memory=memory,
+            workers=workers,
+        )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from shadeflow.flows.estimate import estimate_command
@@ -387,9 +590,21 @@ def estimate(
     _quiet_prefect_console()
     with _reported():
         result = estimate_command(
-            images, out, darkfield=darkfield, channels=channels, component=component, method=method, degree=degree, darkfield_degree=darkfield_degree,
-            smoothness=smoothness, order_statistics=order_statistics,
-            max_frames=max_frames, seed=seed, overwrite=overwrite, memory=memory, workers=workers,
+            images,
+            out,
+            darkfield=darkfield,
+            channels=channels,
+            component=component,
+            method=method,
+            degree=degree,
+            darkfield_degree=darkfield_degree,
+            smoothness=smoothness,
+            order_statistics=order_statistics,
+            max_frames=max_frames,
+            seed=seed,
+            overwrite=overwrite,
+            memory=memory,
+            workers=workers,
         )
     if result["status"] == "skipped":
         typer.echo(f"{result['out']}: complete with the same parameters and inputs; nothing to do")
@@ -397,41 +612,93 @@ def estimate(
     for name, row in zip(result["channels"], result["summary"]):
         dark = f", darkfield mean {row['darkfield_mean']:g} counts" if darkfield else ""
         typer.echo(
-            f"  {name}: {row['used']} of {row['frames']} frames used ({row['rejected']} rejected as outliers); "
+            f"  {name}: {row['used']} of {row['frames']} frames used ({row['rejected']} rejected as "
+            "outliers); "
             f"flatfield {row['flatfield_min']:g}–{row['flatfield_max']:g}{dark}"
         )
     for note in result.get("notes", []):
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW)
-    written = [name for name in ("flatfield.tiff", "darkfield.tiff", "estimate.zarr") if any(f.split("/")[0] == name for f in result["files"])]
+    written = [
+        name
+        for name in ("flatfield.tiff", "darkfield.tiff", "estimate.zarr")
+        if any(f.split("/")[0] == name for f in result["files"])
+    ]
     typer.echo(f"wrote {', '.join(written)} → {result['out']}")
 
 
 @app.command()
 def correct(
     tiles: list[str] = typer.Argument(..., help="OME-Zarr tiles (image folders; local paths or s3:// URLs)"),
-    out: str = typer.Option(..., "--out", help="Folder for the corrected tiles; each goes to <out>/<tile name>"),
-    model: Optional[str] = typer.Option(None, "--model", help="Flatfield model version to apply (needs --store)"),
-    store: Optional[str] = typer.Option(None, "--store", help="Model store holding --model"),
-    layer: Optional[int] = typer.Option(None, "--layer", min=1, help="Model layer (1-based) for every channel"),
-    channel_map: Optional[str] = typer.Option(None, "--channel-map", help="Model layer per channel, e.g. 0=5,1=12 or 0=dapi,1=fitc"),
-    flatfield: Optional[str] = typer.Option(None, "--flatfield", help="Flatfield file instead of a model: TIFF, .npy or zarr"),
-    method: Optional[str] = typer.Option(None, "--method", help="'estimate': estimate the flatfield from each tile"),
-    background: Optional[str] = typer.Option(None, "--background", help="estimate (default), none, a value, or one value per channel (100,120)"),
-    darkfield: Optional[str] = typer.Option(None, "--darkfield", help="Darkfield image(s) to subtract instead of --background"),
-    level: str = typer.Option("0", "--level", help="Input resolution level to correct (index or dataset path)"),
+    out: str = typer.Option(
+        ..., "--out", help="Folder for the corrected tiles; each goes to <out>/<tile name>"
+    ),
+    model: str | None = typer.Option(
+        None, "--model", help="Flatfield model version to apply (needs --store)"
+    ),
+    store: str | None = typer.Option(None, "--store", help="Model store holding --model"),
+    layer: int | None = typer.Option(None, "--layer", min=1, help="Model layer (1-based) for every channel"),
+    channel_map: str | None = typer.Option(
+        None, "--channel-map", help="Model layer per channel, e.g. 0=5,1=12 or 0=dapi,1=fitc"
+    ),
+    flatfield: str | None = typer.Option(
+        None, "--flatfield", help="Flatfield file instead of a model: TIFF, .npy or zarr"
+    ),
+    method: str | None = typer.Option(
+        None, "--method", help="'estimate': estimate the flatfield from each tile"
+    ),
+    background: str | None = typer.Option(
+        None, "--background", help="estimate (default), none, a value, or one value per channel (100,120)"
+    ),
+    darkfield: str | None = typer.Option(
+        None, "--darkfield", help="Darkfield image(s) to subtract instead of --background"
+    ),
+    level: str = typer.Option(
+        "0", "--level", help="Input resolution level to correct (index or dataset path)"
+    ),
     levels: int = typer.Option(4, "--levels", min=1, help="Pyramid levels to write"),
-    zarr_format: Optional[int] = typer.Option(None, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5); default: as the input"),
-    repair_flatfield: bool = typer.Option(False, "--repair-flatfield", help="Replace zero/negative/non-finite flatfield pixels by their neighbourhood"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace complete outputs made with other parameters"),
-    allow_missing_chunks: bool = typer.Option(False, "--allow-missing-chunks", help="Read chunks absent from a tile as its fill value (default: refuse the tile)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"),
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
+    zarr_format: int | None = typer.Option(
+        None, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5); default: as the input"
+    ),
+    repair_flatfield: bool = typer.Option(
+        False,
+        "--repair-flatfield",
+        help="Replace zero/negative/non-finite flatfield pixels by their neighbourhood",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace complete outputs made with other parameters"
+    ),
+    allow_missing_chunks: bool = typer.Option(
+        False,
+        "--allow-missing-chunks",
+        help="Read chunks absent from a tile as its fill value (default: refuse the tile)",
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"
+    ),
+    memory: str | None = typer.Option(
+        None,
+        "--memory",
+        help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
+    ),
 ) -> None:
     """Flatfield-correct OME-Zarr tiles chunk by chunk and write them with a multiscale pyramid."""
     options = dict(
-        model=model, store=store, layer=layer, channel_map=channel_map, flatfield=flatfield, method=method,
-        background=background, darkfield=darkfield, level=level, levels=levels, zarr_format=zarr_format,
-        repair_flatfield=repair_flatfield, overwrite=overwrite, allow_missing_chunks=allow_missing_chunks, memory=memory, workers=workers,
+        model=model,
+        store=store,
+        layer=layer,
+        channel_map=channel_map,
+        flatfield=flatfield,
+        method=method,
+        background=background,
+        darkfield=darkfield,
+        level=level,
+        levels=levels,
+        zarr_format=zarr_format,
+        repair_flatfield=repair_flatfield,
+        overwrite=overwrite,
+        allow_missing_chunks=allow_missing_chunks,
+        memory=memory,
+        workers=workers,
     )
     with _reported(up_front=True):  # every tile, its flatfield and the output checked before Prefect starts
         preflight.correct(tiles, out, **options)
@@ -444,14 +711,25 @@ def correct(
         reports = correct_command(tiles, out, **options)
     for r in reports:
         timing = f", {r['seconds']:g} s, {r['mb_per_s']:g} MB/s" if r["status"] == "written" else ""
-        typer.echo(f"{r['tile']}: {r['status']} → {r['output']} (flatfield {r['flatfield']}; background {r['background']}{timing})")
+        typer.echo(
+            f"{r['tile']}: {r['status']} → {r['output']} (flatfield {r['flatfield']}; background "
+            f"{r['background']}{timing})"
+        )
 
 
 @app.command("cluster")
 def cluster_command(
-    memory: Optional[str] = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 64GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)"),
-    kind: Optional[str] = typer.Option(None, "--cluster", help="local, kubernetes or tcp://host:port (default: SHADEFLOW_CLUSTER, else local)"),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Fix the number of Dask workers"),
+    memory: str | None = typer.Option(
+        None,
+        "--memory",
+        help="Memory for the cluster, e.g. 64GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
+    ),
+    kind: str | None = typer.Option(
+        None,
+        "--cluster",
+        help="local, kubernetes or tcp://host:port (default: SHADEFLOW_CLUSTER, else local)",
+    ),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="Fix the number of Dask workers"),
 ) -> None:
     """Show the cluster a run would get (for kubernetes the DaskCluster spec as YAML); creates nothing."""
     from shadeflow.infra.preview import cluster_preview
@@ -465,11 +743,21 @@ def cluster_command(
 
 @app.command("serve")
 def serve_command(
-    prefect_file: Optional[str] = typer.Option(None, "--prefect-file", help="prefect.yaml whose deployments to serve (default: shadeflow's own)"),
-    limit: int = typer.Option(1, "--limit", min=0, help="Most flow runs at once (0: no limit); each local run sizes its cluster from the whole machine"),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="Serve only this flow/deployment, e.g. meanimage/on-demand (repeatable)"),
+    prefect_file: str | None = typer.Option(
+        None, "--prefect-file", help="prefect.yaml whose deployments to serve (default: shadeflow's own)"
+    ),
+    limit: int = typer.Option(
+        1,
+        "--limit",
+        min=0,
+        help="Most flow runs at once (0: no limit); each local run sizes its cluster from the whole machine",
+    ),
+    only: list[str] | None = typer.Option(
+        None, "--only", help="Serve only this flow/deployment, e.g. meanimage/on-demand (repeatable)"
+    ),
 ) -> None:
-    """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect server: PREFECT_API_URL)."""
+    """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect server:
+    PREFECT_API_URL)."""
     _prefect_defaults()
     from shadeflow.deployments.serve import serve_all
 
@@ -478,7 +766,9 @@ def serve_command(
 
 
 @app.command()
-def demo(out: str = typer.Option("demo-output", "--out", help="Folder for the synthetic cohort and all outputs")) -> None:
+def demo(
+    out: str = typer.Option("demo-output", "--out", help="Folder for the synthetic cohort and all outputs"),
+) -> None:
     """Synthetic cohort → mean images, with a short report on how close they are to the known shading."""
     _prefect_defaults()
     from shadeflow.flows.api_server import tie_ephemeral_server

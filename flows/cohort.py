@@ -17,8 +17,12 @@ from shadeflow.flows.model import ModelBuildParameters, model_build
 class CohortRefreshParameters(BaseModel):
     """Parameters of a cohort refresh (the Prefect UI renders them as a form)."""
 
-    meanimage: MeanImageParameters = Field(description="The slides whose mean images are computed (finished slides are skipped)")
-    model: ModelBuildParameters = Field(description="The model version built afterwards; set overwrite to rebuild it on every refresh")
+    meanimage: MeanImageParameters = Field(
+        description="The slides whose mean images are computed (finished slides are skipped)"
+    )
+    model: ModelBuildParameters = Field(
+        description="The model version built afterwards; set overwrite to rebuild it on every refresh"
+    )
 
 
 @flow(name="cohort-refresh", log_prints=True)

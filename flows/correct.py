@@ -19,25 +19,71 @@ from shadeflow.tasks.correct import correct_tile_task, plan_tile_task, publish_c
 class CorrectParameters(BaseModel):
     """Parameters of a correct run (the Prefect UI renders them as a form)."""
 
-    tiles: list[str] = Field(min_length=1, description="OME-Zarr tiles (image groups), local paths or s3:// URLs; NGFF 0.4 on zarr v2 or 0.5 on zarr v3")
-    out: str = Field(description="Folder (or s3:// prefix) for the corrected tiles: each is written to <out>/<tile name>")
-    model: str | None = Field(None, description="Flatfield model version (built by `model build`) to apply; needs `store`")
+    tiles: list[str] = Field(
+        min_length=1,
+        description="OME-Zarr tiles (image groups), local paths or s3:// URLs; NGFF 0.4 on zarr v2 or 0.5 "
+        "on zarr v3",
+    )
+    out: str = Field(
+        description="Folder (or s3:// prefix) for the corrected tiles: each is written to <out>/<tile name>"
+    )
+    model: str | None = Field(
+        None, description="Flatfield model version (built by `model build`) to apply; needs `store`"
+    )
     store: str | None = Field(None, description="Model store holding `model`")
     layer: int | None = Field(None, ge=1, description="Model layer (1-based) applied to every channel")
-    channel_map: str | None = Field(None, description="Model layer per channel: CHANNEL=LAYER pairs, e.g. '0=5,1=12' or '0=dapi,1=fitc' (a group's middle layer)")
-    flatfield: str | None = Field(None, description="Flatfield file instead of a model: TIFF, .npy or zarr; one (Y, X) field or one per channel")
-    method: Literal["estimate"] | None = Field(None, description="'estimate': estimate the flatfield from each tile's own planes")
-    background: str = Field("estimate", description="'estimate' (from the quietest slices), 'none', a value in counts, or one value per channel ('100,120')")
-    darkfield: str | None = Field(None, description="Darkfield image(s) to subtract instead of `background`: TIFF, .npy or zarr")
-    level: str = Field("0", description="Resolution level of the input to correct: index (0 = full resolution) or dataset path")
-    levels: int = Field(4, ge=1, le=16, description="Pyramid levels to write (each halves y and x, and z where the voxel size allows)")
-    zarr_format: Literal[2, 3] | None = Field(None, description="Zarr format of the output (2 → NGFF 0.4, 3 → NGFF 0.5); empty: as the input")
-    repair_flatfield: bool = Field(False, description="Replace zero, negative or non-finite flatfield pixels by their neighbourhood instead of failing")
-    overwrite: bool = Field(False, description="Replace complete outputs made with other parameters (and folders that are not shadeflow outputs)")
-    allow_missing_chunks: bool = Field(False, description="Read chunks absent from a tile as its fill value instead of refusing the tile (zarr omits chunks holding only the fill value)")
+    channel_map: str | None = Field(
+        None,
+        description="Model layer per channel: CHANNEL=LAYER pairs, e.g. '0=5,1=12' or '0=dapi,1=fitc' (a "
+        "group's middle layer)",
+    )
+    flatfield: str | None = Field(
+        None,
+        description="Flatfield file instead of a model: TIFF, .npy or zarr; one (Y, X) field or one per "
+        "channel",
+    )
+    method: Literal["estimate"] | None = Field(
+        None, description="'estimate': estimate the flatfield from each tile's own planes"
+    )
+    background: str = Field(
+        "estimate",
+        description="'estimate' (from the quietest slices), 'none', a value in counts, or one value per "
+        "channel ('100,120')",
+    )
+    darkfield: str | None = Field(
+        None, description="Darkfield image(s) to subtract instead of `background`: TIFF, .npy or zarr"
+    )
+    level: str = Field(
+        "0",
+        description="Resolution level of the input to correct: index (0 = full resolution) or dataset path",
+    )
+    levels: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Pyramid levels to write (each halves y and x, and z where the voxel size allows)",
+    )
+    zarr_format: Literal[2, 3] | None = Field(
+        None, description="Zarr format of the output (2 → NGFF 0.4, 3 → NGFF 0.5); empty: as the input"
+    )
+    repair_flatfield: bool = Field(
+        False,
+        description="Replace zero, negative or non-finite flatfield pixels by their neighbourhood instead "
+        "of failing",
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace complete outputs made with other parameters (and folders that are not "
+        "shadeflow outputs)",
+    )
+    allow_missing_chunks: bool = Field(
+        False,
+        description="Read chunks absent from a tile as its fill value instead of refusing the tile (zarr "
+        "omits chunks holding only the fill value)",
+    )
 
     @model_validator(mode="after")
-    def _one_source(self) -> "CorrectParameters":
+    def _one_source(self) -> CorrectParameters:
         for tile in self.tiles:  # credentials in a URL would be echoed and recorded with the run
             storage.refuse_credentials_in_url(tile, "tile")
         self.request().check()  # exactly one flatfield source, --model with --store, layers only for a model…
@@ -84,13 +130,21 @@ def correct(params: CorrectParameters) -> list[dict]:
     storage.check_output_folder(params.out, "--out")
     plans = plan_tile_task.map(params.tiles, unmapped(request))
     wait(plans)
-    invalid = [_named(tile, _reason(p.state.message)) for tile, p in zip(params.tiles, plans) if not p.state.is_completed()]
+    invalid = [
+        _named(tile, _reason(p.state.message))
+        for tile, p in zip(params.tiles, plans)
+        if not p.state.is_completed()
+    ]
     if invalid:  # nothing has been written yet
         raise TilesFailed("; ".join(invalid))
     planned = [p.result() for p in plans]
     runs = [correct_tile_task.submit(plan) for plan in planned]
     wait(runs)
-    failed = [_named(plan.tile, _reason(r.state.message)) for plan, r in zip(planned, runs) if not r.state.is_completed()]
+    failed = [
+        _named(plan.tile, _reason(r.state.message))
+        for plan, r in zip(planned, runs)
+        if not r.state.is_completed()
+    ]
     done = [r.result() for r in runs if r.state.is_completed()]
     publish_correct_table(done)
     if failed:
@@ -151,4 +205,6 @@ def correct_command(
     except ValidationError as exc:  # one line per problem, without pydantic's decoration
         raise ValueError(validation_message(exc)) from None
     check_settings(memory=memory, workers=workers)
-    return run_with_progress(correct, {"params": params}, task_runner(memory=memory, workers=workers), "chunks")
+    return run_with_progress(
+        correct, {"params": params}, task_runner(memory=memory, workers=workers), "chunks"
+    )

@@ -57,8 +57,10 @@ def run_demo(out: str) -> dict:
     console.rule("[bold]shadeflow demo")
     c = DEMO_CONFIG
     console.print(
-        f"[bold]1. Synthetic cohort[/]: {c.slides} slides × {c.fields} fields of {c.shape[0]}×{c.shape[1]} px, {c.shape[2]} layers, "
-        "with a planted flatfield (≈30 % corner fall-off), tissue with holes, folds, saturated spots, varied exposure times and a dark current."
+        f"[bold]1. Synthetic cohort[/]: {c.slides} slides × {c.fields} fields of {c.shape[0]}×{c.shape[1]} "
+        f"px, {c.shape[2]} layers, "
+        "with a planted flatfield (≈30 % corner fall-off), tissue with holes, folds, saturated spots, "
+        "varied exposure times and a dark current."
     )
     storage.remove(out)  # the demo always starts from the same seeded data
     start = time.monotonic()
@@ -67,19 +69,43 @@ def run_demo(out: str) -> dict:
     console.print(f"   local Dask cluster per run: {check_settings().describe()}; Prefect's ephemeral API")
 
     console.print("[bold]2. meanimage[/]: thresholds, masks and the masked mean image of every slide")
-    reports = run_with_progress(meanimage, {"params": MeanImageParameters(slides=slides)}, task_runner(), "fields")
+    reports = run_with_progress(
+        meanimage, {"params": MeanImageParameters(slides=slides)}, task_runner(), "fields"
+    )
     truth = read_truth_flatfield(cohort, c.shape)
 
     models_csv = storage.join(store, "AstroPathFlatfieldModels.csv")
-    astropath_io.write_csv(models_csv, ["version", "Project", "Cohort", "BatchID", "SlideID"], [[DEMO_VERSION, c.project, c.cohort, i + 1, storage.basename(url)] for i, url in enumerate(slides)])
-    console.print(f"[bold]3. model build[/]: version {DEMO_VERSION} from all {c.slides} slides (listed in {models_csv})")
-    run_with_progress(model_build, {"params": ModelBuildParameters(version=DEMO_VERSION, models_csv=models_csv, roots=[cohort], store=store)}, task_runner(), "slides")
+    astropath_io.write_csv(
+        models_csv,
+        ["version", "Project", "Cohort", "BatchID", "SlideID"],
+        [[DEMO_VERSION, c.project, c.cohort, i + 1, storage.basename(url)] for i, url in enumerate(slides)],
+    )
+    console.print(
+        f"[bold]3. model build[/]: version {DEMO_VERSION} from all {c.slides} slides (listed in {models_csv})"
+    )
+    run_with_progress(
+        model_build,
+        {
+            "params": ModelBuildParameters(
+                version=DEMO_VERSION, models_csv=models_csv, roots=[cohort], store=store
+            )
+        },
+        task_runner(),
+        "slides",
+    )
     model = read_model(store, DEMO_VERSION)
     model_error = relative_rms(model.flatfield, truth)
 
     tested = storage.join(out, "applied-test")
-    console.print("[bold]4. applied test[/]: flatfield from one half of each slide's fields, applied to the other half")
-    applied = run_with_progress(applied_test, {"params": AppliedTestParameters(roots=[cohort], out=tested, seed=1)}, task_runner(), "fields")
+    console.print(
+        "[bold]4. applied test[/]: flatfield from one half of each slide's fields, applied to the other half"
+    )
+    applied = run_with_progress(
+        applied_test,
+        {"params": AppliedTestParameters(roots=[cohort], out=tested, seed=1)},
+        task_runner(),
+        "fields",
+    )
     change = applied["summary"]["change_percent"]
 
     from shadeflow.core.synth_tiles import SynthTileConfig, write_synthetic_tile
@@ -91,16 +117,31 @@ def run_demo(out: str) -> dict:
     tiles = [storage.join(tiles_in, f"tile_{i}.ome.zarr") for i in range(2)]
     for i, url in enumerate(tiles):  # shaded like the cohort's layers 1–2 (the same microscope)
         write_synthetic_tile(url, SynthTileConfig(**tile_config, seed=i))
-    console.print(f"[bold]5. correct[/]: {len(tiles)} OME-Zarr tiles (2 channels × 40 planes) with model {DEMO_VERSION}, layers 1 and 2")
+    console.print(
+        f"[bold]5. correct[/]: {len(tiles)} OME-Zarr tiles (2 channels × 40 planes) with model "
+        f"{DEMO_VERSION}, layers 1 and 2"
+    )
     run_with_progress(
         correct,
-        {"params": CorrectParameters(tiles=tiles, out=tiles_out, model=DEMO_VERSION, store=store, channel_map="0=1,1=2", background="100", levels=3)},
+        {
+            "params": CorrectParameters(
+                tiles=tiles,
+                out=tiles_out,
+                model=DEMO_VERSION,
+                store=store,
+                channel_map="0=1,1=2",
+                background="100",
+                levels=3,
+            )
+        },
         task_runner(),
         "chunks",
     )
     sample = slice(8, 32)  # planes with sample (the synthetic tiles have background-only planes at both ends)
     before = np.concatenate([tile_shading(url, 100.0, sample) for url in tiles])
-    after = np.concatenate([tile_shading(storage.join(tiles_out, storage.basename(url)), 0.0, sample) for url in tiles])
+    after = np.concatenate(
+        [tile_shading(storage.join(tiles_out, storage.basename(url)), 0.0, sample) for url in tiles]
+    )
 
     from shadeflow.core.estimate_grid import relative_rms as flatfield_rms
     from shadeflow.core.estimate_outputs import read_estimate
@@ -110,8 +151,16 @@ def run_demo(out: str) -> dict:
     stack_config = StackConfig(kind="tissue", size=256, n=100, darkfield=True, outlier_fraction=0.02, seed=2)
     stack_dir, estimated = storage.join(out, "stack"), storage.join(out, "estimate")
     written = write_stack(stack_dir, stack_config, fmt="zarr", workers=os.cpu_count() or 2)
-    console.print(f"[bold]6. estimate[/]: no model — flatfield and darkfield from {stack_config.n} tissue frames themselves (2 % outlier frames)")
-    run_with_progress(estimate, {"params": EstimateParameters(images=[written["images"]], out=estimated, darkfield=True)}, task_runner(), "frames")
+    console.print(
+        f"[bold]6. estimate[/]: no model — flatfield and darkfield from {stack_config.n} tissue frames "
+        "themselves (2 % outlier frames)"
+    )
+    run_with_progress(
+        estimate,
+        {"params": EstimateParameters(images=[written["images"]], out=estimated, darkfield=True)},
+        task_runner(),
+        "frames",
+    )
     found, planted = read_estimate(estimated), read_truth(stack_dir)
     estimate_error = flatfield_rms(found["flatfield"][0].astype(np.float64), planted["flatfield"])
     dark_error = float(np.sqrt(np.mean((found["darkfield"][0] - planted["darkfield"]) ** 2)))
@@ -124,13 +173,15 @@ def run_demo(out: str) -> dict:
         errors = mean_image_accuracy(storage.join(cohort, report["slide_id"]), truth)
         table.add_row(
             f"mean image {report['slide_id']}",
-            f"{report['stacked_fields']}/{report['bulk_fields']} bulk fields stacked, {report['flagged_fields']} fields with blur/saturation; "
+            f"{report['stacked_fields']}/{report['bulk_fields']} bulk fields stacked, "
+            f"{report['flagged_fields']} fields with blur/saturation; "
             f"smoothed mean image vs truth: {_percent(errors)} relative RMS",
             report["output"],
         )
     table.add_row(
         f"model {DEMO_VERSION}",
-        f"flatfield vs truth: {_percent(model_error)} relative RMS; range {model.flatfield.min():.3f}–{model.flatfield.max():.3f}",
+        f"flatfield vs truth: {_percent(model_error)} relative RMS; range "
+        f"{model.flatfield.min():.3f}–{model.flatfield.max():.3f}",
         f"{store}/flatfield/",
     )
     table.add_row(
@@ -141,27 +192,39 @@ def run_demo(out: str) -> dict:
     )
     table.add_row(
         "corrected tiles",
-        f"shading of the smoothed mean plane: {100 * before.mean():.1f} % before → {100 * after.mean():.2f} % after (relative RMS)",
+        f"shading of the smoothed mean plane: {100 * before.mean():.1f} % before → {100 * after.mean():.2f} "
+        "% after (relative RMS)",
         tiles_out,
     )
     table.add_row(
         "estimate (no model)",
-        f"flatfield vs truth: {100 * estimate_error:.2f} % relative RMS; darkfield within {dark_error:.1f} counts RMS "
+        f"flatfield vs truth: {100 * estimate_error:.2f} % relative RMS; darkfield within {dark_error:.1f} "
+        "counts RMS "
         f"(of ≈{planted['darkfield'].mean():.0f})",
         estimated,
     )
     console.print(table)
     console.print(
-        "How to read this: a flatfield is the microscope's uneven illumination. Each slide's mean image (masked\n"
-        "tissue only, in counts/ms) already has its shape; the model combines slides and smooths them, and is\n"
-        "compared with the shading planted in the synthetic data. The applied test divides held-out fields by a\n"
+        "How to read this: a flatfield is the microscope's uneven illumination. Each slide's mean image "
+        "(masked\n"
+        "tissue only, in counts/ms) already has its shape; the model combines slides and smooths them, and "
+        "is\n"
+        "compared with the shading planted in the synthetic data. The applied test divides held-out fields "
+        "by a\n"
         "flatfield made from the other fields: a large negative change means the illumination became flat.\n"
-        "Then the model corrects OME-Zarr tiles from the same (synthetic) microscope, chunk by chunk. Without a\n"
+        "Then the model corrects OME-Zarr tiles from the same (synthetic) microscope, chunk by chunk. "
+        "Without a\n"
         "model, `shadeflow estimate` finds the flatfield and darkfield from a stack of images themselves.\n"
-        f"Outputs use AstroPath's file names; PDFs summarise each step. Known truth: {storage.join(cohort, TRUTH_DIR)}."
+        "Outputs use AstroPath's file names; PDFs summarise each step. Known truth: "
+        f"{storage.join(cohort, TRUTH_DIR)}."
     )
     return {  # the report's figures, as numbers (relative RMS as fractions)
-        "mean_images": {r["slide_id"]: float(np.nanmedian(mean_image_accuracy(storage.join(cohort, r["slide_id"]), truth))) for r in reports},
+        "mean_images": {
+            r["slide_id"]: float(
+                np.nanmedian(mean_image_accuracy(storage.join(cohort, r["slide_id"]), truth))
+            )
+            for r in reports
+        },
         "model": float(np.nanmedian(model_error)),
         "applied_test_change_percent": float(change["mean_std"]),
         "tiles_before": float(before.mean()),

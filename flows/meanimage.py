@@ -15,23 +15,45 @@ from shadeflow.core.meanimage_outputs import output_url
 from shadeflow.core.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks.artifacts import publish_meanimage_summary
-from shadeflow.tasks.meanimage import PlannedSlide, background_thresholds, mask_and_stack_fields, plan_slide, write_mean_image
+from shadeflow.tasks.meanimage import (
+    PlannedSlide,
+    background_thresholds,
+    mask_and_stack_fields,
+    plan_slide,
+    write_mean_image,
+)
 
 
 class MeanImageParameters(BaseModel):
     """Parameters of a meanimage run (the Prefect UI renders them as a form)."""
 
-    slides: list[str] = Field(min_length=1, description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv")
-    mask_binning: Literal[1, 2, 4, 8] | None = Field(
-        None, description="Block size of the grid masks are computed on; empty: 4 for native-resolution fields, less for coarser ones"
+    slides: list[str] = Field(
+        min_length=1,
+        description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv",
     )
-    skip_masking: bool = Field(False, description="Stack every pixel of every bulk field, without thresholds or masks")
-    overwrite: bool = Field(False, description="Replace existing complete outputs made with other parameters; files in meanimage/ that shadeflow did not write are kept")
+    mask_binning: Literal[1, 2, 4, 8] | None = Field(
+        None,
+        description="Block size of the grid masks are computed on; empty: 4 for native-resolution fields, "
+        "less for coarser ones",
+    )
+    skip_masking: bool = Field(
+        False, description="Stack every pixel of every bulk field, without thresholds or masks"
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace existing complete outputs made with other parameters; files in meanimage/ that "
+        "shadeflow did not write are kept",
+    )
     seed: int = Field(0, ge=0, description="Seed for the random example fields in the masking summary")
 
     def recorded(self) -> dict:
         """The parameters recorded with (and compared against) each output."""
-        return {"mask_binning": self.mask_binning, "skip_masking": self.skip_masking, "seed": self.seed, "method": MEANIMAGE_METHOD}
+        return {
+            "mask_binning": self.mask_binning,
+            "skip_masking": self.skip_masking,
+            "seed": self.seed,
+            "method": MEANIMAGE_METHOD,
+        }
 
 
 class SlidesFailed(RunFailed):
@@ -46,7 +68,11 @@ def _claim_staging(planned: list[PlannedSlide], run_token: str) -> list[StagingL
         out = output_url(slide.plan.slide.url)
         left = remove_stale_partials(out, run_token)
         if left:
-            logger.warning("%s: left staging folders of other runs in place (in use, or not provably abandoned): %s", slide.plan.slide.slide_id, ", ".join(left))
+            logger.warning(
+                "%s: left staging folders of other runs in place (in use, or not provably abandoned): %s",
+                slide.plan.slide.slide_id,
+                ", ".join(left),
+            )
         if not slide.skip:
             leases.append(StagingLease(staging_url(out, run_token)).acquire())
     return leases
@@ -63,7 +89,9 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
     recorded = params.recorded()
     plans = plan_slide.map(params.slides, unmapped(recorded), unmapped(params.overwrite))
     wait(plans)
-    invalid = [f"{url}: {p.state.message}" for url, p in zip(params.slides, plans) if not p.state.is_completed()]
+    invalid = [
+        f"{url}: {p.state.message}" for url, p in zip(params.slides, plans) if not p.state.is_completed()
+    ]
     if invalid:  # nothing has been written yet
         raise SlidesFailed("; ".join(invalid))
     planned = [p.result() for p in plans]
@@ -76,10 +104,18 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
         for slide in planned:
             thresholds = background_thresholds.submit(slide)
             stacked = mask_and_stack_fields.submit(slide, thresholds, run_token)
-            stages.append((thresholds, stacked, write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed)))
+            stages.append(
+                (
+                    thresholds,
+                    stacked,
+                    write_mean_image.submit(slide, thresholds, stacked, recorded, params.seed),
+                )
+            )
         wait([future for futures in stages for future in futures])
     except BaseException:
-        for lease in leases:  # tasks may still be writing: their files stay, the unlocked lease marks them abandoned
+        for (
+            lease
+        ) in leases:  # tasks may still be writing: their files stay, the unlocked lease marks them abandoned
             lease.release()
         raise
     for lease in leases:  # every task has ended: what is left of this run's staging is its own debris

@@ -24,22 +24,43 @@ from shadeflow.tasks.model import (
 from shadeflow.tasks.model_artifacts import publish_applied_test_artifacts, publish_model_artifacts
 
 Border = Literal["linear", "replicate"]
-BORDER_HELP = "Smoothing at the field borders: 'linear' fits the slope (less bias), 'replicate' is AstroPath's"
+BORDER_HELP = (
+    "Smoothing at the field borders: 'linear' fits the slope (less bias), 'replicate' is AstroPath's"
+)
 
 
 class ModelBuildParameters(BaseModel):
     """Parameters of a model build (the Prefect UI renders them as a form)."""
 
-    version: str = Field(description="Model version to build: the models CSV rows with this version select the slides")
-    models_csv: str = Field(description="Models CSV (version,Project,Cohort,BatchID,SlideID), local path or s3:// URL")
-    roots: list[str] = Field(min_length=1, description="Folders holding the slides (each slide is <root>/<SlideID>/ with a meanimage/ output)")
+    version: str = Field(
+        description="Model version to build: the models CSV rows with this version select the slides"
+    )
+    models_csv: str = Field(
+        description="Models CSV (version,Project,Cohort,BatchID,SlideID), local path or s3:// URL"
+    )
+    roots: list[str] = Field(
+        min_length=1,
+        description="Folders holding the slides (each slide is <root>/<SlideID>/ with a meanimage/ output)",
+    )
     store: str | None = Field(None, description="Model store; default: the folder of the models CSV")
-    sigma: float | None = Field(None, gt=0, description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled with the field size")
+    sigma: float | None = Field(
+        None,
+        gt=0,
+        description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled with the field size",
+    )
     border: Border = Field("linear", description=BORDER_HELP)
-    overwrite: bool = Field(False, description="Replace the version if it exists (versions are otherwise immutable) or a .bin or folder of it shadeflow did not write; other files are kept")
+    overwrite: bool = Field(
+        False,
+        description="Replace the version if it exists (versions are otherwise immutable) or a .bin or "
+        "folder of it shadeflow did not write; other files are kept",
+    )
 
     def resolved_store(self) -> str:
-        return storage.normalize(self.store) if self.store else storage.parent(storage.normalize(self.models_csv))
+        return (
+            storage.normalize(self.store)
+            if self.store
+            else storage.parent(storage.normalize(self.models_csv))
+        )
 
 
 @flow(name="model-build", task_runner=task_runner(), log_prints=True)
@@ -54,20 +75,43 @@ def model_build(params: ModelBuildParameters) -> dict:
     slides = select_model_slides(params.version, params.models_csv, params.roots, store, params.overwrite)
     stack = merge_slide_stacks.submit(slides).result()
     model = build_model(stack, params.sigma, params.border)
-    recorded = {"version": params.version, "models_csv": params.models_csv, "roots": params.roots, "sigma": model.sigma, "border": params.border}
+    recorded = {
+        "version": params.version,
+        "models_csv": params.models_csv,
+        "roots": params.roots,
+        "sigma": model.sigma,
+        "border": params.border,
+    }
     manifest = write_model(store, params.version, model, stack, slides, recorded)
-    publish_model_artifacts(manifest, model, stack, storage.join(version_folder(store, params.version), f"flatfield_summary_{params.version}.pdf"))
-    return {"version": params.version, "store": store, "folder": version_folder(store, params.version), "slides": [s.slide_id for s in slides], "statistics": manifest["statistics"]["summary"]}
+    publish_model_artifacts(
+        manifest,
+        model,
+        stack,
+        storage.join(version_folder(store, params.version), f"flatfield_summary_{params.version}.pdf"),
+    )
+    return {
+        "version": params.version,
+        "store": store,
+        "folder": version_folder(store, params.version),
+        "slides": [s.slide_id for s in slides],
+        "statistics": manifest["statistics"]["summary"],
+    }
 
 
 class AppliedTestParameters(BaseModel):
     """Parameters of an applied flatfield test (the Prefect UI renders them as a form)."""
 
-    roots: list[str] = Field(min_length=1, description="Folders holding the slides, each with a meanimage/ output")
+    roots: list[str] = Field(
+        min_length=1, description="Folders holding the slides, each with a meanimage/ output"
+    )
     out: str = Field(description="Folder for the test's outputs, local path or s3:// URL")
-    slides: str | None = Field(None, description="Regular expression the SlideIDs must match from their start; default all slides")
+    slides: str | None = Field(
+        None, description="Regular expression the SlideIDs must match from their start; default all slides"
+    )
     seed: int = Field(0, ge=0, description="Seed of the split of each slide's bulk fields into two halves")
-    sigma: float | None = Field(None, gt=0, description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled")
+    sigma: float | None = Field(
+        None, gt=0, description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled"
+    )
     border: Border = Field("linear", description=BORDER_HELP)
     overwrite: bool = Field(False, description="Replace a complete earlier test in the output folder")
 
@@ -86,7 +130,13 @@ def applied_test(params: AppliedTestParameters) -> dict:
     selected = select_applied_slides(params.roots, params.slides, params.seed)
     flatfield_stack, corrected_stack = restack_halves.submit(selected).result()
     result = evaluate_halves(flatfield_stack, corrected_stack, params.sigma, params.border)
-    recorded = {"roots": params.roots, "slides": params.slides, "seed": params.seed, "sigma": result.flatfield.sigma, "border": params.border}
+    recorded = {
+        "roots": params.roots,
+        "slides": params.slides,
+        "seed": params.seed,
+        "sigma": result.flatfield.sigma,
+        "border": params.border,
+    }
     manifest = write_applied_test(out, result, selected, recorded)
     layer_groups = {name: [a, b] for name, a, b in selected[0][0].layer_groups}
     publish_applied_test_artifacts(result, layer_groups, storage.join(out, "applied_flatfield_summary.pdf"))

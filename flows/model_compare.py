@@ -30,18 +30,40 @@ from shadeflow.tasks.model_compare import (
 class ModelCompareParameters(BaseModel):
     """Parameters of a model-compare run (the Prefect UI renders them as a form)."""
 
-    roots: list[str] = Field(min_length=1, description="Folders (local paths or s3:// URLs) holding slide folders with meanimage/ outputs")
+    roots: list[str] = Field(
+        min_length=1,
+        description="Folders (local paths or s3:// URLs) holding slide folders with meanimage/ outputs",
+    )
     slides: str | None = Field(
-        None, description="Regular expression matched from the start of each SlideID (AstroPath's --sampleregex); empty: every slide"
+        None,
+        description="Regular expression matched from the start of each SlideID (AstroPath's --sampleregex); "
+        "empty: every slide",
     )
     workdir: str | None = Field(
-        None, description="Folder for meanimagecomparison_table.csv and the plots; empty: <first root>/meanimagecomparison"
+        None,
+        description="Folder for meanimagecomparison_table.csv and the plots; empty: <first "
+        "root>/meanimagecomparison",
     )
-    band_low: float = Field(DEFAULT_BAND[0], gt=0, description="Lower end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)")
-    band_high: float = Field(DEFAULT_BAND[1], gt=0, description="Upper end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)")
-    min_images_stacked: int = Field(1, ge=0, description="Skip slides with fewer images than this stacked in some pixel")
-    store_as: str | None = Field(None, description="Append the compared slides to the models CSV as this new version (needs models_csv)")
-    models_csv: str | None = Field(None, description="Models CSV (version,Project,Cohort,BatchID,SlideID) to append the version to")
+    band_low: float = Field(
+        DEFAULT_BAND[0],
+        gt=0,
+        description="Lower end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)",
+    )
+    band_high: float = Field(
+        DEFAULT_BAND[1],
+        gt=0,
+        description="Upper end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)",
+    )
+    min_images_stacked: int = Field(
+        1, ge=0, description="Skip slides with fewer images than this stacked in some pixel"
+    )
+    store_as: str | None = Field(
+        None,
+        description="Append the compared slides to the models CSV as this new version (needs models_csv)",
+    )
+    models_csv: str | None = Field(
+        None, description="Models CSV (version,Project,Cohort,BatchID,SlideID) to append the version to"
+    )
 
     @field_validator("slides", "workdir", "store_as", "models_csv", mode="before")
     @classmethod
@@ -54,12 +76,19 @@ class ModelCompareParameters(BaseModel):
         return check_version_name(value) if value is not None else None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelCompareParameters":
+    def _consistent(self) -> ModelCompareParameters:
         if not self.band_low < self.band_high:
-            raise ValueError(f"band {self.band_low:g}–{self.band_high:g}: the low end must be below the high end")
+            raise ValueError(
+                f"band {self.band_low:g}–{self.band_high:g}: the low end must be below the high end"
+            )
         if (self.store_as is None) != (self.models_csv is None):
-            given, missing = ("--store-as", "--models-csv") if self.store_as else ("--models-csv", "--store-as")
-            raise ValueError(f"{given} needs {missing}: give both to append the compared slides to a models CSV, or neither")
+            given, missing = (
+                ("--store-as", "--models-csv") if self.store_as else ("--models-csv", "--store-as")
+            )
+            raise ValueError(
+                f"{given} needs {missing}: give both to append the compared slides to a models CSV, or "
+                "neither"
+            )
         return self
 
     @property
@@ -76,7 +105,15 @@ def model_compare(params: ModelCompareParameters) -> dict[str, Any]:
     layer (pairs in the table are reused); write the table, the slide × slide grids and a summary;
     with ``store_as``, append the compared slides to the models CSV as a new version.
     """
-    plan = plan_comparison(params.roots, params.slides, params.workdir, params.band, params.min_images_stacked, params.store_as, params.models_csv)
+    plan = plan_comparison(
+        params.roots,
+        params.slides,
+        params.workdir,
+        params.band,
+        params.min_images_stacked,
+        params.store_as,
+        params.models_csv,
+    )
     checked = check_slides.submit(plan).result()
     pairs = compare_pairs.submit(plan, checked).result()
     outputs = write_comparison.submit(plan, checked, pairs, params.model_dump()).result()
@@ -89,7 +126,8 @@ def model_compare(params: ModelCompareParameters) -> dict[str, Any]:
 
 
 def print_result(result: dict[str, Any], console=None) -> None:
-    """The run's conclusions on the terminal: skipped slides, the matrix (if it fits), the suggested set, outputs."""
+    """The run's conclusions on the terminal: skipped slides, the matrix (if it fits), the suggested set,
+    outputs."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -114,18 +152,41 @@ def print_result(result: dict[str, Any], console=None) -> None:
                     cells.append(Text(f"{value:.3f}", style="green" if low <= value <= high else "red"))
             table.add_row(a, *cells)
         console.print(table)
-    console.print(Text(f"{len(ids)} slides compared: {result['pairs_computed']} pair(s) computed, {result['pairs_reused']} reused from the table"))
+    console.print(
+        Text(
+            f"{len(ids)} slides compared: {result['pairs_computed']} pair(s) computed, "
+            f"{result['pairs_reused']} reused from the table"
+        )
+    )
     suggested = result["suggested"]
-    console.print(Text(f"largest compatible set ({len(suggested)} of {len(ids)} slides, band {low:g}–{high:g}): ", style="bold") + Text(", ".join(suggested)))
+    console.print(
+        Text(
+            f"largest compatible set ({len(suggested)} of {len(ids)} slides, band {low:g}–{high:g}): ",
+            style="bold",
+        )
+        + Text(", ".join(suggested))
+    )
     console.print(Text(f"table: {result['table']}"))
     console.print(Text(f"plots: {result['pdf']} (+ {len(result['plots'])} PNG)"))
     if len(suggested) < len(ids):
-        console.print(Text(f"to compare (or store) only the suggested set: --slides '{result['suggested_regex']}'"))
+        console.print(
+            Text(f"to compare (or store) only the suggested set: --slides '{result['suggested_regex']}'")
+        )
     if result.get("stored"):
         stored = result["stored"]
-        console.print(Text(f"stored as version {stored['version']} in {stored['models_csv']} ({stored['rows']} slides)", style="green"))
+        console.print(
+            Text(
+                f"stored as version {stored['version']} in {stored['models_csv']} ({stored['rows']} slides)",
+                style="green",
+            )
+        )
         if len(suggested) < len(ids):
-            console.print(Text("note: every compared slide was stored, including those outside the suggested set", style="yellow"))
+            console.print(
+                Text(
+                    "note: every compared slide was stored, including those outside the suggested set",
+                    style="yellow",
+                )
+            )
 
 
 def compare_command(
@@ -159,8 +220,17 @@ def compare_command(
         )
     except ValidationError as exc:
         raise ValueError(validation_message(exc)) from None
-    # the plan the flow's first task makes (roots, slides, table, --store-as), made here first: a bad input fails now
-    make_plan(params.roots, params.slides, params.workdir, params.band, params.min_images_stacked, params.store_as, params.models_csv)
+    # the plan the flow's first task makes (roots, slides, table, --store-as), made here first: a bad input
+    # fails now
+    make_plan(
+        params.roots,
+        params.slides,
+        params.workdir,
+        params.band,
+        params.min_images_stacked,
+        params.store_as,
+        params.models_csv,
+    )
     size = check_settings()
     Console().print(Text(f"cluster: {size.describe()}"))
     result = run_with_progress(model_compare, {"params": params}, task_runner(), "pairs")

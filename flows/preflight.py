@@ -64,7 +64,9 @@ def settings(memory: str | None = None, workers: int | None = None) -> None:
     check_settings(memory=memory, workers=workers)
 
 
-def meanimage(slides: list[str], memory: str | None = None, workers: int | None = None, overwrite: bool = False) -> None:
+def meanimage(
+    slides: list[str], memory: str | None = None, workers: int | None = None, overwrite: bool = False
+) -> None:
     """Every slide folder holds a valid ``slide.json`` and ``fields.csv`` with its field files (inside
     the slide folder), and its ``meanimage/`` output can be written: without ``overwrite``, an
     unfinished ``meanimage/`` holds nothing shadeflow did not write."""
@@ -77,12 +79,21 @@ def meanimage(slides: list[str], memory: str | None = None, workers: int | None 
         slide = load_slide(url)
         # meanimage/ and its staging folder go into the slide folder (the mean-image module itself is
         # not imported for its name: it pulls in the mask modules, ~0.7 s)
-        storage.check_output_folder(slide.url, f"slide {slide.slide_id}", "meanimage writes its output into the slide folder")
+        storage.check_output_folder(
+            slide.url, f"slide {slide.slide_id}", "meanimage writes its output into the slide folder"
+        )
         refuse_foreign(storage.join(slide.url, "meanimage"), f"slide {slide.slide_id}", overwrite)
     settings(memory, workers)
 
 
-def model_build(version: str, models_csv: str, roots: list[str], store: str | None, overwrite: bool, memory: str | None = None) -> None:
+def model_build(
+    version: str,
+    models_csv: str,
+    roots: list[str],
+    store: str | None,
+    overwrite: bool,
+    memory: str | None = None,
+) -> None:
     """The models CSV has the version, its slides have mean images under the roots, and the store can
     take the version (new, or ``--overwrite``)."""
     from shadeflow.core.cohort import model_slides
@@ -101,7 +112,11 @@ def model_list(store: str) -> None:
     """The store exists (an existing store without versions is listed as empty)."""
     no_credentials(("--store", store))
     if not storage.exists(store):
-        raise InputError(f"--store {storage.normalize(store)}", "does not exist", "give the folder `shadeflow model build` wrote to")
+        raise InputError(
+            f"--store {storage.normalize(store)}",
+            "does not exist",
+            "give the folder `shadeflow model build` wrote to",
+        )
 
 
 def model_compare(
@@ -126,7 +141,9 @@ def model_compare(
     settings()
 
 
-def applied_test(roots: list[str], out: str, slides: str | None, overwrite: bool, memory: str | None = None) -> None:
+def applied_test(
+    roots: list[str], out: str, slides: str | None, overwrite: bool, memory: str | None = None
+) -> None:
     """Slides with mean images and their field files under the roots, and an output folder that can be
     written and holds no complete test (unless ``--overwrite``)."""
     from shadeflow.core.cohort import slides_with_meanimages
@@ -138,13 +155,23 @@ def applied_test(roots: list[str], out: str, slides: str | None, overwrite: bool
     out = storage.normalize(out)
     storage.check_output_folder(out, "--out")
     if is_complete(out) and not overwrite:
-        raise FileExistsError(f"--out {out}: already holds a complete applied test; use --overwrite to replace it")
+        raise FileExistsError(
+            f"--out {out}: already holds a complete applied test; use --overwrite to replace it"
+        )
     for ref in slides_with_meanimages(roots, pattern=slides):
         load_slide(ref.url, check_files=True)  # the halves are restacked from the fields
     settings(memory)
 
 
-def estimate(images: list[str], out: str, channels: int = 1, component: str | None = None, darkfield: bool = False, memory: str | None = None, workers: int | None = None) -> None:
+def estimate(
+    images: list[str],
+    out: str,
+    channels: int = 1,
+    component: str | None = None,
+    darkfield: bool = False,
+    memory: str | None = None,
+    workers: int | None = None,
+) -> None:
     """The inputs open as one stack (headers only) with enough frames, and ``--out`` can be written."""
     from shadeflow.core.estimate_grid import EstimateError, frames_needed
     from shadeflow.core.estimate_inputs import open_images
@@ -177,13 +204,19 @@ def _real_numbers_stored(stack, component: str | None) -> None:
         grid_layout(stack.shape)  # frames with an axis of length 0 (or a few pixels) hold nothing to fit
     except EstimateError as exc:
         raise EstimateError(f"{where}: {exc}") from None
-    if stack.dtype == np.bool_ or not (np.issubdtype(stack.dtype, np.integer) or np.issubdtype(stack.dtype, np.floating)):
-        raise EstimateError(f"{where}: dtype {stack.dtype} is not a real number type; give integer or floating-point images")
+    if stack.dtype == np.bool_ or not (
+        np.issubdtype(stack.dtype, np.integer) or np.issubdtype(stack.dtype, np.floating)
+    ):
+        raise EstimateError(
+            f"{where}: dtype {stack.dtype} is not a real number type; give integer or floating-point images"
+        )
     if stack.kind != "zarr":
         return
     import zarr
 
-    node = zarr.open(stack.files[0], mode="r", storage_options=storage.storage_options(stack.files[0]) or None)
+    node = zarr.open(
+        stack.files[0], mode="r", storage_options=storage.storage_options(stack.files[0]) or None
+    )
     if component:
         node = node[component]
     if not isinstance(node, zarr.Array):
@@ -191,9 +224,12 @@ def _real_numbers_stored(stack, component: str | None) -> None:
     expected, stored = node.nchunks, node.nchunks_initialized
     if stored < expected:
         raise EstimateError(
-            f"{where}: {expected - stored} of its {expected} chunks are missing (they would read as the fill value "
-            f"{node.fill_value!r} and be taken for images); restore them, or remove those frames from the array "
-            "(zarr leaves out a chunk that holds only the fill value unless written with write_empty_chunks=True)"
+            f"{where}: {expected - stored} of its {expected} chunks are missing (they would read as the "
+            "fill value "
+            f"{node.fill_value!r} and be taken for images); restore them, or remove those frames from the "
+            "array "
+            "(zarr leaves out a chunk that holds only the fill value unless written with "
+            "write_empty_chunks=True)"
         )
 
 
@@ -229,11 +265,29 @@ def correct(
     from shadeflow.core.errors import is_expected, one_line
     from shadeflow.core.flatfield_sources import read_field_file, read_model_flatfield
 
-    no_credentials(("tile", tiles), ("--out", out), ("--store", store), ("--flatfield", flatfield), ("--darkfield", darkfield))
+    no_credentials(
+        ("tile", tiles),
+        ("--out", out),
+        ("--store", store),
+        ("--flatfield", flatfield),
+        ("--darkfield", darkfield),
+    )
     request = CorrectRequest(
-        out=out, model=model, store=store, flatfield=flatfield, method=method, layer=layer, channel_map=channel_map,
-        background=background if background is not None else "estimate", darkfield=darkfield, level=str(level), levels=levels,
-        zarr_format=zarr_format, repair_flatfield=repair_flatfield, overwrite=overwrite, allow_missing_chunks=allow_missing_chunks,
+        out=out,
+        model=model,
+        store=store,
+        flatfield=flatfield,
+        method=method,
+        layer=layer,
+        channel_map=channel_map,
+        background=background if background is not None else "estimate",
+        darkfield=darkfield,
+        level=str(level),
+        levels=levels,
+        zarr_format=zarr_format,
+        repair_flatfield=repair_flatfield,
+        overwrite=overwrite,
+        allow_missing_chunks=allow_missing_chunks,
     ).check()
     spelling(memory)
     check_distinct_outputs(tiles, out)  # also refuses a tile name no output can take (``..``, ``\``…)
@@ -245,7 +299,11 @@ def correct(
     # the sources every tile shares, once: an unknown version or a missing file is one error, not one per tile
     if request.model:
         if not storage.exists(request.store):
-            raise InputError(f"--store {storage.normalize(request.store)}", "does not exist", "give the folder `shadeflow model build` wrote to")
+            raise InputError(
+                f"--store {storage.normalize(request.store)}",
+                "does not exist",
+                "give the folder `shadeflow model build` wrote to",
+            )
         read_model_flatfield(storage.normalize(request.store), request.model)  # kept for the tiles below
     if request.flatfield:
         read_field_file(storage.normalize(request.flatfield))

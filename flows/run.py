@@ -31,7 +31,9 @@ def _read_progress(run_id: UUID) -> tuple[int, int]:
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])),
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), type=ArtifactFilterType(any_=["progress"])
+            ),
             limit=200,
             offset=0,
         )
@@ -48,7 +50,8 @@ def newest_per_key(artifacts: list[Any]) -> list[str]:
 
 
 def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) -> Any:
-    """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar counts its ``unit`` (fields, slides…)."""
+    """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar counts its ``unit`` (fields,
+    slides…)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     run: dict[str, UUID] = {}
@@ -57,7 +60,13 @@ def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) 
         run["id"] = flow_run.id
 
     stop = threading.Event()
-    columns = (TextColumn(f"[bold]{flow.name}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit), TimeElapsedColumn())
+    columns = (
+        TextColumn(f"[bold]{flow.name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
         bar_task = bar.add_task(flow.name, total=None)
 

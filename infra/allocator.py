@@ -31,12 +31,15 @@ def keep_freed_memory() -> bool:
     """Apply the settings to this process now; False if its C library is not glibc (nothing changes)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.gnu_get_libc_version  # present in glibc only
+        libc.gnu_get_libc_version  # noqa: B018 — present in glibc only: raises elsewhere
     except (OSError, AttributeError, TypeError):  # musl, macOS, Windows: nothing to tune
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
 
 
 def worker_process_environ(pre_spawn: dict[str, object]) -> dict[str, str]:
-    """Dask's ``distributed.nanny.pre-spawn-environ`` with these settings in place of Dask's trim threshold."""
+    """Dask's ``distributed.nanny.pre-spawn-environ`` with these settings in place of Dask's trim
+    threshold."""
     return {**{k: str(v) for k, v in pre_spawn.items()}, **MALLOC_ENV}

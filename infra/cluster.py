@@ -23,7 +23,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from shadeflow.infra import allocator
+from shadeflow.infra import allocator, kubernetes
+from shadeflow.infra.kubernetes import kube_credentials
 from shadeflow.infra.sizing import ClusterSize, SettingsError, size_from_settings
 
 KINDS = ("local", "kubernetes")
@@ -39,7 +40,8 @@ CLUSTER_CLASSES: dict[str, str | Callable[..., Any]] = {
 
 
 def parse_cluster_setting(value: str | None) -> tuple[str, str | None]:
-    """``(kind, address)`` from a ``SHADEFLOW_CLUSTER`` value; kind is ``local``, ``kubernetes`` or ``address``."""
+    """``(kind, address)`` from a ``SHADEFLOW_CLUSTER`` value; kind is ``local``, ``kubernetes`` or
+    ``address``."""
     text = (value or "").strip() or "local"
     if text.lower() in KINDS:
         return text.lower(), None
@@ -74,7 +76,8 @@ def local_cluster_kwargs(size: ClusterSize) -> dict[str, Any]:
 
 
 def local_worker_memory(size: ClusterSize) -> AbstractContextManager:
-    """Around creating a LocalCluster of ``size``: its workers keep the memory they free (``infra/allocator.py``).
+    """Around creating a LocalCluster of ``size``: its workers keep the memory they free
+    (``infra/allocator.py``).
 
     Threaded workers share this process, which gets the settings now; worker processes get them in
     the environment Dask's nannies start them with.
@@ -102,7 +105,8 @@ class ClusterPlan:
 
     @property
     def adapt_bounds(self) -> tuple[int, int] | None:
-        """Adaptive scaling between one worker and the sized count, on Kubernetes when there is room to scale."""
+        """Adaptive scaling between one worker and the sized count, on Kubernetes when there is room to
+        scale."""
         if self.kind == "kubernetes" and self.size is not None and self.size.n_workers > 1:
             return 1, self.size.n_workers
         return None
@@ -114,7 +118,12 @@ class ClusterPlan:
         if self.kind == "kubernetes":
             # shutdown_on_close: the DaskCluster is deleted when the run's runner closes it, even if
             # a crashed earlier attempt of the same run left one of that name to connect to
-            return {"custom_cluster_spec": self.spec, "namespace": self.namespace, "shutdown_on_close": True, "quiet": True}
+            return {
+                "custom_cluster_spec": self.spec,
+                "namespace": self.namespace,
+                "shutdown_on_close": True,
+                "quiet": True,
+            }
         raise ValueError(f"an existing scheduler ({self.address}) is not created")
 
     def describe(self) -> str:
@@ -152,12 +161,13 @@ def plan_cluster(
     size, source = size_from_settings(env, memory=memory, workers=workers, kind=kind)
     if kind == "local":
         return ClusterPlan(kind=kind, size=size, memory_source=source)
-    from shadeflow.infra import kubernetes
 
     settings = kubernetes.KubeSettings.from_env(env)
     name = kubernetes.cluster_name(flow_name, run_id)
     spec = kubernetes.cluster_spec(size, name, settings, kubernetes.labels(flow_name, run_id))
-    return ClusterPlan(kind=kind, size=size, memory_source=source, name=name, spec=spec, namespace=settings.namespace)
+    return ClusterPlan(
+        kind=kind, size=size, memory_source=source, name=name, spec=spec, namespace=settings.namespace
+    )
 
 
 def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
@@ -172,17 +182,27 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        reason = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc)).lower()
-        raise SettingsError(f"SHADEFLOW_CLUSTER={address}: no Dask scheduler reachable at {address} ({reason}); {advice}") from None
+        reason = (
+            f"no answer within {timeout:g} s"
+            if isinstance(exc, TimeoutError)
+            else (exc.strerror or str(exc)).lower()
+        )
+        raise SettingsError(
+            f"SHADEFLOW_CLUSTER={address}: no Dask scheduler reachable at {address} ({reason}); {advice}"
+        ) from None
     try:
         identity = _identity(address, timeout)
     except Exception as exc:  # comm errors, timeouts, garbage on the wire
         raise SettingsError(
-            f"SHADEFLOW_CLUSTER={address}: something listens at {address} but does not answer like a Dask scheduler "
+            f"SHADEFLOW_CLUSTER={address}: something listens at {address} but does not answer like a Dask "
+            "scheduler "
             f"within {timeout:g} s ({exc.__class__.__name__}); {advice}"
         ) from None
     if identity.get("type") != "Scheduler":
-        raise SettingsError(f"SHADEFLOW_CLUSTER={address}: {address} is a Dask {identity.get('type', 'server')}, not a scheduler; {advice}")
+        raise SettingsError(
+            f"SHADEFLOW_CLUSTER={address}: {address} is a Dask {identity.get('type', 'server')}, not a "
+            f"scheduler; {advice}"
+        )
 
 
 def _identity(address: str, timeout: float) -> dict[str, Any]:
@@ -208,13 +228,13 @@ def check_environment(plan: ClusterPlan, env: Mapping[str, str] | None = None) -
     if plan.kind == "address":
         probe_scheduler(plan.address)
     elif plan.kind == "kubernetes":
-        from shadeflow.infra.kubernetes import kube_credentials
-
         return kube_credentials(env)
     return None
 
 
-def check_settings(memory: str | int | None = None, workers: int | None = None, cluster: str | None = None) -> ClusterPlan:
+def check_settings(
+    memory: str | int | None = None, workers: int | None = None, cluster: str | None = None
+) -> ClusterPlan:
     """Validate the settings before a run starts, so bad values fail before anything is created."""
     plan = plan_cluster(memory=memory, workers=workers, cluster=cluster)
     check_environment(plan)
@@ -316,4 +336,3 @@ def task_runner(memory: str | int | None = None, workers: int | None = None):
 
     kwargs = {k: v for k, v in (("memory", memory), ("workers", workers)) if v is not None}
     return DaskTaskRunner(cluster_class=make_cluster, cluster_kwargs=kwargs)
-

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from shadeflow import __version__
 from shadeflow.infra import allocator
 from shadeflow.infra.sizing import ClusterSize, SettingsError, parse_count
 
@@ -40,8 +41,6 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 def default_image() -> str:
     """``shadeflow:<version>``, the tag the README's ``docker build`` gives the image."""
-    from shadeflow import __version__
-
     return f"shadeflow:{__version__.replace('+', '-')}"
 
 
@@ -59,12 +58,20 @@ class KubeSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KubeSettings:
         """``SHADEFLOW_IMAGE``, ``SHADEFLOW_NAMESPACE``, ``SHADEFLOW_IDLE_TIMEOUT`` (seconds),
-        ``SHADEFLOW_DASK_SERVICE_ACCOUNT``, ``SHADEFLOW_DASK_SECRET``; the AWS endpoint and region pass through."""
+        ``SHADEFLOW_DASK_SERVICE_ACCOUNT``, ``SHADEFLOW_DASK_SECRET``; the AWS endpoint and region pass
+        through."""
         env = os.environ if env is None else env
         namespace = (env.get("SHADEFLOW_NAMESPACE") or "").strip() or None
         if namespace is not None and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", namespace):
-            raise SettingsError(f"SHADEFLOW_NAMESPACE={namespace!r} is not a Kubernetes namespace name (lowercase letters, digits, '-')")
-        idle = parse_count(env["SHADEFLOW_IDLE_TIMEOUT"], "SHADEFLOW_IDLE_TIMEOUT") if env.get("SHADEFLOW_IDLE_TIMEOUT") else IDLE_TIMEOUT
+            raise SettingsError(
+                f"SHADEFLOW_NAMESPACE={namespace!r} is not a Kubernetes namespace name (lowercase letters, "
+                "digits, '-')"
+            )
+        idle = (
+            parse_count(env["SHADEFLOW_IDLE_TIMEOUT"], "SHADEFLOW_IDLE_TIMEOUT")
+            if env.get("SHADEFLOW_IDLE_TIMEOUT")
+            else IDLE_TIMEOUT
+        )
         return cls(
             image=(env.get("SHADEFLOW_IMAGE") or "").strip() or default_image(),
             namespace=namespace,
@@ -101,7 +108,14 @@ def worker_command(size: ClusterSize) -> list[str]:
     gives the scheduler address in ``DASK_SCHEDULER_ADDRESS``. (distributed 2026 has no ``dask-worker``
     script any more, only ``dask worker``.)
     """
-    return ["dask", "worker", "--nthreads", str(size.threads_per_worker), "--memory-limit", str(size.memory_per_worker)]
+    return [
+        "dask",
+        "worker",
+        "--nthreads",
+        str(size.threads_per_worker),
+        "--memory-limit",
+        str(size.memory_per_worker),
+    ]
 
 
 def scheduler_args() -> list[str]:
@@ -120,7 +134,9 @@ def labels(flow_name: str | None, run_id: str | None) -> dict[str, str]:
     return out
 
 
-def cluster_spec(size: ClusterSize, name: str, settings: KubeSettings, spec_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+def cluster_spec(
+    size: ClusterSize, name: str, settings: KubeSettings, spec_labels: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The ``kubernetes.dask.org/v1`` ``DaskCluster`` resource for a cluster of ``size``.
 
     Built with the operator's own ``make_cluster_spec``, then adjusted: the scheduler gets
@@ -131,7 +147,10 @@ def cluster_spec(size: ClusterSize, name: str, settings: KubeSettings, spec_labe
 
     memory = quantity(size.memory_per_worker)
     # no CPU limit: CFS throttling slows numpy without protecting anything; the request places the pod
-    worker_resources = {"requests": {"cpu": str(size.threads_per_worker), "memory": memory}, "limits": {"memory": memory}}
+    worker_resources = {
+        "requests": {"cpu": str(size.threads_per_worker), "memory": memory},
+        "limits": {"memory": memory},
+    }
     env = [{"name": k, "value": v} for k, v in sorted(settings.env.items())]
     spec = make_cluster_spec(
         name=name,
@@ -157,7 +176,9 @@ def cluster_spec(size: ClusterSize, name: str, settings: KubeSettings, spec_labe
             pod["containers"][0]["envFrom"] = [{"secretRef": {"name": settings.secret}}]
     # worker processes keep the memory they free (infra/allocator.py); Dask merges this dict into
     # its own pre-spawn environment, replacing only its 64 KiB trim threshold
-    worker_pod["containers"][0].setdefault("env", []).append({"name": PRE_SPAWN_ENV_VAR, "value": repr(allocator.MALLOC_ENV)})
+    worker_pod["containers"][0].setdefault("env", []).append(
+        {"name": PRE_SPAWN_ENV_VAR, "value": repr(allocator.MALLOC_ENV)}
+    )
     spec["metadata"]["labels"] = dict(spec_labels or labels(None, None))
     return spec
 
@@ -166,7 +187,9 @@ def spec_yaml(spec: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(spec), sort_keys=False, default_flow_style=False)
 
 
-def kube_credentials(env: Mapping[str, str] | None = None, service_account_dir: str = SERVICE_ACCOUNT_DIR) -> str:
+def kube_credentials(
+    env: Mapping[str, str] | None = None, service_account_dir: str = SERVICE_ACCOUNT_DIR
+) -> str:
     """Where Kubernetes credentials come from: a pod's service account or a kubeconfig with a context.
 
     Raises
@@ -180,7 +203,11 @@ def kube_credentials(env: Mapping[str, str] | None = None, service_account_dir: 
         return f"in-cluster service account ({token})"
     home = env.get("HOME") or os.path.expanduser("~")
     configured = env.get("KUBECONFIG")
-    paths = [p for p in (configured.split(os.pathsep) if configured else [os.path.join(home, ".kube", "config")]) if p]
+    paths = [
+        p
+        for p in (configured.split(os.pathsep) if configured else [os.path.join(home, ".kube", "config")])
+        if p
+    ]
     problems = []
     for path in paths:
         path = os.path.expanduser(path)
@@ -193,7 +220,11 @@ def kube_credentials(env: Mapping[str, str] | None = None, service_account_dir: 
         except (OSError, yaml.YAMLError) as exc:
             problems.append(f"{path} is not readable YAML ({exc.__class__.__name__})")
             continue
-        contexts = [c.get("name") for c in (config.get("contexts") or []) if isinstance(c, dict)] if isinstance(config, dict) else []
+        contexts = (
+            [c.get("name") for c in (config.get("contexts") or []) if isinstance(c, dict)]
+            if isinstance(config, dict)
+            else []
+        )
         if not contexts:
             problems.append(f"{path} has no contexts")
             continue

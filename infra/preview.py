@@ -8,10 +8,16 @@ from collections.abc import Mapping
 from dask.utils import format_bytes
 
 from shadeflow.infra.cluster import ClusterPlan, check_environment, plan_cluster
+from shadeflow.infra.kubernetes import spec_yaml
 from shadeflow.infra.sizing import SettingsError
 
 
-def cluster_preview(memory: str | None = None, cluster: str | None = None, workers: int | None = None, env: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
+def cluster_preview(
+    memory: str | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[str, list[str]]:
     """The text ``shadeflow cluster`` prints, and warnings about what a run would find missing.
 
     Invalid settings raise :class:`SettingsError`; a missing scheduler or missing Kubernetes
@@ -39,7 +45,6 @@ def cluster_preview(memory: str | None = None, cluster: str | None = None, worke
     if plan.kind == "local":
         lines.append(f"processes: {'yes' if size.processes else 'no (threads in the flow-run process)'}")
         return "\n".join(lines), warnings
-    from shadeflow.infra.kubernetes import spec_yaml
 
     worker = plan.spec["spec"]["worker"]["spec"]["containers"][0]
     scheduler = plan.spec["spec"]["scheduler"]["spec"]["containers"][0]["resources"]
@@ -55,12 +60,19 @@ def cluster_preview(memory: str | None = None, cluster: str | None = None, worke
     ]
     if credentials:
         lines.append(f"credentials: {credentials}")
-    lines += ["", "# DaskCluster resource (kubectl apply -f would create it; shadeflow creates one per run)", spec_yaml(plan.spec).rstrip()]
+    lines += [
+        "",
+        "# DaskCluster resource (kubectl apply -f would create it; shadeflow creates one per run)",
+        spec_yaml(plan.spec).rstrip(),
+    ]
     return "\n".join(lines), warnings
 
 
 def _kind_label(plan: ClusterPlan) -> str:
-    return {"local": "local (distributed.LocalCluster)", "kubernetes": "kubernetes (dask-kubernetes operator KubeCluster)"}.get(plan.kind, f"existing scheduler {plan.address}")
+    return {
+        "local": "local (distributed.LocalCluster)",
+        "kubernetes": "kubernetes (dask-kubernetes operator KubeCluster)",
+    }.get(plan.kind, f"existing scheduler {plan.address}")
 
 
 def _resources(resources: dict) -> str:

@@ -54,15 +54,20 @@ class ClusterSize:
     def describe(self) -> str:
         return (
             f"{self.n_workers} worker{'s' if self.n_workers != 1 else ''} × {self.threads_per_worker} "
-            f"thread{'s' if self.threads_per_worker != 1 else ''}, {format_bytes(self.memory_per_worker)} per worker"
+            f"thread{'s' if self.threads_per_worker != 1 else ''}, {format_bytes(self.memory_per_worker)} "
+            "per worker"
         )
 
 
 def parse_size(value: str | int, setting: str, bytes_only: bool = False) -> int:
-    """Bytes from ``16GiB``, ``16Gi``, ``500MB`` or a plain integer; a clear error naming ``setting`` otherwise."""
+    """Bytes from ``16GiB``, ``16Gi``, ``500MB`` or a plain integer; a clear error naming ``setting``
+    otherwise."""
     text = str(value).strip()
     if not text:  # dask's parse_bytes("") is 1 byte
-        raise SettingsError(f"{setting} is empty: expected {'a whole number of bytes' if bytes_only else 'bytes or a size like 16GiB'}")
+        raise SettingsError(
+            f"{setting} is empty: expected "
+            f"{'a whole number of bytes' if bytes_only else 'bytes or a size like 16GiB'}"
+        )
     try:
         size = int(text) if bytes_only else parse_bytes(text)
     except (ValueError, TypeError):
@@ -98,7 +103,9 @@ def machine_cpus() -> int:
     return int(CPU_COUNT)
 
 
-def memory_setting(env: Mapping[str, str] | None = None, override: str | int | None = None) -> tuple[int, str]:
+def memory_setting(
+    env: Mapping[str, str] | None = None, override: str | int | None = None
+) -> tuple[int, str]:
     """The memory to size the cluster from, and where it came from."""
     env = os.environ if env is None else env
     if override is not None:
@@ -147,9 +154,15 @@ def size_cluster(
         if value is not None and value < 1:
             raise SettingsError(f"{name} must be at least 1, got {value}")
     if memory < min_worker_memory:
-        raise SettingsError(f"{setting} {format_bytes(memory)} is below one worker's minimum of {format_bytes(min_worker_memory)}")
+        raise SettingsError(
+            f"{setting} {format_bytes(memory)} is below one worker's minimum of "
+            f"{format_bytes(min_worker_memory)}"
+        )
     if worker_memory is not None and worker_memory < min_worker_memory:
-        raise SettingsError(f"SHADEFLOW_WORKER_MEMORY {format_bytes(worker_memory)} is below one worker's minimum of {format_bytes(min_worker_memory)}")
+        raise SettingsError(
+            f"SHADEFLOW_WORKER_MEMORY {format_bytes(worker_memory)} is below one worker's minimum of "
+            f"{format_bytes(min_worker_memory)}"
+        )
 
     if cpus is None:  # Kubernetes: the pods bring the CPUs
         threads = worker_cpus or KUBE_WORKER_CPUS
@@ -171,7 +184,10 @@ def size_cluster(
     else:
         n, per_worker, threads = 1, memory, cpus
     if per_worker < min_worker_memory:
-        raise SettingsError(f"{setting} {format_bytes(memory)} for {n} workers leaves {format_bytes(per_worker)} each, below the minimum of {format_bytes(min_worker_memory)}")
+        raise SettingsError(
+            f"{setting} {format_bytes(memory)} for {n} workers leaves {format_bytes(per_worker)} each, "
+            f"below the minimum of {format_bytes(min_worker_memory)}"
+        )
     return ClusterSize(n_workers=int(n), threads_per_worker=int(threads), memory_per_worker=int(per_worker))
 
 
@@ -187,12 +203,22 @@ def size_from_settings(
     """
     env = os.environ if env is None else env
     total, source = memory_setting(env, memory)
-    worker_memory = parse_size(env["SHADEFLOW_WORKER_MEMORY"], "SHADEFLOW_WORKER_MEMORY") if env.get("SHADEFLOW_WORKER_MEMORY") else None
-    worker_cpus = parse_count(env["SHADEFLOW_WORKER_CPUS"], "SHADEFLOW_WORKER_CPUS") if env.get("SHADEFLOW_WORKER_CPUS") else None
+    worker_memory = (
+        parse_size(env["SHADEFLOW_WORKER_MEMORY"], "SHADEFLOW_WORKER_MEMORY")
+        if env.get("SHADEFLOW_WORKER_MEMORY")
+        else None
+    )
+    worker_cpus = (
+        parse_count(env["SHADEFLOW_WORKER_CPUS"], "SHADEFLOW_WORKER_CPUS")
+        if env.get("SHADEFLOW_WORKER_CPUS")
+        else None
+    )
     cpus = None if kind == "kubernetes" else machine_cpus()
     if source == "machine":
         setting = "this machine's memory"
     else:
         setting = f"{source}={(memory if source == '--memory' else env[source])!r}:"
-    size = size_cluster(total, cpus, workers=workers, worker_memory=worker_memory, worker_cpus=worker_cpus, setting=setting)
+    size = size_cluster(
+        total, cpus, workers=workers, worker_memory=worker_memory, worker_cpus=worker_cpus, setting=setting
+    )
     return size, source

@@ -25,30 +25,53 @@ def plan_tile_task(tile_url: str, request: CorrectRequest) -> TilePlan:
     """Validate a tile, its flatfield and background and its output location; nothing is written."""
     plan = plan_tile(tile_url, request)
     logger = get_run_logger()
-    logger.info("%s: %s, level %s → %s (%s)", plan.name, plan.image.describe(plan.level), plan.level.path, plan.output, plan.action)
+    logger.info(
+        "%s: %s, level %s → %s (%s)",
+        plan.name,
+        plan.image.describe(plan.level),
+        plan.level.path,
+        plan.output,
+        plan.action,
+    )
     for note in plan.notes:
         logger.info("%s", note)
     return plan
 
 
-@task(name="correct-tile", task_run_name="correct-tile[{plan.name}]", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@task(
+    name="correct-tile", task_run_name="correct-tile[{plan.name}]", cache_policy=NO_CACHE, **TRANSIENT_RETRY
+)
 def correct_tile_task(plan: TilePlan) -> TileReport:
     """Background, flatfield, correction and pyramid of one tile, written chunk by chunk; the
     completion marker comes last. A retry redoes the partial output."""
     from functools import partial
 
     logger = get_run_logger()
-    progress = Progress(f"{plan.name} chunks", plan.n_blocks if plan.action != "skip" else 0, key=artifact_key("correct", plan.name))
+    progress = Progress(
+        f"{plan.name} chunks",
+        plan.n_blocks if plan.action != "skip" else 0,
+        key=artifact_key("correct", plan.name),
+    )
     if plan.action == "skip":
         progress.done = progress.total
         progress.publish(force=True)
         return run_tile(plan, log=logger.info)
     with cluster_client() as client, field_events(client, progress):
         on_block = partial(field_reporter(progress), plan.name)  # one Dask event per corrected chunk
-        report = run_tile(plan, compute=progress_compute(client, progress), on_block=on_block, log=_logger(logger))
+        report = run_tile(
+            plan, compute=progress_compute(client, progress), on_block=on_block, log=_logger(logger)
+        )
     progress.done = progress.total
     progress.publish(force=True)
-    logger.info("%s: written in %.1f s (%.3g MB/s) → %s; flatfield %s; background %s", plan.name, report.seconds, report.mb_per_s, report.output, report.flatfield, report.background)
+    logger.info(
+        "%s: written in %.1f s (%.3g MB/s) → %s; flatfield %s; background %s",
+        plan.name,
+        report.seconds,
+        report.mb_per_s,
+        report.output,
+        report.flatfield,
+        report.background,
+    )
     return report
 
 
@@ -84,7 +107,11 @@ def table_rows(reports: list[TileReport]) -> list[dict]:
 
 @task(name="publish-correct-summary")
 def publish_correct_table(reports: list[TileReport]) -> None:
-    create_table_artifact(table_rows(reports), key=TABLE_KEY, description="Corrected tiles: shape, flatfield source, background, time and throughput")
+    create_table_artifact(
+        table_rows(reports),
+        key=TABLE_KEY,
+        description="Corrected tiles: shape, flatfield source, background, time and throughput",
+    )
 
 
 def report_dicts(reports: list[TileReport]) -> list[dict]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from distributed import Client, Future, wait
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # Prefect is not needed to run a graph
     from shadeflow.tasks.progress import Progress
@@ -62,14 +60,19 @@ def field_events(client: Client, progress: Progress):
 
 
 def reduce_tree(
-    client: Client, futures: list[Future], combine: Callable[[T, T], T], progress: Progress | None = None, on_error: Callable[[], None] | None = None
+    client: Client,
+    futures: list[Future],
+    combine: Callable[[T, T], T],
+    progress: Progress | None = None,
+    on_error: Callable[[], None] | None = None,
 ) -> T:
     """Merge results pairwise on the cluster along a fixed binary tree, publishing progress.
 
     The tree is fixed by the order of ``futures`` (not by which finishes first), so floating-point
     merges give bit-identical results run after run; merges start as soon as both inputs exist and
     only pending futures are referenced, so memory stays at a few partial results. ``futures`` is
-    emptied: the caller must not hold the leaves either. The first failure is raised: without ``on_error`` the other
+    emptied: the caller must not hold the leaves either. The first failure is raised: without ``on_error`` the
+    other
     work is cancelled; with it, ``on_error`` is called (e.g. to tell running tasks to stop) and the
     rest is waited for, so nothing still writes when this returns.
     """
@@ -82,7 +85,10 @@ def reduce_tree(
     while len(level) > 1:
         depth += 1
         # merges outrank new leaves: a worker merges what is ready before loading more partial results
-        merged = [client.submit(combine, level[i], level[i + 1], pure=False, priority=100 + depth) for i in range(0, len(level) - 1, 2)]
+        merged = [
+            client.submit(combine, level[i], level[i + 1], pure=False, priority=100 + depth)
+            for i in range(0, len(level) - 1, 2)
+        ]
         level = merged + level[len(merged) * 2 :]
         pending.update(merged)
     final = level.pop()

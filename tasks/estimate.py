@@ -1,4 +1,5 @@
-"""Prefect tasks of the estimate job: plan the inputs, estimate one channel, write the outputs, publish a table.
+"""Prefect tasks of the estimate job: plan the inputs, estimate one channel, write the outputs, publish a
+table.
 
 One Prefect task per channel (a unit a person wants to see and retry); reading and reducing its
 frames is a Dask graph on the flow run's cluster, chunk by chunk.
@@ -14,8 +15,12 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from shadeflow.core import storage
 from shadeflow.core.estimate import EstimateSettings, ShadingEstimate
+from shadeflow.core.estimate_dask import estimate_shading_dask
+from shadeflow.core.estimate_grid import EstimateError, frames_needed, grid_layout
 from shadeflow.core.estimate_inputs import ImageStack, open_images
+from shadeflow.core.estimate_outputs import output_state, write_estimate
 from shadeflow.tasks.dask_work import cluster_client, progress_compute
 from shadeflow.tasks.progress import Progress, artifact_key
 from shadeflow.tasks.retry import TRANSIENT_RETRY
@@ -35,24 +40,40 @@ class EstimatePlan:
     notes: list[str] = field(default_factory=list)
 
 
-def make_plan(images: list[str], out: str, channels: int, component: str | None, settings: EstimateSettings, recorded: dict[str, Any], overwrite: bool) -> EstimatePlan:
+def make_plan(
+    images: list[str],
+    out: str,
+    channels: int,
+    component: str | None,
+    settings: EstimateSettings,
+    recorded: dict[str, Any],
+    overwrite: bool,
+) -> EstimatePlan:
     """Open and check the inputs (headers only) and the output location; nothing is written or read in
     bulk. The command line calls this before the run starts; the flow's first task calls it again."""
-    from shadeflow.core import storage
-    from shadeflow.core.estimate_grid import EstimateError, frames_needed, grid_layout
-    from shadeflow.core.estimate_outputs import output_state
 
     stack = open_images(images, channels, component)
     need = frames_needed(settings.darkfield)
     if stack.n_frames < need:
-        raise EstimateError(f"{', '.join(stack.inputs)}: {stack.n_frames} image{'s' if stack.n_frames != 1 else ''}; the estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}")
+        raise EstimateError(
+            f"{', '.join(stack.inputs)}: {stack.n_frames} image{'s' if stack.n_frames != 1 else ''}; the "
+            f"estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}"
+        )
     grid_layout(stack.shape, settings.grid_blocks)  # too small an image fails here
     action = output_state(out, recorded, stack.inputs, overwrite)
     return EstimatePlan(stack, settings, storage.normalize(out), action, recorded, list(stack.notes))
 
 
 @task(name="plan-estimate", cache_policy=NO_CACHE)
-def plan_estimate(images: list[str], out: str, channels: int, component: str | None, settings: EstimateSettings, recorded: dict[str, Any], overwrite: bool) -> EstimatePlan:
+def plan_estimate(
+    images: list[str],
+    out: str,
+    channels: int,
+    component: str | None,
+    settings: EstimateSettings,
+    recorded: dict[str, Any],
+    overwrite: bool,
+) -> EstimatePlan:
     """:func:`make_plan`, logged."""
     plan = make_plan(images, out, channels, component, settings, recorded, overwrite)
     logger = get_run_logger()
@@ -68,10 +89,15 @@ def _frames_done(topic: str, n: int) -> None:
     get_worker().log_event(topic, int(n))
 
 
-@task(name="estimate-channel", task_run_name="estimate-channel[{channel}]", cache_policy=NO_CACHE, **TRANSIENT_RETRY)
+@task(
+    name="estimate-channel",
+    task_run_name="estimate-channel[{channel}]",
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRY,
+)
 def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
-    """Flatfield (and darkfield) of one channel: its frames reduced chunk by chunk on the cluster, then the robust fit."""
-    from shadeflow.core.estimate_dask import estimate_shading_dask
+    """Flatfield (and darkfield) of one channel: its frames reduced chunk by chunk on the cluster, then the
+    robust fit."""
 
     stack, settings = plan.stack, plan.settings
     n = stack.n_frames
@@ -95,26 +121,57 @@ def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
             client.unsubscribe_topic(progress.topic)
     progress.done = progress.total
     progress.publish(force=True)
+    _log_result(name, result, n)
+    return result
+
+
+def _log_result(name: str, result: ShadingEstimate, frames: int) -> None:
     logger = get_run_logger()
     summary = result.summary()
-    logger.info("%s: flatfield %.3f–%.3f, darkfield mean %.2f, %d/%d frames used, fit %.2f s", name, summary["flatfield_min"], summary["flatfield_max"], summary["darkfield_mean"], result.frames_used, n, summary["seconds"])
+    logger.info(
+        "%s: flatfield %.3f–%.3f, darkfield mean %.2f, %d/%d frames used, fit %.2f s",
+        name,
+        summary["flatfield_min"],
+        summary["flatfield_max"],
+        summary["darkfield_mean"],
+        result.frames_used,
+        frames,
+        summary["seconds"],
+    )
     for note in result.notes:
         logger.warning("%s: %s", name, note)
-    return result
 
 
 @task(name="write-estimate", cache_policy=NO_CACHE)
 def write_estimate_task(plan: EstimatePlan, results: list[ShadingEstimate]) -> dict[str, Any]:
     """flatfield.tiff, darkfield.tiff and estimate.zarr, published together with the manifest last."""
-    from shadeflow.core.estimate_outputs import write_estimate
 
-    extra = {"known_darkfield": plan.stack.known_darkfield if not plan.settings.darkfield else None, "stack": plan.stack.describe(), "files_read": len(plan.stack.files)}
-    manifest = write_estimate(plan.out, results, plan.stack.channel_names, plan.recorded, plan.stack.inputs, extra)
+    extra = {
+        "known_darkfield": plan.stack.known_darkfield if not plan.settings.darkfield else None,
+        "stack": plan.stack.describe(),
+        "files_read": len(plan.stack.files),
+    }
+    manifest = write_estimate(
+        plan.out, results, plan.stack.channel_names, plan.recorded, plan.stack.inputs, extra
+    )
     get_run_logger().info("estimate written to %s", plan.out)
     return manifest
 
 
-TABLE_COLUMNS = ("channel", "frames", "used", "rejected", "flatfield min", "flatfield max", "darkfield mean", "baseline median", "noise τ", "converged", "seconds", "warnings")
+TABLE_COLUMNS = (
+    "channel",
+    "frames",
+    "used",
+    "rejected",
+    "flatfield min",
+    "flatfield max",
+    "darkfield mean",
+    "baseline median",
+    "noise τ",
+    "converged",
+    "seconds",
+    "warnings",
+)
 
 
 def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[str, Any]]:
@@ -127,8 +184,18 @@ def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[st
                 zip(
                     TABLE_COLUMNS,
                     (
-                        name, s["frames"], s["used"], s["rejected"], s["flatfield_min"], s["flatfield_max"], s["darkfield_mean"],
-                        s["baseline_median"], s["noise_tau"], "yes" if s["converged"] else "NO", s["seconds"], "; ".join(result.notes) or "—",
+                        name,
+                        s["frames"],
+                        s["used"],
+                        s["rejected"],
+                        s["flatfield_min"],
+                        s["flatfield_max"],
+                        s["darkfield_mean"],
+                        s["baseline_median"],
+                        s["noise_tau"],
+                        "yes" if s["converged"] else "NO",
+                        s["seconds"],
+                        "; ".join(result.notes) or "—",
                     ),
                 )
             )
@@ -138,4 +205,6 @@ def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[st
 
 @task(name="publish-estimate-summary")
 def publish_estimate_table(names: list[str], results: list[ShadingEstimate], out: str) -> None:
-    create_table_artifact(table_rows(names, results), key=TABLE_KEY, description=f"Estimated shading per channel → {out}")
+    create_table_artifact(
+        table_rows(names, results), key=TABLE_KEY, description=f"Estimated shading per channel → {out}"
+    )

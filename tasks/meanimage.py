@@ -52,7 +52,11 @@ class PlannedSlide:
 
 def _manifest_matches(url: str, parameters: dict[str, Any], inputs: list[str]) -> bool:
     manifest = read_manifest(url)
-    return manifest.get("kind") == KIND and manifest.get("parameters") == parameters and manifest.get("inputs") == inputs
+    return (
+        manifest.get("kind") == KIND
+        and manifest.get("parameters") == parameters
+        and manifest.get("inputs") == inputs
+    )
 
 
 @task(name="plan-slide", task_run_name="plan-slide[{slide_url}]", cache_policy=NO_CACHE)
@@ -77,7 +81,10 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
     if is_complete(out):
         inputs = [slide.field_url(f) for f in slide.fields]
         if _manifest_matches(out, parameters, inputs) and not overwrite:
-            get_run_logger().info("%s: complete meanimage output with the same parameters and fields exists, skipping", slide.slide_id)
+            get_run_logger().info(
+                "%s: complete meanimage output with the same parameters and fields exists, skipping",
+                slide.slide_id,
+            )
             skip = True
         elif not overwrite:
             made = read_manifest(out).get("created", "?")
@@ -88,7 +95,11 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
     return PlannedSlide(plan=plan, skip=skip, started=time.monotonic())
 
 
-@task(name="background-thresholds", task_run_name="background-thresholds[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
+@task(
+    name="background-thresholds",
+    task_run_name="background-thresholds[{planned.plan.slide.slide_id}]",
+    cache_policy=NO_CACHE,
+)
 def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
     """Per-layer background thresholds from the slide's edge fields (one Dask task per field)."""
     if planned.skip:
@@ -101,14 +112,28 @@ def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
         result = thresholds_on_cluster(client, plan, progress)
     thresholds = result.thresholds
     logger = get_run_logger()
-    logger.info("%s: background thresholds (counts) per layer: %s", slide_id, " ".join(str(int(t)) for t in thresholds))
+    logger.info(
+        "%s: background thresholds (counts) per layer: %s",
+        slide_id,
+        " ".join(str(int(t)) for t in thresholds),
+    )
     if not plan.skip_masking and not thresholds.any():
-        logger.warning("%s: every threshold is 0 — no background found in the edge fields; layers are effectively unmasked", slide_id)
+        logger.warning(
+            "%s: every threshold is 0 — no background found in the edge fields; layers are effectively "
+            "unmasked",
+            slide_id,
+        )
     return result
 
 
-@task(name="mask-and-stack", task_run_name="mask-and-stack[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
-def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResult | None, run_token: str) -> tuple[StagedOutput, core.BatchResult] | None:
+@task(
+    name="mask-and-stack",
+    task_run_name="mask-and-stack[{planned.plan.slide.slide_id}]",
+    cache_policy=NO_CACHE,
+)
+def mask_and_stack_fields(
+    planned: PlannedSlide, thresholds: core.ThresholdResult | None, run_token: str
+) -> tuple[StagedOutput, core.BatchResult] | None:
     """Mask every field (mask files go to the staged output of run ``run_token``) and stack the bulk ones.
 
     Fields run in batches on the cluster and their stacks merge as a tree (``stack_on_cluster``).
@@ -120,10 +145,14 @@ def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResul
     slide = plan.slide
     fields = list(slide.fields)
     staged = StagedOutput(output_url(slide.url), run_token)
-    progress = Progress(f"{slide.slide_id} masks and stack", len(fields), key=artifact_key("mask-and-stack", slide.slide_id))
+    progress = Progress(
+        f"{slide.slide_id} masks and stack", len(fields), key=artifact_key("mask-and-stack", slide.slide_id)
+    )
     try:
         with cluster_client() as client:
-            merged = stack_on_cluster(client, plan, thresholds.thresholds, staged.url(core.MASK_DIR), progress)
+            merged = stack_on_cluster(
+                client, plan, thresholds.thresholds, staged.url(core.MASK_DIR), progress
+            )
         core.check_tissue_found(plan, merged)
     except BaseException:
         staged.abort()
@@ -131,7 +160,11 @@ def mask_and_stack_fields(planned: PlannedSlide, thresholds: core.ThresholdResul
     return staged, merged
 
 
-@task(name="write-mean-image", task_run_name="write-mean-image[{planned.plan.slide.slide_id}]", cache_policy=NO_CACHE)
+@task(
+    name="write-mean-image",
+    task_run_name="write-mean-image[{planned.plan.slide.slide_id}]",
+    cache_policy=NO_CACHE,
+)
 def write_mean_image(
     planned: PlannedSlide,
     thresholds: core.ThresholdResult | None,
@@ -168,5 +201,11 @@ def write_mean_image(
     report.n_images = [int(v) for v in result.stack.n_images]
     report.thresholds = [int(v) for v in thresholds.thresholds]
     report.seconds = round(time.monotonic() - planned.started, 1)
-    get_run_logger().info("%s: mean image written to %s (%d of %d bulk fields stacked)", slide.slide_id, report.output, report.stacked_fields, report.bulk_fields)
+    get_run_logger().info(
+        "%s: mean image written to %s (%d of %d bulk fields stacked)",
+        slide.slide_id,
+        report.output,
+        report.stacked_fields,
+        report.bulk_fields,
+    )
     return report

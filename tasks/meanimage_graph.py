@@ -5,13 +5,12 @@ The Prefect tasks run these on the flow run's cluster; the benchmark runs them o
 
 from __future__ import annotations
 
+import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import uuid
-from contextlib import nullcontext
-
 from distributed import Client, Event
 
 from shadeflow.core import meanimage as core
@@ -31,8 +30,10 @@ class _ThresholdPartial:
     rows: list[np.ndarray]
     histogram: np.ndarray
 
-    def merge(self, other: "_ThresholdPartial") -> "_ThresholdPartial":
-        return _ThresholdPartial(self.keys + other.keys, self.rows + other.rows, self.histogram + other.histogram)
+    def merge(self, other: _ThresholdPartial) -> _ThresholdPartial:
+        return _ThresholdPartial(
+            self.keys + other.keys, self.rows + other.rows, self.histogram + other.histogram
+        )
 
 
 def _threshold_field(plan: core.SlidePlan, field: Field) -> _ThresholdPartial:
@@ -44,12 +45,19 @@ def _merge(a, b):
     return a.merge(b)
 
 
-def thresholds_on_cluster(client: Client, plan: core.SlidePlan, progress: Progress | None = None) -> core.ThresholdResult:
+def thresholds_on_cluster(
+    client: Client, plan: core.SlidePlan, progress: Progress | None = None
+) -> core.ThresholdResult:
     """Background thresholds of a slide: one Dask task per edge field, histograms summed as a tree."""
     fields = plan.edge_fields
     n_layers = plan.slide.n_layers
     if plan.skip_masking or not fields:
-        return core.ThresholdResult([], np.zeros((0, n_layers), np.int64), np.zeros(n_layers, np.int64), np.zeros((n_layers, N_BINS), np.int64))
+        return core.ThresholdResult(
+            [],
+            np.zeros((0, n_layers), np.int64),
+            np.zeros(n_layers, np.int64),
+            np.zeros((n_layers, N_BINS), np.int64),
+        )
     shared = scatter(client, plan)
     futures = [client.submit(_threshold_field, shared, f, pure=False) for f in fields]
     if progress is not None:
@@ -66,7 +74,11 @@ def _mask_and_stack(plan, fields, thresholds, mask_dir_url, reporter):
 
 
 def stack_on_cluster(
-    client: Client, plan: core.SlidePlan, thresholds: np.ndarray, mask_dir_url: str, progress: Progress | None = None
+    client: Client,
+    plan: core.SlidePlan,
+    thresholds: np.ndarray,
+    mask_dir_url: str,
+    progress: Progress | None = None,
 ) -> core.BatchResult:
     """Mask every field and stack the bulk ones, in batches of fields merged as a tree.
 
@@ -80,7 +92,10 @@ def stack_on_cluster(
     shared = scatter(client, plan)
     stop = Event(f"shadeflow-stop-{uuid.uuid4().hex}", client=client)  # set when a batch fails
     reporter = field_reporter(progress, stop.name)
-    futures = [client.submit(_mask_and_stack, shared, batch, thresholds, mask_dir_url, reporter, pure=False) for batch in batches]
+    futures = [
+        client.submit(_mask_and_stack, shared, batch, thresholds, mask_dir_url, reporter, pure=False)
+        for batch in batches
+    ]
     events = field_events(client, progress) if progress is not None else nullcontext()
     with events:
         return reduce_tree(client, futures, _merge, progress, on_error=stop.set)

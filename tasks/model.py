@@ -25,8 +25,11 @@ from shadeflow.tasks.progress import Progress, artifact_key
 
 
 @task(name="select-model-slides", cache_policy=NO_CACHE)
-def select_model_slides(version: str, models_csv: str, roots: list[str], store: str, overwrite: bool) -> list[cohort.SlideRef]:
-    """The slides of a version, each found once under the roots with a usable mean image; nothing is written."""
+def select_model_slides(
+    version: str, models_csv: str, roots: list[str], store: str, overwrite: bool
+) -> list[cohort.SlideRef]:
+    """The slides of a version, each found once under the roots with a usable mean image; nothing is
+    written."""
     refs = cohort.model_slides(version, models_csv, roots)
     model_store.check_version_free(store, version, overwrite)
     get_run_logger().info("model %s: %d slides from %s", version, len(refs), models_csv)
@@ -49,14 +52,23 @@ def build_model(stack: MeanImageStack, sigma: float | None, border: str) -> Flat
     """Smooth the merged mean image and normalise each layer (inverse-variance weighted mean)."""
     model = build_flatfield(stack, sigma, border)
     logger = get_run_logger()
-    logger.info("flatfield: σ = %.1f px, range %.3f–%.3f", model.sigma, model.flatfield.min(), model.flatfield.max())
+    logger.info(
+        "flatfield: σ = %.1f px, range %.3f–%.3f", model.sigma, model.flatfield.min(), model.flatfield.max()
+    )
     if model.empty_layers:
         logger.warning("layers with nothing stacked were set to 1: %s", model.empty_layers)
     return model
 
 
 @task(name="write-model", cache_policy=NO_CACHE)
-def write_model(store: str, version: str, model: Flatfield, stack: MeanImageStack, refs: list[cohort.SlideRef], parameters: dict[str, Any]) -> dict[str, Any]:
+def write_model(
+    store: str,
+    version: str,
+    model: Flatfield,
+    stack: MeanImageStack,
+    refs: list[cohort.SlideRef],
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
     """Write the version to the store; it appears only when complete.
 
     Staging folders of earlier builds of the version that crashed are removed when provably abandoned
@@ -64,14 +76,21 @@ def write_model(store: str, version: str, model: Flatfield, stack: MeanImageStac
     logger = get_run_logger()
     with model_store.staged_version(store, version) as staged:
         if staged.others:
-            logger.warning("model %s: left staging folders of other builds in place (in use, or not provably abandoned): %s", version, ", ".join(staged.others))
+            logger.warning(
+                "model %s: left staging folders of other builds in place (in use, or not provably "
+                "abandoned): %s",
+                version,
+                ", ".join(staged.others),
+            )
         manifest = write_model_version(staged, store, version, model, stack, refs, parameters)
     logger.info("model %s written to %s", version, model_store.version_folder(store, version))
     return manifest
 
 
 @task(name="select-applied-test-slides", cache_policy=NO_CACHE)
-def select_applied_slides(roots: list[str], pattern: str | None, seed: int) -> list[tuple[cohort.SlideRef, applied.Split]]:
+def select_applied_slides(
+    roots: list[str], pattern: str | None, seed: int
+) -> list[tuple[cohort.SlideRef, applied.Split]]:
     """Slides with mean images, matched by ``pattern``, each with its seeded split of bulk fields."""
     refs = cohort.slides_with_meanimages(roots, pattern=pattern)
     selected = []
@@ -87,7 +106,9 @@ def _restack(url: str, keys: tuple[str, ...], half: str) -> MeanImageStack:
 
 
 @task(name="restack-halves", cache_policy=NO_CACHE)
-def restack_halves(selected: list[tuple[cohort.SlideRef, applied.Split]]) -> tuple[MeanImageStack, MeanImageStack]:
+def restack_halves(
+    selected: list[tuple[cohort.SlideRef, applied.Split]],
+) -> tuple[MeanImageStack, MeanImageStack]:
     """Every slide's two halves re-stacked with its meanimage masks; each half merged across slides."""
     total = sum(len(split.flatfield) + len(split.corrected) for _, split in selected)
     progress = Progress("fields restacked", total, key=artifact_key("restack-halves"))
@@ -98,7 +119,7 @@ def restack_halves(selected: list[tuple[cohort.SlideRef, applied.Split]]) -> tup
             for ref, split in selected:
                 keys = getattr(split, attribute)
                 future = client.submit(_restack, ref.url, keys, use, pure=False)
-                future.add_done_callback(lambda _, n=len(keys): progress.advance(n))
+                future.add_done_callback(lambda _, n=len(keys): progress.advance(n))  # noqa: B008 — binds this batch
                 futures.append(future)
             submitted.append(futures)
         halves = [reduce_tree(client, futures, merge_stacks, progress) for futures in submitted]
@@ -106,7 +127,9 @@ def restack_halves(selected: list[tuple[cohort.SlideRef, applied.Split]]) -> tup
 
 
 @task(name="evaluate-flatfield", cache_policy=NO_CACHE)
-def evaluate_halves(flatfield_stack: MeanImageStack, corrected_stack: MeanImageStack, sigma: float | None, border: str) -> applied.AppliedTestResult:
+def evaluate_halves(
+    flatfield_stack: MeanImageStack, corrected_stack: MeanImageStack, sigma: float | None, border: str
+) -> applied.AppliedTestResult:
     """Test flatfield from one half, applied to the other half's mean image; variation before and after."""
     result = applied.evaluate(flatfield_stack, corrected_stack, sigma, border)
     change = result.summary()["change_percent"]
@@ -115,7 +138,12 @@ def evaluate_halves(flatfield_stack: MeanImageStack, corrected_stack: MeanImageS
 
 
 @task(name="write-applied-test", cache_policy=NO_CACHE)
-def write_applied_test(out: str, result: applied.AppliedTestResult, selected: list[tuple[cohort.SlideRef, applied.Split]], parameters: dict[str, Any]) -> dict[str, Any]:
+def write_applied_test(
+    out: str,
+    result: applied.AppliedTestResult,
+    selected: list[tuple[cohort.SlideRef, applied.Split]],
+    parameters: dict[str, Any],
+) -> dict[str, Any]:
     """Write the test's outputs; they appear only when complete."""
     staged = StagedOutput(out)
     with staged:

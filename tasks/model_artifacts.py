@@ -13,7 +13,10 @@ from shadeflow.core.flatfield import Flatfield
 from shadeflow.core.stack import MeanImageStack
 
 
-def _images_markdown(model: Flatfield, stack: MeanImageStack, layer_groups: dict[str, list[int]]) -> list[str]:
+def _images_markdown(
+    model: Flatfield, stack: MeanImageStack, layer_groups: dict[str, list[int]]
+) -> list[str]:
+    # deferred on purpose: the report imports matplotlib, needed only for this artifact
     from shadeflow.core.model_report import brightest_layer_images
 
     lines = ["## Flatfield of the brightest layer of each group", ""]
@@ -27,15 +30,22 @@ def _fmt(value: Any) -> str:
 
 
 @task(name="publish-model-artifacts")
-def publish_model_artifacts(manifest: dict[str, Any], model: Flatfield, stack: MeanImageStack, pdf_url: str) -> None:
+def publish_model_artifacts(
+    manifest: dict[str, Any], model: Flatfield, stack: MeanImageStack, pdf_url: str
+) -> None:
     version = manifest["version"]
     layers = manifest["statistics"]["layers"]
-    create_table_artifact(layers, key="model-layer-statistics", description=f"Flatfield {version}: per-layer statistics (mean-relative)")
+    create_table_artifact(
+        layers,
+        key="model-layer-statistics",
+        description=f"Flatfield {version}: per-layer statistics (mean-relative)",
+    )
     summary = manifest["statistics"]["summary"]
     lines = [
         f"# Flatfield model `{version}`",
         "",
-        f"{len(manifest['slides'])} slides, {sum(s['fields_stacked'] for s in manifest['slides'])} fields stacked; "
+        f"{len(manifest['slides'])} slides, {sum(s['fields_stacked'] for s in manifest['slides'])} fields "
+        "stacked; "
         f"σ = {model.sigma:.1f} px ({model.border} borders). Summary PDF: `{pdf_url}`",
         "",
         "| statistic | value |",
@@ -44,12 +54,20 @@ def publish_model_artifacts(manifest: dict[str, Any], model: Flatfield, stack: M
         "",
         *_images_markdown(model, stack, manifest["layer_groups"]),
     ]
-    create_markdown_artifact("\n".join(lines), key="model-build-summary", description=f"Flatfield model {version}")
+    create_markdown_artifact(
+        "\n".join(lines), key="model-build-summary", description=f"Flatfield model {version}"
+    )
 
 
 @task(name="publish-applied-test-artifacts")
-def publish_applied_test_artifacts(result: AppliedTestResult, layer_groups: dict[str, list[int]], pdf_url: str) -> None:
-    create_table_artifact([{k: round(v, 6) for k, v in m.row().items()} for m in result.metrics], key="applied-test-metrics", description="Illumination variation per layer, before and after")
+def publish_applied_test_artifacts(
+    result: AppliedTestResult, layer_groups: dict[str, list[int]], pdf_url: str
+) -> None:
+    create_table_artifact(
+        [{k: round(v, 6) for k, v in m.row().items()} for m in result.metrics],
+        key="applied-test-metrics",
+        description="Illumination variation per layer, before and after",
+    )
     summary = result.summary()
     keys = list(summary["pre"])
     lines = [
@@ -59,8 +77,14 @@ def publish_applied_test_artifacts(result: AppliedTestResult, layer_groups: dict
         "",
         "| | before | after | change |",
         "|---|---|---|---|",
-        *[f"| {k} | {summary['pre'][k]:.4f} | {summary['post'][k]:.4f} | {_fmt(summary['change_percent'].get(k, ''))} {'%' if k in summary['change_percent'] else ''} |" for k in keys],
+        *[
+            f"| {k} | {summary['pre'][k]:.4f} | {summary['post'][k]:.4f} | "
+            f"{_fmt(summary['change_percent'].get(k, ''))} {'%' if k in summary['change_percent'] else ''} |"
+            for k in keys
+        ],
         "",
         *_images_markdown(result.flatfield, result.flatfield_stack, layer_groups),
     ]
-    create_markdown_artifact("\n".join(lines), key="applied-test-summary", description="Applied flatfield test")
+    create_markdown_artifact(
+        "\n".join(lines), key="applied-test-summary", description="Applied flatfield test"
+    )

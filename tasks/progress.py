@@ -51,12 +51,19 @@ class Progress:
         self._last_update = now
         done, total = self.done, self.total
         try:
-            update_progress_artifact(self._artifact, 100.0 * done / total, description=f"{self.label}: {done}/{total}")
+            update_progress_artifact(
+                self._artifact, 100.0 * done / total, description=f"{self.label}: {done}/{total}"
+            )
         except Exception as exc:  # noqa: BLE001 — a progress display must never fail the work it counts
             # seen after a lost worker: Dask reran the task and its Prefect client was already closed
             if not self._warned:
                 self._warned = True
-                get_run_logger().warning("%s: progress not shown in the UI (%s: %s); the work goes on", self.label, type(exc).__name__, exc)
+                get_run_logger().warning(
+                    "%s: progress not shown in the UI (%s: %s); the work goes on",
+                    self.label,
+                    type(exc).__name__,
+                    exc,
+                )
         decile = int(10 * done / total)
         if decile != self._last_logged_decile:
             self._last_logged_decile = decile

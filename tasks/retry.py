@@ -12,7 +12,8 @@ from shadeflow.core.errors import is_transient
 
 
 def retry_transient(task, task_run, state) -> bool:
-    """Prefect's ``retry_condition_fn``: retry only a transient failure (a plain function, as Prefect requires)."""
+    """Prefect's ``retry_condition_fn``: retry only a transient failure (a plain function, as Prefect
+    requires)."""
     try:
         state.result()
     except BaseException as exc:  # the failed run's exception, re-raised by the state

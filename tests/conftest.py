@@ -107,7 +107,11 @@ def write_mean_images(urls: list[str]) -> None:
         staged = StagedOutput(output_url(url))
         with staged:
             result = compute_mean_image(plan_slide(load_slide(url)), staged.url(MASK_DIR))
-            write_meanimage_outputs(staged, result, {"mask_binning": None, "skip_masking": False, "seed": 0, "method": MEANIMAGE_METHOD})
+            write_meanimage_outputs(
+                staged,
+                result,
+                {"mask_binning": None, "skip_masking": False, "seed": 0, "method": MEANIMAGE_METHOD},
+            )
 
 
 @pytest.fixture(scope="session")

@@ -46,5 +46,20 @@ def make_model(store: str, version: str, flatfield: np.ndarray, layer_groups: di
 
     n_layers, h, w = flatfield.shape
     with staged_version(store, version) as staged:
-        write_version_files(staged, version, flatfield, np.full(flatfield.shape, 0.01), np.ones(flatfield.shape, np.uint64), {"version": version, "layer_groups": layer_groups})
-        publish_version(staged, store, version, {"test": True}, inputs=[], shape=[h, w, n_layers], layer_groups=layer_groups)
+        write_version_files(
+            staged,
+            version,
+            flatfield,
+            np.full(flatfield.shape, 0.01),
+            np.ones(flatfield.shape, np.uint64),
+            {"version": version, "layer_groups": layer_groups},
+        )
+        publish_version(
+            staged,
+            store,
+            version,
+            {"test": True},
+            inputs=[],
+            shape=[h, w, n_layers],
+            layer_groups=layer_groups,
+        )

@@ -46,15 +46,25 @@ def child_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 0.5, process: subprocess.Popen | None = None, log: Path | None = None) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` (and the log's tail) after ``timeout``."""
+def wait_for(
+    check: Callable[[], T],
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    process: subprocess.Popen | None = None,
+    log: Path | None = None,
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` (and the log's tail) after
+    ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"process exited with {process.returncode} while waiting for {what}\n{tail(log)}")
+            raise AssertionError(
+                f"process exited with {process.returncode} while waiting for {what}\n{tail(log)}"
+            )
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}\n{tail(log)}")
         time.sleep(interval)
@@ -86,10 +96,18 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, grace: float = 30
 
 
 @contextmanager
-def started(args: list[str], env: Mapping[str, str], log: Path, cwd: str | Path | None = None, sig: int = signal.SIGTERM) -> Iterator[subprocess.Popen]:
+def started(
+    args: list[str],
+    env: Mapping[str, str],
+    log: Path,
+    cwd: str | Path | None = None,
+    sig: int = signal.SIGTERM,
+) -> Iterator[subprocess.Popen]:
     """Run ``args`` in its own session with output to ``log``; stop it on leaving the block."""
     with open(log, "ab") as out:
-        process = subprocess.Popen(args, env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True)
+        process = subprocess.Popen(
+            args, env=dict(env), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -111,9 +129,23 @@ def prefect_server(home: Path, startup_timeout: float = 180, **extra_env: str) -
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = home / "server.log"
-    args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"]
+    args = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-ui",
+        "--analytics-off",
+    ]
     with started(args, child_env(home, **extra_env), log) as process:
-        wait_for(lambda: _healthy(url), startup_timeout, f"the Prefect server at {url}", process=process, log=log)
+        wait_for(
+            lambda: _healthy(url), startup_timeout, f"the Prefect server at {url}", process=process, log=log
+        )
         yield url
 
 

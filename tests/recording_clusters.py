@@ -38,8 +38,17 @@ def recording_classes(record: Record, fail_adapt: bool = False) -> dict[str, typ
             return super().close(*args, **kwargs)
 
     class RecordingKubeCluster(LocalCluster):
-        def __init__(self, *, custom_cluster_spec: dict, namespace: str | None, shutdown_on_close: bool, quiet: bool):
-            record.created.append({"custom_cluster_spec": custom_cluster_spec, "namespace": namespace, "shutdown_on_close": shutdown_on_close, "quiet": quiet})
+        def __init__(
+            self, *, custom_cluster_spec: dict, namespace: str | None, shutdown_on_close: bool, quiet: bool
+        ):
+            record.created.append(
+                {
+                    "custom_cluster_spec": custom_cluster_spec,
+                    "namespace": namespace,
+                    "shutdown_on_close": shutdown_on_close,
+                    "quiet": quiet,
+                }
+            )
             record.events.append("create")
             super().__init__(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0")
             self.spec_name = custom_cluster_spec["metadata"]["name"]

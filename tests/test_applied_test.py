@@ -39,38 +39,64 @@ OUTPUT_FILES = [
 
 
 def run(**params):
-    return applied_test.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=AppliedTestParameters(**params))
+    return applied_test.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=AppliedTestParameters(**params)
+    )
 
 
 @pytest.fixture(scope="module")
 def tested(meanimage_cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("applied") / "test"
     state = applied_test.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
-        params=AppliedTestParameters(roots=[meanimage_cohort["root"]], out=str(out), seed=3), return_state=True
+        params=AppliedTestParameters(roots=[meanimage_cohort["root"]], out=str(out), seed=3),
+        return_state=True,
     )
-    return {"out": str(out), "result": state.result(), "flow_run_id": state.state_details.flow_run_id, **meanimage_cohort}
+    return {
+        "out": str(out),
+        "result": state.result(),
+        "flow_run_id": state.state_details.flow_run_id,
+        **meanimage_cohort,
+    }
 
 
 def test_outputs_have_astropath_names_and_layouts(tested):
     h, w, n = tested["config"].shape
     for name in OUTPUT_FILES:
         assert os.path.exists(os.path.join(tested["out"], name)), name
-    for name in ("flatfield.bin", "flatfield_uncertainty.bin", "corrected_mean_image.bin", "corrected_mean_image_uncertainty.bin", "corrected_mean_image_mask_stack.bin"):
+    for name in (
+        "flatfield.bin",
+        "flatfield_uncertainty.bin",
+        "corrected_mean_image.bin",
+        "corrected_mean_image_uncertainty.bin",
+        "corrected_mean_image_mask_stack.bin",
+    ):
         assert os.path.getsize(os.path.join(tested["out"], name)) == h * w * n * 8, name
     rows = list(csv.DictReader(open(os.path.join(tested["out"], "applied_flatfield_metrics.csv"))))
     assert [int(float(r["layer_n"])) for r in rows] == list(range(1, n + 1))
-    assert {"pre_spread", "post_spread", "pre_std", "post_std", "pre_central_std", "std_change_percent"} <= set(rows[0])
+    assert {
+        "pre_spread",
+        "post_spread",
+        "pre_std",
+        "post_std",
+        "pre_central_std",
+        "std_change_percent",
+    } <= set(rows[0])
 
 
 def test_halves_are_disjoint_bulk_fields_of_every_slide(tested):
     manifest = json.load(open(os.path.join(tested["out"], "shadeflow.json")))
     assert sorted(manifest["splits"]) == sorted(os.path.basename(u) for u in tested["urls"])
-    for slide_id, halves in manifest["splits"].items():
+    for halves in manifest["splits"].values():
         a, b = set(halves["flatfield"]), set(halves["corrected_mean_image"])
         assert a and b and not a & b
         assert len(a) - len(b) in (0, 1)
-    used_a = {r["file"] for r in csv.DictReader(open(os.path.join(tested["out"], "fields_used_flatfield.csv")))}
-    used_b = {r["file"] for r in csv.DictReader(open(os.path.join(tested["out"], "fields_used_corrected_mean_image.csv")))}
+    used_a = {
+        r["file"] for r in csv.DictReader(open(os.path.join(tested["out"], "fields_used_flatfield.csv")))
+    }
+    used_b = {
+        r["file"]
+        for r in csv.DictReader(open(os.path.join(tested["out"], "fields_used_corrected_mean_image.csv")))
+    }
     assert used_a and used_b and not used_a & used_b
 
 
@@ -117,8 +143,12 @@ def test_corrected_uncertainty_adds_relative_errors_in_quadrature():
 def test_corrected_mean_image_is_the_mean_divided_by_the_flatfield(tested):
     shape = tested["config"].shape
     flat = astropath_io.read_bin(os.path.join(tested["out"], "flatfield.bin"), shape, "float64")
-    corrected = astropath_io.read_bin(os.path.join(tested["out"], "corrected_mean_image.bin"), shape, "float64")
-    count = astropath_io.read_bin(os.path.join(tested["out"], "corrected_mean_image_mask_stack.bin"), shape, "uint64")
+    corrected = astropath_io.read_bin(
+        os.path.join(tested["out"], "corrected_mean_image.bin"), shape, "float64"
+    )
+    count = astropath_io.read_bin(
+        os.path.join(tested["out"], "corrected_mean_image_mask_stack.bin"), shape, "uint64"
+    )
     assert (count > 0).mean() > 0.99
     assert np.all(flat > 0)
     # corrected tissue is flat: its smoothed layers vary far less than the flatfield does

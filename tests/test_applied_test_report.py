@@ -37,7 +37,12 @@ def n_pages(pdf: bytes) -> int:
 
 def expected_pages(n_layers: int) -> int:
     """Header and tables, per-layer table pages, the four plots, one image page per LAYERS_PER_PAGE layers."""
-    return 1 + math.ceil(n_layers / report.LAYER_TABLE_ROWS) + 4 + math.ceil(n_layers / meanimage_report.LAYERS_PER_PAGE)
+    return (
+        1
+        + math.ceil(n_layers / report.LAYER_TABLE_ROWS)
+        + 4
+        + math.ceil(n_layers / meanimage_report.LAYERS_PER_PAGE)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +52,9 @@ def applied(tmp_path_factory):
     urls = write_cohort(root, SynthConfig(slides=2, fields=24, seed=4))
     plans = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(meanimage_report, "write_reports", lambda *args, **kwargs: None)  # meanimage's PDFs: not under test
+        patch.setattr(
+            meanimage_report, "write_reports", lambda *args, **kwargs: None
+        )  # meanimage's PDFs: not under test
         for url in urls:
             out = StagedOutput(output_url(url))
             plan = plan_slide(load_slide(url))
@@ -57,7 +64,10 @@ def applied(tmp_path_factory):
     for plan in plans:
         split = split_fields(plan.slide.slide_id, [f.key for f in plan.bulk_fields], SEED)
         splits.append(split)
-        for half, keys, use in (("flatfield", split.flatfield, "flatfield"), ("corrected", split.corrected, "corrected_mean_image")):
+        for half, keys, use in (
+            ("flatfield", split.flatfield, "flatfield"),
+            ("corrected", split.corrected, "corrected_mean_image"),
+        ):
             stack = restack(plan, [plan.slide.field_by_key(k) for k in keys], use)
             halves[half] = stack if halves[half] is None else halves[half].merge(stack)
     result = evaluate(halves["flatfield"], halves["corrected"])
@@ -65,13 +75,25 @@ def applied(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("applied"))
     names = report.write_applied_test_plots(folder, result, groups)
     parameters = {"seed": SEED, "roots": [root]}
-    report.write_applied_test_summary(storage.join(folder, "applied_flatfield_summary.pdf"), result, splits, parameters, groups)
-    return {"result": result, "splits": splits, "halves": halves, "groups": groups, "folder": folder, "names": names, "parameters": parameters}
+    report.write_applied_test_summary(
+        storage.join(folder, "applied_flatfield_summary.pdf"), result, splits, parameters, groups
+    )
+    return {
+        "result": result,
+        "splits": splits,
+        "halves": halves,
+        "groups": groups,
+        "folder": folder,
+        "names": names,
+        "parameters": parameters,
+    }
 
 
 def without_layer(stack: MeanImageStack, layer: int) -> MeanImageStack:
     """A copy of ``stack`` in which nothing was stacked in the 0-based ``layer``."""
-    copy = MeanImageStack(stack.sum.copy(), stack.sum_sq.copy(), stack.count.copy(), stack.n_images.copy(), list(stack.fields))
+    copy = MeanImageStack(
+        stack.sum.copy(), stack.sum_sq.copy(), stack.count.copy(), stack.n_images.copy(), list(stack.fields)
+    )
     for array in (copy.sum, copy.sum_sq, copy.count):
         array[layer] = 0
     copy.n_images[layer] = 0
@@ -130,15 +152,26 @@ def test_tables_are_the_summary(applied):
     header, rows = report.summary_table(result)
     assert len(header) == 5 and len(rows) == 4
     table = {row[0]: row[1:] for row in rows}
-    keys = {"max relative intensity": "max_relative_intensity", "min relative intensity": "min_relative_intensity", "mean spread (p5-p95)": "mean_spread", "mean std": "mean_std"}
+    keys = {
+        "max relative intensity": "max_relative_intensity",
+        "min relative intensity": "min_relative_intensity",
+        "mean spread (p5-p95)": "mean_spread",
+        "mean std": "mean_std",
+    }
     for name, key in keys.items():
         assert table[name][:2] == [summary["pre"][key], summary["post"][key]], name
-    assert table["mean spread (p5-p95)"][2:] == [summary["pre"]["mean_central_spread"], summary["post"]["mean_central_spread"]]
+    assert table["mean spread (p5-p95)"][2:] == [
+        summary["pre"]["mean_central_spread"],
+        summary["post"]["mean_central_spread"],
+    ]
     assert table["mean std"][2:] == [summary["pre"]["mean_central_std"], summary["post"]["mean_central_std"]]
     assert table["max relative intensity"][2] == max(central(layer).max() for layer in result.smoothed_pre)
     _, change = report.change_table(result)
     assert {row[0]: row[1:] for row in change} == {
-        "mean spread (p5-p95)": [summary["change_percent"]["mean_spread"], summary["change_percent"]["mean_central_spread"]],
+        "mean spread (p5-p95)": [
+            summary["change_percent"]["mean_spread"],
+            summary["change_percent"]["mean_central_spread"],
+        ],
         "mean std": [summary["change_percent"]["mean_std"], summary["change_percent"]["mean_central_std"]],
     }
     assert all(value < 0 for row in change for value in row[1:])  # flatter after correction
@@ -153,7 +186,9 @@ def test_split_rows_count_each_half(applied):
         assert 0 < stacked_a <= drawn_a and 0 < stacked_b <= drawn_b
     # every stacked field of each half is counted once
     for half, column in (("flatfield", 2), ("corrected", 4)):
-        assert sum(r[column] for r in rows) == sum(1 for f in applied["halves"][half].fields if f.stacked_in_layers)
+        assert sum(r[column] for r in rows) == sum(
+            1 for f in applied["halves"][half].fields if f.stacked_in_layers
+        )
 
 
 def test_empty_layer_and_single_group_still_give_valid_outputs(applied, tmp_path):
@@ -167,7 +202,9 @@ def test_empty_layer_and_single_group_still_give_valid_outputs(applied, tmp_path
     folder = str(tmp_path)
     single = {"all": [1, n_layers]}
     assert report.write_applied_test_plots(folder, result, single) == PLOT_NAMES
-    report.write_applied_test_summary(storage.join(folder, "applied_flatfield_summary.pdf"), result, applied["splits"], {}, single)
+    report.write_applied_test_summary(
+        storage.join(folder, "applied_flatfield_summary.pdf"), result, applied["splits"], {}, single
+    )
     pdf = storage.read_bytes(storage.join(folder, "applied_flatfield_summary.pdf"))
     assert pdf.startswith(b"%PDF") and n_pages(pdf) == expected_pages(n_layers)
     # without layer groups at all
@@ -177,6 +214,8 @@ def test_empty_layer_and_single_group_still_give_valid_outputs(applied, tmp_path
 def test_outputs_written_to_s3(applied, s3_bucket):
     folder = f"s3://{s3_bucket}/applied"
     names = report.write_applied_test_plots(folder, applied["result"])
-    report.write_applied_test_summary(f"{folder}/applied_flatfield_summary.pdf", applied["result"], applied["splits"], applied["parameters"])
+    report.write_applied_test_summary(
+        f"{folder}/applied_flatfield_summary.pdf", applied["result"], applied["splits"], applied["parameters"]
+    )
     assert storage.read_bytes(f"{folder}/applied_flatfield_summary.pdf").startswith(b"%PDF")
     assert all(storage.read_bytes(f"{folder}/{name}").startswith(PNG_SIGNATURE) for name in names)

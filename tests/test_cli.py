@@ -22,17 +22,26 @@ from shadeflow.flows.cli import app
 HEAVY_MODULES = ("prefect", "prefect_dask", "dask", "distributed", "numpy", "zarr", "matplotlib", "scipy")
 
 
-
-
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without Prefect, AWS and shadeflow settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHADEFLOW_", "CO_MEMORY", "AWS_ENDPOINT_URL"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "SHADEFLOW_", "CO_MEMORY", "AWS_ENDPOINT_URL"))
+    }
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", COLUMNS="160", **extra)
     return env
 
 
 def shadeflow(*args: str, env: dict[str, str] | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shadeflow", *args], env=env or clean_env(), cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "shadeflow", *args],
+        env=env or clean_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -71,7 +80,9 @@ def test_cli_module_and_help_import_nothing_heavy():
         "after_help = [m for m in heavy if m in sys.modules]\n"
         "print(json.dumps({'import': after_import, 'help': after_help}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == {"import": [], "help": []}
@@ -119,7 +130,9 @@ def test_synth_accepts_the_vectra_shape(tmp_path, monkeypatch):
     import shadeflow.core.synth as synth_module
 
     seen = []
-    monkeypatch.setattr(synth_module, "write_cohort", lambda out, config, workers=2: seen.append((out, config)) or [])
+    monkeypatch.setattr(
+        synth_module, "write_cohort", lambda out, config, workers=2: seen.append((out, config)) or []
+    )
     synth(tmp_path, "--slides", "2", "--fields", "5", "--shape", "1004", "1344", "35", "--seed", "9")
     ((out, config),) = seen
     assert out == str(tmp_path)
@@ -127,7 +140,13 @@ def test_synth_accepts_the_vectra_shape(tmp_path, monkeypatch):
     assert config.microscope == "vectra"
     assert config.pixel_um == pytest.approx(0.4976)  # AstroPath's native pixel size
     groups = synth_module.synthetic_layer_groups(config.shape[2])
-    assert groups == {"dapi": [1, 9], "fitc": [10, 18], "cy3": [19, 25], "texasred": [26, 32], "cy5": [33, 35]}
+    assert groups == {
+        "dapi": [1, 9],
+        "fitc": [10, 18],
+        "cy3": [19, 25],
+        "texasred": [26, 32],
+        "cy5": [33, 35],
+    }
 
 
 def test_synth_rejects_a_bad_shape(tmp_path):
@@ -152,7 +171,9 @@ def test_meanimage_rejects_a_bad_memory_setting(tmp_path):
 
 def test_meanimage_on_a_missing_folder_is_a_one_line_error(tmp_path, test_server_env):
     missing = tmp_path / "cohort" / "NOPE_7"
-    result = shadeflow("meanimage", str(missing), "--workers", "1", "--memory", "4GiB", env=test_server_env, cwd=tmp_path)
+    result = shadeflow(
+        "meanimage", str(missing), "--workers", "1", "--memory", "4GiB", env=test_server_env, cwd=tmp_path
+    )
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.stderr

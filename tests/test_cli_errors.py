@@ -20,7 +20,6 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-
 from conftest import tree
 from correct_support import make_model, make_tile
 from test_cli import clean_env
@@ -50,18 +49,28 @@ finally:
     with open(os.environ["SHADEFLOW_TEST_REPORT"], "w") as handle:
         json.dump({"modules": heavy, "started": sorted(set(started))}, handle)
 sys.exit(code)
-""" % (STARTING, HEAVY)
+""" % (STARTING, HEAVY)  # noqa: UP031 — the template is Python source full of braces
 
 
 def run(tmp_path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
-    """``shadeflow ARGS…`` in a subprocess; returns the result and what it had imported and started by its end."""
+    """``shadeflow ARGS…`` in a subprocess; returns the result and what it had imported and started by its
+    end."""
     report = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
     environment = {**(env or clean_env()), "SHADEFLOW_TEST_REPORT": str(report)}
-    result = subprocess.run([sys.executable, "-c", RUNNER, *args], env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", RUNNER, *args],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return result, json.loads(report.read_text())
 
 
-def expect_error(tmp_path, args: list[str], *names: str, untouched=(), absent=(), light: bool = True, env=None) -> str:
+def expect_error(
+    tmp_path, args: list[str], *names: str, untouched=(), absent=(), light: bool = True, env=None
+) -> str:
     """Run the command; expect exit code 2 and one ``error:`` line naming ``names``, no traceback,
     ``absent`` paths not created and ``untouched`` folders byte-identical. ``light``: not even Prefect
     or distributed imported; in any case, nothing started."""
@@ -138,54 +147,130 @@ def a_file(tmp_path, name="taken") -> str:
 
 
 def test_meanimage_missing_slide(tmp_path):
-    line = expect_error(tmp_path, ["meanimage", str(tmp_path / "cohort" / "NOPE_7")], "NOPE_7", "slide.json", absent=[tmp_path / "cohort"])
+    line = expect_error(
+        tmp_path,
+        ["meanimage", str(tmp_path / "cohort" / "NOPE_7")],
+        "NOPE_7",
+        "slide.json",
+        absent=[tmp_path / "cohort"],
+    )
     assert line.startswith("error: slide NOPE_7: ")
 
 
 def test_model_build_missing_models_csv(tmp_path):
-    expect_error(tmp_path, ["model", "build", "--version", "v1", "--models-csv", str(tmp_path / "nope.csv"), "--root", str(tmp_path)], "nope.csv", "does not exist", absent=[tmp_path / "flatfield"])
+    expect_error(
+        tmp_path,
+        [
+            "model",
+            "build",
+            "--version",
+            "v1",
+            "--models-csv",
+            str(tmp_path / "nope.csv"),
+            "--root",
+            str(tmp_path),
+        ],
+        "nope.csv",
+        "does not exist",
+        absent=[tmp_path / "flatfield"],
+    )
 
 
 def test_model_build_unknown_version_lists_the_versions(tmp_path, models_csv):
     expect_error(
-        tmp_path, ["model", "build", "--version", "v9", "--models-csv", str(models_csv), "--root", str(tmp_path)], "'v9'", "versions present: v1",
+        tmp_path,
+        ["model", "build", "--version", "v9", "--models-csv", str(models_csv), "--root", str(tmp_path)],
+        "'v9'",
+        "versions present: v1",
         untouched=[models_csv.parent],
     )
 
 
 def test_model_build_missing_root(tmp_path, models_csv):
     missing = tmp_path / "no-root"
-    expect_error(tmp_path, ["model", "build", "--version", "v1", "--models-csv", str(models_csv), "--root", str(missing)], f"--root {missing}: does not exist", untouched=[models_csv.parent])
+    expect_error(
+        tmp_path,
+        ["model", "build", "--version", "v1", "--models-csv", str(models_csv), "--root", str(missing)],
+        f"--root {missing}: does not exist",
+        untouched=[models_csv.parent],
+    )
 
 
 def test_model_build_store_that_is_a_file(tmp_path, meanimage_cohort):
     csv = tmp_path / "models.csv"
-    csv.write_text("version,Project,Cohort,BatchID,SlideID\n" + "".join(f"v1,1,1,1,{os.path.basename(u)}\n" for u in meanimage_cohort["urls"]))
+    csv.write_text(
+        "version,Project,Cohort,BatchID,SlideID\n"
+        + "".join(f"v1,1,1,1,{os.path.basename(u)}\n" for u in meanimage_cohort["urls"])
+    )
     taken = a_file(tmp_path)
-    args = ["model", "build", "--version", "v1", "--models-csv", str(csv), "--root", meanimage_cohort["root"], "--store", taken]
-    expect_error(tmp_path, args, f"--store {taken}: it is a file, not a folder", untouched=[meanimage_cohort["root"]])
+    args = [
+        "model",
+        "build",
+        "--version",
+        "v1",
+        "--models-csv",
+        str(csv),
+        "--root",
+        meanimage_cohort["root"],
+        "--store",
+        taken,
+    ]
+    expect_error(
+        tmp_path, args, f"--store {taken}: it is a file, not a folder", untouched=[meanimage_cohort["root"]]
+    )
 
 
 def test_model_list_missing_store(tmp_path):
-    expect_error(tmp_path, ["model", "list", "--store", str(tmp_path / "nostore")], f"--store {tmp_path / 'nostore'}: does not exist")
+    expect_error(
+        tmp_path,
+        ["model", "list", "--store", str(tmp_path / "nostore")],
+        f"--store {tmp_path / 'nostore'}: does not exist",
+    )
 
 
 def test_model_compare_missing_root_and_bad_pattern(tmp_path):
-    expect_error(tmp_path, ["model", "compare", "--root", str(tmp_path / "no-root")], "no-root", "does not exist", absent=[tmp_path / "no-root"])
+    expect_error(
+        tmp_path,
+        ["model", "compare", "--root", str(tmp_path / "no-root")],
+        "no-root",
+        "does not exist",
+        absent=[tmp_path / "no-root"],
+    )
     (tmp_path / "root").mkdir()
-    expect_error(tmp_path, ["model", "compare", "--root", str(tmp_path / "root"), "--slides", "SYN("], "--slides 'SYN('", "regular expression", untouched=[tmp_path / "root"])
+    expect_error(
+        tmp_path,
+        ["model", "compare", "--root", str(tmp_path / "root"), "--slides", "SYN("],
+        "--slides 'SYN('",
+        "regular expression",
+        untouched=[tmp_path / "root"],
+    )
 
 
 def test_model_compare_workdir_that_is_a_file(tmp_path, meanimage_cohort):
     taken = a_file(tmp_path)
-    expect_error(tmp_path, ["model", "compare", "--root", meanimage_cohort["root"], "--workdir", taken], f"--workdir {taken}: it is a file, not a folder", untouched=[meanimage_cohort["root"]])
+    expect_error(
+        tmp_path,
+        ["model", "compare", "--root", meanimage_cohort["root"], "--workdir", taken],
+        f"--workdir {taken}: it is a file, not a folder",
+        untouched=[meanimage_cohort["root"]],
+    )
 
 
 def test_applied_test_missing_root_and_output_that_is_a_file(tmp_path):
     out = tmp_path / "at"
-    expect_error(tmp_path, ["applied-test", "--root", str(tmp_path / "no-root"), "--out", str(out)], "--root", "no-root", absent=[out])
+    expect_error(
+        tmp_path,
+        ["applied-test", "--root", str(tmp_path / "no-root"), "--out", str(out)],
+        "--root",
+        "no-root",
+        absent=[out],
+    )
     taken = a_file(tmp_path)
-    expect_error(tmp_path, ["applied-test", "--root", str(tmp_path / "no-root"), "--out", taken], f"--out {taken}: it is a file")
+    expect_error(
+        tmp_path,
+        ["applied-test", "--root", str(tmp_path / "no-root"), "--out", taken],
+        f"--out {taken}: it is a file",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,62 +283,164 @@ def correct_args(tile, *extra: str, tiles=None) -> list[str]:
 
 def test_correct_missing_tile(tmp_path, tile):
     missing = str(tile["in"] / "missing.ome.zarr")
-    expect_error(tmp_path, correct_args(tile, "--flatfield", tile["flatfield"], "--background", "100", tiles=[missing]), missing, "does not exist", absent=[tile["out"]], untouched=[tile["in"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", tile["flatfield"], "--background", "100", tiles=[missing]),
+        missing,
+        "does not exist",
+        absent=[tile["out"]],
+        untouched=[tile["in"]],
+    )
 
 
 def test_correct_unknown_model_version_lists_the_versions(tmp_path, tile, store):
-    expect_error(tmp_path, correct_args(tile, "--model", "v9", "--store", store, "--background", "100"), "'v9'", "versions present: v1, v2", absent=[tile["out"]], untouched=[tile["in"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--model", "v9", "--store", store, "--background", "100"),
+        "'v9'",
+        "versions present: v1, v2",
+        absent=[tile["out"]],
+        untouched=[tile["in"]],
+    )
 
 
 def test_correct_missing_store_and_flatfield_and_darkfield(tmp_path, tile):
     nostore = str(tile["in"] / "nostore")
-    expect_error(tmp_path, correct_args(tile, "--model", "v1", "--store", nostore), f"--store {nostore}: does not exist", absent=[tile["out"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--model", "v1", "--store", nostore),
+        f"--store {nostore}: does not exist",
+        absent=[tile["out"]],
+    )
     nope = str(tile["in"] / "nope.npy")
-    expect_error(tmp_path, correct_args(tile, "--flatfield", nope), f"flatfield file {nope}: does not exist", absent=[tile["out"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", nope),
+        f"flatfield file {nope}: does not exist",
+        absent=[tile["out"]],
+    )
     dark = str(tile["in"] / "dark.tif")
-    expect_error(tmp_path, correct_args(tile, "--flatfield", tile["flatfield"], "--darkfield", dark), f"darkfield file {dark}: does not exist", absent=[tile["out"]], untouched=[tile["in"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", tile["flatfield"], "--darkfield", dark),
+        f"darkfield file {dark}: does not exist",
+        absent=[tile["out"]],
+        untouched=[tile["in"]],
+    )
 
 
 def test_correct_flatfield_in_the_wrong_format_or_shape(tmp_path, tile):
     garbage = tile["in"] / "garbage.tif"
     garbage.write_bytes(b"not a tiff")
-    expect_error(tmp_path, correct_args(tile, "--flatfield", str(garbage)), str(garbage), "cannot be read as TIFF, .npy or zarr", absent=[tile["out"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", str(garbage)),
+        str(garbage),
+        "cannot be read as TIFF, .npy or zarr",
+        absent=[tile["out"]],
+    )
     square = tile["in"] / "square.npy"
     np.save(square, np.ones((64, 64)))
-    expect_error(tmp_path, correct_args(tile, "--flatfield", str(square), "--background", "100"), tile["url"], "aspect ratios differ", absent=[tile["out"]], untouched=[tile["in"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", str(square), "--background", "100"),
+        tile["url"],
+        "aspect ratios differ",
+        absent=[tile["out"]],
+        untouched=[tile["in"]],
+    )
 
 
 def test_correct_level_that_does_not_exist(tmp_path, tile):
-    expect_error(tmp_path, correct_args(tile, "--flatfield", tile["flatfield"], "--level", "3"), tile["url"], "level '3' does not exist", absent=[tile["out"]], untouched=[tile["in"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", tile["flatfield"], "--level", "3"),
+        tile["url"],
+        "level '3' does not exist",
+        absent=[tile["out"]],
+        untouched=[tile["in"]],
+    )
 
 
 def test_correct_names_every_bad_tile_and_writes_none(tmp_path, tile):
     other, _ = make_tile(tile["in"], "other.ome.zarr", shape=(12, 48, 64), chunks=(6, 48, 64))
     plain = tile["in"] / "plain"
     plain.mkdir()
-    line = expect_error(tmp_path, correct_args(tile, "--flatfield", tile["flatfield"], "--background", "100", tiles=[tile["url"], str(plain), other]), str(plain), absent=[tile["out"]], untouched=[tile["in"]])
+    line = expect_error(
+        tmp_path,
+        correct_args(
+            tile,
+            "--flatfield",
+            tile["flatfield"],
+            "--background",
+            "100",
+            tiles=[tile["url"], str(plain), other],
+        ),
+        str(plain),
+        absent=[tile["out"]],
+        untouched=[tile["in"]],
+    )
     assert "not an OME-Zarr image" in line and tile["url"] + ":" not in line
 
 
 def test_correct_bad_option_values(tmp_path, tile):
     ff = tile["flatfield"]
-    expect_error(tmp_path, correct_args(tile, "--flatfield", ff, "--background", "lots"), "--background 'lots'", absent=[tile["out"]])
-    expect_error(tmp_path, correct_args(tile, "--flatfield", ff, "--layer", "2"), "--layer", "--model", absent=[tile["out"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", ff, "--background", "lots"),
+        "--background 'lots'",
+        absent=[tile["out"]],
+    )
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", ff, "--layer", "2"),
+        "--layer",
+        "--model",
+        absent=[tile["out"]],
+    )
     expect_error(tmp_path, correct_args(tile), "exactly one flatfield source", absent=[tile["out"]])
-    expect_error(tmp_path, correct_args(tile, "--flatfield", ff, "--zarr-format", "5"), "--zarr-format 5", absent=[tile["out"]])
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", ff, "--zarr-format", "5"),
+        "--zarr-format 5",
+        absent=[tile["out"]],
+    )
     # checked by the flow's parameter model: Prefect is imported, nothing is started
-    expect_error(tmp_path, correct_args(tile, "--flatfield", ff, "--levels", "99"), "--levels", absent=[tile["out"]], light=False)
+    expect_error(
+        tmp_path,
+        correct_args(tile, "--flatfield", ff, "--levels", "99"),
+        "--levels",
+        absent=[tile["out"]],
+        light=False,
+    )
 
 
 def test_correct_output_that_is_a_file(tmp_path, tile):
     taken = a_file(tmp_path)
-    expect_error(tmp_path, ["correct", tile["url"], "--out", taken, "--flatfield", tile["flatfield"]], f"--out {taken}: it is a file, not a folder", untouched=[tile["in"]])
+    expect_error(
+        tmp_path,
+        ["correct", tile["url"], "--out", taken, "--flatfield", tile["flatfield"]],
+        f"--out {taken}: it is a file, not a folder",
+        untouched=[tile["in"]],
+    )
 
 
 def test_correct_output_bucket_that_does_not_exist_is_the_outputs_problem(tmp_path, tile, s3_server):
-    env = clean_env(AWS_ENDPOINT_URL=s3_server, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    line = expect_error(tmp_path, ["correct", tile["url"], "--out", "s3://no-such-bucket/out", "--flatfield", tile["flatfield"]], env=env, untouched=[tile["in"]])
-    assert line.startswith("error: --out s3://no-such-bucket/out: bucket 'no-such-bucket' does not exist"), line
+    env = clean_env(
+        AWS_ENDPOINT_URL=s3_server,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    line = expect_error(
+        tmp_path,
+        ["correct", tile["url"], "--out", "s3://no-such-bucket/out", "--flatfield", tile["flatfield"]],
+        env=env,
+        untouched=[tile["in"]],
+    )
+    assert line.startswith("error: --out s3://no-such-bucket/out: bucket 'no-such-bucket' does not exist"), (
+        line
+    )
     assert "tile" not in line
 
 
@@ -271,21 +458,49 @@ def test_estimate_unreadable_input_and_too_few_frames(tmp_path, frames):
     out = tmp_path / "est"
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00garbage")
-    expect_error(tmp_path, ["estimate", str(broken), "--out", str(out)], str(broken), "cannot be read", absent=[out])
-    expect_error(tmp_path, ["estimate", str(frames), "--out", str(out), "--darkfield"], "10 images", "at least 16", absent=[out], untouched=[frames])
+    expect_error(
+        tmp_path, ["estimate", str(broken), "--out", str(out)], str(broken), "cannot be read", absent=[out]
+    )
+    expect_error(
+        tmp_path,
+        ["estimate", str(frames), "--out", str(out), "--darkfield"],
+        "10 images",
+        "at least 16",
+        absent=[out],
+        untouched=[frames],
+    )
 
 
 def test_estimate_output_that_is_a_file(tmp_path, frames):
     taken = a_file(tmp_path)
-    expect_error(tmp_path, ["estimate", str(frames), "--out", taken], f"--out {taken}: it is a file", untouched=[frames])
+    expect_error(
+        tmp_path,
+        ["estimate", str(frames), "--out", taken],
+        f"--out {taken}: it is a file",
+        untouched=[frames],
+    )
 
 
 def test_estimate_bad_option_value_and_foreign_output(tmp_path, frames):
     out = tmp_path / "est"
-    expect_error(tmp_path, ["estimate", str(frames), "--out", str(out), "--degree", "40"], "--degree", absent=[out], light=False)
+    expect_error(
+        tmp_path,
+        ["estimate", str(frames), "--out", str(out), "--degree", "40"],
+        "--degree",
+        absent=[out],
+        light=False,
+    )
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    expect_error(tmp_path, ["estimate", str(frames), "--out", str(out)], str(out), "not a shadeflow estimate", "--overwrite", untouched=[out], light=False)
+    expect_error(
+        tmp_path,
+        ["estimate", str(frames), "--out", str(out)],
+        str(out),
+        "not a shadeflow estimate",
+        "--overwrite",
+        untouched=[out],
+        light=False,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,12 +509,28 @@ def test_estimate_bad_option_value_and_foreign_output(tmp_path, frames):
 
 def test_synth_bad_options_and_outputs(tmp_path):
     out = tmp_path / "synth"
-    expect_error(tmp_path, ["synth", "tile", "--out", str(out), "--dtype", "int7"], "--dtype int7", "uint16", absent=[out])
+    expect_error(
+        tmp_path,
+        ["synth", "tile", "--out", str(out), "--dtype", "int7"],
+        "--dtype int7",
+        "uint16",
+        absent=[out],
+    )
     taken = a_file(tmp_path)
     expect_error(tmp_path, ["synth", "tile", "--out", taken], f"--out {taken}: it is a file")
-    expect_error(tmp_path, ["synth", "stack", "--out", taken, "--size", "16", "--frames", "2"], f"--out {taken}: it is a file")
-    expect_error(tmp_path, ["synth", "stack", "--out", str(out), "--format", "png"], "--format png", absent=[out])
-    expect_error(tmp_path, ["synth", "slides", "--out", f"{taken}/cohort", "--slides", "1", "--fields", "2"], f"{taken} is a file")
+    expect_error(
+        tmp_path,
+        ["synth", "stack", "--out", taken, "--size", "16", "--frames", "2"],
+        f"--out {taken}: it is a file",
+    )
+    expect_error(
+        tmp_path, ["synth", "stack", "--out", str(out), "--format", "png"], "--format png", absent=[out]
+    )
+    expect_error(
+        tmp_path,
+        ["synth", "slides", "--out", f"{taken}/cohort", "--slides", "1", "--fields", "2"],
+        f"{taken} is a file",
+    )
 
 
 def test_cluster_bad_settings(tmp_path):

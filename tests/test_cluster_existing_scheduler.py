@@ -11,8 +11,8 @@ import socket
 
 import pytest
 from distributed import Client, LocalCluster
-
 from recording_clusters import Record, recording_classes
+
 from shadeflow.core.outputs import is_complete
 from shadeflow.core.synth import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, meanimage
@@ -25,7 +25,14 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 @pytest.fixture
 def scheduler():
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=":0") as cluster:
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        host="127.0.0.1",
+        dashboard_address=":0",
+    ) as cluster:
         yield cluster
 
 

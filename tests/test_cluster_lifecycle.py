@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 import yaml
 from dask.utils import parse_bytes
-
 from recording_clusters import FAKE_KUBECONFIG, Record, recording_classes
+
 from shadeflow.core.synth import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.infra import cluster as cluster_module
@@ -23,12 +23,24 @@ from shadeflow.infra.cluster import task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
-SETTINGS = ("SHADEFLOW_MEMORY", "CO_MEMORY", "SHADEFLOW_WORKER_MEMORY", "SHADEFLOW_WORKER_CPUS", "SHADEFLOW_CLUSTER", "SHADEFLOW_IMAGE", "SHADEFLOW_NAMESPACE", "KUBECONFIG")
+SETTINGS = (
+    "SHADEFLOW_MEMORY",
+    "CO_MEMORY",
+    "SHADEFLOW_WORKER_MEMORY",
+    "SHADEFLOW_WORKER_CPUS",
+    "SHADEFLOW_CLUSTER",
+    "SHADEFLOW_IMAGE",
+    "SHADEFLOW_NAMESPACE",
+    "KUBECONFIG",
+)
 
 
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
-    return write_cohort(str(tmp_path_factory.mktemp("lifecycle")), SynthConfig(slides=1, fields=20, seed=11, shape=(96, 128, 4)))
+    return write_cohort(
+        str(tmp_path_factory.mktemp("lifecycle")),
+        SynthConfig(slides=1, fields=20, seed=11, shape=(96, 128, 4)),
+    )
 
 
 @pytest.fixture
@@ -61,12 +73,19 @@ def test_each_run_gets_its_own_cluster_sized_when_it_starts(record, slides, monk
     assert first.is_completed() and second.is_completed()
     assert run_id(first) != run_id(second)
     assert [c["memory_limit"] for c in record.created] == [parse_bytes("3GiB"), parse_bytes("5GiB")]
-    assert record.events == ["create", "close", "create", "close"]  # one cluster per run, closed before the next
+    assert record.events == [
+        "create",
+        "close",
+        "create",
+        "close",
+    ]  # one cluster per run, closed before the next
 
 
 def test_the_cli_memory_option_wins_for_that_run(record, slides, monkeypatch):
     monkeypatch.setenv("SHADEFLOW_MEMORY", "3GiB")
-    state = meanimage.with_options(task_runner=task_runner(memory="6GiB", workers=2))(MeanImageParameters(slides=slides), return_state=True)
+    state = meanimage.with_options(task_runner=task_runner(memory="6GiB", workers=2))(
+        MeanImageParameters(slides=slides), return_state=True
+    )
     assert state.is_completed()
     (created,) = record.created
     assert (created["n_workers"], created["memory_limit"]) == (2, parse_bytes("6GiB") // 2)
@@ -83,12 +102,21 @@ def test_the_cluster_is_closed_when_the_run_fails(record, tmp_path, monkeypatch)
 
 
 def daskcluster_validator() -> jsonschema.Draft7Validator:
-    path = importlib.resources.files("dask_kubernetes.operator") / "deployment" / "helm" / "dask-kubernetes-operator" / "crds" / "daskcluster.yaml"
+    path = (
+        importlib.resources.files("dask_kubernetes.operator")
+        / "deployment"
+        / "helm"
+        / "dask-kubernetes-operator"
+        / "crds"
+        / "daskcluster.yaml"
+    )
     crd = yaml.safe_load(path.read_text())
     return jsonschema.Draft7Validator(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
 
 
-def test_kubernetes_run_creates_its_daskcluster_scales_it_and_deletes_it(record, slides, kubeconfig, monkeypatch):
+def test_kubernetes_run_creates_its_daskcluster_scales_it_and_deletes_it(
+    record, slides, kubeconfig, monkeypatch
+):
     monkeypatch.setenv("SHADEFLOW_CLUSTER", "kubernetes")
     monkeypatch.setenv("SHADEFLOW_MEMORY", "24GiB")
     monkeypatch.setenv("SHADEFLOW_IMAGE", "registry.example.org/shadeflow:test")

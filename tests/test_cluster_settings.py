@@ -10,15 +10,29 @@ import os
 
 import pytest
 from dask.utils import parse_bytes
-
 from recording_clusters import FAKE_KUBECONFIG, Record, recording_classes
+
 from shadeflow.infra import cluster as cluster_module
-from shadeflow.infra.cluster import check_settings, cluster_kind, make_cluster, parse_cluster_setting, plan_cluster
+from shadeflow.infra.cluster import (
+    check_settings,
+    cluster_kind,
+    make_cluster,
+    parse_cluster_setting,
+    plan_cluster,
+)
 from shadeflow.infra.kubernetes import kube_credentials
 from shadeflow.infra.preview import cluster_preview
 from shadeflow.infra.sizing import MIN_WORKER_MEMORY, SettingsError
 
-SETTINGS = ("SHADEFLOW_MEMORY", "CO_MEMORY", "SHADEFLOW_WORKER_MEMORY", "SHADEFLOW_WORKER_CPUS", "SHADEFLOW_CLUSTER", "KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+SETTINGS = (
+    "SHADEFLOW_MEMORY",
+    "CO_MEMORY",
+    "SHADEFLOW_WORKER_MEMORY",
+    "SHADEFLOW_WORKER_CPUS",
+    "SHADEFLOW_CLUSTER",
+    "KUBECONFIG",
+    "KUBERNETES_SERVICE_HOST",
+)
 
 
 @pytest.fixture
@@ -61,7 +75,18 @@ def test_cluster_setting_values(value, expected):
     assert parse_cluster_setting(value) == expected
 
 
-@pytest.mark.parametrize("value", ["slurm", "kubernetes-please", "tcp://", "tcp://host:notaport", "tcp://host:99999", "tls://10.0.0.5:8786", "10.0.0.5:8786"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "slurm",
+        "kubernetes-please",
+        "tcp://",
+        "tcp://host:notaport",
+        "tcp://host:99999",
+        "tls://10.0.0.5:8786",
+        "10.0.0.5:8786",
+    ],
+)
 def test_unknown_cluster_setting_is_refused_before_anything_is_created(record, monkeypatch, value):
     monkeypatch.setenv("SHADEFLOW_CLUSTER", value)
     message = refused("SHADEFLOW_CLUSTER", memory="4GiB")
@@ -139,7 +164,9 @@ def test_kubeconfig_or_in_cluster_service_account_are_credentials(tmp_path):
     account = tmp_path / "serviceaccount"
     account.mkdir()
     (account / "token").write_text("token")
-    assert "in-cluster" in kube_credentials({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "HOME": str(tmp_path)}, service_account_dir=str(account))
+    assert "in-cluster" in kube_credentials(
+        {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "HOME": str(tmp_path)}, service_account_dir=str(account)
+    )
     with pytest.raises(SettingsError):  # a token without the service host is not a pod
         kube_credentials({"HOME": str(tmp_path)}, service_account_dir=str(account))
 

@@ -44,7 +44,12 @@ def test_window_mean_is_the_mirrored_ellipse_average(size):
     rng = np.random.default_rng(4)
     stack = rng.random((2, 30, 37)).astype(np.float32)
     footprint = morph.ellipse(size)
-    expected = np.stack([ndi.correlate(layer.astype(np.float64), footprint / footprint.sum(), mode="mirror") for layer in stack])
+    expected = np.stack(
+        [
+            ndi.correlate(layer.astype(np.float64), footprint / footprint.sum(), mode="mirror")
+            for layer in stack
+        ]
+    )
     got = window_mean(stack, footprint)
     assert got.dtype == np.float32 and got.shape == stack.shape
     np.testing.assert_allclose(got, expected, atol=2e-6)

@@ -30,7 +30,10 @@ def test_recycled_array_is_not_handed_out_while_referenced():
     third = buffers.recycled_zeros((5, 6), np.uint32)
     assert not np.shares_memory(third, view) and not np.shares_memory(third, second)
     del view, third
-    assert np.shares_memory(buffers.recycled_zeros((5, 6), np.uint32), buffers.recycled_zeros((5, 6), np.uint32)) is False
+    assert (
+        np.shares_memory(buffers.recycled_zeros((5, 6), np.uint32), buffers.recycled_zeros((5, 6), np.uint32))
+        is False
+    )
 
 
 def test_recycled_arrays_match_shape_and_dtype():

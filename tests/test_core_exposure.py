@@ -17,14 +17,18 @@ def test_lut_is_identity_when_exposure_equals_target(offset):
     np.testing.assert_array_equal(lut, VALUES)
 
 
-@pytest.mark.parametrize("exposure, target, offset", [(40.0, 60.0, 8.0), (120.0, 60.0, 8.0), (33.0, 100.0, 12.5)])
+@pytest.mark.parametrize(
+    "exposure, target, offset", [(40.0, 60.0, 8.0), (120.0, 60.0, 8.0), (33.0, 100.0, 12.5)]
+)
 def test_lut_keeps_values_at_or_below_offset(exposure, target, offset):
     lut = exposure_lut(exposure, target, offset)
     low = VALUES <= offset
     np.testing.assert_array_equal(lut[low], VALUES[low])
 
 
-@pytest.mark.parametrize("exposure, target, offset", [(40.0, 60.0, 8.0), (120.0, 60.0, 8.0), (33.0, 100.0, 12.5)])
+@pytest.mark.parametrize(
+    "exposure, target, offset", [(40.0, 60.0, 8.0), (120.0, 60.0, 8.0), (33.0, 100.0, 12.5)]
+)
 def test_lut_scales_values_above_offset(exposure, target, offset):
     lut = exposure_lut(exposure, target, offset)
     ratio = target / exposure
@@ -87,7 +91,9 @@ def test_only_layers_with_differing_exposure_change():
         np.testing.assert_array_equal(out[layer], image[layer])
     for layer in (0, 2):
         v = image[layer].astype(np.float64)
-        expected = np.where(v > offset, np.clip(np.rint(offset + target[layer] / exposure[layer] * (v - offset)), 0, 65535), v)
+        expected = np.where(
+            v > offset, np.clip(np.rint(offset + target[layer] / exposure[layer] * (v - offset)), 0, 65535), v
+        )
         np.testing.assert_array_equal(out[layer], expected.astype(np.uint16))
         assert not np.array_equal(out[layer], image[layer])
 
@@ -99,7 +105,10 @@ def test_rejects_non_uint16(dtype):
         correct_exposure(image, np.array([1.0, 2.0]), np.array([2.0, 2.0]), 0.0)
 
 
-@pytest.mark.parametrize("exposure, target, offset", [(100.0, 50.0, 8.0), (50.0, 100.0, 8.0), (60.0, 60.0, 4.0), (384.0, 88.475, 1.7), (7.0, 80.0, 0.0)])
+@pytest.mark.parametrize(
+    "exposure, target, offset",
+    [(100.0, 50.0, 8.0), (50.0, 100.0, 8.0), (60.0, 60.0, 4.0), (384.0, 88.475, 1.7), (7.0, 80.0, 0.0)],
+)
 def test_corrected_ceiling_is_where_a_clipped_raw_pixel_lands(exposure, target, offset):
     from shadeflow.core.exposure import corrected_ceiling
 

@@ -7,7 +7,14 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from shadeflow.core.geometry import NATIVE_PIXEL_UM, bulk_fields, classify_fields, field_size_um, overlap_counts, pixel_scale
+from shadeflow.core.geometry import (
+    NATIVE_PIXEL_UM,
+    bulk_fields,
+    classify_fields,
+    field_size_um,
+    overlap_counts,
+    pixel_scale,
+)
 from shadeflow.core.slide import Field, LayerGroup, Slide
 
 STEP_X, STEP_Y = 600.0, 450.0
@@ -20,9 +27,18 @@ def _grid(columns=5, rows=4):
 
 
 def _slide(cx, cy, field_size=None, width=336) -> Slide:
-    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     fields = tuple(
-        Field(n=i + 1, row=i + 1, key=f"F_[{x:g},{y:g}]", file=f"f{i}.dat", cx=float(x), cy=float(y), acquired=start + dt.timedelta(seconds=i), exposure_ms=(10.0,))
+        Field(
+            n=i + 1,
+            row=i + 1,
+            key=f"F_[{x:g},{y:g}]",
+            file=f"f{i}.dat",
+            cx=float(x),
+            cy=float(y),
+            acquired=start + dt.timedelta(seconds=i),
+            exposure_ms=(10.0,),
+        )
         for i, (x, y) in enumerate(zip(cx, cy))
     )
     return Slide(

@@ -11,7 +11,15 @@ import pytest
 from scipy import ndimage as ndi
 
 from shadeflow.core import morphology as morph
-from shadeflow.core.field_masks import BLUR_REASON, SATURATION_REASON, FieldMasks, compute_field_masks, pack_tissue_mask, stacking_masks, unpack_tissue_mask
+from shadeflow.core.field_masks import (
+    BLUR_REASON,
+    SATURATION_REASON,
+    FieldMasks,
+    compute_field_masks,
+    pack_tissue_mask,
+    stacking_masks,
+    unpack_tissue_mask,
+)
 from shadeflow.core.meanimage import compute_thresholds, plan_slide, read_corrected_field
 from shadeflow.core.slide import LayerGroup, load_slide
 from shadeflow.core.synth import SynthConfig, read_truth_masks, write_cohort
@@ -29,10 +37,19 @@ def mask_scores(tmp_path_factory) -> dict:
     # the smoothing before thresholding (σ = 5 native px) reaches 4σ (its kernel's truncation)
     reach_px = 4 * plan.grid.sigma(plan.params.smoothing_sigma) * plan.grid.binning
     s = dict(tissue=0, tissue_hit=0, empty=0, empty_hit=0, far_empty=0, far_empty_hit=0)
-    s.update(blur_regions=[], saturation_regions=[], clean_tissue=0, blur_false=0, not_saturated=0, saturation_false=0)
+    s.update(
+        blur_regions=[],
+        saturation_regions=[],
+        clean_tissue=0,
+        blur_false=0,
+        not_saturated=0,
+        saturation_false=0,
+    )
     for field in slide.fields:
         image = read_corrected_field(plan, field).copy()
-        masks = compute_field_masks(image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params)
+        masks = compute_field_masks(
+            image, thresholds, plan.exposure_ms, slide.layer_groups, plan.grid, plan.params
+        )
         truth = read_truth_masks(root, slide.slide_id, field.key, (h, w))
         tissue, blur = masks.full(masks.tissue), masks.full(masks.blur)
         assert tissue.shape == blur.shape == (h, w)
@@ -113,10 +130,14 @@ def _masks(binning=1, shape=(40, 50)) -> FieldMasks:
     small = (-(-shape[0] // binning), -(-shape[1] // binning))
     tissue = np.zeros(small, bool)
     tissue[:, : small[1] // 2 + 3] = True
-    blur = _disc(small, small[0] * 0.3, small[1] * 0.25, small[0] * 0.12) | _disc(small, small[0] * 0.75, small[1] * 0.25, small[0] * 0.1)
+    blur = _disc(small, small[0] * 0.3, small[1] * 0.25, small[0] * 0.12) | _disc(
+        small, small[0] * 0.75, small[1] * 0.25, small[0] * 0.1
+    )
     saturation = np.zeros((2, *small), bool)
     saturation[0] = _disc(small, small[0] * 0.5, small[1] * 0.8, small[0] * 0.12)
-    saturation[1] = _disc(small, small[0] * 0.2, small[1] * 0.8, small[0] * 0.1) | _disc(small, small[0] * 0.8, small[1] * 0.8, small[0] * 0.1)
+    saturation[1] = _disc(small, small[0] * 0.2, small[1] * 0.8, small[0] * 0.1) | _disc(
+        small, small[0] * 0.8, small[1] * 0.8, small[0] * 0.1
+    )
     return FieldMasks(tissue=tissue, blur=blur, saturation=saturation, binning=binning, shape=shape)
 
 
@@ -133,7 +154,9 @@ def test_labelled_numbers_blur_from_two_then_saturation(binning):
     np.testing.assert_array_equal(plane0 == 1, tissue & ~blur)
     np.testing.assert_array_equal(plane0 >= 2, blur)
     for g in (1, 2):
-        np.testing.assert_array_equal(np.isin(labelled[..., g], [2, 3]), blur & ~masks.full(masks.saturation[g - 1]))
+        np.testing.assert_array_equal(
+            np.isin(labelled[..., g], [2, 3]), blur & ~masks.full(masks.saturation[g - 1])
+        )
     # group 1's one saturation region is 4; group 2's two are 5 and 6
     assert set(np.unique(labelled[..., 1])) == {0, 1, 2, 3, 4}
     np.testing.assert_array_equal(labelled[..., 1] == 4, masks.full(masks.saturation[0]))
@@ -155,7 +178,9 @@ def _many_saturation_regions(n_regions: int, shape=(64, 64)) -> FieldMasks:
     spots = [(2 * (i // (shape[1] // 2)), 2 * (i % (shape[1] // 2))) for i in range(n_regions)]
     for y, x in spots:
         saturation[0, y, x] = True
-    return FieldMasks(tissue=np.ones(shape, bool), blur=np.zeros(shape, bool), saturation=saturation, binning=1, shape=shape)
+    return FieldMasks(
+        tissue=np.ones(shape, bool), blur=np.zeros(shape, bool), saturation=saturation, binning=1, shape=shape
+    )
 
 
 @pytest.mark.parametrize("n_regions, dtype", [(254, np.uint8), (255, np.uint16), (600, np.uint16)])
@@ -212,7 +237,10 @@ def test_applied_test_restacks_with_the_masks_meanimage_stacked(tmp_path, binnin
     (tmp_path / "K_tissue_mask.bin").write_bytes(pack_tissue_mask(masks.full(masks.tissue)))
     (tmp_path / "K_full_mask.bin").write_bytes(masks.labelled("K", GROUPS)[0].tobytes())
     for guard in (0.0, 3.0):
-        np.testing.assert_array_equal(stacking_masks_from_files(str(tmp_path), "K", (40, 50), 2, guard, binning), masks.stacking_masks(guard))
+        np.testing.assert_array_equal(
+            stacking_masks_from_files(str(tmp_path), "K", (40, 50), 2, guard, binning),
+            masks.stacking_masks(guard),
+        )
 
 
 def test_tissue_mask_pack_round_trip():
@@ -237,7 +265,9 @@ def test_clipped_pixels_are_saturated_whatever_their_rate_and_size():
     ceiling = np.array([65535, 65535, 15101], np.uint16)
     grid, params = WorkingGrid(scale=1.0, binning=2), MaskParameters()
     clipped = clipped_cells(image, ceiling, grid.binning)
-    assert clipped.shape == (3, 20, 24) and clipped[2].sum() == 2 and not clipped[:2].any()  # 2×3 px: 1×2 cells
+    assert (
+        clipped.shape == (3, 20, 24) and clipped[2].sum() == 2 and not clipped[:2].any()
+    )  # 2×3 px: 1×2 cells
     smoothed = np.full((3, 20, 24), 500.0, np.float32)
     exposure = np.full(3, 90.0)  # 15101 / 90 ≈ 168 counts/ms: under neither cut's area rules
     masks = saturation_masks(smoothed, exposure, groups, grid, params, clipped)

@@ -12,8 +12,6 @@ from shadeflow.core import storage
 from shadeflow.core.outputs import MANIFEST, StagedOutput, is_complete, read_manifest, shadeflow_version
 
 
-
-
 def test_files_are_staged_in_a_hidden_folder_until_commit(tmp_path):
     final = tmp_path / "meanimage"
     with StagedOutput(str(final)) as out:

@@ -75,7 +75,8 @@ def _edit_json(folder: Path, **changes) -> None:
 
 
 def _assert_rejected(folder: Path, *expected: str, action=None) -> SlideError:
-    """``action`` (default: load the slide) raises SlideError naming the slide and ``expected``; no file changes."""
+    """``action`` (default: load the slide) raises SlideError naming the slide and ``expected``; no file
+    changes."""
     before = _snapshot(folder)
     with pytest.raises(SlideError) as info:
         (action or (lambda: load_slide(str(folder))))()
@@ -200,7 +201,9 @@ def test_dat_field_of_wrong_size_when_read_without_listing(slide_dir):
     path.write_bytes(path.read_bytes() + b"\0\0")
     slide = load_slide(str(slide_dir), check_files=False)
     field = slide.field_by_key(rows[4]["field"])
-    _assert_rejected(slide_dir, rows[4]["field"], str(size + 2), str(size), action=lambda: read_field(slide, field))
+    _assert_rejected(
+        slide_dir, rows[4]["field"], str(size + 2), str(size), action=lambda: read_field(slide, field)
+    )
 
 
 def test_missing_field_file(slide_dir):
@@ -221,7 +224,12 @@ def _tiff_slide(slide_dir: Path, image: np.ndarray):
 
 @pytest.mark.parametrize(
     "image",
-    [np.zeros((10, 251, 335), np.uint16), np.zeros((9, 251, 336), np.uint16), np.zeros((10, 251, 336), np.float32), np.zeros((10, 251, 336), np.uint8)],
+    [
+        np.zeros((10, 251, 335), np.uint16),
+        np.zeros((9, 251, 336), np.uint16),
+        np.zeros((10, 251, 336), np.float32),
+        np.zeros((10, 251, 336), np.uint8),
+    ],
     ids=["width", "layers", "float32", "uint8"],
 )
 def test_tiff_field_of_wrong_shape_or_dtype(slide_dir, image):
@@ -236,7 +244,10 @@ def test_unreadable_tiff(slide_dir):
 
 
 def test_overlapping_layer_groups(slide_dir):
-    _edit_json(slide_dir, layer_groups={"dapi": [1, 3], "fitc": [3, 5], "cy3": [6, 7], "texasred": [8, 9], "cy5": [10, 10]})
+    _edit_json(
+        slide_dir,
+        layer_groups={"dapi": [1, 3], "fitc": [3, 5], "cy3": [6, 7], "texasred": [8, 9], "cy5": [10, 10]},
+    )
     _assert_rejected(slide_dir, "fitc", "overlap")
 
 
@@ -256,13 +267,24 @@ def test_layer_groups_that_miss_layers(slide_dir, groups, missing):
 
 
 def test_layer_group_outside_the_layers(slide_dir):
-    _edit_json(slide_dir, layer_groups={"dapi": [1, 3], "fitc": [4, 5], "cy3": [6, 7], "texasred": [8, 9], "cy5": [10, 11]})
+    _edit_json(
+        slide_dir,
+        layer_groups={"dapi": [1, 3], "fitc": [4, 5], "cy3": [6, 7], "texasred": [8, 9], "cy5": [10, 11]},
+    )
     _assert_rejected(slide_dir, "cy5", "1..10")
 
 
 @pytest.mark.parametrize(
     "path",
-    ["../x.dat", "fields/../../x.dat", "/etc/passwd", "/abs/x.Data.dat", "C:\\x.dat", "c:/data/x.dat", "s3://bucket/x.dat"],
+    [
+        "../x.dat",
+        "fields/../../x.dat",
+        "/etc/passwd",
+        "/abs/x.Data.dat",
+        "C:\\x.dat",
+        "c:/data/x.dat",
+        "s3://bucket/x.dat",
+    ],
 )
 def test_field_paths_must_stay_in_the_slide_folder(slide_dir, path):
     key = _edit_csv_cell(slide_dir, 1, "file", path)

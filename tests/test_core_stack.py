@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from shadeflow.core.slide import LayerGroup
-from shadeflow.core.stack import NARROW_FIELD_LIMIT, CountAccumulator, FieldLogRow, MeanImageStack, mean_and_std_err
+from shadeflow.core.stack import (
+    NARROW_FIELD_LIMIT,
+    CountAccumulator,
+    FieldLogRow,
+    MeanImageStack,
+    mean_and_std_err,
+)
 
 SHAPE = (3, 6, 7)  # (L, H, W)
 GROUPS = (LayerGroup("dapi", 1, 2), LayerGroup("fitc", 3, 3))
@@ -22,7 +28,10 @@ def _stack_of(values: np.ndarray, masks: np.ndarray, name: str) -> MeanImageStac
         sum_sq=(kept**2).sum(axis=0),
         count=masks.sum(axis=0).astype(np.uint32),
         n_images=np.full(values.shape[1], values.shape[0], np.int64),
-        fields=[FieldLogRow(name, f"{name}_{i}.Data.dat", "bulk", "stacking", (1, 2, 3)) for i in range(values.shape[0])],
+        fields=[
+            FieldLogRow(name, f"{name}_{i}.Data.dat", "bulk", "stacking", (1, 2, 3))
+            for i in range(values.shape[0])
+        ],
     )
 
 

@@ -31,7 +31,12 @@ def _stack() -> MeanImageStack:
 def test_round_trip(tmp_path):
     stack = _stack()
     url = str(tmp_path / "S1.stack.zarr")
-    attributes = {"slide": "S1", "layer_groups": {"dapi": [1, 2], "fitc": [3, 3]}, "parameters": {"binning": 4}, "inputs": ["a", "b"]}
+    attributes = {
+        "slide": "S1",
+        "layer_groups": {"dapi": [1, 2], "fitc": [3, 3]},
+        "parameters": {"binning": 4},
+        "inputs": ["a", "b"],
+    }
     write_stack(url, stack, attributes)
     back, attrs = read_stack(url)
     for name in ("sum", "sum_sq", "count"):

@@ -30,7 +30,7 @@ def test_layer_groups_cover_all_layers_contiguously(n_layers):
     bounds = list(groups.values())
     assert bounds[0][0] == 1
     assert bounds[-1][1] == n_layers
-    for (first, last), (next_first, _) in zip(bounds, bounds[1:]):
+    for (_, last), (next_first, _) in zip(bounds, bounds[1:]):
         assert next_first == last + 1
     assert all(first <= last for first, last in bounds)
     assert all(isinstance(v, int) for b in bounds for v in b)
@@ -142,7 +142,13 @@ def _slide_digest(root: Path) -> str:
 def test_defaults_make_the_same_cohort_as_before_the_knobs(two_runs):
     """Every knob is off by default, and then not one random draw changes (the demo's data stay the same)."""
     config = SynthConfig(seed=3, **SMALL)
-    assert (config.tissue_coverage, config.background_ratio, config.exposure_range, config.tissue_rate, config.grid) == (None,) * 5
+    assert (
+        config.tissue_coverage,
+        config.background_ratio,
+        config.exposure_range,
+        config.tissue_rate,
+        config.grid,
+    ) == (None,) * 5
     assert config.low_count_layers == 0 and config.columns == 3  # ⌈√(6·4/3)⌉, as before
     assert _slide_digest(two_runs[0]) == DEFAULT_COHORT_SHA256
 
@@ -182,13 +188,29 @@ def test_levels_follow_the_knobs():
 
     groups = synthetic_layer_groups(10)
     default = cohort_levels(SynthConfig(shape=(40, 48, 10)), groups)
-    assert default.tissue_rate == {g: TISSUE_BRIGHTNESS[g] for g in groups} and set(default.background) == {0.1}
+    assert default.tissue_rate == {g: TISSUE_BRIGHTNESS[g] for g in groups} and set(default.background) == {
+        0.1
+    }
     assert default.low_count_rate == {}
 
-    config = SynthConfig(shape=(40, 48, 10), dark_current=4.0, background_ratio=0.5, exposure_range=(4.0, 64.0), tissue_rate=(8.0, 70.0), low_count_layers=3, low_count_signal=12.0, seed=5)
+    config = SynthConfig(
+        shape=(40, 48, 10),
+        dark_current=4.0,
+        background_ratio=0.5,
+        exposure_range=(4.0, 64.0),
+        tissue_rate=(8.0, 70.0),
+        low_count_layers=3,
+        low_count_signal=12.0,
+        seed=5,
+    )
     levels = cohort_levels(config, groups)
-    assert all(8.0 <= r <= 70.0 for r in levels.tissue_rate.values()) and len(set(levels.tissue_rate.values())) > 1
-    np.testing.assert_allclose(levels.background, 0.5 * 4.0 / 16.0)  # ratio × dark ÷ median exposure (√(4·64) = 16 ms)
+    assert (
+        all(8.0 <= r <= 70.0 for r in levels.tissue_rate.values())
+        and len(set(levels.tissue_rate.values())) > 1
+    )
+    np.testing.assert_allclose(
+        levels.background, 0.5 * 4.0 / 16.0
+    )  # ratio × dark ÷ median exposure (√(4·64) = 16 ms)
     dapi = range(groups["dapi"][0] - 1, groups["dapi"][1])
     assert len(levels.low_count_rate) == 3 and not set(levels.low_count_rate) & set(dapi)
     assert set(levels.low_count_rate.values()) == {12.0 / 16.0}
@@ -200,9 +222,20 @@ def knob_cohort(tmp_path_factory):
     """A slide drawn with every knob set."""
     root = tmp_path_factory.mktemp("knobs")
     config = SynthConfig(
-        slides=1, shape=(48, 64, 6), grid=(7, 6), seed=2, tissue_coverage=0.4, dark_current=10.0, background_ratio=2.0,
-        exposure_range=(5.0, 40.0), tissue_rate=(20.0, 30.0), low_count_layers=2, low_count_signal=20.0, fold_probability=1.0, saturation_probability=0.0,
-    )  # fmt: skip
+        slides=1,
+        shape=(48, 64, 6),
+        grid=(7, 6),
+        seed=2,
+        tissue_coverage=0.4,
+        dark_current=10.0,
+        background_ratio=2.0,
+        exposure_range=(5.0, 40.0),
+        tissue_rate=(20.0, 30.0),
+        low_count_layers=2,
+        low_count_signal=20.0,
+        fold_probability=1.0,
+        saturation_probability=0.0,
+    )
     (url,) = write_cohort(str(root), config, workers=1)
     return str(root), load_slide(url), config
 
@@ -237,10 +270,16 @@ def test_knob_cohort_honours_coverage_background_and_low_counts(knob_cohort):
             background.append(raw[:, empty].sum(axis=1) / (exposure * flat[:, empty].sum(axis=1)))
         inner = truth["tissue"] & ~truth["blur"]
         if inner.sum() > 200:
-            low.append([raw[l, inner].sum() / (exposure[l] * flat[l, inner].sum()) for l in levels.low_count_rate])
+            low.append(
+                [raw[l, inner].sum() / (exposure[l] * flat[l, inner].sum()) for l in levels.low_count_rate]
+            )
     assert np.mean(coverage) == pytest.approx(0.4, abs=0.05)
-    np.testing.assert_allclose(np.mean(background, axis=0), levels.background, rtol=0.1)  # counts/ms above dark
-    expected = np.array(list(levels.low_count_rate.values())) + np.array([levels.background[l] for l in levels.low_count_rate])
+    np.testing.assert_allclose(
+        np.mean(background, axis=0), levels.background, rtol=0.1
+    )  # counts/ms above dark
+    expected = np.array(list(levels.low_count_rate.values())) + np.array(
+        [levels.background[l] for l in levels.low_count_rate]
+    )
     np.testing.assert_allclose(np.mean(low, axis=0), expected, rtol=0.25)
 
 
@@ -251,14 +290,53 @@ def test_cli_passes_the_knobs_to_the_generator(tmp_path, monkeypatch):
     from shadeflow.flows.cli import app
 
     seen = []
-    monkeypatch.setattr(synth_module, "write_cohort", lambda out, config, workers=2: seen.append(config) or [])
-    args = ["synth", "slides", "--out", str(tmp_path / "c"), "--shape", "64", "80", "5", "--grid", "12x10", "--tissue-coverage", "0.3",
-            "--dark-current", "4", "--background-ratio", "0.5", "--low-count-layers", "2", "--low-count-signal", "12", "--exposure-range", "4", "80",
-            "--tissue-rate", "8", "70", "--fold-density", "0.5", "--saturation-density", "0.1", "--seed", "9"]  # fmt: skip
+    monkeypatch.setattr(
+        synth_module, "write_cohort", lambda out, config, workers=2: seen.append(config) or []
+    )
+    args = [
+        "synth",
+        "slides",
+        "--out",
+        str(tmp_path / "c"),
+        "--shape",
+        "64",
+        "80",
+        "5",
+        "--grid",
+        "12x10",
+        "--tissue-coverage",
+        "0.3",
+        "--dark-current",
+        "4",
+        "--background-ratio",
+        "0.5",
+        "--low-count-layers",
+        "2",
+        "--low-count-signal",
+        "12",
+        "--exposure-range",
+        "4",
+        "80",
+        # fmt: skip
+        "--tissue-rate",
+        "8",
+        "70",
+        "--fold-density",
+        "0.5",
+        "--saturation-density",
+        "0.1",
+        "--seed",
+        "9",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     (config,) = seen
-    assert config.grid == (12, 10) and config.fields == 120 and config.tissue_coverage == 0.3 and config.dark_current == 4.0
+    assert (
+        config.grid == (12, 10)
+        and config.fields == 120
+        and config.tissue_coverage == 0.3
+        and config.dark_current == 4.0
+    )
     assert config.background_ratio == 0.5 and config.low_count_layers == 2 and config.low_count_signal == 12.0
     assert config.exposure_range == (4.0, 80.0) and config.tissue_rate == (8.0, 70.0)
     assert config.fold_probability == 0.5 and config.saturation_probability == 0.1 and config.seed == 9

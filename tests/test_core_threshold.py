@@ -8,7 +8,13 @@ from scipy import ndimage as ndi
 from scipy import stats
 
 from shadeflow.core.morphology import smooth
-from shadeflow.core.threshold import N_BINS, _CumulativeMoments, iterated_otsu_threshold, otsu_bin, slide_thresholds
+from shadeflow.core.threshold import (
+    N_BINS,
+    _CumulativeMoments,
+    iterated_otsu_threshold,
+    otsu_bin,
+    slide_thresholds,
+)
 
 
 def _histogram(values: np.ndarray) -> np.ndarray:
@@ -150,7 +156,10 @@ def _iterated_otsu_on_all_bins(hist: np.ndarray) -> int:
 def test_iterated_otsu_ignores_the_empty_bins_above_the_data(seed):
     """The threshold only looks at bins up to the last occupied one (+1): the same as on all bins."""
     rng = np.random.default_rng(seed)
-    parts = [rng.integers(0, 3000) + rng.gamma(rng.uniform(0.5, 5), rng.uniform(1, 300), rng.integers(10, 5000)) for _ in range(rng.integers(1, 5))]
+    parts = [
+        rng.integers(0, 3000) + rng.gamma(rng.uniform(0.5, 5), rng.uniform(1, 300), rng.integers(10, 5000))
+        for _ in range(rng.integers(1, 5))
+    ]
     hist = _histogram(np.concatenate(parts))
     if seed == 0:
         hist[N_BINS - 1] += 5  # data in the very last bin

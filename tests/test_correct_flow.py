@@ -8,12 +8,12 @@ import os
 import boto3
 import numpy as np
 import pytest
-from conftest import flow_run_artifacts
 import zarr
+from conftest import flow_run_artifacts
+from correct_support import make_tile, reference
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from correct_support import make_tile, reference
 from shadeflow.core import storage
 from shadeflow.flows.correct import CorrectParameters, correct, correct_command
 from shadeflow.infra.cluster import task_runner
@@ -23,7 +23,9 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def run_flow(**params):
-    return correct.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=CorrectParameters(**params))
+    return correct.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=CorrectParameters(**params)
+    )
 
 
 def objects(endpoint: str, bucket: str) -> dict[str, str]:
@@ -38,10 +40,16 @@ def read_s3(url: str) -> np.ndarray:
 
 def test_two_tiles_s3_in_and_out(s3_server, s3_bucket):
     root = f"s3://{s3_bucket}"
-    tile_a, truth = make_tile(f"{root}/in", "a.ome.zarr", shape=(16, 64, 96), chunks=(8, 32, 32), zarr_format=2)
-    tile_b, _ = make_tile(f"{root}/in", "b.ome.zarr", shape=(2, 16, 64, 96), axes="czyx", chunks=(1, 8, 32, 32), seed=3)
+    tile_a, truth = make_tile(
+        f"{root}/in", "a.ome.zarr", shape=(16, 64, 96), chunks=(8, 32, 32), zarr_format=2
+    )
+    tile_b, _ = make_tile(
+        f"{root}/in", "b.ome.zarr", shape=(2, 16, 64, 96), axes="czyx", chunks=(1, 8, 32, 32), seed=3
+    )
     before = objects(s3_server, s3_bucket)
-    reports = run_flow(tiles=[tile_a, tile_b], out=f"{root}/out", flatfield=truth["flatfield"], background="100", levels=3)
+    reports = run_flow(
+        tiles=[tile_a, tile_b], out=f"{root}/out", flatfield=truth["flatfield"], background="100", levels=3
+    )
 
     assert [r["status"] for r in reports] == ["written", "written"]
     after = objects(s3_server, s3_bucket)
@@ -51,13 +59,17 @@ def test_two_tiles_s3_in_and_out(s3_server, s3_bucket):
 
     ff = np.load(__import__("io").BytesIO(storage.read_bytes(truth["flatfield"]))).astype(np.float64)
     ff = (ff / ff.mean()).astype(np.float32)[0]
-    np.testing.assert_array_equal(read_s3(f"{root}/out/a.ome.zarr/0"), reference(read_s3(f"{tile_a}/0"), 100.0, ff, "uint16"))
+    np.testing.assert_array_equal(
+        read_s3(f"{root}/out/a.ome.zarr/0"), reference(read_s3(f"{tile_a}/0"), 100.0, ff, "uint16")
+    )
     nodes = list(Reader(parse_url(f"{root}/out/b.ome.zarr"))())
     assert [d.shape for d in nodes[0].data] == [(2, 16, 64, 96), (2, 16, 32, 48), (2, 8, 16, 24)]
     assert nodes[0].metadata["channel_names"] == ["ch0", "ch1"]
 
     # a rerun skips both complete tiles
-    again = run_flow(tiles=[tile_a, tile_b], out=f"{root}/out", flatfield=truth["flatfield"], background="100", levels=3)
+    again = run_flow(
+        tiles=[tile_a, tile_b], out=f"{root}/out", flatfield=truth["flatfield"], background="100", levels=3
+    )
     assert [r["status"] for r in again] == ["skipped", "skipped"]
     assert objects(s3_server, s3_bucket) == after
 
@@ -65,7 +77,10 @@ def test_two_tiles_s3_in_and_out(s3_server, s3_bucket):
 def test_table_and_progress_artifacts(tmp_path):
     tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 64), chunks=(8, 32, 32))
     state = correct.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
-        params=CorrectParameters(tiles=[tile], out=str(tmp_path / "out"), method="estimate", background="estimate", levels=2), return_state=True
+        params=CorrectParameters(
+            tiles=[tile], out=str(tmp_path / "out"), method="estimate", background="estimate", levels=2
+        ),
+        return_state=True,
     )
     assert state.is_completed()
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
@@ -84,8 +99,18 @@ def test_table_and_progress_artifacts(tmp_path):
 
 def test_correct_command_runs_with_progress_bar(tmp_path, capsys):
     tile, truth = make_tile(tmp_path / "in", shape=(8, 64, 64), chunks=(8, 32, 32))
-    reports = correct_command([tile], str(tmp_path / "out"), flatfield=truth["flatfield"], background="none", levels=2, memory="4GiB", workers=1)
-    assert reports[0]["status"] == "written" and os.path.exists(os.path.join(reports[0]["output"], "shadeflow.json"))
+    reports = correct_command(
+        [tile],
+        str(tmp_path / "out"),
+        flatfield=truth["flatfield"],
+        background="none",
+        levels=2,
+        memory="4GiB",
+        workers=1,
+    )
+    assert reports[0]["status"] == "written" and os.path.exists(
+        os.path.join(reports[0]["output"], "shadeflow.json")
+    )
     assert "chunks" in capsys.readouterr().out  # the bar's label
 
 
@@ -94,10 +119,16 @@ def test_a_tile_that_fails_while_running_leaves_no_output(tmp_path):
     before its output is touched; the other tile is written."""
     from shadeflow.flows.correct import TilesFailed
 
-    empty, _ = make_tile(tmp_path / "in", "empty.ome.zarr", shape=(12, 64, 64), chunks=(6, 64, 64), signal=0.0)
+    empty, _ = make_tile(
+        tmp_path / "in", "empty.ome.zarr", shape=(12, 64, 64), chunks=(6, 64, 64), signal=0.0
+    )
     good, _ = make_tile(tmp_path / "in", "good.ome.zarr", shape=(12, 64, 64), chunks=(6, 64, 64))
-    with pytest.raises(TilesFailed, match=r"empty.ome.zarr channel 0: no plane is brighter than the background") as info:
-        run_flow(tiles=[empty, good], out=str(tmp_path / "out"), method="estimate", background="100", levels=1)
+    with pytest.raises(
+        TilesFailed, match=r"empty.ome.zarr channel 0: no plane is brighter than the background"
+    ) as info:
+        run_flow(
+            tiles=[empty, good], out=str(tmp_path / "out"), method="estimate", background="100", levels=1
+        )
     assert "good.ome.zarr" not in str(info.value)
     assert sorted(os.listdir(tmp_path / "out")) == ["good.ome.zarr"]
     assert os.path.exists(tmp_path / "out" / "good.ome.zarr" / "shadeflow.json")

@@ -15,16 +15,23 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
 from conftest import _free_port, tree
 from correct_support import make_tile
+from test_cli import clean_env
+from test_cli_errors import expect_error, run
+
 from shadeflow.core import storage
-from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs, output_url, plan_tile, run_tile, tile_name
+from shadeflow.core.corrected_tile import (
+    CorrectRequest,
+    check_distinct_outputs,
+    output_url,
+    plan_tile,
+    run_tile,
+    tile_name,
+)
 from shadeflow.core.errors import InputError
 from shadeflow.core.flatfield_sources import FlatfieldError, read_field_file
 from shadeflow.core.ome_zarr_io import TileError
-from test_cli import clean_env
-from test_cli_errors import expect_error, run
 
 SHAPE, CHUNKS = (12, 48, 64), (6, 48, 64)
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRET"
@@ -34,22 +41,45 @@ SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRET"
 def case(tmp_path):
     """A small uint16 tile and its planted flatfield in ``<tmp>/in``; output to ``<tmp>/out``."""
     tile, truth = make_tile(tmp_path / "in", shape=SHAPE, chunks=CHUNKS)
-    return {"tile": tile, "flatfield": truth["flatfield"], "in": tmp_path / "in", "out": str(tmp_path / "out"), "tmp": tmp_path}
+    return {
+        "tile": tile,
+        "flatfield": truth["flatfield"],
+        "in": tmp_path / "in",
+        "out": str(tmp_path / "out"),
+        "tmp": tmp_path,
+    }
 
 
 def request(case, **changes) -> CorrectRequest:
-    return CorrectRequest(**{"out": case["out"], "flatfield": case["flatfield"], "background": "100", "levels": 2, **changes}).check()
+    return CorrectRequest(
+        **{"out": case["out"], "flatfield": case["flatfield"], "background": "100", "levels": 2, **changes}
+    ).check()
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
-    return clean_env(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    return clean_env(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # 1. a tile's name decides what may be removed
 
 
-@pytest.mark.parametrize("url", ["s3://bucket/evil/..", "s3://bucket/evil/../", "s3://bucket/evil/.", "s3://bucket/a\\b", "s3://bucket/a\0b", "/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "s3://bucket/evil/..",
+        "s3://bucket/evil/../",
+        "s3://bucket/evil/.",
+        "s3://bucket/a\\b",
+        "s3://bucket/a\0b",
+        "/",
+    ],
+)
 def test_tile_names_that_cannot_name_an_output_are_refused(url):
     with pytest.raises(TileError, match=r"cannot name an output folder under --out") as info:
         output_url("/data/out", url)
@@ -74,8 +104,22 @@ def test_dotdot_tile_on_s3_is_refused_before_anything_is_removed(tmp_path, s3_se
     (sandbox / "out" / "other-result.txt").write_text("an earlier result")
     flat = tmp_path / "flat.npy"
     np.save(flat, np.ones(SHAPE[1:]))
-    args = ["correct", tile, "--out", str(sandbox / "out"), "--flatfield", str(flat), "--background", "100", "--levels", "1", "--overwrite"]
-    line = expect_error(tmp_path, args, tile, "cannot name an output folder", untouched=[sandbox], env=s3_env(s3_server))
+    args = [
+        "correct",
+        tile,
+        "--out",
+        str(sandbox / "out"),
+        "--flatfield",
+        str(flat),
+        "--background",
+        "100",
+        "--levels",
+        "1",
+        "--overwrite",
+    ]
+    line = expect_error(
+        tmp_path, args, tile, "cannot name an output folder", untouched=[sandbox], env=s3_env(s3_server)
+    )
     assert line.startswith(f"error: tile {tile}: ")
 
 
@@ -102,7 +146,9 @@ def drop_chunk(tile: str, key: str) -> None:
 
 @pytest.mark.parametrize("zarr_format, key", [(3, "c/1/0/0"), (2, "1/0/0")])
 def test_a_missing_chunk_is_refused_naming_the_tile_and_the_chunk(case, zarr_format, key):
-    tile, _ = make_tile(case["in"], f"v{zarr_format}.ome.zarr", shape=SHAPE, chunks=CHUNKS, zarr_format=zarr_format)
+    tile, _ = make_tile(
+        case["in"], f"v{zarr_format}.ome.zarr", shape=SHAPE, chunks=CHUNKS, zarr_format=zarr_format
+    )
     drop_chunk(tile, key)
     for background in ("100", "estimate"):
         with pytest.raises(TileError) as info:
@@ -151,7 +197,9 @@ def test_non_finite_voxels_fail_the_tile_naming_where_and_leave_no_output(case, 
     with pytest.raises(TileError) as info:
         run_tile(plan)
     message = str(info.value)
-    assert message.startswith(f"tile {tile}") and "non-finite" in message and "z=8, y=0, x=0" in message, message
+    assert message.startswith(f"tile {tile}") and "non-finite" in message and "z=8, y=0, x=0" in message, (
+        message
+    )
     if background == "100":  # found as the chunk streamed through the correction
         assert "the chunk at z 6–11, y 0–47, x 0–63 holds 1 non-finite value" in message
     assert not os.path.exists(plan.output)
@@ -163,8 +211,14 @@ def test_non_finite_voxels_fail_the_flow_run_for_that_tile(case):
     from shadeflow.infra.cluster import task_runner
 
     tile = float_tile(case, at=(2, 40, 60))
-    params = CorrectParameters(tiles=[tile], out=case["out"], flatfield=case["flatfield"], background="100", levels=2)
-    with pytest.raises(TilesFailed, match=r"tile .*float\.ome\.zarr level 0: the chunk at z 0–5, y 0–47, x 0–63 holds 1 non-finite value .* first at z=2, y=40, x=60"):
+    params = CorrectParameters(
+        tiles=[tile], out=case["out"], flatfield=case["flatfield"], background="100", levels=2
+    )
+    with pytest.raises(
+        TilesFailed,
+        match=r"tile .*float\.ome\.zarr level 0: the chunk at z 0–5, y 0–47, x 0–63 holds 1 non-finite "
+        r"value .* first at z=2, y=40, x=60",
+    ):
         correct.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=params)
     assert not os.path.exists(os.path.join(case["out"], "float.ome.zarr"))
 
@@ -180,7 +234,9 @@ def test_flatfield_tiff_with_pages_of_different_shapes_is_refused(case):
     path = case["in"] / "pages.tif"
     tifffile.imwrite(path, np.ones(SHAPE[1:], np.float32))
     tifffile.imwrite(path, np.ones((24, 32), np.float32), append=True)
-    with pytest.raises(FlatfieldError, match=r"pages.tif: its 2 pages have different shapes \(48×64, 24×32\)"):
+    with pytest.raises(
+        FlatfieldError, match=r"pages.tif: its 2 pages have different shapes \(48×64, 24×32\)"
+    ):
         read_field_file(str(path))
     with pytest.raises(FlatfieldError, match=f"tile {case['tile']}: flatfield file .*pages.tif: its 2 pages"):
         plan_tile(case["tile"], request(case, flatfield=str(path)))
@@ -192,7 +248,9 @@ def test_flatfield_tiff_written_page_by_page_is_read_whole(case):
     tifffile.imwrite(path, np.full(SHAPE[1:], 2.0, np.float32), append=True)
     data = read_field_file(str(path))
     assert data.shape == (2, *SHAPE[1:]) and data[1].mean() == 2.0
-    with pytest.raises(FlatfieldError, match="holds 2 fields but the tile has 1 channel"):  # no longer silently the first page
+    with pytest.raises(
+        FlatfieldError, match="holds 2 fields but the tile has 1 channel"
+    ):  # no longer silently the first page
         plan_tile(case["tile"], request(case, flatfield=str(path)))
 
 
@@ -229,12 +287,16 @@ def test_correct_refuses_credentials_in_urls_without_echoing_them(tmp_path, case
         out = hostile
     else:
         flat = hostile
-    result, report = run(tmp_path, "correct", *tiles, "--out", out, "--flatfield", flat, "--background", "100")
+    result, report = run(
+        tmp_path, "correct", *tiles, "--out", out, "--flatfield", flat, "--background", "100"
+    )
     assert result.returncode == 2 and not report["modules"] and not report["started"]
     assert SECRET not in result.stdout + result.stderr and "AKIAEXAMPLE" not in result.stderr
     assert result.stderr.strip() == (
-        f"error: {where} s3://***@bucket/data/x.ome.zarr: credentials in the URL are refused (they would end up in logs and in the run's records); "
-        "remove them and give credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or a profile (AWS_PROFILE)"
+        f"error: {where} s3://***@bucket/data/x.ome.zarr: credentials in the URL are refused (they would "
+        "end up in logs and in the run's records); "
+        "remove them and give credentials through the environment (AWS_ACCESS_KEY_ID / "
+        "AWS_SECRET_ACCESS_KEY) or a profile (AWS_PROFILE)"
     )
     assert not os.path.exists(case["out"])
     no_secret_anywhere(tmp_path)
@@ -252,7 +314,9 @@ def test_every_verb_refuses_credentials_in_urls(tmp_path):
         ["applied-test", "--root", str(tmp_path), "--out", hostile],
         ["model", "compare", "--root", hostile],
     ):
-        line = expect_error(tmp_path, args, "s3://***@bucket/folder", "credentials in the URL are refused", absent=[out])
+        line = expect_error(
+            tmp_path, args, "s3://***@bucket/folder", "credentials in the URL are refused", absent=[out]
+        )
         assert SECRET not in line
     no_secret_anywhere(tmp_path)
 
@@ -264,8 +328,12 @@ def test_the_flow_parameters_refuse_credentials_too():
 
     for hostile in ({"out": f"s3://K:{SECRET}@bucket/out"}, {"tiles": [f"s3://K:{SECRET}@bucket/t.zarr"]}):
         with pytest.raises(ValidationError) as info:
-            CorrectParameters(**{"tiles": ["/data/t.zarr"], "out": "/data/out", "flatfield": "/data/f.npy", **hostile})
-        assert "credentials in the URL are refused" in str(info.value) and "s3://***@bucket/" in str(info.value)
+            CorrectParameters(
+                **{"tiles": ["/data/t.zarr"], "out": "/data/out", "flatfield": "/data/f.npy", **hostile}
+            )
+        assert "credentials in the URL are refused" in str(info.value) and "s3://***@bucket/" in str(
+            info.value
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,8 +342,14 @@ def test_the_flow_parameters_refuse_credentials_too():
 
 def test_missing_output_bucket_is_named_up_front_with_an_s3_tile(tmp_path, case, s3_server, s3_bucket):
     tile, _ = make_tile(f"s3://{s3_bucket}/in", "t.ome.zarr", shape=SHAPE, chunks=CHUNKS)
-    line = expect_error(tmp_path, ["correct", tile, "--out", "s3://no-such-out-bucket/out", "--flatfield", case["flatfield"]], env=s3_env(s3_server))
-    assert line.startswith("error: --out s3://no-such-out-bucket/out: bucket 'no-such-out-bucket' does not exist"), line
+    line = expect_error(
+        tmp_path,
+        ["correct", tile, "--out", "s3://no-such-out-bucket/out", "--flatfield", case["flatfield"]],
+        env=s3_env(s3_server),
+    )
+    assert line.startswith(
+        "error: --out s3://no-such-out-bucket/out: bucket 'no-such-out-bucket' does not exist"
+    ), line
     assert "tile" not in line
 
 
@@ -284,9 +358,15 @@ def test_an_unreachable_endpoint_is_named_as_such_and_quickly(tmp_path, case, wh
     closed = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     tile = "s3://bucket-x/in/t.ome.zarr" if where == "tile" else case["tile"]
     out = "s3://bucket-x/out" if where == "--out" else case["out"]
-    line = expect_error(tmp_path, ["correct", tile, "--out", out, "--flatfield", case["flatfield"], "--background", "100"], env=s3_env(closed))
+    line = expect_error(
+        tmp_path,
+        ["correct", tile, "--out", out, "--flatfield", case["flatfield"], "--background", "100"],
+        env=s3_env(closed),
+    )
     named = tile if where == "tile" else out
-    assert line.startswith(f"error: {where} {named}: bucket 'bucket-x': the storage endpoint cannot be reached"), line
+    assert line.startswith(
+        f"error: {where} {named}: bucket 'bucket-x': the storage endpoint cannot be reached"
+    ), line
     assert "not an OME-Zarr image" not in line and "does not exist" not in line
 
 
@@ -303,20 +383,48 @@ def test_up_front_bucket_probes_make_one_attempt_not_seconds_of_retries(monkeypa
 
 
 def test_a_missing_input_bucket_is_not_called_a_format_problem(tmp_path, case, s3_server):
-    line = expect_error(tmp_path, ["correct", "s3://no-such-in-bucket/t.ome.zarr", "--out", case["out"], "--flatfield", case["flatfield"]], env=s3_env(s3_server))
-    assert "tile s3://no-such-in-bucket/t.ome.zarr: bucket 'no-such-in-bucket' does not exist" in line and "not an OME-Zarr" not in line
+    line = expect_error(
+        tmp_path,
+        [
+            "correct",
+            "s3://no-such-in-bucket/t.ome.zarr",
+            "--out",
+            case["out"],
+            "--flatfield",
+            case["flatfield"],
+        ],
+        env=s3_env(s3_server),
+    )
+    assert (
+        "tile s3://no-such-in-bucket/t.ome.zarr: bucket 'no-such-in-bucket' does not exist" in line
+        and "not an OME-Zarr" not in line
+    )
 
 
 def test_refused_credentials_are_called_access_denied():
     from botocore.exceptions import ClientError, NoCredentialsError
 
-    denied = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "The AWS Access Key Id you provided does not exist"}}, "GetObject")
+    denied = ClientError(
+        {
+            "Error": {
+                "Code": "InvalidAccessKeyId",
+                "Message": "The AWS Access Key Id you provided does not exist",
+            }
+        },
+        "GetObject",
+    )
     wrapped = PermissionError("The AWS Access Key Id you provided does not exist")
     wrapped.__cause__ = denied
     assert storage.storage_problem(wrapped) == "access denied (InvalidAccessKeyId)"
-    assert storage.storage_problem(ClientError({"Error": {"Code": "403"}}, "HeadBucket")) == "access denied (403)"
+    assert (
+        storage.storage_problem(ClientError({"Error": {"Code": "403"}}, "HeadBucket"))
+        == "access denied (403)"
+    )
     assert storage.storage_problem(NoCredentialsError()).startswith("no usable AWS credentials")
-    assert storage.storage_problem(ClientError({"Error": {"Code": "NoSuchBucket"}}, "GetObject")) == "the bucket does not exist"
+    assert (
+        storage.storage_problem(ClientError({"Error": {"Code": "NoSuchBucket"}}, "GetObject"))
+        == "the bucket does not exist"
+    )
     assert storage.storage_problem(ValueError("bad JSON")) is None
 
 
@@ -326,8 +434,14 @@ def test_the_flow_checks_the_output_bucket_before_planning(case, s3_server):
     from shadeflow.infra.cluster import task_runner
 
     before = tree(case["tmp"])
-    params = CorrectParameters(tiles=[case["tile"]], out="s3://no-such-flow-bucket/out", flatfield=case["flatfield"], background="100")
-    with pytest.raises(InputError, match=r"^--out s3://no-such-flow-bucket/out: bucket 'no-such-flow-bucket' does not exist"):
+    params = CorrectParameters(
+        tiles=[case["tile"]],
+        out="s3://no-such-flow-bucket/out",
+        flatfield=case["flatfield"],
+        background="100",
+    )
+    with pytest.raises(
+        InputError, match=r"^--out s3://no-such-flow-bucket/out: bucket 'no-such-flow-bucket' does not exist"
+    ):
         correct.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=params)
     assert tree(case["tmp"]) == before
-

@@ -14,11 +14,11 @@ import os
 import numpy as np
 import pytest
 import zarr
+from conftest import tree
+from correct_support import make_model, make_tile, reference, smoothed_mean_plane_rms
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from conftest import tree
-from correct_support import make_model, make_tile, reference, smoothed_mean_plane_rms
 from shadeflow.core.corrected_tile import CorrectRequest, TileError, plan_tile, run_tile
 from shadeflow.core.synth import planted_flatfield
 from shadeflow.core.synth_tiles import read_truth
@@ -58,11 +58,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("zarr_format,axes,shape,chunks,dtype,background", CASES, ids=[f"v{c[0]}-{c[1]}-{c[4]}" for c in CASES])
+@pytest.mark.parametrize(
+    "zarr_format,axes,shape,chunks,dtype,background", CASES, ids=[f"v{c[0]}-{c[1]}-{c[4]}" for c in CASES]
+)
 def test_formats_axes_dtypes(tmp_path, zarr_format, axes, shape, chunks, dtype, background):
-    tile, truth = make_tile(tmp_path / "in", shape=shape, axes=axes, chunks=chunks, dtype=dtype, zarr_format=zarr_format, translation={"y": 7.5, "x": -3.0})
+    tile, truth = make_tile(
+        tmp_path / "in",
+        shape=shape,
+        axes=axes,
+        chunks=chunks,
+        dtype=dtype,
+        zarr_format=zarr_format,
+        translation={"y": 7.5, "x": -3.0},
+    )
     before = tree(tmp_path / "in")
-    plan, report = correct(tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background=background, levels=3)
+    plan, report = correct(
+        tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background=background, levels=3
+    )
     out = report.output
     assert report.status == "written" and out == str(tmp_path / "out" / "tile.ome.zarr")
     assert tree(tmp_path / "in") == before  # the input is never written
@@ -71,7 +83,11 @@ def test_formats_axes_dtypes(tmp_path, zarr_format, axes, shape, chunks, dtype, 
     multiscale, version = ngff(out)
     assert version == {2: "0.4", 3: "0.5"}[zarr_format]
     level0 = zarr.open_array(os.path.join(out, "0"), mode="r")
-    assert level0.metadata.zarr_format == zarr_format and level0.dtype == np.dtype(dtype) and level0.shape == shape
+    assert (
+        level0.metadata.zarr_format == zarr_format
+        and level0.dtype == np.dtype(dtype)
+        and level0.shape == shape
+    )
     assert level0.chunks == tuple(min(c, s) for c, s in zip(chunks, shape))
     codec = json.dumps(level0.metadata.to_dict(), default=str)
     assert "zstd" in codec and "blosc" in codec.lower()
@@ -89,7 +105,10 @@ def test_formats_axes_dtypes(tmp_path, zarr_format, axes, shape, chunks, dtype, 
     scale0 = source_ms["datasets"][0]["coordinateTransformations"][0]["scale"]
     transforms = image.metadata["coordinateTransformations"]
     assert transforms[0][0]["scale"] == scale0
-    assert transforms[0][1]["translation"] == source_ms["datasets"][0]["coordinateTransformations"][1]["translation"]
+    assert (
+        transforms[0][1]["translation"]
+        == source_ms["datasets"][0]["coordinateTransformations"][1]["translation"]
+    )
     yx = [i for i, a in enumerate(axes) if a in "yx"]
     for k, level in enumerate(image.data):
         scale_k = transforms[k][0]["scale"]
@@ -121,7 +140,10 @@ def test_formats_axes_dtypes(tmp_path, zarr_format, axes, shape, chunks, dtype, 
         assert set(planes) <= set(truth["quiet_planes"]) and len(planes) >= 3
         x0 = x[0] if c_axis is not None else x
         bg_map = np.median(x0[planes].astype(np.float32), axis=0)
-        np.testing.assert_array_equal(level0[...][0] if c_axis is not None else level0[...], reference(x0, bg_map, ff_b[0] if c_axis is not None else ff_b, dtype))
+        np.testing.assert_array_equal(
+            level0[...][0] if c_axis is not None else level0[...],
+            reference(x0, bg_map, ff_b[0] if c_axis is not None else ff_b, dtype),
+        )
     # level 1 is the block mean of level 0
     l0 = level0[...].astype(np.float64)
     l1 = zarr.open_array(os.path.join(out, "1"), mode="r")[...]
@@ -129,9 +151,16 @@ def test_formats_axes_dtypes(tmp_path, zarr_format, axes, shape, chunks, dtype, 
     if not z_halved:
         sl = tuple(slice(0, 2 * (n // 2)) if a in "yx" else slice(None) for a, n in zip(axes, l0.shape))
         l0c = l0[sl]
-        blocks = l0c.reshape(*l0c.shape[:-2], l0c.shape[-2] // 2, 2, l0c.shape[-1] // 2, 2).mean(axis=(-3, -1))
+        blocks = l0c.reshape(*l0c.shape[:-2], l0c.shape[-2] // 2, 2, l0c.shape[-1] // 2, 2).mean(
+            axis=(-3, -1)
+        )
         expected = np.rint(blocks).astype(dtype) if dtype != "float32" else blocks.astype(np.float32)
-        np.testing.assert_allclose(l1.astype(np.float64), expected.astype(np.float64), rtol=1e-6, atol=0 if dtype != "float32" else 1e-3)
+        np.testing.assert_allclose(
+            l1.astype(np.float64),
+            expected.astype(np.float64),
+            rtol=1e-6,
+            atol=0 if dtype != "float32" else 1e-3,
+        )
 
     # the completion marker comes with the provenance
     with open(os.path.join(out, "shadeflow.json")) as handle:
@@ -181,12 +210,22 @@ def test_planted_shading_is_gone(tmp_path, accuracy_tile, source):
 
 
 def test_model_correction_matches_numpy_exactly(tmp_path):
-    tile, truth = make_tile(tmp_path / "in", shape=(2, 16, 96, 128), axes="czyx", chunks=(1, 8, 48, 64), seed=5)
+    tile, truth = make_tile(
+        tmp_path / "in", shape=(2, 16, 96, 128), axes="czyx", chunks=(1, 8, 48, 64), seed=5
+    )
     store = str(tmp_path / "store")
     groups = {"dapi": [1, 2], "fitc": [3, 5]}
     model = planted_flatfield((96, 128, 5))  # the synthetic cohort's flatfield, (L, H, W)
     make_model(store, "cohort1", model, groups)
-    _, report = correct(tile, out=str(tmp_path / "out"), model="cohort1", store=store, channel_map="0=2,1=fitc", background="100", levels=2)
+    _, report = correct(
+        tile,
+        out=str(tmp_path / "out"),
+        model="cohort1",
+        store=store,
+        channel_map="0=2,1=fitc",
+        background="100",
+        levels=2,
+    )
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
     out = zarr.open_array(os.path.join(report.output, "0"), mode="r")[...]
     ff = model[[1, 3]].astype(np.float32)[:, None]  # channel 0 → layer 2, channel 1 → fitc's middle layer 4
@@ -213,17 +252,40 @@ def test_model_of_another_size_is_resampled_and_says_so(tmp_path):
     big = resize(model[0], (96, 128), order=3, mode="edge", anti_aliasing=False, preserve_range=True)
     big = (big * (model[0].mean() / big.mean())).astype(np.float32)
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
-    np.testing.assert_array_equal(zarr.open_array(os.path.join(report.output, "0"), mode="r")[...], reference(x, 0.0, big, "uint16"))
+    np.testing.assert_array_equal(
+        zarr.open_array(os.path.join(report.output, "0"), mode="r")[...], reference(x, 0.0, big, "uint16")
+    )
 
 
 def test_any_level_and_format_conversion(tmp_path):
-    tile, truth = make_tile(tmp_path / "in", shape=(16, 128, 128), chunks=(8, 64, 64), levels=3, zarr_format=2, translation={"z": 4.0})
-    _, report = correct(tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="0", level="1", levels=2, zarr_format=3)
+    tile, truth = make_tile(
+        tmp_path / "in",
+        shape=(16, 128, 128),
+        chunks=(8, 64, 64),
+        levels=3,
+        zarr_format=2,
+        translation={"z": 4.0},
+    )
+    _, report = correct(
+        tile,
+        out=str(tmp_path / "out"),
+        flatfield=truth["flatfield"],
+        background="0",
+        level="1",
+        levels=2,
+        zarr_format=3,
+    )
     source_ms, _ = ngff(tile)
     multiscale, version = ngff(report.output)
     assert version == "0.5" and zarr.open_group(report.output, mode="r").metadata.zarr_format == 3
-    assert zarr.open_array(os.path.join(report.output, "0"), mode="r").shape == zarr.open_array(os.path.join(tile, "1"), mode="r").shape
-    assert multiscale["datasets"][0]["coordinateTransformations"] == source_ms["datasets"][1]["coordinateTransformations"]
+    assert (
+        zarr.open_array(os.path.join(report.output, "0"), mode="r").shape
+        == zarr.open_array(os.path.join(tile, "1"), mode="r").shape
+    )
+    assert (
+        multiscale["datasets"][0]["coordinateTransformations"]
+        == source_ms["datasets"][1]["coordinateTransformations"]
+    )
     assert attrs(report.output)["shadeflow"]["source"]["level"] == "1"
     # the flatfield (128×128 file) was resampled to level 1's 64×64
     assert "resampled" in report.flatfield
@@ -239,12 +301,19 @@ def test_resumable_skip_refuse_overwrite(tmp_path):
 
     # a crash before the marker: marker gone and a chunk missing → the rerun redoes it
     os.remove(os.path.join(first.output, "shadeflow.json"))
-    chunk = next(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(first.output, "0")) for f in fs if f not in ("zarr.json",))
+    chunk = next(
+        os.path.join(d, f)
+        for d, _, fs in os.walk(os.path.join(first.output, "0"))
+        for f in fs
+        if f not in ("zarr.json",)
+    )
     os.remove(chunk)
     plan, again = correct(tile, **request)
     assert plan.action == "redo" and again.status == "written"
     redone = tree(first.output)
-    assert {k: v for k, v in redone.items() if k != "shadeflow.json" and k != "zarr.json"} == {k: v for k, v in good.items() if k != "shadeflow.json" and k != "zarr.json"}
+    assert {k: v for k, v in redone.items() if k != "shadeflow.json" and k != "zarr.json"} == {
+        k: v for k, v in good.items() if k != "shadeflow.json" and k != "zarr.json"
+    }
 
     # complete with the same parameters → skipped, untouched
     plan, skipped = correct(tile, **request)
@@ -252,7 +321,9 @@ def test_resumable_skip_refuse_overwrite(tmp_path):
     assert tree(first.output) == redone
 
     # complete with other parameters → refused without --overwrite, nothing changed
-    with pytest.raises(TileError, match=r"tile .*tile.ome.zarr: output .* exists and is complete .*--overwrite"):
+    with pytest.raises(
+        TileError, match=r"tile .*tile.ome.zarr: output .* exists and is complete .*--overwrite"
+    ):
         plan_tile(tile, CorrectRequest(**{**request, "levels": 3}))
     assert tree(first.output) == redone
 
@@ -272,11 +343,15 @@ def test_partial_output_written_by_hand_is_redone(tmp_path):
     group = create_image_group(target, 3, {"shadeflow": {"kind": "corrected-tile", "status": "writing"}})
     arr = create_level_array(group, "0", (16, 64, 64), (8, 32, 32), np.dtype("uint16"), ("z", "y", "x"))
     arr[:8] = 7
-    plan, report = correct(tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="100", levels=2)
+    plan, report = correct(
+        tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="100", levels=2
+    )
     assert plan.action == "redo" and report.status == "written"
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
     ff = normalised(np.load(truth["flatfield"]))[0]
-    np.testing.assert_array_equal(zarr.open_array(os.path.join(target, "0"), mode="r")[...], reference(x, 100.0, ff, "uint16"))
+    np.testing.assert_array_equal(
+        zarr.open_array(os.path.join(target, "0"), mode="r")[...], reference(x, 100.0, ff, "uint16")
+    )
     assert os.path.exists(os.path.join(target, "shadeflow.json"))
 
 
@@ -295,7 +370,9 @@ def test_flatfield_files_tiff_zarr_and_per_channel(tmp_path, kind):
 
     tile, truth = make_tile(tmp_path / "in", shape=(2, 8, 48, 64), axes="czyx", chunks=(1, 8, 48, 64))
     planted = np.load(truth["flatfield"])  # (2, 48, 64)
-    scaled = planted * np.array([300.0, 0.02])[:, None, None]  # arbitrary units: normalised to mean 1 per channel
+    scaled = (
+        planted * np.array([300.0, 0.02])[:, None, None]
+    )  # arbitrary units: normalised to mean 1 per channel
     if kind == "tiff":
         url = str(tmp_path / "ff.tif")
         tifffile.imwrite(url, scaled[0].astype(np.float32))
@@ -310,11 +387,15 @@ def test_flatfield_files_tiff_zarr_and_per_channel(tmp_path, kind):
         expected = scaled
     _, report = correct(tile, out=str(tmp_path / "out"), flatfield=url, background="100", levels=1)
     expected = expected.astype(np.float32) if kind != "npy-per-channel" else expected
-    ff = normalised(np.asarray(expected, np.float64).astype(np.float32) if kind != "npy-per-channel" else expected)
+    ff = normalised(
+        np.asarray(expected, np.float64).astype(np.float32) if kind != "npy-per-channel" else expected
+    )
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
     out = zarr.open_array(os.path.join(report.output, "0"), mode="r")[...]
     # float32 files are normalised in float64 like the reference; compare within one count
-    np.testing.assert_allclose(out.astype(np.int64), reference(x, 100.0, ff[:, None], "uint16").astype(np.int64), atol=1)
+    np.testing.assert_allclose(
+        out.astype(np.int64), reference(x, 100.0, ff[:, None], "uint16").astype(np.int64), atol=1
+    )
     flat = attrs(report.output)["shadeflow"]["flatfield"]
     assert flat["kind"] == "file" and len(flat["normalised_by_mean"]) == (1 if kind == "tiff" else 2)
 
@@ -324,20 +405,31 @@ def test_darkfield_is_subtracted_per_pixel(tmp_path):
     dark = (95 + 10 * np.random.default_rng(2).random((48, 64))).astype(np.float32)
     url = str(tmp_path / "dark.npy")
     np.save(url, dark)
-    _, report = correct(tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], darkfield=url, levels=1)
+    _, report = correct(
+        tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], darkfield=url, levels=1
+    )
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
     ff = normalised(np.load(truth["flatfield"]))[0]
-    np.testing.assert_array_equal(zarr.open_array(os.path.join(report.output, "0"), mode="r")[...], reference(x, dark, ff, "uint16"))
+    np.testing.assert_array_equal(
+        zarr.open_array(os.path.join(report.output, "0"), mode="r")[...], reference(x, dark, ff, "uint16")
+    )
     assert report.background == "darkfield dark.npy"
     assert attrs(report.output)["shadeflow"]["background"]["kind"] == "darkfield"
 
 
 def test_background_fallback_is_logged_and_recorded(tmp_path):
     # sample in every plane: the rejection throws out every candidate and falls back, loudly
-    tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 64), chunks=(8, 64, 64), quiet_fraction=0.0, texture_cells=8)
+    tile, truth = make_tile(
+        tmp_path / "in", shape=(16, 64, 64), chunks=(8, 64, 64), quiet_fraction=0.0, texture_cells=8
+    )
     assert truth["quiet_planes"] == []
     messages = []
-    plan = plan_tile(tile, CorrectRequest(out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="estimate", levels=1))
+    plan = plan_tile(
+        tile,
+        CorrectRequest(
+            out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="estimate", levels=1
+        ),
+    )
     report = run_tile(plan, log=messages.append)
     warnings = [m for m in messages if m.startswith("WARNING ") and "fell back" in m]
     assert warnings and tile in warnings[0] and "used the candidates anyway" in warnings[0]
@@ -352,12 +444,23 @@ def test_sharded_input(tmp_path, zarr_format):
     sharded like the input (or plain chunks when converted to zarr v2)."""
     tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 96), chunks=(4, 16, 32), shards=(8, 32, 96))
     assert zarr.open_array(os.path.join(tile, "0"), mode="r").shards == (8, 32, 96)
-    plan, report = correct(tile, out=str(tmp_path / "out"), flatfield=truth["flatfield"], background="100", levels=3, zarr_format=zarr_format)
+    plan, report = correct(
+        tile,
+        out=str(tmp_path / "out"),
+        flatfield=truth["flatfield"],
+        background="100",
+        levels=3,
+        zarr_format=zarr_format,
+    )
     assert plan.n_blocks == 2 * 2 * 1
     out0 = zarr.open_array(os.path.join(report.output, "0"), mode="r")
     assert out0.chunks == (4, 16, 32) and out0.shards == ((8, 32, 96) if zarr_format == 3 else None)
     if zarr_format == 3:
-        assert zarr.open_array(os.path.join(report.output, "2"), mode="r").shards == (8, 16, 24)  # 8×16×24 level: clamped
+        assert zarr.open_array(os.path.join(report.output, "2"), mode="r").shards == (
+            8,
+            16,
+            24,
+        )  # 8×16×24 level: clamped
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
     ff = normalised(np.load(truth["flatfield"]))[0]
     np.testing.assert_array_equal(out0[...], reference(x, 100.0, ff, "uint16"))

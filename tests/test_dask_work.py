@@ -16,7 +16,10 @@ class FieldBroken(ValueError):
 
 @pytest.fixture(scope="module")
 def client():
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 

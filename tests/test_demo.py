@@ -15,7 +15,9 @@ def test_demo_runs_the_whole_chain_and_reports_against_the_truth(tmp_path, capsy
     report = " ".join(capsys.readouterr().out.split())
 
     assert "Results against the known (planted) shading" in report and "How to read this" in report
-    assert len(results["mean_images"]) == 3 and all(e < 0.025 for e in results["mean_images"].values()), results
+    assert len(results["mean_images"]) == 3 and all(e < 0.025 for e in results["mean_images"].values()), (
+        results
+    )
     assert results["model"] < 0.015
     assert results["applied_test_change_percent"] < -50
     assert results["tiles_before"] > 0.05 and results["tiles_after"] < results["tiles_before"] / 3

@@ -18,8 +18,8 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 from prefect.settings import PREFECT_API_URL
 from prefect.utilities.templating import apply_values
-
 from prefect_processes import child_env
+
 from shadeflow.deployments.serve import read_deployments
 from shadeflow.infra.sizing import parse_size
 
@@ -32,18 +32,32 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def prefect(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, (
+        f"prefect {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
     return result
 
 
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory):
-    """The work pool and every deployment, created by the real CLI from a directory unrelated to the repository."""
+    """The work pool and every deployment, created by the real CLI from a directory unrelated to the
+    repository."""
     work = tmp_path_factory.mktemp("deploy")
     pool = yaml.safe_load(PREFECT_YAML.read_text())["definitions"]["work_pools"]["kubernetes"]["name"]
     env = child_env(work / "home", PREFECT_API_URL=PREFECT_API_URL.value(), SHADEFLOW_IMAGE=IMAGE)
-    prefect(["work-pool", "create", pool, "--type", "kubernetes", "--base-job-template", str(WORK_POOL)], env, work)
+    prefect(
+        ["work-pool", "create", pool, "--type", "kubernetes", "--base-job-template", str(WORK_POOL)],
+        env,
+        work,
+    )
     output = prefect(["--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_YAML)], env, work)
     return {"pool": pool, "output": output.stdout}
 
@@ -54,7 +68,9 @@ def read_all(pool_name: str):
 
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool(pool_name)
-        deployments = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name])))
+        deployments = client.read_deployments(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool_name]))
+        )
         flows = {f.id: f.name for f in client.read_flows()}
     return pool, {(flows[d.flow_id], d.name): d for d in deployments}
 
@@ -67,7 +83,9 @@ def test_every_deployment_is_created_on_the_kubernetes_pool(deployed):
     for (flow_name, _), deployment in deployments.items():
         assert deployment.work_queue_name == "default"
         assert deployment.entrypoint.startswith("shadeflow.flows.")
-        assert load_flow_from_entrypoint(deployment.entrypoint).name == flow_name  # what the flow-run pod will load
+        assert (
+            load_flow_from_entrypoint(deployment.entrypoint).name == flow_name
+        )  # what the flow-run pod will load
         assert not deployment.pull_steps  # nothing to clone: the image holds the package
         assert deployment.job_variables["image"] == IMAGE
         assert deployment.job_variables["namespace"] == "shadeflow"
@@ -94,10 +112,18 @@ def test_what_the_worker_would_start_is_a_valid_job_carrying_the_memory(deployed
     pool, deployments = read_all(deployed["pool"])
     template = pool.base_job_template
     assert template == json.loads(WORK_POOL.read_text())
-    defaults = {k: v["default"] for k, v in template["variables"]["properties"].items() if v.get("default") is not None}
+    defaults = {
+        k: v["default"]
+        for k, v in template["variables"]["properties"].items()
+        if v.get("default") is not None
+    }
     for key, deployment in deployments.items():
-        job = apply_values(copy.deepcopy(template["job_configuration"]), {**defaults, **deployment.job_variables})["job_manifest"]
-        job["metadata"].update(generateName="shadeflow-run-", labels={})  # the worker fills these from the flow run
+        job = apply_values(
+            copy.deepcopy(template["job_configuration"]), {**defaults, **deployment.job_variables}
+        )["job_manifest"]
+        job["metadata"].update(
+            generateName="shadeflow-run-", labels={}
+        )  # the worker fills these from the flow run
         assert kubernetes_validate.validate(job, "1.37") == "1.37", key
         container = job["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}

@@ -17,11 +17,17 @@ import yaml
 from prefect import Flow
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
+from prefect_processes import child_env
 
 import shadeflow.flows
-from prefect_processes import child_env
 from shadeflow.deployments import serve as serve_module
-from shadeflow.deployments.serve import ServeError, check_api_url, read_deployments, runner_deployments, schedule
+from shadeflow.deployments.serve import (
+    ServeError,
+    check_api_url,
+    read_deployments,
+    runner_deployments,
+    schedule,
+)
 
 PREFECT_YAML = Path(serve_module.__file__).with_name("prefect.yaml")
 
@@ -62,7 +68,9 @@ def test_parameters_are_a_described_pydantic_model(entry):
             assert spec.get("description"), f"{model}.{field} has no description for the UI form"
     if entry.parameters:  # the deployment's own parameters must be valid for the flow
         model = flow.fn.__annotations__["params"]
-        model = getattr(importlib.import_module(flow.fn.__module__), model) if isinstance(model, str) else model
+        model = (
+            getattr(importlib.import_module(flow.fn.__module__), model) if isinstance(model, str) else model
+        )
         model.model_validate(entry.parameters["params"])
 
 
@@ -76,7 +84,9 @@ def test_nightly_example_refreshes_a_cohort_every_night():
     assert (day, month, weekday) == ("*", "*", "*") and minute.isdigit() and hour.isdigit()  # once a day
     assert cron.timezone == "UTC"
     params = nightly.parameters["params"]
-    assert params["meanimage"]["slides"] and params["model"]["version"] and params["model"]["overwrite"] is True
+    assert (
+        params["meanimage"]["slides"] and params["model"]["version"] and params["model"]["overwrite"] is True
+    )
 
 
 def test_every_deployment_goes_to_the_kubernetes_pool_with_image_namespace_and_memory():
@@ -125,7 +135,14 @@ def test_serving_without_a_server_says_how_to_start_one(tmp_path):
     with pytest.raises(ServeError, match="prefect server start"):
         check_api_url(None)
     assert check_api_url("http://127.0.0.1:4200/api") == "http://127.0.0.1:4200/api"
-    # the entry point itself, in a clean environment (no PREFECT_API_URL): exit 2 and the reason, nothing served
-    result = subprocess.run([sys.executable, "-m", "shadeflow.deployments.serve"], env=child_env(tmp_path / "home"), capture_output=True, text=True, timeout=120)
+    # the entry point itself, in a clean environment (no PREFECT_API_URL): exit 2 and the reason, nothing
+    # served
+    result = subprocess.run(
+        [sys.executable, "-m", "shadeflow.deployments.serve"],
+        env=child_env(tmp_path / "home"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "PREFECT_API_URL" in result.stderr

@@ -19,10 +19,14 @@ from pathlib import Path
 import pytest
 import yaml
 from dask.utils import format_bytes, parse_bytes
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterParentFlowRunId,
+)
 from prefect.client.schemas.sorting import FlowRunSort
-
 from prefect_processes import child_env, prefect_server, started, sync_client, tail, wait_for
+
 from shadeflow.core import astropath_io
 from shadeflow.core.model_store import read_model, version_folder
 from shadeflow.core.outputs import is_complete, read_manifest
@@ -42,7 +46,9 @@ def server(tmp_path_factory):
 def deployment_names(prefect_file: Path) -> list[str]:
     from prefect.flows import load_flow_from_entrypoint
 
-    return [f"{load_flow_from_entrypoint(e.entrypoint).name}/{e.name}" for e in read_deployments(prefect_file)]
+    return [
+        f"{load_flow_from_entrypoint(e.entrypoint).name}/{e.name}" for e in read_deployments(prefect_file)
+    ]
 
 
 def deployment_exists(api_url: str, name: str) -> bool:
@@ -61,10 +67,26 @@ def serving(api_url: str, prefect_file: Path, work: Path) -> Iterator[Path]:
     """``python -m shadeflow.deployments.serve`` for ``prefect_file`` until the block ends; yields its log."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "serve.log"
-    env = child_env(work / "home", PREFECT_API_URL=api_url, SHADEFLOW_MEMORY=SERVE_MEMORY, PREFECT_RUNNER_POLL_FREQUENCY="2")
-    with started([sys.executable, "-m", "shadeflow.deployments.serve", "--prefect-file", str(prefect_file)], env, log, cwd=work) as process:
+    env = child_env(
+        work / "home",
+        PREFECT_API_URL=api_url,
+        SHADEFLOW_MEMORY=SERVE_MEMORY,
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+    )
+    with started(
+        [sys.executable, "-m", "shadeflow.deployments.serve", "--prefect-file", str(prefect_file)],
+        env,
+        log,
+        cwd=work,
+    ) as process:
         for name in deployment_names(prefect_file):
-            wait_for(lambda: deployment_exists(api_url, name), 120, f"deployment {name} to be served", process=process, log=log)
+            wait_for(
+                lambda name=name: deployment_exists(api_url, name),
+                120,
+                f"deployment {name} to be served",
+                process=process,
+                log=log,
+            )
         yield log
 
 
@@ -89,12 +111,21 @@ def run_logs(api_url: str, run_id) -> list[str]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     with sync_client(api_url) as client:
-        return [log.message for log in client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0)]
+        return [
+            log.message
+            for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200, offset=0
+            )
+        ]
 
 
 def cluster_line_logged(api_url: str, run_id) -> str:
     """The cluster the run's factory reported (logs reach the API shortly after the run)."""
-    return wait_for(lambda: next((m for m in run_logs(api_url, run_id) if "cluster for this run" in m), ""), 60, f"the cluster log line of run {run_id}")
+    return wait_for(
+        lambda: next((m for m in run_logs(api_url, run_id) if "cluster for this run" in m), ""),
+        60,
+        f"the cluster log line of run {run_id}",
+    )
 
 
 def assert_mean_images(slide: str) -> None:
@@ -114,9 +145,13 @@ def test_the_run_button_runs_a_served_deployment_with_its_parameters(server, pac
 
     assert run.parameters == {"params": {"slides": slides, "seed": 3}}
     assert_mean_images(slides[0])
-    assert read_manifest(os.path.join(slides[0], "meanimage"))["parameters"]["seed"] == 3  # the form's values reached the flow
+    assert (
+        read_manifest(os.path.join(slides[0], "meanimage"))["parameters"]["seed"] == 3
+    )  # the form's values reached the flow
     line = cluster_line_logged(server, run.id)
-    assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in line, line  # sized from the serve process's setting
+    assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in line, (
+        line
+    )  # sized from the serve process's setting
 
 
 def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged, tmp_path):
@@ -130,7 +165,15 @@ def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged,
         rows.append(["nightly-test", meta["project"], meta["cohort"], meta["batch"], meta["slide_id"]])
     astropath_io.write_csv(str(models_csv), ["version", "Project", "Cohort", "BatchID", "SlideID"], rows)
     (nightly,) = [e for e in read_deployments() if e.schedules]
-    params = {"meanimage": {"slides": slides}, "model": {"version": "nightly-test", "models_csv": str(models_csv), "roots": [str(root)], "overwrite": True}}
+    params = {
+        "meanimage": {"slides": slides},
+        "model": {
+            "version": "nightly-test",
+            "models_csv": str(models_csv),
+            "roots": [str(root)],
+            "overwrite": True,
+        },
+    }
 
     run = run_and_wait(server, f"cohort-refresh/{nightly.name}", {"params": params}, log)
 
@@ -142,13 +185,18 @@ def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged,
     h, w, layers = json.loads(Path(slides[0], "slide.json").read_text())["shape"]
     assert model.flatfield.shape == (layers, h, w)
     with sync_client(server) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])), sort=FlowRunSort.START_TIME_ASC)
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])),
+            sort=FlowRunSort.START_TIME_ASC,
+        )
         names = [client.read_flow(child.flow_id).name for child in children]
     assert names == ["meanimage", "model-build"]  # mean images first, then the model
     assert children[0].end_time <= children[1].start_time
     assert all(child.state.is_completed() for child in children)
     for child in children:  # each subflow run made its own cluster from the serve process's setting
-        assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in cluster_line_logged(server, child.id)
+        assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in cluster_line_logged(
+            server, child.id
+        )
 
 
 def test_a_short_interval_schedule_creates_and_completes_a_run(server, tmp_path):
@@ -175,7 +223,11 @@ def test_a_short_interval_schedule_creates_and_completes_a_run(server, tmp_path)
 
         def completed_run():
             with sync_client(server) as client:
-                runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])))
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[deployment.id])
+                    )
+                )
             failed = [r for r in runs if r.state and r.state.is_failed()]
             assert not failed, f"{failed[0].state.message}\n{tail(log)}"
             return next((r for r in runs if r.state and r.state.is_completed()), None)

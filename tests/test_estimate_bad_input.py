@@ -1,4 +1,5 @@
-"""Input the estimator cannot use: each case fails with a clear message naming the input and what was expected."""
+"""Input the estimator cannot use: each case fails with a clear message naming the input and what was
+expected."""
 
 from __future__ import annotations
 
@@ -19,19 +20,25 @@ def images() -> np.ndarray:
 def test_too_few_images_says_how_many(images):
     with pytest.raises(EstimateError, match=r"5 images; the estimator needs at least 8"):
         estimate_shading(images[:5])
-    with pytest.raises(EstimateError, match=r"10 images; the estimator needs at least 16 to estimate a darkfield"):
+    with pytest.raises(
+        EstimateError, match=r"10 images; the estimator needs at least 16 to estimate a darkfield"
+    ):
         estimate_shading(images[:10], darkfield=True)
 
 
 def test_images_of_different_shapes(images):
     frames = list(images[:12])
     frames[7] = frames[7][:, :60]
-    with pytest.raises(EstimateError, match=r"image 7 is 64×60 but image 0 is 64×64; all images must have one shape"):
+    with pytest.raises(
+        EstimateError, match=r"image 7 is 64×60 but image 0 is 64×64; all images must have one shape"
+    ):
         estimate_shading(frames)
 
 
 def test_not_a_stack():
-    with pytest.raises(EstimateError, match=r"expected a stack \(N, H, W\), got an array of shape \(64, 64\)"):
+    with pytest.raises(
+        EstimateError, match=r"expected a stack \(N, H, W\), got an array of shape \(64, 64\)"
+    ):
         estimate_shading(np.ones((64, 64)))
 
 
@@ -50,7 +57,10 @@ def test_non_finite_values_name_the_image(images):
 
 @pytest.mark.parametrize("shape", [(64, 32), (3, 64, 64), (12, 64)])
 def test_weight_mask_of_the_wrong_shape(images, shape):
-    with pytest.raises(EstimateError, match=r"weight mask of shape .* does not match the images: expected \(64, 64\) .* or \(12, 64, 64\)"):
+    with pytest.raises(
+        EstimateError,
+        match=r"weight mask of shape .* does not match the images: expected \(64, 64\) .* or \(12, 64, 64\)",
+    ):
         estimate_shading(images[:12], mask=np.ones(shape, bool))
 
 
@@ -62,7 +72,10 @@ def test_weight_mask_without_weight_or_with_negative_weights(images):
 
 
 def test_images_too_small():
-    with pytest.raises(EstimateError, match=r"images of 4×64 px are too small: the estimator needs at least 8 px along each side"):
+    with pytest.raises(
+        EstimateError,
+        match=r"images of 4×64 px are too small: the estimator needs at least 8 px along each side",
+    ):
         estimate_shading(np.random.default_rng(0).integers(1, 100, (12, 4, 64)).astype(np.uint16))
 
 
@@ -91,7 +104,9 @@ def test_tiff_inputs_of_different_shapes_name_both_files(tmp_path, images):
 
     _tiff(tmp_path / "a.tif", images[:10])
     _tiff(tmp_path / "b.tif", images[:10, :, :48])
-    with pytest.raises(EstimateError, match=r"images of different shapes: .*b.tif is 64×48 but .*a.tif is 64×64"):
+    with pytest.raises(
+        EstimateError, match=r"images of different shapes: .*b.tif is 64×48 but .*a.tif is 64×64"
+    ):
         open_images([str(tmp_path)])
 
 
@@ -105,7 +120,9 @@ def test_a_tiff_whose_pages_differ_in_shape_is_named_before_reading(tmp_path, im
         for page in images[:9]:
             tif.write(page)
         tif.write(images[9, :, :48])
-    with pytest.raises(EstimateError, match=r"TIFF .*mixed.tif: page 9 is \(64, 48\) .* but page 0 is \(64, 64\)"):
+    with pytest.raises(
+        EstimateError, match=r"TIFF .*mixed.tif: page 9 is \(64, 48\) .* but page 0 is \(64, 64\)"
+    ):
         open_images([str(tmp_path / "mixed.tif")])
 
 
@@ -158,7 +175,10 @@ def test_existing_output_is_not_overwritten_silently(tmp_path, images):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=r"is not a shadeflow estimate; remove it, choose another --out, or rerun with --overwrite"):
+    with pytest.raises(
+        FileExistsError,
+        match=r"is not a shadeflow estimate; remove it, choose another --out, or rerun with --overwrite",
+    ):
         output_state(str(tmp_path / "out"), {}, [], overwrite=False)
     assert output_state(str(tmp_path / "out"), {}, [], overwrite=True) == "replace"
     assert os.path.exists(tmp_path / "out" / "precious.txt")  # deciding writes nothing

@@ -16,12 +16,40 @@ def server_env(prefect_server, tmp_path) -> dict[str, str]:
 
 
 def test_synth_stack_then_estimate_recovers_the_planted_shading(tmp_path, server_env):
-    made = shadeflow("synth", "stack", "--out", str(tmp_path / "st"), "--kind", "sparse", "--size", "128", "--frames", "40", "--format", "tiff", "--seed", "3", cwd=tmp_path)
+    made = shadeflow(
+        "synth",
+        "stack",
+        "--out",
+        str(tmp_path / "st"),
+        "--kind",
+        "sparse",
+        "--size",
+        "128",
+        "--frames",
+        "40",
+        "--format",
+        "tiff",
+        "--seed",
+        "3",
+        cwd=tmp_path,
+    )
     assert made.returncode == 0, made.stderr
     assert "sparse-128-n40-dark" in made.stdout
     assert len(list((tmp_path / "st" / "images").glob("frame_*.tif"))) == 40
 
-    run = shadeflow("estimate", str(tmp_path / "st" / "images"), "--out", str(tmp_path / "est"), "--darkfield", "--workers", "1", "--memory", "4GiB", env=server_env, cwd=tmp_path)
+    run = shadeflow(
+        "estimate",
+        str(tmp_path / "st" / "images"),
+        "--out",
+        str(tmp_path / "est"),
+        "--darkfield",
+        "--workers",
+        "1",
+        "--memory",
+        "4GiB",
+        env=server_env,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     assert "40 frames" in run.stdout and "flatfield.tiff, darkfield.tiff, estimate.zarr" in run.stdout
 

@@ -51,7 +51,9 @@ def test_recovers_the_planted_shading(kind, darkfield, outliers, ff_limit, df_li
     assert result.flatfield.mean() == pytest.approx(1.0, abs=1e-4)
     if darkfield:
         d_rms = float(np.sqrt(np.mean((result.darkfield - truth["darkfield"]) ** 2)))
-        assert d_rms <= df_limit, f"darkfield error {d_rms:.2f} counts (truth mean {truth['darkfield'].mean():.1f})"
+        assert d_rms <= df_limit, (
+            f"darkfield error {d_rms:.2f} counts (truth mean {truth['darkfield'].mean():.1f})"
+        )
     else:
         assert not result.darkfield.any()
 
@@ -62,9 +64,13 @@ def test_far_better_than_a_smoothed_mean_image():
     from scipy import ndimage as ndi
 
     images, truth = stack(kind="sparse", size=256, darkfield=True)
-    naive = ndi.gaussian_filter(images.astype(np.float64).mean(axis=0) - truth["darkfield"], 256 * 0.02, mode="nearest")
+    naive = ndi.gaussian_filter(
+        images.astype(np.float64).mean(axis=0) - truth["darkfield"], 256 * 0.02, mode="nearest"
+    )
     naive_rms, _ = relative_errors(naive, truth["flatfield"])
-    ours, _ = relative_errors(estimate_shading(images, darkfield=True).flatfield.astype(np.float64), truth["flatfield"])
+    ours, _ = relative_errors(
+        estimate_shading(images, darkfield=True).flatfield.astype(np.float64), truth["flatfield"]
+    )
     assert ours * 3 < naive_rms, f"ours {ours:.2%}, smoothed mean {naive_rms:.2%}"
 
 
@@ -82,7 +88,9 @@ def test_baseline_follows_the_frame_brightness():
 def test_saturated_spots_are_left_out():
     images, truth = stack(kind="sparse", darkfield=True, saturated_fraction=0.4)
     assert (images == 65535).any()
-    rms, _ = relative_errors(estimate_shading(images, darkfield=True).flatfield.astype(np.float64), truth["flatfield"])
+    rms, _ = relative_errors(
+        estimate_shading(images, darkfield=True).flatfield.astype(np.float64), truth["flatfield"]
+    )
     assert rms <= 0.015
 
 
@@ -118,7 +126,9 @@ def test_deterministic_for_a_seed():
     b = estimate_shading(images, darkfield=True, settings=settings)
     assert np.array_equal(a.flatfield, b.flatfield) and np.array_equal(a.darkfield, b.darkfield)
     assert np.array_equal(a.baseline, b.baseline, equal_nan=True)
-    other = estimate_shading(images, darkfield=True, settings=EstimateSettings(max_frames=40, chunk_frames=16, seed=6))
+    other = estimate_shading(
+        images, darkfield=True, settings=EstimateSettings(max_frames=40, chunk_frames=16, seed=6)
+    )
     assert not np.array_equal(a.flatfield, other.flatfield)  # another sample of frames…
     assert np.allclose(a.flatfield, other.flatfield, atol=0.02)  # …and nearly the same answer
 
@@ -135,7 +145,10 @@ def _count_frames(n: int) -> None:
 def local_cluster():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -146,7 +159,9 @@ def test_dask_path_equals_in_memory_path(local_cluster, max_frames):
     from shadeflow.core.estimate_dask import estimate_shading_dask
 
     images, _ = stack(kind="sparse", darkfield=True, outlier_fraction=0.05)
-    settings = EstimateSettings(method="floor", max_frames=max_frames, chunk_frames=16)  # one method: the read count below is its
+    settings = EstimateSettings(
+        method="floor", max_frames=max_frames, chunk_frames=16
+    )  # one method: the read count below is its
     memory = estimate_shading(images, darkfield=True, settings=settings)
     client = local_cluster
     REPORTED.clear()
@@ -155,9 +170,13 @@ def test_dask_path_equals_in_memory_path(local_cluster, max_frames):
         return client.gather(client.compute(list(collections)))
 
     lazy = da.from_array(images, chunks=(7, 128, 128))  # chunks unlike the estimator's: it rechunks
-    distributed = estimate_shading_dask(lazy, darkfield=True, settings=settings, compute=compute, report=_count_frames)
+    distributed = estimate_shading_dask(
+        lazy, darkfield=True, settings=settings, compute=compute, report=_count_frames
+    )
     assert np.array_equal(memory.flatfield, distributed.flatfield)
     assert np.array_equal(memory.darkfield, distributed.darkfield)
     assert np.array_equal(memory.baseline, distributed.baseline, equal_nan=True)
     assert memory.frames_rejected == distributed.frames_rejected
-    assert sum(REPORTED) == min(60, max_frames) + (60 if max_frames < 60 else 0)  # every frame read once, plus once more after a sample
+    assert sum(REPORTED) == min(60, max_frames) + (
+        60 if max_frames < 60 else 0
+    )  # every frame read once, plus once more after a sample

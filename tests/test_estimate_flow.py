@@ -10,8 +10,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import flow_run_artifacts
 import tifffile
+from conftest import flow_run_artifacts
 
 from shadeflow.core.estimate_inputs import open_images
 from shadeflow.core.estimate_outputs import read_estimate
@@ -25,12 +25,15 @@ def relative_rms(estimate: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def two_channels(tmp_path_factory):
-    """Four TIFF files of 10 frames × 2 channels (pages interleaved), each channel a seeded stack with darkfield."""
+    """Four TIFF files of 10 frames × 2 channels (pages interleaved), each channel a seeded stack with
+    darkfield."""
     folder = tmp_path_factory.mktemp("tiffs")
     first, truth0 = generate_stack(StackConfig(kind="sparse", size=128, n=40, seed=11))
     second, truth1 = generate_stack(StackConfig(kind="empty", size=128, n=40, seed=12))
     for f in range(4):
-        pages = np.stack([first[10 * f : 10 * f + 10], second[10 * f : 10 * f + 10]], axis=1).reshape(20, 128, 128)
+        pages = np.stack([first[10 * f : 10 * f + 10], second[10 * f : 10 * f + 10]], axis=1).reshape(
+            20, 128, 128
+        )
         tifffile.imwrite(folder / f"tile_{f:02d}.tif", pages)
     return str(folder), [truth0, truth1]
 
@@ -44,7 +47,9 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     folder, truths = two_channels
     out = str(tmp_path / "estimate")
     params = EstimateParameters(images=[folder], out=out, darkfield=True, channels=2)
-    state = estimate.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=params, return_state=True)
+    state = estimate.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=params, return_state=True
+    )
     assert state.is_completed(), state.message
     result = state.result()
     assert result["status"] == "written"
@@ -54,7 +59,8 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     assert np.array_equal(written["flatfield_tiff"], written["flatfield"])
     for c, truth in enumerate(truths):
         assert relative_rms(written["flatfield"][c].astype(np.float64), truth["flatfield"]) < 0.015
-        # 128² frames are 2×2-px blocks: the darkfield is good to a few counts here (≈0.5 at 1024², see bench/estimate.py)
+        # 128² frames are 2×2-px blocks: the darkfield is good to a few counts here (≈0.5 at 1024², see
+        # bench/estimate.py)
         assert np.sqrt(np.mean((written["darkfield"][c] - truth["darkfield"]) ** 2)) < 8.0
         assert written["flatfield"][c].mean() == pytest.approx(1.0, abs=1e-3)
     assert written["baseline"].shape == (2, 40)
@@ -64,7 +70,11 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     assert attrs["inputs"] == [folder] and attrs["shadeflow_version"]
     assert [c["channel"] for c in attrs["channels"]] == ["channel 0", "channel 1"]
     manifest = json.loads((tmp_path / "estimate" / "shadeflow.json").read_text())
-    assert manifest["kind"] == "estimate" and {"flatfield.tiff", "darkfield.tiff", "estimate.zarr/zarr.json"} <= set(manifest["files"])
+    assert manifest["kind"] == "estimate" and {
+        "flatfield.tiff",
+        "darkfield.tiff",
+        "estimate.zarr/zarr.json",
+    } <= set(manifest["files"])
     assert not [p for p in os.listdir(tmp_path) if ".partial-" in p]
 
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
@@ -80,7 +90,9 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     assert again["status"] == "skipped"
     assert (tmp_path / "estimate" / "shadeflow.json").read_text() == before
     with pytest.raises(FileExistsError, match="rerun with --overwrite"):
-        estimate.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=EstimateParameters(images=[folder], out=out, darkfield=False, channels=2))
+        estimate.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+            params=EstimateParameters(images=[folder], out=out, darkfield=False, channels=2)
+        )
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -88,7 +100,11 @@ def test_command_runs_with_a_progress_bar(tmp_path, capsys):
     from shadeflow.core.synth_stacks import write_stack
     from shadeflow.flows.estimate import estimate_command
 
-    written = write_stack(str(tmp_path / "stack"), StackConfig(kind="sparse", size=64, n=24, darkfield=False, seed=4), fmt="zarr")
+    written = write_stack(
+        str(tmp_path / "stack"),
+        StackConfig(kind="sparse", size=64, n=24, darkfield=False, seed=4),
+        fmt="zarr",
+    )
     result = estimate_command([written["images"]], str(tmp_path / "out"), memory="4GiB", workers=1)
     assert result["status"] == "written" and "frames" in capsys.readouterr().out
     flat = read_estimate(str(tmp_path / "out"))["flatfield"][0]
@@ -129,7 +145,8 @@ def test_slide_fields_are_the_frames_and_layers_the_channels(small_cohort):
 
 
 def test_tiffs_from_s3_and_outputs_to_s3(s3_bucket, tmp_path):
-    """Inputs read from and outputs written to an S3 server on 127.0.0.1; the output appears complete only at the end."""
+    """Inputs read from and outputs written to an S3 server on 127.0.0.1; the output appears complete only at
+    the end."""
     from shadeflow.core import storage
     from shadeflow.core.estimate_dask import estimate_shading_dask
     from shadeflow.core.estimate_outputs import write_estimate
@@ -140,7 +157,10 @@ def test_tiffs_from_s3_and_outputs_to_s3(s3_bucket, tmp_path):
         tifffile.imwrite(buffer, images[12 * f : 12 * f + 12])
         storage.write_bytes(f"s3://{s3_bucket}/in/part{f}.tif", buffer.read_bytes())
     stack = open_images([f"s3://{s3_bucket}/in"])
-    assert stack.files == [f"s3://{s3_bucket}/in/part0.tif", f"s3://{s3_bucket}/in/part1.tif"] and stack.n_frames == 24
+    assert (
+        stack.files == [f"s3://{s3_bucket}/in/part0.tif", f"s3://{s3_bucket}/in/part1.tif"]
+        and stack.n_frames == 24
+    )
     result = estimate_shading_dask(stack.channel(0))
     out = f"s3://{s3_bucket}/estimate"
     manifest = write_estimate(out, [result], stack.channel_names, {"darkfield": False}, stack.inputs)

@@ -30,7 +30,9 @@ def real_stack(name: str) -> np.ndarray:
         path = os.path.join(folder, f"{name}.npz")
         if os.path.exists(path):
             return np.load(path)["images"]
-    pytest.skip(f"real stack {name}.npz is in none of {[f for f in REAL_FOLDERS if f]} (set SHADEFLOW_REAL_STACKS)")
+    pytest.skip(
+        f"real stack {name}.npz is in none of {[f for f in REAL_FOLDERS if f]} (set SHADEFLOW_REAL_STACKS)"
+    )
 
 
 @pytest.mark.parametrize("method", ["auto", "surface"])
@@ -47,7 +49,9 @@ def test_flatfield_only_fit_of_images_with_an_offset_says_so(method):
 
 def test_a_fit_that_did_not_converge_is_reported():
     images, _ = generate_stack(StackConfig(kind="tissue", size=128, n=40, seed=6))
-    result = estimate_shading(images, darkfield=True, settings=EstimateSettings(method="floor", max_iterations=2))
+    result = estimate_shading(
+        images, darkfield=True, settings=EstimateSettings(method="floor", max_iterations=2)
+    )
     assert result.summary()["converged"] is False
     assert any("stopped after" in n for n in result.notes), result.notes
 
@@ -55,8 +59,18 @@ def test_a_fit_that_did_not_converge_is_reported():
 def test_auto_fits_free_surfaces_where_the_polynomial_cannot_follow_an_aperture_edge_and_says_so():
     from shadeflow.core.synth_sweep import draw_case, generate
 
-    case = draw_case(2003, scene="sparse", shading="aperture", darkfield="none", drift="bleach", n=50, height=128, width=128,
-                     mean_counts=1000.0, outlier_fraction=0.0)
+    case = draw_case(
+        2003,
+        scene="sparse",
+        shading="aperture",
+        darkfield="none",
+        drift="bleach",
+        n=50,
+        height=128,
+        width=128,
+        mean_counts=1000.0,
+        outlier_fraction=0.0,
+    )
     images, truth = generate(case)
     with pytest.raises(EstimateError, match="not positive"):
         estimate_shading(images, settings=EstimateSettings(method="floor"))
@@ -70,18 +84,24 @@ def test_auto_fits_free_surfaces_where_the_polynomial_cannot_follow_an_aperture_
 def test_profiles_no_optics_produce_are_refused_with_advice():
     flat = np.ones((32, 32))
     flat[:4] = 0.005  # a 200× span
-    with pytest.raises(EstimateError, match=r"stack: the estimated flatfield spans 200× .* do not constrain it"):
+    with pytest.raises(
+        EstimateError, match=r"stack: the estimated flatfield spans 200× .* do not constrain it"
+    ):
         check_plausible(flat, np.zeros((32, 32)), "stack")
     with pytest.raises(EstimateError, match="non-finite"):
         check_plausible(np.full((8, 8), np.nan), np.zeros((8, 8)), "stack")
-    check_plausible(np.linspace(0.5, 1.5, 64).reshape(8, 8), np.zeros((8, 8)), "stack")  # a plausible vignette passes
+    check_plausible(
+        np.linspace(0.5, 1.5, 64).reshape(8, 8), np.zeros((8, 8)), "stack"
+    )  # a plausible vignette passes
 
 
 def test_a_darkfield_above_the_data_is_refused_not_returned():
     """The issue's case: wsi_brain with a degree-2 darkfield 'succeeded' with a darkfield above the
     images' 1st percentile; it is now refused with advice."""
     images = real_stack("wsi_brain")
-    with pytest.raises(EstimateError, match="darkfield rises above the darkest 1 % of the images.*camera offset"):
+    with pytest.raises(
+        EstimateError, match="darkfield rises above the darkest 1 % of the images.*camera offset"
+    ):
         estimate_shading(images, darkfield=True, settings=EstimateSettings(method="floor", degree=2))
     # the surface method's darkfield is bounded by the data by construction
     result = estimate_shading(images, darkfield=True, settings=EstimateSettings(method="surface"))
@@ -100,7 +120,9 @@ def test_real_stacks_get_plausible_profiles(name, darkfield):
         result = estimate_shading(images, darkfield=darkfield)
     except EstimateError as exc:
         assert darkfield, f"a flatfield-only fit must succeed: {exc}"
-        assert "\n" not in str(exc) and "--method surface" in str(exc) and "camera offset" in str(exc), str(exc)
+        assert "\n" not in str(exc) and "--method surface" in str(exc) and "camera offset" in str(exc), str(
+            exc
+        )
         return
     assert np.all(result.flatfield > 0) and result.flatfield.max() / result.flatfield.min() <= 100
     darkest = np.quantile(images, 0.01, axis=0)
@@ -118,13 +140,17 @@ def test_surface_method_recovers_shading_planted_on_real_content():
     shading /= shading.mean()
     settings = EstimateSettings(method="surface")
     original = estimate_shading(images, settings=settings).flatfield.astype(np.float64)
-    planted = estimate_shading(images.astype(np.float32) * shading.astype(np.float32), settings=settings).flatfield.astype(np.float64)
+    planted = estimate_shading(
+        images.astype(np.float32) * shading.astype(np.float32), settings=settings
+    ).flatfield.astype(np.float64)
     ratio = planted / original
     assert relative_rms(ratio, shading) <= 0.01
     # the floor method's polynomial cannot follow the edge: the same check is far off (or refused)
     try:
         floor_only = EstimateSettings(method="floor")
-        floor = estimate_shading(images.astype(np.float32) * shading.astype(np.float32), settings=floor_only).flatfield.astype(np.float64)
+        floor = estimate_shading(
+            images.astype(np.float32) * shading.astype(np.float32), settings=floor_only
+        ).flatfield.astype(np.float64)
         assert relative_rms(floor / original, shading) > 0.01
     except EstimateError:
         pass

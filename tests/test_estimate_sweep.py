@@ -39,8 +39,12 @@ def test_cases_and_stacks_are_seeded():
 
 def test_stratified_draw_covers_every_kind():
     cases = [draw_case(seed) for seed in range(50)]
-    for name, kinds, least in (("scene", sweep.SCENES, 10), ("shading", sweep.SHADINGS, 12),
-                               ("darkfield", sweep.DARKFIELDS, 12), ("drift", sweep.DRIFTS, 16)):
+    for name, kinds, least in (
+        ("scene", sweep.SCENES, 10),
+        ("shading", sweep.SHADINGS, 12),
+        ("darkfield", sweep.DARKFIELDS, 12),
+        ("drift", sweep.DRIFTS, 16),
+    ):
         counts = Counter(getattr(c, name) for c in cases)
         assert set(counts) == set(kinds) and min(counts.values()) >= least, f"{name}: {counts}"
     assert Counter(c.dtype for c in cases)["float32"] >= 3
@@ -79,7 +83,9 @@ def test_noise_free_images_follow_from_the_truth(scene):
     images, truth = generate(case, keep_specimen=True)
     expected = truth.expected_images()
     assert images.dtype == np.float32 and np.allclose(images, expected, rtol=1e-5, atol=1e-3)
-    assert sorted(truth.outliers.values()) == sorted(sweep.OUTLIER_KINDS)  # 4 outliers cycle through every kind
+    assert sorted(truth.outliers.values()) == sorted(
+        sweep.OUTLIER_KINDS
+    )  # 4 outliers cycle through every kind
     shutter = next(i for i, kind in truth.outliers.items() if kind == "shutter")
     assert truth.baseline[shutter] == 0 and np.allclose(images[shutter], truth.darkfield)
     regular = [i for i in range(case.n) if i not in truth.outliers]
@@ -87,7 +93,9 @@ def test_noise_free_images_follow_from_the_truth(scene):
     assert signal.mean() == pytest.approx(case.mean_counts, rel=1e-5)  # the drawn brightness, exactly
     assert truth.flatfield.mean() == pytest.approx(1.0)
     as_uint16, _ = generate(noise_free(case, "uint16"))
-    assert np.abs(as_uint16 - np.clip(np.rint(expected), 0, 65535)).max() <= 1  # float32 arithmetic may round across .5
+    assert (
+        np.abs(as_uint16 - np.clip(np.rint(expected), 0, 65535)).max() <= 1
+    )  # float32 arithmetic may round across .5
 
 
 def test_scenes_are_what_they_say():
@@ -147,12 +155,16 @@ def test_darkfields_and_drifts_are_what_they_say():
                 assert np.all(np.diff(b) < 2 * jitter + 1e-9)
             else:
                 levels = b / (1 + jitter)
-                assert np.all((b >= 0.5 * (1 - jitter)) & (b <= 2 * (1 + jitter))) and np.ptp(levels) > 2 * jitter
+                assert (
+                    np.all((b >= 0.5 * (1 - jitter)) & (b <= 2 * (1 + jitter)))
+                    and np.ptp(levels) > 2 * jitter
+                )
 
 
 def test_noise_is_poisson_plus_read_noise():
-    case = draw_case(5, scene="tissue", darkfield="flat", dtype="float32", outlier_fraction=0.0,
-                     mean_counts=200.0, **SMALL)
+    case = draw_case(
+        5, scene="tissue", darkfield="flat", dtype="float32", outlier_fraction=0.0, mean_counts=200.0, **SMALL
+    )
     images, truth = generate(case, keep_specimen=True)
     expected = truth.expected_images()
     residual = images - expected
@@ -170,21 +182,69 @@ def test_bright_cases_saturate_in_uint16():
 # the estimator on the hardest kinds (the issue's worst-case target; some fail with today's estimator)
 
 HARD = {
-    "brightfield-aperture-darkfield": dict(seed=1001, scene="brightfield", shading="aperture", darkfield="gradient",
-                                           drift="constant", n=80, height=128, width=160, mean_counts=2000.0),
-    "confluent-glow": dict(seed=1002, scene="confluent", shading="offcentre", darkfield="glow", drift="constant",
-                           n=80, height=144, width=144, mean_counts=500.0),
-    "low-counts-outliers": dict(seed=1003, scene="sparse", shading="radial", darkfield="flat", drift="constant",
-                                n=100, height=128, width=128, mean_counts=7.0, outlier_fraction=0.05),
-    "empty-drift": dict(seed=1004, scene="empty", shading="tilted", darkfield="flat", drift="steps",
-                        n=80, height=128, width=128, mean_counts=300.0),
-    "tissue-20-frames": dict(seed=1005, scene="tissue", shading="offcentre", darkfield="gradient", drift="bleach",
-                             n=20, height=160, width=128, mean_counts=1000.0, outlier_fraction=0.0),
+    "brightfield-aperture-darkfield": dict(
+        seed=1001,
+        scene="brightfield",
+        shading="aperture",
+        darkfield="gradient",
+        drift="constant",
+        n=80,
+        height=128,
+        width=160,
+        mean_counts=2000.0,
+    ),
+    "confluent-glow": dict(
+        seed=1002,
+        scene="confluent",
+        shading="offcentre",
+        darkfield="glow",
+        drift="constant",
+        n=80,
+        height=144,
+        width=144,
+        mean_counts=500.0,
+    ),
+    "low-counts-outliers": dict(
+        seed=1003,
+        scene="sparse",
+        shading="radial",
+        darkfield="flat",
+        drift="constant",
+        n=100,
+        height=128,
+        width=128,
+        mean_counts=7.0,
+        outlier_fraction=0.05,
+    ),
+    "empty-drift": dict(
+        seed=1004,
+        scene="empty",
+        shading="tilted",
+        darkfield="flat",
+        drift="steps",
+        n=80,
+        height=128,
+        width=128,
+        mean_counts=300.0,
+    ),
+    "tissue-20-frames": dict(
+        seed=1005,
+        scene="tissue",
+        shading="offcentre",
+        darkfield="gradient",
+        drift="bleach",
+        n=20,
+        height=160,
+        width=128,
+        mean_counts=1000.0,
+        outlier_fraction=0.0,
+    ),
 }
 WORST_CASE_TARGET = 0.015
 
 
-#: hard cases today's default estimator (auto: the floor, with --darkfield) does not meet yet — issue 10 stays open on them; strict, so
+# : hard cases today's default estimator (auto: the floor, with --darkfield) does not meet yet — issue 10
+# stays open on them; strict, so
 #: the day one passes the mark must go (measured at the last change: refused / 3.8 % / 2.0 %)
 NOT_YET = {
     "brightfield-aperture-darkfield": "refused: the polynomial flatfield cannot follow the aperture edge",
@@ -194,7 +254,11 @@ NOT_YET = {
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True)) if n in NOT_YET else n for n in HARD]
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(reason=NOT_YET[n], strict=True)) if n in NOT_YET else n
+        for n in HARD
+    ],
 )
 def test_estimator_on_hard_cases(name):
     seed = HARD[name]["seed"]
@@ -207,4 +271,6 @@ def test_estimator_on_hard_cases(name):
         pytest.fail(f"{name}: the estimator refused the stack: {exc}", pytrace=False)
     error = relative_rms(result.flatfield.astype(np.float64), truth.flatfield)
     dark = float(np.sqrt(np.mean((result.darkfield - truth.darkfield) ** 2)))
-    assert error <= WORST_CASE_TARGET, f"{name}: flatfield error {error:.2%} (darkfield RMS error {dark:.1f} counts)"
+    assert error <= WORST_CASE_TARGET, (
+        f"{name}: flatfield error {error:.2%} (darkfield RMS error {dark:.1f} counts)"
+    )

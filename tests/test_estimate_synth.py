@@ -10,7 +10,14 @@ import pytest
 import tifffile
 import zarr
 
-from shadeflow.core.synth_stacks import StackConfig, generate_stack, read_truth, truth_darkfield, truth_flatfield, write_stack
+from shadeflow.core.synth_stacks import (
+    StackConfig,
+    generate_stack,
+    read_truth,
+    truth_darkfield,
+    truth_flatfield,
+    write_stack,
+)
 
 
 def test_flatfield_and_darkfield_follow_the_recipe():
@@ -40,11 +47,16 @@ def test_stacks_are_seeded_and_record_their_outliers():
     assert a[dark].mean() < truth["darkfield"].mean() + 10  # a closed shutter: darkfield and read noise only
     assert len(truth["saturated"]) == 5 and all((a[i] == 65535).any() for i in truth["saturated"])
     assert 0.85 <= truth["brightness"].min() and truth["brightness"].max() <= 1.15
-    other, _ = generate_stack(StackConfig(kind="tissue", size=64, n=50, outlier_fraction=0.06, saturated_fraction=0.1, seed=3), workers=1)
+    other, _ = generate_stack(
+        StackConfig(kind="tissue", size=64, n=50, outlier_fraction=0.06, saturated_fraction=0.1, seed=3),
+        workers=1,
+    )
     assert not np.array_equal(a, other)
 
 
-@pytest.mark.parametrize("kind, low, high", [("tissue", 0.6, 0.9), ("sparse", 0.05, 0.3), ("empty", 0.0, 0.08)])
+@pytest.mark.parametrize(
+    "kind, low, high", [("tissue", 0.6, 0.9), ("sparse", 0.05, 0.3), ("empty", 0.0, 0.08)]
+)
 def test_scenes_cover_what_they_say(kind, low, high):
     images, truth = generate_stack(StackConfig(kind=kind, size=128, n=12, darkfield=False, seed=1))
     # specimen share: pixels well above the frame's background (100 · b · F)
@@ -64,7 +76,9 @@ def test_written_stack_and_truth(tmp_path, fmt):
         stored = np.stack([tifffile.imread(tmp_path / "images" / f"frame_{i:05d}.tif") for i in range(10)])
     assert np.array_equal(stored, images)
     back = read_truth(str(tmp_path))
-    assert np.array_equal(back["flatfield"], truth["flatfield"]) and np.array_equal(back["darkfield"], truth["darkfield"])
+    assert np.array_equal(back["flatfield"], truth["flatfield"]) and np.array_equal(
+        back["darkfield"], truth["darkfield"]
+    )
     meta = json.loads((tmp_path / "truth" / "truth.json").read_text())
     assert meta["config"]["kind"] == "sparse" and len(meta["brightness"]) == 10
 

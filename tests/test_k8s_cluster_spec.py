@@ -16,12 +16,18 @@ import yaml
 from dask.utils import parse_bytes
 
 from shadeflow.infra import kubernetes
-from shadeflow.infra.kubernetes import PRE_SPAWN_ENV_VAR
 from shadeflow.infra.cluster import plan_cluster
+from shadeflow.infra.kubernetes import PRE_SPAWN_ENV_VAR
 from shadeflow.infra.sizing import SettingsError
 
 GIB = 2**30
-CRDS = importlib.resources.files("dask_kubernetes.operator") / "deployment" / "helm" / "dask-kubernetes-operator" / "crds"
+CRDS = (
+    importlib.resources.files("dask_kubernetes.operator")
+    / "deployment"
+    / "helm"
+    / "dask-kubernetes-operator"
+    / "crds"
+)
 RFC1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 QUANTITY = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)?$")
 UNITS = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
@@ -46,7 +52,12 @@ def to_bytes(quantity: str) -> int:
 
 
 def k8s_plan(memory: str, **env: str):
-    return plan_cluster({"SHADEFLOW_MEMORY": memory, **env}, cluster="kubernetes", flow_name="meanimage", run_id="5f0c3a1e-7d2b-4c1a-9e8f-0123456789ab")
+    return plan_cluster(
+        {"SHADEFLOW_MEMORY": memory, **env},
+        cluster="kubernetes",
+        flow_name="meanimage",
+        run_id="5f0c3a1e-7d2b-4c1a-9e8f-0123456789ab",
+    )
 
 
 def worker(spec):
@@ -90,9 +101,13 @@ def test_workers_threads_and_memory_follow_the_setting(memory, env):
 
     assert spec["spec"]["worker"]["replicas"] == total // per_worker
     resources = container["resources"]
-    assert resources["requests"]["memory"] == resources["limits"]["memory"]  # a worker never lands where it cannot fit
+    assert (
+        resources["requests"]["memory"] == resources["limits"]["memory"]
+    )  # a worker never lands where it cannot fit
     assert to_bytes(resources["limits"]["memory"]) == per_worker
-    assert int(arg(container, "--memory-limit")) == per_worker  # Dask spills and pauses against the container's limit
+    assert (
+        int(arg(container, "--memory-limit")) == per_worker
+    )  # Dask spills and pauses against the container's limit
     assert int(arg(container, "--nthreads")) == threads == int(resources["requests"]["cpu"])
     assert "cpu" not in resources["limits"]  # no CFS throttling of numpy threads
 
@@ -101,7 +116,10 @@ def test_workers_threads_and_memory_follow_the_setting(memory, env):
 def test_the_scheduler_is_smaller_than_a_worker_and_runs_dask(memory, env):
     spec = k8s_plan(memory, **env).spec
     sched, work = scheduler(spec), worker(spec)
-    sched_memory, work_memory = to_bytes(sched["resources"]["limits"]["memory"]), to_bytes(work["resources"]["limits"]["memory"])
+    sched_memory, work_memory = (
+        to_bytes(sched["resources"]["limits"]["memory"]),
+        to_bytes(work["resources"]["limits"]["memory"]),
+    )
     assert sched_memory <= work_memory
     if work_memory >= 4 * GIB:
         assert sched_memory < work_memory
@@ -187,7 +205,14 @@ def test_kube_cluster_accepts_the_arguments():
 
 @pytest.mark.parametrize(
     ("flow", "run_id"),
-    [("meanimage", "5f0c3a1e-7d2b"), ("Model Build!!", "ABCDEF12-3456"), ("x" * 80, "0123456789abcdef"), ("-", None), (None, None), ("flow_with_underscores", "ffff")],
+    [
+        ("meanimage", "5f0c3a1e-7d2b"),
+        ("Model Build!!", "ABCDEF12-3456"),
+        ("x" * 80, "0123456789abcdef"),
+        ("-", None),
+        (None, None),
+        ("flow_with_underscores", "ffff"),
+    ],
 )
 def test_cluster_names_for_any_flow(flow, run_id):
     from dask_kubernetes.operator.validation import validate_cluster_name

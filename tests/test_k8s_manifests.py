@@ -1,4 +1,5 @@
-"""Kubernetes manifests, the work-pool job template, the image and the operator's Helm values, checked offline.
+"""Kubernetes manifests, the work-pool job template, the image and the operator's Helm values, checked
+offline.
 
 Manifests are validated against the Kubernetes 1.37 schemas of kubernetes-validate (strict: unknown
 fields are errors). Cross-references (service accounts, roles, the work pool's defaults) are checked
@@ -27,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "infra" / "k8s"
 WORK_POOL = ROOT / "deployments" / "k8s-work-pool.json"
 PREFECT_YAML = ROOT / "deployments" / "prefect.yaml"
-CHART = importlib.resources.files("dask_kubernetes.operator") / "deployment" / "helm" / "dask-kubernetes-operator"
+CHART = (
+    importlib.resources.files("dask_kubernetes.operator") / "deployment" / "helm" / "dask-kubernetes-operator"
+)
 K8S_VERSION = "1.37"
 
 
@@ -52,14 +55,20 @@ def work_pool() -> dict:
 # manifests
 
 
-@pytest.mark.parametrize(("file", "document"), documents(), ids=lambda v: v if isinstance(v, str) else f"{v['kind']}-{v['metadata']['name']}")
+@pytest.mark.parametrize(
+    ("file", "document"),
+    documents(),
+    ids=lambda v: v if isinstance(v, str) else f"{v['kind']}-{v['metadata']['name']}",
+)
 def test_manifest_is_valid_kubernetes(file, document):
     assert kubernetes_validate.validate(document, K8S_VERSION, strict=True) == K8S_VERSION
 
 
 def test_strict_validation_catches_a_misspelt_field():
     broken = copy.deepcopy(find("Deployment", "prefect-worker"))
-    broken["spec"]["template"]["spec"]["serviceAcountName"] = broken["spec"]["template"]["spec"].pop("serviceAccountName")
+    broken["spec"]["template"]["spec"]["serviceAcountName"] = broken["spec"]["template"]["spec"].pop(
+        "serviceAccountName"
+    )
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
 
@@ -92,7 +101,11 @@ def rules_of(role: str) -> dict[tuple[str, str], set[str]]:
 
 
 def bound_role(account: str) -> str:
-    (binding,) = [d for _, d in documents() if d["kind"] == "RoleBinding" and any(s["name"] == account for s in d["subjects"])]
+    (binding,) = [
+        d
+        for _, d in documents()
+        if d["kind"] == "RoleBinding" and any(s["name"] == account for s in d["subjects"])
+    ]
     return binding["roleRef"]["name"]
 
 
@@ -100,18 +113,25 @@ def test_no_role_uses_wildcards():
     for _, document in documents():
         if document["kind"] in ("Role", "ClusterRole"):
             for rule in document["rules"]:
-                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], document["metadata"]["name"]
+                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], document["metadata"][
+                    "name"
+                ]
     assert not [d for _, d in documents() if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
 
 
 def test_flow_run_pods_may_do_exactly_what_a_kube_cluster_does():
-    """The flow-run account: the three Dask resources of a run (from the CRDs in the wheel), never DaskJobs, plus pods/services."""
+    """The flow-run account: the three Dask resources of a run (from the CRDs in the wheel), never DaskJobs,
+    plus pods/services."""
     account = work_pool()["variables"]["properties"]["service_account_name"]["default"]
     rules = rules_of(bound_role(account))
-    crds = {n: yaml.safe_load((CHART / "crds" / f"{n}.yaml").read_text())["spec"] for n in ("daskcluster", "daskworkergroup", "daskautoscaler", "daskjob")}
+    crds = {
+        n: yaml.safe_load((CHART / "crds" / f"{n}.yaml").read_text())["spec"]
+        for n in ("daskcluster", "daskworkergroup", "daskautoscaler", "daskjob")
+    }
     group = crds["daskcluster"]["group"]
     plural = {n: c["names"]["plural"] for n, c in crds.items()}
-    # what dask_kubernetes.operator.KubeCluster calls for create → adapt → wait → close (kr8s gets by name as a list)
+    # what dask_kubernetes.operator.KubeCluster calls for create → adapt → wait → close (kr8s gets by name as
+    # a list)
     needed = {
         (group, plural["daskcluster"]): {"get", "list", "create", "delete"},
         (group, plural["daskworkergroup"]): {"get", "list"},
@@ -142,22 +162,36 @@ def test_worker_deployment_runs_the_pinned_prefect_as_non_root_on_the_pool():
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     image, tag = container["image"].rsplit(":", 1)
     assert image == "prefecthq/prefect"
-    assert tag == f"{importlib.metadata.version('prefect')}-python{sys.version_info.major}.{sys.version_info.minor}-kubernetes"
+    python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert tag == f"{importlib.metadata.version('prefect')}-{python}-kubernetes"
     args = container["args"]
     assert args[:3] == ["prefect", "worker", "start"]
-    assert args[args.index("--pool") + 1] == yaml.safe_load(PREFECT_YAML.read_text())["definitions"]["work_pools"]["kubernetes"]["name"]
+    assert (
+        args[args.index("--pool") + 1]
+        == yaml.safe_load(PREFECT_YAML.read_text())["definitions"]["work_pools"]["kubernetes"]["name"]
+    )
     assert args[args.index("--type") + 1] == "kubernetes"
     env = {e["name"]: e for e in container["env"]}
     assert "PREFECT_API_URL" in env
-    assert env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"] == deployment["metadata"]["namespace"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        env["PREFECT_INTEGRATIONS_KUBERNETES_OBSERVER_NAMESPACES"]["value"]
+        == deployment["metadata"]["namespace"]
+    )
+    assert (
+        deployment["spec"]["selector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
 
 
 def test_dask_pods_account_exists_without_api_access():
     account = work_pool()["variables"]["properties"]["dask_service_account"]["default"]
     document = find("ServiceAccount", account)
     assert document["automountServiceAccountToken"] is False
-    assert not [d for _, d in documents() if d["kind"] == "RoleBinding" and any(s["name"] == account for s in d["subjects"])]
+    assert not [
+        d
+        for _, d in documents()
+        if d["kind"] == "RoleBinding" and any(s["name"] == account for s in d["subjects"])
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,13 +200,22 @@ def test_dask_pods_account_exists_without_api_access():
 
 def default_kubernetes_template() -> dict:
     """Prefect's own default base job template for kubernetes work pools (shipped with prefect)."""
-    path = importlib.resources.files("prefect.server.api.collections_data") / "views" / "aggregate-worker-metadata.json"
+    path = (
+        importlib.resources.files("prefect.server.api.collections_data")
+        / "views"
+        / "aggregate-worker-metadata.json"
+    )
     return json.loads(path.read_text())["prefect-kubernetes"]["kubernetes"]["default_base_job_configuration"]
 
 
 def render(template: dict, job_variables: dict) -> dict:
-    """The job configuration a worker would build: variable defaults, overridden by the deployment's values."""
-    values = {k: v["default"] for k, v in template["variables"]["properties"].items() if v.get("default") is not None}
+    """The job configuration a worker would build: variable defaults, overridden by the deployment's
+    values."""
+    values = {
+        k: v["default"]
+        for k, v in template["variables"]["properties"].items()
+        if v.get("default") is not None
+    }
     values.update(job_variables)
     return apply_values(copy.deepcopy(template["job_configuration"]), values)
 
@@ -205,10 +248,14 @@ def prefect_yaml_deployments() -> list[dict]:
     return yaml.safe_load(PREFECT_YAML.read_text())["deployments"]
 
 
-@pytest.mark.parametrize("deployment", prefect_yaml_deployments(), ids=lambda d: d["entrypoint"].rsplit(".", 1)[-1])
+@pytest.mark.parametrize(
+    "deployment", prefect_yaml_deployments(), ids=lambda d: d["entrypoint"].rsplit(".", 1)[-1]
+)
 def test_each_deployment_renders_a_valid_job_whose_memory_sets_shadeflow_memory(deployment, monkeypatch):
     monkeypatch.setenv("SHADEFLOW_IMAGE", "registry.example.org/shadeflow:9.9.9")
-    variables = apply_values(deployment["work_pool"]["job_variables"], dict(__import__("os").environ), remove_notset=False)
+    variables = apply_values(
+        deployment["work_pool"]["job_variables"], dict(__import__("os").environ), remove_notset=False
+    )
     template = work_pool()
     unknown = set(variables) - set(template["variables"]["properties"])
     assert not unknown, f"job variables the work pool does not define: {unknown}"
@@ -223,10 +270,14 @@ def test_each_deployment_renders_a_valid_job_whose_memory_sets_shadeflow_memory(
     assert env["SHADEFLOW_MEMORY"] == variables["memory"]
     assert parse_size(env["SHADEFLOW_MEMORY"], "memory") > 0
     assert env["SHADEFLOW_CLUSTER"] == "kubernetes"
-    assert env["SHADEFLOW_IMAGE"] == container["image"] == "registry.example.org/shadeflow:9.9.9"  # Dask pods run the flow's image
+    assert (
+        env["SHADEFLOW_IMAGE"] == container["image"] == "registry.example.org/shadeflow:9.9.9"
+    )  # Dask pods run the flow's image
     assert job["metadata"]["namespace"] == variables["namespace"]
     assert pod["serviceAccountName"] == template["variables"]["properties"]["service_account_name"]["default"]
-    assert container["resources"]["requests"]["memory"] == variables.get("memory_request", template["variables"]["properties"]["memory_request"]["default"])
+    assert container["resources"]["requests"]["memory"] == variables.get(
+        "memory_request", template["variables"]["properties"]["memory_request"]["default"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -235,7 +286,11 @@ def test_each_deployment_renders_a_valid_job_whose_memory_sets_shadeflow_memory(
 
 def dockerfile() -> list[str]:
     text = (ROOT / "infra" / "Dockerfile").read_text()
-    return [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [
+        line.strip()
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def test_dockerfile_base_image_is_pinned_to_this_python():
@@ -244,7 +299,8 @@ def test_dockerfile_base_image_is_pinned_to_this_python():
     assert froms and all(f == "${PYTHON_IMAGE}" for f in froms)
     image = args["PYTHON_IMAGE"]
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), f"{image} is not an exact release"
-    # the image's minor release matches the interpreter the project is tested on (patch releases are ABI-compatible)
+    # the image's minor release matches the interpreter the project is tested on (patch releases are
+    # ABI-compatible)
     assert image.split(":")[1].split(".")[:2] == [str(v) for v in sys.version_info[:2]]
     assert re.fullmatch(r"\d+\.\d+\.\d+", args["SETUPTOOLS_VERSION"])
 
@@ -263,12 +319,23 @@ def test_dockerfile_installs_with_the_constraints_and_runs_as_non_root():
 
 def test_dockerfile_copies_every_package_and_the_context_allows_it():
     lines = dockerfile()
-    copied = {source for line in lines if line.startswith("COPY ") and "--from" not in line for source in line.split()[1:-1]}
-    package_dirs = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values())
+    copied = {
+        source
+        for line in lines
+        if line.startswith("COPY ") and "--from" not in line
+        for source in line.split()[1:-1]
+    }
+    package_dirs = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"].values()
+    )
     assert package_dirs <= copied
     for source in copied:
         assert (ROOT / source).exists(), source
-    allowed = {line[1:].rstrip("/") for line in (ROOT / "infra" / "Dockerfile.dockerignore").read_text().splitlines() if line.startswith("!")}
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (ROOT / "infra" / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
     assert copied <= allowed
 
 

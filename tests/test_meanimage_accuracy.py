@@ -19,15 +19,36 @@ from shadeflow.core.synth_oracle import run_arm
 SMALL = dict(slides=2, shape=(160, 224, 5), grid=(7, 6))
 CASES = {
     # background as bright as the dark current (28 counts), spread by the illumination; 10× exposure range
-    "broad-background": SynthConfig(**SMALL, seed=1, tissue_coverage=0.7, dark_current=28.0, background_ratio=1.0, exposure_range=(17.0, 170.0), tissue_rate=(9.0, 42.0)),
+    "broad-background": SynthConfig(
+        **SMALL,
+        seed=1,
+        tissue_coverage=0.7,
+        dark_current=28.0,
+        background_ratio=1.0,
+        exposure_range=(17.0, 170.0),
+        tissue_rate=(9.0, 42.0),
+    ),
     # 30 % tissue: most fields far below the 80 % rule; folds and saturated spots
     "sparse-tissue": SynthConfig(
-        **SMALL, seed=0, tissue_coverage=0.3, dark_current=2.0, background_ratio=0.1, exposure_range=(10.0, 100.0), tissue_rate=(12.0, 14.0),
-        fold_probability=0.6, saturation_probability=0.5,
+        **SMALL,
+        seed=0,
+        tissue_coverage=0.3,
+        dark_current=2.0,
+        background_ratio=0.1,
+        exposure_range=(10.0, 100.0),
+        tissue_rate=(12.0, 14.0),
+        fold_probability=0.6,
+        saturation_probability=0.5,
     ),  # fmt: skip
     # exposure times over 20:1, so saturated spots of long exposures are clipped below the counts/ms cut
     "clipped-spots": SynthConfig(
-        **SMALL, seed=0, dark_current=2.0, background_ratio=0.5, exposure_range=(20.0, 400.0), tissue_rate=(5.0, 15.0), saturation_probability=0.8,
+        **SMALL,
+        seed=0,
+        dark_current=2.0,
+        background_ratio=0.5,
+        exposure_range=(20.0, 400.0),
+        tissue_rate=(5.0, 15.0),
+        saturation_probability=0.8,
     ),  # fmt: skip
 }
 
@@ -44,4 +65,7 @@ def test_mean_image_model_and_applied_test_are_close_to_the_oracle(tmp_path, nam
     per_slide = np.nanmedian(pipeline.mean_image, axis=1) / np.nanmedian(oracle.mean_image, axis=1)
     assert per_slide.max() <= 1.3, (pipeline.mean_image, oracle.mean_image)
     assert pipeline.model_figure() <= 1.3 * oracle.model_figure(), (pipeline.model, oracle.model)
-    assert pipeline.applied_reduction >= oracle.applied_reduction - 5, (pipeline.applied_reduction, oracle.applied_reduction)
+    assert pipeline.applied_reduction >= oracle.applied_reduction - 5, (
+        pipeline.applied_reduction,
+        oracle.applied_reduction,
+    )

@@ -17,8 +17,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import tree
 import tifffile
+from conftest import tree
 
 from shadeflow.core.synth import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
@@ -31,9 +31,9 @@ CONFIG = SynthConfig(slides=1, fields=12, shape=(128, 168, 10), seed=41)
 
 
 def run_flow(slides: list[str]):
-    return meanimage.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=MeanImageParameters(slides=slides))
-
-
+    return meanimage.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=MeanImageParameters(slides=slides)
+    )
 
 
 class SlideCopy:
@@ -71,7 +71,11 @@ class SlideCopy:
         w, h = self.meta["field_size_um"]
         _, rows = self.rows()
         centres = [(float(r["cx"]), float(r["cy"])) for r in rows]
-        return [i for i, (x, y) in enumerate(centres) if sum(abs(x - a) < w and abs(y - b) < h for a, b in centres) - 1 == 8]
+        return [
+            i
+            for i, (x, y) in enumerate(centres)
+            if sum(abs(x - a) < w and abs(y - b) < h for a, b in centres) - 1 == 8
+        ]
 
     def field_path(self, row: dict[str, str]) -> str:
         return os.path.join(self.url, *row["file"].split("/"))
@@ -81,7 +85,8 @@ class SlideCopy:
         return np.fromfile(self.field_path(row), dtype="<u2").reshape(h, w, n_layers)
 
     def field_to_tiff(self, index: int, layers: np.ndarray) -> dict[str, str]:
-        """Replace row ``index``'s raw field by a TIFF holding ``layers`` (pages) and point fields.csv at it."""
+        """Replace row ``index``'s raw field by a TIFF holding ``layers`` (pages) and point fields.csv at
+        it."""
         header, rows = self.rows()
         row = rows[index]
         tiff = row["file"].replace(".Data.dat", ".tif")
@@ -227,7 +232,9 @@ def test_layer_groups_that_miss_layers(slide):
 def test_field_path_with_dotdot(slide):
     header, rows = slide.rows()
     index = 3
-    rows[index]["file"] = "../" + slide.slide_id + "/" + rows[index]["file"]  # points at a real file, from outside
+    rows[index]["file"] = (
+        "../" + slide.slide_id + "/" + rows[index]["file"]
+    )  # points at a real file, from outside
     slide.write_rows(header, rows)
     expect_failure(slide, row_pattern(index + 1), re.escape(rows[index]["field"]), "escapes the slide folder")
 
@@ -256,7 +263,9 @@ def test_field_key_that_escapes_the_slide_folder(slide, tmp_path, kind):
     try:
         expect_failure(slide, row_pattern(index + 1))
     finally:
-        assert not elsewhere.exists(), f"mask files were written outside the slide folder: {os.listdir(elsewhere)}"
+        assert not elsewhere.exists(), (
+            f"mask files were written outside the slide folder: {os.listdir(elsewhere)}"
+        )
 
 
 def test_slide_without_bulk_fields(slide):
@@ -270,7 +279,8 @@ def test_slide_without_bulk_fields(slide):
 
 @pytest.mark.parametrize("value", ["zero", "dark_current"])
 def test_slide_whose_fields_hold_no_tissue(slide, value):
-    """Every field overwritten (same size) with a constant: all zeros, or the camera's dark current (a dark frame)."""
+    """Every field overwritten (same size) with a constant: all zeros, or the camera's dark current (a dark
+    frame)."""
     level = 0 if value == "zero" else int(slide.meta["dark_current"])
     _, rows = slide.rows()
     for row in rows:

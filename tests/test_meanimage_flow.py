@@ -44,11 +44,13 @@ def run_flow(slides: list[str], return_state: bool = False, **options):
     return flow(params=MeanImageParameters(slides=slides, **options), return_state=return_state)
 
 
-
-
 def leftovers(slide_dir) -> list[str]:
     """Staging or backup folders of an output beside it (``.meanimage.partial-*``, ``meanimage.old-*``)."""
-    return [n for n in os.listdir(slide_dir) if n.startswith(".meanimage.partial-") or n.startswith("meanimage.old-")]
+    return [
+        n
+        for n in os.listdir(slide_dir)
+        if n.startswith(".meanimage.partial-") or n.startswith("meanimage.old-")
+    ]
 
 
 def slide_meta(slide_dir) -> dict:
@@ -114,7 +116,13 @@ def two_slides(small_cohort, tmp_path_factory, prefect_server):
     inputs = {u: tree(u) for u in urls}
     state = run_flow(urls, return_state=True)
     assert state.is_completed(), state.message
-    return {"root": str(root), "urls": urls, "reports": state.result(), "flow_run_id": state.state_details.flow_run_id, "inputs": inputs}
+    return {
+        "root": str(root),
+        "urls": urls,
+        "reports": state.result(),
+        "flow_run_id": state.state_details.flow_run_id,
+        "inputs": inputs,
+    }
 
 
 def test_two_slides_complete_and_inputs_are_unchanged(two_slides):
@@ -170,7 +178,12 @@ def test_output_folder_holds_every_astropath_file(two_slides):
             assert header == ["slideID", "project", "cohort", "microscope_name", "mindate", "maxdate"]
             assert len(table) == 1
             row = table[0]
-            assert (row["slideID"], row["project"], row["cohort"], row["microscope_name"]) == (sid, meta["project"], meta["cohort"], meta["microscope"])
+            assert (row["slideID"], row["project"], row["cohort"], row["microscope_name"]) == (
+                sid,
+                meta["project"],
+                meta["cohort"],
+                meta["microscope"],
+            )
             times = sorted(dt.datetime.fromisoformat(r["acquired"]) for r in rows if r["field"] in keys)
             assert dt.datetime.fromisoformat(row["mindate"]) == times[0]
             assert dt.datetime.fromisoformat(row["maxdate"]) == times[-1]
@@ -190,7 +203,9 @@ def test_output_folder_holds_every_astropath_file(two_slides):
         # masks: a bit-packed tissue mask for every field; a label image for every field with regions
         masks = os.path.join(out, "image_masking")
         for r in rows:
-            assert os.path.getsize(os.path.join(masks, f"{r['field']}_tissue_mask.bin")) == math.ceil(h * w / 8), r["field"]
+            assert os.path.getsize(os.path.join(masks, f"{r['field']}_tissue_mask.bin")) == math.ceil(
+                h * w / 8
+            ), r["field"]
         header, regions = read_csv(os.path.join(masks, "labelled_mask_regions.csv"))
         assert header == ["image_key", "region_index", "layers", "n_pixels", "reason_flagged"]
         assert regions, "the synthetic cohort plants folds and saturated spots"
@@ -256,12 +271,18 @@ def test_dask_path_equals_the_serial_reference(two_slides, tmp_path):
     assert [int(r["counts_threshold"]) for r in table] == [int(t) for t in reference.thresholds.thresholds]
     _, table = read_csv(os.path.join(out, f"{sid}-thresholding_data_table.csv"))
     written = {(int(r["rect_n"]), int(r["layer_n"])): int(r["counts_threshold"]) for r in table}
-    serial = {(f.n, layer + 1): int(row[layer]) for f, row in zip(reference.thresholds.fields, reference.thresholds.field_thresholds) for layer in range(len(row))}
+    serial = {
+        (f.n, layer + 1): int(row[layer])
+        for f, row in zip(reference.thresholds.fields, reference.thresholds.field_thresholds)
+        for layer in range(len(row))
+    }
     assert written == serial
 
     reference_masks = tree(tmp_path / "masks")
     assert reference_masks, "the reference wrote no mask files"
-    flow_masks = {k: v for k, v in tree(os.path.join(out, "image_masking")).items() if k != "labelled_mask_regions.csv"}
+    flow_masks = {
+        k: v for k, v in tree(os.path.join(out, "image_masking")).items() if k != "labelled_mask_regions.csv"
+    }
     assert flow_masks == reference_masks
 
 
@@ -322,7 +343,8 @@ def test_mean_image_matches_the_planted_flatfield(accuracy_slide):
 
 
 def _flagged_planes(path: str, shape: tuple[int, int], n_groups: int):
-    """Blur flags (plane 0 labels ≥ 2) and each group's saturation flags (labels above plane 0's blur labels)."""
+    """Blur flags (plane 0 labels ≥ 2) and each group's saturation flags (labels above plane 0's blur
+    labels)."""
     if not os.path.exists(path):  # no flagged region in this field
         return np.zeros(shape, bool), np.zeros((n_groups, *shape), bool)
     labels = read_mask_file(path, shape, n_groups)
@@ -350,7 +372,9 @@ def test_masks_find_planted_blur_and_saturation(accuracy_slide):
     flagged_pixels = flagged_near_truth = 0
     for r in field_rows(url):
         truth = read_truth_masks(root, meta["slide_id"], r["field"], (h, w))
-        blur_flags, saturation_flags = _flagged_planes(os.path.join(masks, f"{r['field']}_full_mask.bin"), (h, w), n_groups)
+        blur_flags, saturation_flags = _flagged_planes(
+            os.path.join(masks, f"{r['field']}_full_mask.bin"), (h, w), n_groups
+        )
         found, n = _regions_found(truth["blur"], blur_flags)
         blur = [blur[0] + found, blur[1] + n]
         for g in range(n_groups):
@@ -415,7 +439,9 @@ def test_background_is_kept_out_of_the_stack(accuracy_slide):
             far_empty_per_layer[layer - 1] += far_empty
     assert far_empty_total > 10_000  # the premise: there is background in the bulk fields
     assert far_empty_in_mask <= 0.05 * far_empty_total, far_empty_in_mask / far_empty_total
-    assert all_empty_in_mask <= 0.35 * all_empty, all_empty_in_mask / all_empty  # measured 20 % (the rim above)
+    assert all_empty_in_mask <= 0.35 * all_empty, (
+        all_empty_in_mask / all_empty
+    )  # measured 20 % (the rim above)
     assert tissue_in_mask >= 0.95 * tissue_total  # and tissue is kept (measured 100 %)
 
     stack, _ = read_mean_image_stack(url)

@@ -11,7 +11,14 @@ import pytest
 
 from shadeflow.core import meanimage, storage
 from shadeflow.core.meanimage import FieldSummary, ThresholdResult
-from shadeflow.core.meanimage_report import LAYERS_PER_PAGE, colour_limits, example_fields, mask_categories, top_flagged, write_reports
+from shadeflow.core.meanimage_report import (
+    LAYERS_PER_PAGE,
+    colour_limits,
+    example_fields,
+    mask_categories,
+    top_flagged,
+    write_reports,
+)
 from shadeflow.core.outputs import StagedOutput, shadeflow_version
 from shadeflow.core.slide import load_slide
 from shadeflow.core.stack import MeanImageStack
@@ -41,13 +48,17 @@ def make_reports(root, config: SynthConfig, parameters: dict):
 @pytest.fixture(scope="module")
 def ten_layers(tmp_path_factory):
     """10 layers in 5 groups, with planted folds and saturated spots."""
-    return make_reports(tmp_path_factory.mktemp("ten"), SynthConfig(slides=1, fields=48, seed=3), {"example": 1, "seed": 0})
+    return make_reports(
+        tmp_path_factory.mktemp("ten"), SynthConfig(slides=1, fields=48, seed=3), {"example": 1, "seed": 0}
+    )
 
 
 @pytest.fixture(scope="module")
 def unflagged_single_group(tmp_path_factory):
     """2 layers in one group, nothing planted to flag."""
-    config = SynthConfig(slides=1, fields=48, shape=(251, 336, 2), seed=5, fold_probability=0.0, saturation_probability=0.0)
+    config = SynthConfig(
+        slides=1, fields=48, shape=(251, 336, 2), seed=5, fold_probability=0.0, saturation_probability=0.0
+    )
     return make_reports(tmp_path_factory.mktemp("two"), config, {"example": 2})
 
 
@@ -68,7 +79,9 @@ def test_page_counts_follow_layers_and_examples(ten_layers, unflagged_single_gro
         assert n_pages(pdfs["thresholding_summary"]) == 1 + layer_pages
         assert n_pages(pdfs["meanimage_summary"]) == 1 + layer_pages
         assert n_pages(pdfs["masking_summary"]) == 1 + len(example_fields(result.summaries, seed=0)) == 21
-    assert n_pages(ten_layers[2]["meanimage_summary"]) > n_pages(unflagged_single_group[2]["meanimage_summary"])
+    assert n_pages(ten_layers[2]["meanimage_summary"]) > n_pages(
+        unflagged_single_group[2]["meanimage_summary"]
+    )
 
 
 def test_single_group_slide_without_flags_still_gets_a_masking_summary(unflagged_single_group):
@@ -109,8 +122,12 @@ def write_elsewhere(result, root) -> dict[str, bytes]:
 def test_zero_thresholds_and_an_empty_layer_do_not_break_the_reports(ten_layers, tmp_path):
     _, result, _ = ten_layers
     t, stack = result.thresholds, result.stack
-    zeros = ThresholdResult(t.fields, np.zeros_like(t.field_thresholds), np.zeros_like(t.thresholds), t.histogram)
-    empty_first = MeanImageStack(stack.sum.copy(), stack.sum_sq.copy(), stack.count.copy(), stack.n_images.copy(), stack.fields)
+    zeros = ThresholdResult(
+        t.fields, np.zeros_like(t.field_thresholds), np.zeros_like(t.thresholds), t.histogram
+    )
+    empty_first = MeanImageStack(
+        stack.sum.copy(), stack.sum_sq.copy(), stack.count.copy(), stack.n_images.copy(), stack.fields
+    )
     for array in (empty_first.sum, empty_first.sum_sq, empty_first.count, empty_first.n_images):
         array[0] = 0
     pdfs = write_elsewhere(dataclasses.replace(result, thresholds=zeros, stack=empty_first), tmp_path)
@@ -140,7 +157,15 @@ def test_colour_limits_are_robust():
 
 
 def summary(n: int, blur: int = 0, saturated: tuple[int, ...] = (0, 0)) -> FieldSummary:
-    return FieldSummary(key=f"F{n}", n=n, bulk=True, tissue_fraction=0.9, blur_pixels=blur, saturated_pixels=saturated, stacked_layers=2)
+    return FieldSummary(
+        key=f"F{n}",
+        n=n,
+        bulk=True,
+        tissue_fraction=0.9,
+        blur_pixels=blur,
+        saturated_pixels=saturated,
+        stacked_layers=2,
+    )
 
 
 def test_example_fields_put_the_most_flagged_first():
@@ -156,7 +181,9 @@ def test_example_fields_put_the_most_flagged_first():
 
 
 def test_example_fields_keep_n_top_per_reason():
-    summaries = [summary(n, blur=n) for n in range(1, 31)] + [summary(n, saturated=(n, 0)) for n in range(31, 61)]
+    summaries = [summary(n, blur=n) for n in range(1, 31)] + [
+        summary(n, saturated=(n, 0)) for n in range(31, 61)
+    ]
     picked = example_fields(summaries, n_top=3, total=10, seed=0)
     assert picked[:6] == ["F30", "F29", "F28", "F60", "F59", "F58"]
     assert len(picked) == 10

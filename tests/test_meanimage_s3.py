@@ -111,10 +111,15 @@ def test_flow_on_s3_slide(s3_server, s3_bucket, local_reference):
 
 
 def test_cli_on_s3_slide(s3_server, s3_bucket, local_reference, tmp_path):
-    """``shadeflow meanimage s3://…`` in a fresh process: own ephemeral Prefect server, endpoint from the environment."""
+    """``shadeflow meanimage s3://…`` in a fresh process: own ephemeral Prefect server, endpoint from the
+    environment."""
     url = write_s3_slide(s3_bucket)
     before = objects(s3_server, s3_bucket)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "AWS_", "SHADEFLOW_", "CO_MEMORY"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "AWS_", "SHADEFLOW_", "CO_MEMORY"))
+    }
     env.update(
         AWS_ENDPOINT_URL=s3_server,
         AWS_ACCESS_KEY_ID="testing",
@@ -137,7 +142,9 @@ def test_cli_on_s3_slide(s3_server, s3_bucket, local_reference, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # a progress bar that reached its end, and where the output went
-    bars = [line for line in result.stdout.splitlines() if "fields" in line and re.search(r"(\d+)/(\d+)", line)]
+    bars = [
+        line for line in result.stdout.splitlines() if "fields" in line and re.search(r"(\d+)/(\d+)", line)
+    ]
     assert bars, result.stdout
     done, total = map(int, re.search(r"(\d+)/(\d+)", bars[-1]).groups())
     assert done == total >= CONFIG.fields, bars[-1]

@@ -1,4 +1,5 @@
-"""Model build (issue 3): version-selected flatfield models in the store, accuracy, immutability, bad input."""
+"""Model build (issue 3): version-selected flatfield models in the store, accuracy, immutability, bad
+input."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def write_models_csv(path, version: str, slide_ids: list[str], extra: str = "") 
 
 
 def build(**params):
-    return model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=ModelBuildParameters(**params))
+    return model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=ModelBuildParameters(**params)
+    )
 
 
 def slide_ids(cohort) -> list[str]:
@@ -42,11 +45,20 @@ def slide_ids(cohort) -> list[str]:
 @pytest.fixture(scope="module")
 def built(meanimage_cohort, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
-    csv = write_models_csv(store / "AstroPathFlatfieldModels.csv", "v1", slide_ids(meanimage_cohort), extra="v0,1,1,1,OTHER\n")
-    state = model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
-        params=ModelBuildParameters(version="v1", models_csv=csv, roots=[meanimage_cohort["root"]]), return_state=True
+    csv = write_models_csv(
+        store / "AstroPathFlatfieldModels.csv", "v1", slide_ids(meanimage_cohort), extra="v0,1,1,1,OTHER\n"
     )
-    return {"store": str(store), "csv": csv, "result": state.result(), "flow_run_id": state.state_details.flow_run_id, **meanimage_cohort}
+    state = model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=ModelBuildParameters(version="v1", models_csv=csv, roots=[meanimage_cohort["root"]]),
+        return_state=True,
+    )
+    return {
+        "store": str(store),
+        "csv": csv,
+        "result": state.result(),
+        "flow_run_id": state.state_details.flow_run_id,
+        **meanimage_cohort,
+    }
 
 
 def test_model_is_written_in_astropath_layout_with_a_manifest(built):
@@ -56,7 +68,12 @@ def test_model_is_written_in_astropath_layout_with_a_manifest(built):
     expected = h * w * n * 8
     assert os.path.getsize(os.path.join(store, "flatfield", "flatfield_v1.bin")) == expected
     assert os.path.getsize(os.path.join(folder, "flatfield_v1_uncertainty.bin")) == expected
-    for name in ("fields_used.csv", "metadata_summary_stacked_images.csv", "flatfield_summary_v1.pdf", "shadeflow.json"):
+    for name in (
+        "fields_used.csv",
+        "metadata_summary_stacked_images.csv",
+        "flatfield_summary_v1.pdf",
+        "shadeflow.json",
+    ):
         assert os.path.exists(os.path.join(folder, name)), name
     with open(os.path.join(folder, "flatfield_summary_v1.pdf"), "rb") as handle:
         assert handle.read(4) == b"%PDF"
@@ -145,7 +162,11 @@ def test_artifacts_hold_the_statistics_and_brightest_layer_images(built):
     assert len(rows) == built["config"].shape[2]
     markdown = keys["model-build-summary"].data
     assert "flatfield_summary_v1.pdf" in markdown
-    n_groups = len(json.load(open(os.path.join(built["store"], "flatfield", "flatfield_v1", "shadeflow.json")))["layer_groups"])
+    n_groups = len(
+        json.load(open(os.path.join(built["store"], "flatfield", "flatfield_v1", "shadeflow.json")))[
+            "layer_groups"
+        ]
+    )
     assert markdown.count("data:image/png;base64,") == n_groups
 
 
@@ -172,17 +193,38 @@ def expect_refused(tmp_path, inputs: list, match: str, **params) -> None:
 
 
 def test_missing_models_csv(built, tmp_path):
-    expect_refused(tmp_path, [], r"models CSV .*nope\.csv: does not exist", version="v1", models_csv=str(tmp_path / "nope.csv"), roots=[built["root"]])
+    expect_refused(
+        tmp_path,
+        [],
+        r"models CSV .*nope\.csv: does not exist",
+        version="v1",
+        models_csv=str(tmp_path / "nope.csv"),
+        roots=[built["root"]],
+    )
 
 
 def test_models_csv_without_required_columns(built, tmp_path):
     csv = tmp_path / "m.csv"
     csv.write_text("version,SlideID\nv1,SYN1_1\n")
-    expect_refused(tmp_path, [csv], r"missing column\(s\) Project, Cohort, BatchID", version="v1", models_csv=str(csv), roots=[built["root"]])
+    expect_refused(
+        tmp_path,
+        [csv],
+        r"missing column\(s\) Project, Cohort, BatchID",
+        version="v1",
+        models_csv=str(csv),
+        roots=[built["root"]],
+    )
 
 
 def test_version_absent_lists_the_versions_present(built, tmp_path):
-    expect_refused(tmp_path, [], r"no rows for version 'v9'; versions present: v0, v1", version="v9", models_csv=built["csv"], roots=[built["root"]])
+    expect_refused(
+        tmp_path,
+        [],
+        r"no rows for version 'v9'; versions present: v0, v1",
+        version="v9",
+        models_csv=built["csv"],
+        roots=[built["root"]],
+    )
 
 
 def test_listed_slide_without_meanimage_output(built, tmp_path):
@@ -193,14 +235,28 @@ def test_listed_slide_without_meanimage_output(built, tmp_path):
     meta["slide_id"] = "SYN7_1"
     json.dump(meta, open(root / "SYN7_1" / "slide.json", "w"))
     csv = write_models_csv(tmp_path / "m.csv", "v1", ["SYN1_1", "SYN7_1"])
-    expect_refused(tmp_path, [root], r"slide SYN7_1: no meanimage output in .*SYN7_1/meanimage", version="v1", models_csv=csv, roots=[built["root"], str(root)])
+    expect_refused(
+        tmp_path,
+        [root],
+        r"slide SYN7_1: no meanimage output in .*SYN7_1/meanimage",
+        version="v1",
+        models_csv=csv,
+        roots=[built["root"], str(root)],
+    )
 
 
 def test_slide_with_a_missing_meanimage_file_names_it(built, tmp_path):
     root = meanimage_only_copy(built, "SYN1_2", tmp_path / "root")
     os.remove(os.path.join(root, "SYN1_2", "meanimage", "SYN1_2-mask_stack.bin"))
     csv = write_models_csv(tmp_path / "m.csv", "v1", ["SYN1_2"])
-    expect_refused(tmp_path, [root], r"slide SYN1_2: missing SYN1_2-mask_stack\.bin", version="v1", models_csv=csv, roots=[root])
+    expect_refused(
+        tmp_path,
+        [root],
+        r"slide SYN1_2: missing SYN1_2-mask_stack\.bin",
+        version="v1",
+        models_csv=csv,
+        roots=[root],
+    )
 
 
 def test_truncated_bin_is_named(built, tmp_path):
@@ -209,7 +265,14 @@ def test_truncated_bin_is_named(built, tmp_path):
     with open(path, "r+b") as handle:
         handle.truncate(os.path.getsize(path) - 1000)
     csv = write_models_csv(tmp_path / "m.csv", "v1", ["SYN1_3"])
-    expect_refused(tmp_path, [root], r"SYN1_3-mean_image\.bin has \d+ bytes, expected \d+ .*truncated or corrupt", version="v1", models_csv=csv, roots=[root])
+    expect_refused(
+        tmp_path,
+        [root],
+        r"SYN1_3-mean_image\.bin has \d+ bytes, expected \d+ .*truncated or corrupt",
+        version="v1",
+        models_csv=csv,
+        roots=[root],
+    )
 
 
 def test_slides_of_different_shape(built, tmp_path):
@@ -217,7 +280,14 @@ def test_slides_of_different_shape(built, tmp_path):
     urls = write_cohort(str(other), SynthConfig(slides=1, fields=20, shape=(64, 80, 10), seed=5, project=8))
     write_mean_images(urls)
     csv = write_models_csv(tmp_path / "m.csv", "v1", ["SYN1_1", "SYN8_1"])
-    expect_refused(tmp_path, [other], r"slides SYN1_1 and SYN8_1 have different shapes", version="v1", models_csv=csv, roots=[built["root"], str(other)])
+    expect_refused(
+        tmp_path,
+        [other],
+        r"slides SYN1_1 and SYN8_1 have different shapes",
+        version="v1",
+        models_csv=csv,
+        roots=[built["root"], str(other)],
+    )
 
 
 def test_slides_of_different_layer_groups(built, tmp_path):
@@ -225,22 +295,40 @@ def test_slides_of_different_layer_groups(built, tmp_path):
     path = os.path.join(root, "SYN1_2", "slide.json")
     meta = json.load(open(path))
     names = list(meta["layer_groups"])
-    meta["layer_groups"] = {("renamed" if i == 0 else n): v for i, (n, v) in enumerate(meta["layer_groups"].items())}
+    meta["layer_groups"] = {
+        ("renamed" if i == 0 else n): v for i, (n, v) in enumerate(meta["layer_groups"].items())
+    }
     assert list(meta["layer_groups"]) != names
     json.dump(meta, open(path, "w"))
     csv = write_models_csv(tmp_path / "m.csv", "v1", ["SYN1_1", "SYN1_2"])
     # SYN1_2 now exists in both roots too, so keep only the modified copy reachable for it
     roots_dir = tmp_path / "roots"
     meanimage_only_copy(built, "SYN1_1", roots_dir)
-    expect_refused(tmp_path, [root], r"slides SYN1_1 and SYN1_2 have different layer groups", version="v1", models_csv=csv, roots=[str(roots_dir), root])
+    expect_refused(
+        tmp_path,
+        [root],
+        r"slides SYN1_1 and SYN1_2 have different layer groups",
+        version="v1",
+        models_csv=csv,
+        roots=[str(roots_dir), root],
+    )
 
 
 def test_duplicate_slide_ids_across_roots(built, tmp_path):
     root = meanimage_only_copy(built, "SYN1_1", tmp_path / "root")
-    expect_refused(tmp_path, [root], r"slide SYN1_1 is in more than one root", version="v1", models_csv=built["csv"], roots=[built["root"], root])
+    expect_refused(
+        tmp_path,
+        [root],
+        r"slide SYN1_1 is in more than one root",
+        version="v1",
+        models_csv=built["csv"],
+        roots=[built["root"], root],
+    )
 
 
 @pytest.mark.parametrize("version", ["../escape", "a/b", "", "v 1", "..", ".hidden"])
 def test_version_name_must_be_a_safe_file_name(built, tmp_path, version):
     csv = write_models_csv(tmp_path / "m.csv", version or "x", ["SYN1_1"])
-    expect_refused(tmp_path, [], r"is not a safe file name", version=version, models_csv=csv, roots=[built["root"]])
+    expect_refused(
+        tmp_path, [], r"is not a safe file name", version=version, models_csv=csv, roots=[built["root"]]
+    )

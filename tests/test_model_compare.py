@@ -28,7 +28,12 @@ from shadeflow.core.models_csv import ModelError
 from shadeflow.core.stack import mean_and_std_err
 
 SLIDES = ["SYN1_1", "SYN1_2", "SYN1_3"]
-MEANIMAGE_FILES = ["-mean_image.bin", "-std_err_of_mean_image.bin", "-sum_images_squared.bin", "-mask_stack.bin"]
+MEANIMAGE_FILES = [
+    "-mean_image.bin",
+    "-std_err_of_mean_image.bin",
+    "-sum_images_squared.bin",
+    "-mask_stack.bin",
+]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -77,7 +82,9 @@ def copy_slide(src_root, slide_id, dst_root, new_id=None, shading=None, **meta_c
     meta.update(slide_id=new_id, **meta_changes)
     shape = tuple(meta["shape"])
     for suffix in MEANIMAGE_FILES:
-        shutil.copyfile(os.path.join(src, "meanimage", slide_id + suffix), os.path.join(dst, "meanimage", new_id + suffix))
+        shutil.copyfile(
+            os.path.join(src, "meanimage", slide_id + suffix), os.path.join(dst, "meanimage", new_id + suffix)
+        )
     with open(os.path.join(src, "meanimage", "fields_used.csv")) as handle:
         text = handle.read()
     with open(os.path.join(dst, "meanimage", "fields_used.csv"), "w") as handle:
@@ -92,7 +99,8 @@ def copy_slide(src_root, slide_id, dst_root, new_id=None, shading=None, **meta_c
 
 
 def gradient(shape_hwl, low=0.3, high=1.7) -> np.ndarray:
-    """A strong diagonal shading, (L, H, W): ``low`` at the top-left corner to ``high`` at the bottom-right."""
+    """A strong diagonal shading, (L, H, W): ``low`` at the top-left corner to ``high`` at the
+    bottom-right."""
     h, w, l = shape_hwl
     y, x = np.mgrid[0:h, 0:w]
     ramp = low + (high - low) * (x / (w - 1) + y / (h - 1)) / 2
@@ -143,7 +151,9 @@ def test_statistic_is_one_for_two_halves_of_the_same_data_and_grows_with_other_s
     rng = np.random.default_rng(3)
     h, w = 48, 64
     y, x = np.mgrid[0:h, 0:w]
-    flat = np.stack([1.0 - 0.3 * ((x - 30) ** 2 + (y - 20) ** 2) / 3000.0, np.full((h, w), 1.0)])  # two layers
+    flat = np.stack(
+        [1.0 - 0.3 * ((x - 30) ** 2 + (y - 20) ** 2) / 3000.0, np.full((h, w), 1.0)]
+    )  # two layers
     a = _simulated_half(rng, flat, 60)
     b = _simulated_half(rng, flat, 60)
     same = C.pair_statistics(a, b)
@@ -155,12 +165,16 @@ def test_statistic_is_one_for_two_halves_of_the_same_data_and_grows_with_other_s
     assert np.all(shifted > 3 * same), (same, shifted)
 
 
-def test_real_slides_sharing_a_flatfield_compare_near_one_and_a_planted_gradient_raises_it(meanimages, tmp_path):
+def test_real_slides_sharing_a_flatfield_compare_near_one_and_a_planted_gradient_raises_it(
+    meanimages, tmp_path
+):
     base = C.pair_statistics(normalised(meanimages, "SYN1_1"), normalised(meanimages, "SYN1_2"))
     assert base.shape == (slide_shape(meanimages, "SYN1_1")[2],)
     assert np.all((base > 0.7) & (base < 1.3)), base
 
-    copy_slide(meanimages, "SYN1_2", str(tmp_path), "SYN1_8", shading=gradient(slide_shape(meanimages, "SYN1_2")))
+    copy_slide(
+        meanimages, "SYN1_2", str(tmp_path), "SYN1_8", shading=gradient(slide_shape(meanimages, "SYN1_2"))
+    )
     shaded = C.pair_statistics(normalised(meanimages, "SYN1_1"), normalised(str(tmp_path), "SYN1_8"))
     assert np.all(shaded > 1.5 * base), (base, shaded)
 
@@ -275,7 +289,10 @@ def test_table_round_trip_keeps_existing_rows_and_refuses_a_malformed_table(tmp_
 
 
 def test_separators_mark_project_cohort_and_batch_changes():
-    assert separators([("1", "1", "1"), ("1", "1", "1"), ("1", "2", "1"), ("2", "2", "1")]) == [(1.5, "cohort"), (2.5, "project")]
+    assert separators([("1", "1", "1"), ("1", "1", "1"), ("1", "2", "1"), ("2", "2", "1")]) == [
+        (1.5, "cohort"),
+        (2.5, "project"),
+    ]
 
 
 def test_cache_loads_each_key_once_and_evicts_the_oldest():
@@ -313,29 +330,47 @@ def four_slides(meanimages, tmp_path):
     root = tmp_path / "root"
     for sid in SLIDES:
         copy_slide(meanimages, sid, str(root))
-    copy_slide(meanimages, "SYN1_1", str(root), "SYN1_9", shading=gradient(slide_shape(meanimages, "SYN1_1")), batch="9")
+    copy_slide(
+        meanimages,
+        "SYN1_1",
+        str(root),
+        "SYN1_9",
+        shading=gradient(slide_shape(meanimages, "SYN1_1")),
+        batch="9",
+    )
     return str(root)
 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_flow_compares_plots_suggests_and_publishes(four_slides, tmp_path):
     workdir = tmp_path / "work"
-    state = run_compare(return_state=True, roots=[four_slides], workdir=str(workdir), band_low=0.7, band_high=1.3)
+    state = run_compare(
+        return_state=True, roots=[four_slides], workdir=str(workdir), band_low=0.7, band_high=1.3
+    )
     assert state.is_completed(), state.message
     result = state.result()
     ids = ["SYN1_1", "SYN1_2", "SYN1_3", "SYN1_9"]
     assert result["slides"] == ids  # Project, Cohort, Batch order (batches 1, 2, 3, 9)
     assert result["pairs_computed"] == 6 and result["pairs_reused"] == 0
     assert result["suggested"] == ["SYN1_1", "SYN1_2", "SYN1_3"]
-    assert [s for s in ids if re.match(result["suggested_regex"], s)] == result["suggested"]  # a --slides for the set
+    assert [s for s in ids if re.match(result["suggested_regex"], s)] == result[
+        "suggested"
+    ]  # a --slides for the set
 
     header, rows = read_table(workdir / C.TABLE_NAME)
     assert header == list(C.TABLE_COLUMNS)
     n_layers = slide_shape(four_slides, "SYN1_1")[2]
     assert len(rows) == 6 * n_layers
     pairs = {frozenset((r["slide_ID_1"], r["slide_ID_2"])) for r in rows}
-    assert len(pairs) == 6 and all(r["root_dir_1"] == four_slides and r["root_dir_2"] == four_slides for r in rows)
-    values = {(frozenset((r["slide_ID_1"], r["slide_ID_2"])), int(r["layer_n"])): float(r["delta_over_sigma_std_dev"]) for r in rows}
+    assert len(pairs) == 6 and all(
+        r["root_dir_1"] == four_slides and r["root_dir_2"] == four_slides for r in rows
+    )
+    values = {
+        (frozenset((r["slide_ID_1"], r["slide_ID_2"])), int(r["layer_n"])): float(
+            r["delta_over_sigma_std_dev"]
+        )
+        for r in rows
+    }
     assert sorted({layer for _, layer in values}) == list(range(1, n_layers + 1))
 
     # the table holds the statistic of the slides' files (checked for one pair against the core function)
@@ -349,7 +384,9 @@ def test_flow_compares_plots_suggests_and_publishes(four_slides, tmp_path):
         assert average[a][a] is None
         for b in ids:
             if a != b:
-                assert average[a][b] == pytest.approx(np.mean([values[(frozenset((a, b)), l)] for l in range(1, n_layers + 1)]))
+                assert average[a][b] == pytest.approx(
+                    np.mean([values[(frozenset((a, b)), l)] for l in range(1, n_layers + 1)])
+                )
                 assert average[a][b] == average[b][a]
                 assert (0.7 <= average[a][b] <= 1.3) == ("SYN1_9" not in (a, b)), (a, b, average[a][b])
 
@@ -357,7 +394,9 @@ def test_flow_compares_plots_suggests_and_publishes(four_slides, tmp_path):
     with open(four_slides + "/SYN1_1/slide.json") as handle:
         groups = list(json.load(handle)["layer_groups"])
     names = sorted(os.path.basename(p) for p in result["plots"])
-    assert names == sorted(["meanimagecomparison_average.png"] + [f"meanimagecomparison_{g}.png" for g in groups])
+    assert names == sorted(
+        ["meanimagecomparison_average.png"] + [f"meanimagecomparison_{g}.png" for g in groups]
+    )
     import matplotlib.image
 
     for path in result["plots"]:
@@ -382,7 +421,11 @@ def test_flow_compares_plots_suggests_and_publishes(four_slides, tmp_path):
             if b != row["slide"]:
                 assert row[b] == pytest.approx(average[row["slide"]][b], abs=5e-4)
     markdown = artifacts["model-compare-summary"].data
-    assert "SYN1_1, SYN1_2, SYN1_3" in markdown and "SYN1_9" in markdown and str(workdir / C.TABLE_NAME) in markdown
+    assert (
+        "SYN1_1, SYN1_2, SYN1_3" in markdown
+        and "SYN1_9" in markdown
+        and str(workdir / C.TABLE_NAME) in markdown
+    )
     assert "model-compare-pairs" in artifacts  # the progress artifact the CLI's bar follows
 
 
@@ -417,11 +460,17 @@ def test_second_run_reuses_table_rows_and_includes_table_slides(meanimages, tmp_
     assert new_pairs == {frozenset(("SYN1_1", "SYN1_3")), frozenset(("SYN1_2", "SYN1_3"))}
     # the marked layer-1 value went into the averages: the stored row was used, not recomputed
     first_group = next(iter(second["groups"]))
-    assert second["groups"][first_group]["SYN1_1"]["SYN1_2"] != pytest.approx(first["groups"][first_group]["SYN1_1"]["SYN1_2"])
+    assert second["groups"][first_group]["SYN1_1"]["SYN1_2"] != pytest.approx(
+        first["groups"][first_group]["SYN1_1"]["SYN1_2"]
+    )
 
     # a regex limits the table slides too
     third = run_compare(roots=[str(root_b)], workdir=str(workdir), slides="SYN1_[23]")
-    assert third["slides"] == ["SYN1_2", "SYN1_3"] and third["pairs_computed"] == 0 and third["pairs_reused"] == 1
+    assert (
+        third["slides"] == ["SYN1_2", "SYN1_3"]
+        and third["pairs_computed"] == 0
+        and third["pairs_reused"] == 1
+    )
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -442,7 +491,11 @@ def test_store_as_appends_the_compared_slides_and_refuses_an_existing_version(me
 
     compare_command([str(root)], None, "v2", str(models), str(tmp_path / "work"), 0.7, 1.3, 1)
     out = capsys.readouterr()
-    assert "skipped SYN1_5" in out.out and "stored as version v2" in out.out and "SYN1_1, SYN1_2, SYN1_3" in out.out
+    assert (
+        "skipped SYN1_5" in out.out
+        and "stored as version v2" in out.out
+        and "SYN1_1, SYN1_2, SYN1_3" in out.out
+    )
     lines = models.read_text().splitlines()
     assert lines[:2] == ["version,Project,Cohort,BatchID,SlideID", "old,1,1,1,OTHER_1"]
     expected = []
@@ -499,11 +552,19 @@ def _bad_cohort(kind, meanimages, root):
         copy_slide(meanimages, "SYN1_1", root)
         copy_slide(meanimages, "SYN1_2", root)
         os.remove(os.path.join(root, "SYN1_2", "meanimage", "SYN1_2-mask_stack.bin"))
-        return {}, r"need at least 2 usable slides to compare, found 1 \(SYN1_1\); skipped SYN1_2: .*missing SYN1_2-mask_stack.bin"
+        return (
+            {},
+            r"need at least 2 usable slides to compare, found 1 \(SYN1_1\); skipped SYN1_2: .*missing "
+            r"SYN1_2-mask_stack.bin",
+        )
     if kind == "min-images":
         copy_slide(meanimages, "SYN1_1", root)
         copy_slide(meanimages, "SYN1_2", root)
-        return {"min_images_stacked": 1000}, r"found 0 \(none\); skipped SYN1_1: fewest images stacked in a pixel is \d+, below --min-images-stacked 1000"
+        return (
+            {"min_images_stacked": 1000},
+            r"found 0 \(none\); skipped SYN1_1: fewest images stacked in a pixel is \d+, below "
+            r"--min-images-stacked 1000",
+        )
     if kind == "layer-groups":
         copy_slide(meanimages, "SYN1_1", root)
         with open(os.path.join(meanimages, "SYN1_2", "slide.json")) as handle:
@@ -518,7 +579,9 @@ def _bad_cohort(kind, meanimages, root):
         h, w, l = slide_shape(meanimages, "SYN1_2")
         for suffix, dtype in zip(MEANIMAGE_FILES, ("float64", "float64", "float64", "uint64")):
             url = os.path.join(dst, "meanimage", "SYN1_2" + suffix)
-            astropath_io.write_bin(url, astropath_io.read_bin(url, (h, w, l), dtype)[:, : h // 2, : w // 2], dtype)
+            astropath_io.write_bin(
+                url, astropath_io.read_bin(url, (h, w, l), dtype)[:, : h // 2, : w // 2], dtype
+            )
         meta = json.load(open(os.path.join(dst, "slide.json")))
         meta["shape"] = [h // 2, w // 2, l]
         json.dump(meta, open(os.path.join(dst, "slide.json"), "w"))
@@ -559,9 +622,15 @@ def test_flow_on_s3_reads_slides_and_keeps_its_table_there(meanimages, tmp_path,
     assert first["workdir"] == workdir and first["pairs_computed"] == 1
     header, *rows = storage.read_text(f"{workdir}/{C.TABLE_NAME}").splitlines()
     assert header == ",".join(C.TABLE_COLUMNS)
-    assert len(rows) == slide_shape(meanimages, "SYN1_1")[2] and all(r.startswith(f"{root},SYN1_1,{root},SYN1_2,") for r in rows)
+    assert len(rows) == slide_shape(meanimages, "SYN1_1")[2] and all(
+        r.startswith(f"{root},SYN1_1,{root},SYN1_2,") for r in rows
+    )
     assert storage.read_bytes(f"{workdir}/meanimagecomparison.pdf").startswith(b"%PDF")
     assert storage.read_bytes(f"{workdir}/meanimagecomparison_average.png").startswith(b"\x89PNG")
 
     second = run_compare(roots=[root], slides="SYN1_")
-    assert second["pairs_computed"] == 0 and second["pairs_reused"] == 1 and second["average"] == first["average"]
+    assert (
+        second["pairs_computed"] == 0
+        and second["pairs_reused"] == 1
+        and second["average"] == first["average"]
+    )

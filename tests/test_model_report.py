@@ -16,7 +16,7 @@ from shadeflow.core.flatfield import build_flatfield
 from shadeflow.core.illumination import central
 from shadeflow.core.meanimage import MASK_DIR, compute_mean_image, plan_slide
 from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
-from shadeflow.core.model_build import layer_statistics, summary_statistics
+from shadeflow.core.model_statistics import layer_statistics, summary_statistics
 from shadeflow.core.outputs import StagedOutput, shadeflow_version
 from shadeflow.core.slide import load_slide
 from shadeflow.core.stack import MeanImageStack
@@ -38,13 +38,20 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 
 def expected_pages(n_layers: int, n_slides: int) -> int:
-    """Slide table pages, the variation page, per-layer table pages, and one image page per LAYERS_PER_PAGE layers."""
+    """Slide table pages, the variation page, per-layer table pages, and one image page per LAYERS_PER_PAGE
+    layers."""
     slide_pages = 1 + math.ceil(max(0, n_slides - report_pages.FIRST_PAGE_ROWS) / report_pages.PAGE_ROWS)
-    return slide_pages + 1 + math.ceil(n_layers / model_report.LAYER_TABLE_ROWS) + math.ceil(n_layers / report_pages.LAYERS_PER_PAGE)
+    return (
+        slide_pages
+        + 1
+        + math.ceil(n_layers / model_report.LAYER_TABLE_ROWS)
+        + math.ceil(n_layers / report_pages.LAYERS_PER_PAGE)
+    )
 
 
 def make_mean_images(root) -> str:
-    """A two-slide synthetic cohort with its mean images written (meanimage's own PDFs skipped: not under test)."""
+    """A two-slide synthetic cohort with its mean images written (meanimage's own PDFs skipped: not under
+    test)."""
     urls = write_cohort(str(root), SynthConfig(slides=2, fields=24, seed=4))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(meanimage_report, "write_reports", lambda *args, **kwargs: None)
@@ -63,7 +70,9 @@ def slide_rows(refs, stack: MeanImageStack) -> list[dict]:
             "project": r.project,
             "cohort": r.cohort,
             "batch": r.batch,
-            "fields_stacked": sum(1 for row in stack.fields if row.slide == r.slide_id and row.stacked_in_layers),
+            "fields_stacked": sum(
+                1 for row in stack.fields if row.slide == r.slide_id and row.stacked_in_layers
+            ),
         }
         for r in refs
     ]
@@ -80,13 +89,25 @@ def model(tmp_path_factory):
     statistics = layer_statistics(flatfield, stack.n_images, groups)
     slides = slide_rows(refs, stack)
     url = storage.join(str(tmp_path_factory.mktemp("model")), f"flatfield_summary_{VERSION}.pdf")
-    model_report.write_model_summary(url, VERSION, flatfield, stack, statistics, slides, {"version": VERSION, "sigma": None})
-    return {"flatfield": flatfield, "stack": stack, "statistics": statistics, "slides": slides, "groups": groups, "pdf": storage.read_bytes(url), "url": url}
+    model_report.write_model_summary(
+        url, VERSION, flatfield, stack, statistics, slides, {"version": VERSION, "sigma": None}
+    )
+    return {
+        "flatfield": flatfield,
+        "stack": stack,
+        "statistics": statistics,
+        "slides": slides,
+        "groups": groups,
+        "pdf": storage.read_bytes(url),
+        "url": url,
+    }
 
 
 def without_layer(stack: MeanImageStack, layer: int) -> MeanImageStack:
     """A copy of ``stack`` in which nothing was stacked in the 0-based ``layer``."""
-    copy = MeanImageStack(stack.sum.copy(), stack.sum_sq.copy(), stack.count.copy(), stack.n_images.copy(), list(stack.fields))
+    copy = MeanImageStack(
+        stack.sum.copy(), stack.sum_sq.copy(), stack.count.copy(), stack.n_images.copy(), list(stack.fields)
+    )
     for array in (copy.sum, copy.sum_sq, copy.count):
         array[layer] = 0
     copy.n_images[layer] = 0
@@ -109,8 +130,12 @@ def test_page_count_follows_layers_and_slides(model, tmp_path):
     # a cohort whose slide table overflows the first page gets continuation pages
     many = [dict(model["slides"][0], slide_id=f"S{i}") for i in range(report_pages.FIRST_PAGE_ROWS + 5)]
     url = str(tmp_path / "many.pdf")
-    model_report.write_model_summary(url, VERSION, model["flatfield"], model["stack"], model["statistics"], many, {})
-    assert n_pages(storage.read_bytes(url)) == expected_pages(n_layers, len(many)) == n_pages(model["pdf"]) + 1
+    model_report.write_model_summary(
+        url, VERSION, model["flatfield"], model["stack"], model["statistics"], many, {}
+    )
+    assert (
+        n_pages(storage.read_bytes(url)) == expected_pages(n_layers, len(many)) == n_pages(model["pdf"]) + 1
+    )
 
 
 def test_statistics_table_is_astropaths_table(model):
@@ -171,7 +196,9 @@ def test_empty_layer_and_single_group_still_give_valid_outputs(model, tmp_path):
     _, rows = model_report.statistics_table(flatfield, statistics)
     used = [layer for layer in range(n_layers) if layer != 1]
     assert float(rows[0][1]) == pytest.approx(flatfield.flatfield[used].max(), abs=5e-5)
-    assert float(rows[0][2]) == pytest.approx(max(central(flatfield.flatfield[layer]).max() for layer in used), abs=5e-5)
+    assert float(rows[0][2]) == pytest.approx(
+        max(central(flatfield.flatfield[layer]).max() for layer in used), abs=5e-5
+    )
     images = model_report.brightest_layer_images(flatfield, stack, single)
     assert list(images) == ["all"] and png_size(images["all"])[0] <= 256
     # a group whose every layer is empty still gets a preview (its F = 1)
@@ -197,7 +224,9 @@ def test_nothing_stacked_at_all(model, tmp_path):
 def test_summary_written_to_s3(model, s3_bucket):
     url = f"s3://{s3_bucket}/models/flatfield/flatfield_{VERSION}/flatfield_summary_{VERSION}.pdf"
     m = model
-    model_report.write_model_summary(url, VERSION, m["flatfield"], m["stack"], m["statistics"], m["slides"], {"version": VERSION})
+    model_report.write_model_summary(
+        url, VERSION, m["flatfield"], m["stack"], m["statistics"], m["slides"], {"version": VERSION}
+    )
     assert storage.read_bytes(url).startswith(b"%PDF")
 
 

@@ -21,9 +21,9 @@ import sys
 import time
 
 import pytest
+from test_cli import clean_env
 
 from shadeflow.core.synth_stacks import StackConfig, write_stack
-from test_cli import clean_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -89,9 +89,21 @@ def stack(tmp_path_factory):
 def test_kill_9_of_the_command_leaves_no_process(stack, tmp_path, when, extra, marker):
     env = clean_env(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_LOGGING_LEVEL="WARNING")
     log = tmp_path / "command.log"
-    args = [sys.executable, "-m", "shadeflow", "estimate", str(stack / "in" / "stack.zarr"), "--out", str(tmp_path / "out"), "--darkfield", *extra]
+    args = [
+        sys.executable,
+        "-m",
+        "shadeflow",
+        "estimate",
+        str(stack / "in" / "stack.zarr"),
+        "--out",
+        str(tmp_path / "out"),
+        "--darkfield",
+        *extra,
+    ]
     with open(log, "wb") as out:
-        command = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        command = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     seen: dict[int, str] = {}  # every descendant ever seen → its start time
     try:
         deadline = time.monotonic() + STARTUP_BOUND
@@ -102,8 +114,13 @@ def test_kill_9_of_the_command_leaves_no_process(stack, tmp_path, when, extra, m
             children = [pid for pid in seen if alive(pid, seen[pid], table)]
             if any(marker in command_line(pid) for pid in children):
                 break
-            assert command.poll() is None, f"the command ended (exit {command.returncode}) before it started a {marker} child:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"no {marker} child of the command after {STARTUP_BOUND:.0f} s:\n{log.read_text()}"
+            assert command.poll() is None, (
+                f"the command ended (exit {command.returncode}) before it started a {marker} "
+                f"child:\n{log.read_text()}"
+            )
+            assert time.monotonic() < deadline, (
+                f"no {marker} child of the command after {STARTUP_BOUND:.0f} s:\n{log.read_text()}"
+            )
             time.sleep(0.1)
         described = {pid: command_line(pid) for pid in children}
         assert any("uvicorn" in text or "prefect" in text for text in described.values()), described
@@ -115,11 +132,16 @@ def test_kill_9_of_the_command_leaves_no_process(stack, tmp_path, when, extra, m
         while True:
             table = processes()
             left = {pid for pid in seen if alive(pid, seen[pid], table)}
-            left |= {pid for pid, row in table.items() if row[1] == command.pid and row[2] != "Z"}  # its session
+            left |= {
+                pid for pid, row in table.items() if row[1] == command.pid and row[2] != "Z"
+            }  # its session
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert not left, f"processes left running after kill -9 of the command: {[(pid, command_line(pid)) for pid in sorted(left)]}"
+        assert not left, (
+            "processes left running after kill -9 of the command: "
+            f"{[(pid, command_line(pid)) for pid in sorted(left)]}"
+        )
     finally:
         try:
             os.killpg(command.pid, signal.SIGKILL)

@@ -53,7 +53,9 @@ def run_meanimage(slides: list[str], **options):
 
 
 def build(**params):
-    return model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=ModelBuildParameters(**params))
+    return model_build.with_options(task_runner=task_runner(memory="4GiB", workers=1))(
+        params=ModelBuildParameters(**params)
+    )
 
 
 def text(path) -> str:
@@ -71,17 +73,26 @@ def complete_means_whole(folder) -> bool:
     if not is_complete(str(folder)):
         return False
     manifest = json.loads(text(os.path.join(folder, MANIFEST)))
-    wrong = [n for n, size in manifest["files"].items() if not os.path.isfile(os.path.join(folder, n)) or os.path.getsize(os.path.join(folder, n)) != size]
+    wrong = [
+        n
+        for n, size in manifest["files"].items()
+        if not os.path.isfile(os.path.join(folder, n)) or os.path.getsize(os.path.join(folder, n)) != size
+    ]
     assert not wrong, f"{folder} is marked complete but lacks {wrong[:5]}"
     return True
 
 
 def meanimage_files_from_inputs(slide_dir) -> set[str]:
-    """Files every mean-image output of the slide holds: the AstroPath images and a tissue mask per field of fields.csv."""
+    """Files every mean-image output of the slide holds: the AstroPath images and a tissue mask per field of
+    fields.csv."""
     sid = os.path.basename(slide_dir)
     with open(os.path.join(slide_dir, "fields.csv"), newline="") as handle:
         keys = [row["field"] for row in csv.DictReader(handle)]
-    return {f"{sid}-{name}" for name in ASTROPATH_FILES} | {"fields_used.csv"} | {f"image_masking/{k}_tissue_mask.bin" for k in keys}
+    return (
+        {f"{sid}-{name}" for name in ASTROPATH_FILES}
+        | {"fields_used.csv"}
+        | {f"image_masking/{k}_tissue_mask.bin" for k in keys}
+    )
 
 
 def assert_whole_meanimage(slide_dir) -> dict:
@@ -109,7 +120,10 @@ class OtherRun:
 
 @pytest.fixture(scope="module")
 def pristine_slide(tmp_path_factory):
-    (url,) = write_cohort(str(tmp_path_factory.mktemp("pristine")), SynthConfig(slides=1, fields=12, shape=(128, 168, 10), seed=31))
+    (url,) = write_cohort(
+        str(tmp_path_factory.mktemp("pristine")),
+        SynthConfig(slides=1, fields=12, shape=(128, 168, 10), seed=31),
+    )
     return url
 
 
@@ -185,7 +199,9 @@ def test_an_output_losing_files_while_being_written_is_not_marked_complete(slide
     write_stack = meanimage_outputs.write_stack
 
     def lose_masks_then_write(url, *args, **kwargs):
-        shutil.rmtree(os.path.join(os.path.dirname(url), "image_masking"))  # a staging folder emptied under the run
+        shutil.rmtree(
+            os.path.join(os.path.dirname(url), "image_masking")
+        )  # a staging folder emptied under the run
         return write_stack(url, *args, **kwargs)
 
     monkeypatch.setattr(meanimage_outputs, "write_stack", lose_masks_then_write)
@@ -223,7 +239,9 @@ def test_meanimage_refuses_a_meanimage_folder_it_did_not_write(slide, tmp_path):
     os.makedirs(os.path.dirname(notes))
     with open(notes, "w") as handle:
         handle.write("scanner serviced on Tuesday")
-    line = expect_error(tmp_path, ["meanimage", slide], notes, "not written by shadeflow", "--overwrite", untouched=[slide])
+    line = expect_error(
+        tmp_path, ["meanimage", slide], notes, "not written by shadeflow", "--overwrite", untouched=[slide]
+    )
     assert line.startswith(f"error: slide {os.path.basename(slide)}: ")
     before = tree(slide)
     with pytest.raises(SlidesFailed, match=r"notes\.txt.*--overwrite"):  # the flow checks again (UI runs)
@@ -245,7 +263,10 @@ def test_meanimage_refuses_a_meanimage_folder_it_did_not_write(slide, tmp_path):
 
     # overwriting with other parameters replaces shadeflow's files only
     (third,) = run_meanimage([slide], seed=3, overwrite=True)
-    assert third["status"] == "written" and read_manifest(os.path.join(slide, "meanimage"))["parameters"]["seed"] == 3
+    assert (
+        third["status"] == "written"
+        and read_manifest(os.path.join(slide, "meanimage"))["parameters"]["seed"] == 3
+    )
     assert text(notes) == "scanner serviced on Tuesday"
     assert_whole_meanimage(slide)
 
@@ -255,7 +276,9 @@ def test_an_interrupted_output_is_recognised_as_shadeflows_and_replaced_without_
     with StagedOutput(str(final)) as out:
         storage.write_bytes(out.url("a.bin"), b"a")
         out.commit("test", {}, [])
-    (final / outputs.WRITING).write_text(json.dumps({"kind": "test", "files": ["a.bin", "b.bin"]}))  # a crash mid-publishing
+    (final / outputs.WRITING).write_text(
+        json.dumps({"kind": "test", "files": ["a.bin", "b.bin"]})
+    )  # a crash mid-publishing
     (final / "b.bin").write_bytes(b"b")
     assert not is_complete(str(final))
     assert outputs.foreign_files(str(final)) == []
@@ -277,7 +300,10 @@ def test_an_interrupted_output_is_recognised_as_shadeflows_and_replaced_without_
 
 def write_models_csv(path, version: str, slide_ids: list[str]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("version,Project,Cohort,BatchID,SlideID\n" + "".join(f"{version},1,1,{i + 1},{sid}\n" for i, sid in enumerate(slide_ids)))
+    path.write_text(
+        "version,Project,Cohort,BatchID,SlideID\n"
+        + "".join(f"{version},1,1,{i + 1},{sid}\n" for i, sid in enumerate(slide_ids))
+    )
     return str(path)
 
 
@@ -293,14 +319,21 @@ def cohort(tmp_path_factory):
 @pytest.fixture
 def store(cohort, tmp_path):
     folder = tmp_path / "store"
-    return {"store": str(folder), "csv": write_models_csv(folder / "models.csv", "v1", cohort["ids"]), "root": cohort["root"]}
+    return {
+        "store": str(folder),
+        "csv": write_models_csv(folder / "models.csv", "v1", cohort["ids"]),
+        "root": cohort["root"],
+    }
 
 
 def astropath_model(store: str) -> dict[str, str]:
     """An AstroPath-made version v1: its .bin and folder, no shadeflow manifest."""
     folder = os.path.join(store, "flatfield", "flatfield_v1")
     os.makedirs(folder)
-    paths = {"bin": os.path.join(store, "flatfield", "flatfield_v1.bin"), "notes": os.path.join(folder, "notes.txt")}
+    paths = {
+        "bin": os.path.join(store, "flatfield", "flatfield_v1.bin"),
+        "notes": os.path.join(folder, "notes.txt"),
+    }
     with open(paths["bin"], "wb") as handle:
         handle.write(b"\x00" * 64)
     with open(paths["notes"], "w") as handle:
@@ -319,7 +352,9 @@ def assert_whole_version(store: str, version: str, shape) -> None:
 def test_model_build_refuses_an_astropath_model_it_did_not_write(store, tmp_path):
     made = astropath_model(store["store"])
     args = ["model", "build", "--version", "v1", "--models-csv", store["csv"], "--root", store["root"]]
-    expect_error(tmp_path, args, "'v1'", "not written by shadeflow", "--overwrite", untouched=[store["store"]])
+    expect_error(
+        tmp_path, args, "'v1'", "not written by shadeflow", "--overwrite", untouched=[store["store"]]
+    )
     before = tree(store["store"])
     with pytest.raises(InputError, match=r"flatfield_v1.*not written by shadeflow"):
         build(version="v1", models_csv=store["csv"], roots=[store["root"]])
@@ -389,9 +424,20 @@ def test_field_linking_outside_the_slide_folder_is_refused(slide, tmp_path):
     os.symlink(elsewhere, field_path)
     sid = os.path.basename(slide)
 
-    with pytest.raises(InputError, match=rf"slide {sid}: field {re.escape(row['field'])} \(fields.csv row 1\): .*outside the slide folder"):
+    with pytest.raises(
+        InputError,
+        match=rf"slide {sid}: field {re.escape(row['field'])} \(fields.csv row 1\): .*outside the slide "
+        r"folder",
+    ):
         load_slide(slide)
-    line = expect_error(tmp_path, ["meanimage", slide], f"slide {sid}", row["field"], str(elsewhere), absent=[os.path.join(slide, "meanimage")])
+    line = expect_error(
+        tmp_path,
+        ["meanimage", slide],
+        f"slide {sid}",
+        row["field"],
+        str(elsewhere),
+        absent=[os.path.join(slide, "meanimage")],
+    )
     assert "outside the slide folder" in line
     with pytest.raises(SlidesFailed, match=rf"field {re.escape(row['field'])}.*outside the slide folder"):
         run_meanimage([slide])

@@ -19,7 +19,10 @@ from shadeflow.tasks.retry import TRANSIENT_RETRY, retry_transient
 
 
 def client_error(code: str, status: int) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject",
+    )
 
 
 def raised_from(exc: BaseException, cause: BaseException) -> BaseException:
@@ -57,7 +60,9 @@ DETERMINISTIC = {
     "S3 NoSuchBucket": translate_boto_error(client_error("NoSuchBucket", 404)),
     "S3 AccessDenied": translate_boto_error(client_error("AccessDenied", 403)),
     "S3 400 as ClientError": client_error("InvalidArgument", 400),
-    "input error raised while handling a hiccup": raised_from(TileError("tile x: unreadable"), ConnectionResetError("reset")),
+    "input error raised while handling a hiccup": raised_from(
+        TileError("tile x: unreadable"), ConnectionResetError("reset")
+    ),
     "disk full": OSError(errno.ENOSPC, "No space left on device"),
 }
 
@@ -73,8 +78,9 @@ def test_deterministic_errors_are_not(name):
 
 
 def all_tasks():
-    import shadeflow.tasks
     from prefect.tasks import Task
+
+    import shadeflow.tasks
 
     for info in pkgutil.iter_modules(shadeflow.tasks.__path__):
         module = importlib.import_module(f"shadeflow.tasks.{info.name}")

@@ -9,10 +9,23 @@ from __future__ import annotations
 import pytest
 
 from shadeflow.infra import cluster, sizing
-from shadeflow.infra.sizing import ClusterSize, SettingsError, memory_setting, parse_size, size_cluster, size_from_settings
+from shadeflow.infra.sizing import (
+    ClusterSize,
+    SettingsError,
+    memory_setting,
+    parse_size,
+    size_cluster,
+    size_from_settings,
+)
 
 GIB = 2**30
-SETTINGS = ("SHADEFLOW_MEMORY", "CO_MEMORY", "SHADEFLOW_WORKER_MEMORY", "SHADEFLOW_WORKER_CPUS", "SHADEFLOW_CLUSTER")
+SETTINGS = (
+    "SHADEFLOW_MEMORY",
+    "CO_MEMORY",
+    "SHADEFLOW_WORKER_MEMORY",
+    "SHADEFLOW_WORKER_CPUS",
+    "SHADEFLOW_CLUSTER",
+)
 
 
 @pytest.fixture
@@ -35,7 +48,14 @@ def clean_settings(monkeypatch):
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("16GiB", 16 * 2**30), ("500MB", 500 * 10**6), ("1.5GiB", 3 * 2**29), ("4096", 4096), (" 2GiB ", 2 * 2**30), (123, 123)],
+    [
+        ("16GiB", 16 * 2**30),
+        ("500MB", 500 * 10**6),
+        ("1.5GiB", 3 * 2**29),
+        ("4096", 4096),
+        (" 2GiB ", 2 * 2**30),
+        (123, 123),
+    ],
 )
 def test_parse_size_reads_bytes_and_units(text, expected):
     assert parse_size(text, "SHADEFLOW_MEMORY") == expected
@@ -59,7 +79,10 @@ def test_parse_size_bytes_only_refuses_units():
 
 
 def test_shadeflow_memory_beats_co_memory(machine):
-    assert memory_setting({"SHADEFLOW_MEMORY": "8GiB", "CO_MEMORY": str(4 * GIB)}) == (8 * GIB, "SHADEFLOW_MEMORY")
+    assert memory_setting({"SHADEFLOW_MEMORY": "8GiB", "CO_MEMORY": str(4 * GIB)}) == (
+        8 * GIB,
+        "SHADEFLOW_MEMORY",
+    )
 
 
 def test_co_memory_beats_the_machine(machine):
@@ -72,7 +95,10 @@ def test_the_machine_is_the_last_resort(machine):
 
 
 def test_command_line_memory_beats_every_setting(machine):
-    assert memory_setting({"SHADEFLOW_MEMORY": "8GiB", "CO_MEMORY": "1"}, override="3GiB") == (3 * GIB, "--memory")
+    assert memory_setting({"SHADEFLOW_MEMORY": "8GiB", "CO_MEMORY": "1"}, override="3GiB") == (
+        3 * GIB,
+        "--memory",
+    )
 
 
 def test_co_memory_must_be_plain_bytes(machine):
@@ -172,7 +198,9 @@ def test_size_from_settings_uses_the_memory_setting(machine):
 
 
 def test_size_from_settings_reads_worker_memory_and_cpus(machine):
-    size, source = size_from_settings({"CO_MEMORY": str(32 * GIB), "SHADEFLOW_WORKER_MEMORY": "8GiB", "SHADEFLOW_WORKER_CPUS": "2"})
+    size, source = size_from_settings(
+        {"CO_MEMORY": str(32 * GIB), "SHADEFLOW_WORKER_MEMORY": "8GiB", "SHADEFLOW_WORKER_CPUS": "2"}
+    )
     assert source == "CO_MEMORY"
     assert size == ClusterSize(n_workers=4, threads_per_worker=2, memory_per_worker=8 * GIB)
 
@@ -186,7 +214,9 @@ def test_size_from_settings_command_line_wins(machine):
 def test_size_from_settings_machine_default(machine):
     size, source = size_from_settings({})
     assert source == "machine"
-    assert size == ClusterSize(n_workers=1, threads_per_worker=machine["cpus"], memory_per_worker=machine["memory"])
+    assert size == ClusterSize(
+        n_workers=1, threads_per_worker=machine["cpus"], memory_per_worker=machine["memory"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -207,7 +237,8 @@ def test_size_from_settings_bad_worker_settings_are_named(machine, env, named):
 
 
 def test_local_cluster_kwargs():
-    """Sizes map onto LocalCluster's arguments: threads in this process for one worker, processes for several."""
+    """Sizes map onto LocalCluster's arguments: threads in this process for one worker, processes for
+    several."""
     keys = ("n_workers", "threads_per_worker", "memory_limit", "processes")
     one = cluster.local_cluster_kwargs(ClusterSize(1, 4, 8 * GIB))
     assert tuple(one[k] for k in keys) == (1, 4, 8 * GIB, False)
@@ -229,7 +260,9 @@ def test_make_cluster_follows_the_memory_setting(clean_settings, monkeypatch):
 
 def test_check_settings_validates_before_a_run(clean_settings, monkeypatch, machine):
     monkeypatch.setenv("SHADEFLOW_MEMORY", "6GiB")
-    assert cluster.check_settings(workers=3).size == ClusterSize(n_workers=3, threads_per_worker=2, memory_per_worker=2 * GIB)
+    assert cluster.check_settings(workers=3).size == ClusterSize(
+        n_workers=3, threads_per_worker=2, memory_per_worker=2 * GIB
+    )
     with pytest.raises(SettingsError, match="--memory='banana'"):
         cluster.check_settings(memory="banana")
 

@@ -28,8 +28,18 @@ TIME_KEYS = ("created", "seconds")
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without Prefect, AWS and shadeflow settings, plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SHADEFLOW_", "CO_MEMORY", "AWS_ENDPOINT_URL"))}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1", COLUMNS="160", PYTHONUNBUFFERED="1", **extra)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "SHADEFLOW_", "CO_MEMORY", "AWS_ENDPOINT_URL"))
+    }
+    env.update(
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        DO_NOT_TRACK="1",
+        COLUMNS="160",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
     return env
 
 
@@ -39,7 +49,12 @@ def prefect_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
     url = PREFECT_API_URL.value()
     assert url, "the Prefect test harness did not set an API URL"
-    return clean_env(PREFECT_API_URL=url, PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_LOGGING_LEVEL="WARNING", **extra)
+    return clean_env(
+        PREFECT_API_URL=url,
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_LOGGING_LEVEL="WARNING",
+        **extra,
+    )
 
 
 def shadeflow_args(*args: str) -> list[str]:
@@ -50,7 +65,9 @@ def shadeflow_args(*args: str) -> list[str]:
 def session_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
     """``args`` in its own session, output to ``log``; the whole session is SIGKILLed on leaving."""
     with open(log, "ab") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -58,12 +75,15 @@ def session_process(args: list[str], env: dict[str, str], log: Path) -> Iterator
 
 
 def run_shadeflow(args: list[str], env: dict[str, str], log: Path, timeout: float) -> int:
-    """``shadeflow <args>`` to its end (exit code); a run that outlives ``timeout`` fails the test with its log."""
+    """``shadeflow <args>`` to its end (exit code); a run that outlives ``timeout`` fails the test with its
+    log."""
     with session_process(shadeflow_args(*args), env, log) as process:
         try:
             return process.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"shadeflow {args[0]} did not end within {timeout:.0f} s\n{tail(log)}") from None
+            raise AssertionError(
+                f"shadeflow {args[0]} did not end within {timeout:.0f} s\n{tail(log)}"
+            ) from None
 
 
 def killpg(process: subprocess.Popen) -> None:
@@ -94,27 +114,75 @@ class DaskProcesses:
 
 
 @contextmanager
-def dask_processes(folder: Path, env: dict[str, str], workers: int = 2, timeout: float = 60, nanny: bool = False) -> Iterator[DaskProcesses]:
+def dask_processes(
+    folder: Path, env: dict[str, str], workers: int = 2, timeout: float = 60, nanny: bool = False
+) -> Iterator[DaskProcesses]:
     """A scheduler and ``workers`` single-thread worker processes on 127.0.0.1: nanny-less (a killed
     worker stays dead) or each under a nanny (a killed worker is restarted)."""
     folder.mkdir(parents=True, exist_ok=True)
     dask = DaskProcesses(folder, env)
     scheduler_log = folder / "scheduler.log"
-    scheduler_args = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-                      "--dashboard-address", "127.0.0.1:0", "--scheduler-file", str(dask.scheduler_file)]
+    scheduler_args = [
+        sys.executable,
+        "-m",
+        "distributed.cli.dask_scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--scheduler-file",
+        str(dask.scheduler_file),
+    ]
     with session_process(scheduler_args, env, scheduler_log) as scheduler:
-        wait_for(dask.scheduler_file.exists, timeout, "the Dask scheduler file", process=scheduler, log=scheduler_log)
-        dask.address = wait_for(lambda: _address(dask.scheduler_file), timeout, "the scheduler address", process=scheduler, log=scheduler_log)
+        wait_for(
+            dask.scheduler_file.exists,
+            timeout,
+            "the Dask scheduler file",
+            process=scheduler,
+            log=scheduler_log,
+        )
+        dask.address = wait_for(
+            lambda: _address(dask.scheduler_file),
+            timeout,
+            "the scheduler address",
+            process=scheduler,
+            log=scheduler_log,
+        )
         started = []
         try:
             for i in range(workers):
                 log = folder / f"worker-{i}.log"
-                args = [sys.executable, "-m", "distributed.cli.dask_worker", "--nthreads", "1", "--nanny" if nanny else "--no-nanny", "--name", f"w{i}",
-                        "--memory-limit", "2GiB", "--scheduler-file", str(dask.scheduler_file), "--local-directory", str(folder / f"w{i}")]
+                args = [
+                    sys.executable,
+                    "-m",
+                    "distributed.cli.dask_worker",
+                    "--nthreads",
+                    "1",
+                    "--nanny" if nanny else "--no-nanny",
+                    "--name",
+                    f"w{i}",
+                    "--memory-limit",
+                    "2GiB",
+                    "--scheduler-file",
+                    str(dask.scheduler_file),
+                    "--local-directory",
+                    str(folder / f"w{i}"),
+                ]
                 with open(log, "ab") as out:
-                    started.append(subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+                    started.append(
+                        subprocess.Popen(
+                            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                        )
+                    )
             dask.workers = started
-            wait_for(lambda: dask.worker_count() == workers, timeout, f"{workers} Dask workers", log=folder / "worker-0.log")
+            wait_for(
+                lambda: dask.worker_count() == workers,
+                timeout,
+                f"{workers} Dask workers",
+                log=folder / "worker-0.log",
+            )
             yield dask
         finally:
             for process in started:
@@ -201,7 +269,9 @@ def assert_nothing_looks_complete(output: str | Path) -> None:
     for name, size in files.items():
         path = Path(output) / name
         assert path.exists(), f"{output}: the manifest lists {name}, which is missing"
-        assert path.stat().st_size == size, f"{output}: {name} has {path.stat().st_size} bytes, the manifest says {size}"
+        assert path.stat().st_size == size, (
+            f"{output}: {name} has {path.stat().st_size} bytes, the manifest says {size}"
+        )
 
 
 def leftovers(root: str | Path, pattern: str = ".partial-") -> list[str]:
@@ -253,7 +323,8 @@ def wait_no_processes(marker: str, groups: set[int], timeout: float = 30) -> Non
         if not left:
             return
         if time.monotonic() > deadline:
-            raise AssertionError("processes of the test still run after %.0f s:\n%s" % (timeout, "\n".join(left)))
+            listing = "\n".join(left)
+            raise AssertionError(f"processes of the test still run after {timeout:.0f} s:\n{listing}")
         time.sleep(0.5)
 
 
@@ -275,7 +346,8 @@ def differing(got: dict[str, dict[str, str]], want: dict[str, dict[str, str]]) -
 
 
 class StablePath:
-    """One absolute path (a symlink) for every run's input, so outputs that record input paths compare byte for byte."""
+    """One absolute path (a symlink) for every run's input, so outputs that record input paths compare byte
+    for byte."""
 
     def __init__(self, base: Path):
         self.link = base / "cohort"

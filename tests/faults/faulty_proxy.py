@@ -20,9 +20,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 SLOW_DOWN = (
-    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+    b"HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nConnection: "
+    b"close\r\nContent-Length: %d\r\n\r\n%s"
 )
-SLOW_DOWN_BODY = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>'
+SLOW_DOWN_BODY = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code><Message>Please reduce '
+    b"your request rate.</Message></Error>"
+)
 
 
 @dataclass
@@ -35,7 +39,9 @@ class Counts:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _read_message(conn: socket.socket, data: bytes = b"", head_only_body: bool = False, on_expect=None) -> tuple[bytes, bytes] | None:
+def _read_message(
+    conn: socket.socket, data: bytes = b"", head_only_body: bool = False, on_expect=None
+) -> tuple[bytes, bytes] | None:
     """(head, body) of one HTTP message read from ``conn`` (bodies by Content-Length or chunked)."""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
@@ -68,7 +74,7 @@ def _read_message(conn: socket.socket, data: bytes = b"", head_only_body: bool =
 
 
 def _without(head: bytes, *names: bytes) -> bytes:
-    return b"\r\n".join(l for l in head.split(b"\r\n") if not l.lower().split(b":", 1)[0].strip() in names)
+    return b"\r\n".join(l for l in head.split(b"\r\n") if l.lower().split(b":", 1)[0].strip() not in names)
 
 
 def _read_request(conn: socket.socket) -> bytes | None:
@@ -111,7 +117,13 @@ def _truncatable(request: bytes, response: bytes) -> int | None:
 
 
 @contextmanager
-def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1, truncate_rate: float = 0.0, slow_rate: float = 0.0) -> Iterator[tuple[str, Counts]]:
+def faulty_proxy(
+    upstream_url: str,
+    seed: int,
+    failure_rate: float = 0.1,
+    truncate_rate: float = 0.0,
+    slow_rate: float = 0.0,
+) -> Iterator[tuple[str, Counts]]:
     """Yields the proxy's endpoint URL and its counts of forwarded and failed requests."""
     host, port = upstream_url.split("://", 1)[1].split(":")
     upstream = (host, int(port))
@@ -137,7 +149,9 @@ def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1, trunca
                 if draw < failure_rate / 2:
                     with counts.lock:
                         counts.reset += 1
-                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+                    conn.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )  # RST on close
                     return
                 if draw < failure_rate:
                     with counts.lock:
@@ -167,7 +181,7 @@ def faulty_proxy(upstream_url: str, seed: int, failure_rate: float = 0.1, trunca
         while not stopping.is_set():
             try:
                 conn, _ = server.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             threading.Thread(target=handle, args=(conn,), daemon=True).start()
 

@@ -65,10 +65,22 @@ def pristine(tmp_path_factory):
 
 
 def case(pristine, target: Path, stable: StablePath) -> tuple[list[str], Path]:
-    """A private copy at ``target`` addressed through the stable path; returns the CLI arguments and the output folder."""
+    """A private copy at ``target`` addressed through the stable path; returns the CLI arguments and the
+    output folder."""
     shutil.copytree(pristine, target)
     link = stable.point_at(target)
-    args = ["correct", str(link / "in" / TILE), "--flatfield", str(link / "in" / "flat.npy"), "--background", "100", "--out", str(link / "out"), "--levels", "2"]
+    args = [
+        "correct",
+        str(link / "in" / TILE),
+        "--flatfield",
+        str(link / "in" / "flat.npy"),
+        "--background",
+        "100",
+        "--out",
+        str(link / "out"),
+        "--levels",
+        "2",
+    ]
     return args, target / "out"
 
 
@@ -91,7 +103,15 @@ def reference(pristine, stable, tmp_path_factory):
 def chunk_files(out: Path) -> int:
     """Data files written so far below the output tile (level 0 chunks and others)."""
     tile = out / TILE
-    return sum(1 for p in tile.rglob("*") if p.is_file() and not p.name.endswith((".json", ".zattrs", ".zarray", ".zgroup"))) if tile.exists() else 0
+    return (
+        sum(
+            1
+            for p in tile.rglob("*")
+            if p.is_file() and not p.name.endswith((".json", ".zattrs", ".zarray", ".zgroup"))
+        )
+        if tile.exists()
+        else 0
+    )
 
 
 @pytest.mark.parametrize("point", ["started", "midway"])
@@ -104,10 +124,14 @@ def test_correct_cli_killed_then_rerun(pristine, stable, reference, tmp_path, po
     rng = random.Random(f"{SEED}-{point}")
     with session_process(shadeflow_args(*args, *LOCAL), env, log) as cli:
         if point == "started":
-            wait_for(lambda: (out / TILE).exists(), 180, "the output tile", interval=0.02, process=cli, log=log)
+            wait_for(
+                lambda: (out / TILE).exists(), 180, "the output tile", interval=0.02, process=cli, log=log
+            )
         else:
             n = rng.randint(8, 24)
-            wait_for(lambda: chunk_files(out) >= n, 180, f"{n} chunk files", interval=0.02, process=cli, log=log)
+            wait_for(
+                lambda: chunk_files(out) >= n, 180, f"{n} chunk files", interval=0.02, process=cli, log=log
+            )
         group = cli.pid
         killpg(cli)
     wait_no_processes(str(stable.link), {group}, timeout=30)
@@ -130,12 +154,21 @@ def test_correct_worker_loss_then_rerun(pristine, stable, reference, tmp_path):
         run_env = dict(env, SHADEFLOW_CLUSTER=dask.address)
         log = tmp_path / "faulted.log"
         with session_process(shadeflow_args(*args), run_env, log) as cli:
-            wait_for(lambda: chunk_files(out) >= kill_after, 180, f"{kill_after} chunk files", interval=0.02, process=cli, log=log)
+            wait_for(
+                lambda: chunk_files(out) >= kill_after,
+                180,
+                f"{kill_after} chunk files",
+                interval=0.02,
+                process=cli,
+                log=log,
+            )
             killpg(dask.workers[victim])
             try:
                 code = cli.wait(RUN_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"correct did not end within {RUN_TIMEOUT} s after losing a worker\n{tail(log)}") from None
+                raise AssertionError(
+                    f"correct did not end within {RUN_TIMEOUT} s after losing a worker\n{tail(log)}"
+                ) from None
         if code == 0:
             assert not (diff := differing({"out": output_digest(out)}, reference)), diff
         else:

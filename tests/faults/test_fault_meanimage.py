@@ -108,12 +108,21 @@ def test_worker_loss_mid_run_then_rerun(pristine, stable, reference, tmp_path):
         run_env = dict(env, SHADEFLOW_CLUSTER=dask.address)
         log = tmp_path / "faulted.log"
         with session_process(shadeflow_args("meanimage", *slides), run_env, log) as cli:
-            wait_for(lambda: mask_files(root) >= kill_after, 180, f"{kill_after} mask files", interval=0.05, process=cli, log=log)
+            wait_for(
+                lambda: mask_files(root) >= kill_after,
+                180,
+                f"{kill_after} mask files",
+                interval=0.05,
+                process=cli,
+                log=log,
+            )
             killpg(dask.workers[victim])
             try:
                 code = cli.wait(RUN_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"meanimage did not end within {RUN_TIMEOUT} s after losing a worker\n{tail(log)}") from None
+                raise AssertionError(
+                    f"meanimage did not end within {RUN_TIMEOUT} s after losing a worker\n{tail(log)}"
+                ) from None
         if code == 0:
             assert not (diff := differing(digests(slides), reference)), diff
         else:
@@ -141,10 +150,14 @@ def test_cli_killed_then_rerun(pristine, stable, reference, tmp_path, point):
     rng = random.Random(f"{SEED}-{point}")
     with session_process(shadeflow_args("meanimage", *slides, *args), env, log) as cli:
         if point == "staging":
-            wait_for(lambda: staging_appeared(root), 180, "a staging folder", interval=0.02, process=cli, log=log)
+            wait_for(
+                lambda: staging_appeared(root), 180, "a staging folder", interval=0.02, process=cli, log=log
+            )
         else:
             n = rng.randint(FIELDS // 2, FIELDS)
-            wait_for(lambda: mask_files(root) >= n, 180, f"{n} mask files", interval=0.05, process=cli, log=log)
+            wait_for(
+                lambda: mask_files(root) >= n, 180, f"{n} mask files", interval=0.05, process=cli, log=log
+            )
         group = cli.pid
         killpg(cli)
     wait_no_processes(str(stable.link), {group}, timeout=30)

@@ -53,7 +53,9 @@ def pristine(tmp_path_factory):
     from shadeflow.core.synth import SynthConfig, write_cohort
 
     root = tmp_path_factory.mktemp("fault-model") / "case"
-    urls = write_cohort(str(root / "cohort"), SynthConfig(slides=SLIDES, fields=16, seed=SEED, shape=(96, 128, 4)))
+    urls = write_cohort(
+        str(root / "cohort"), SynthConfig(slides=SLIDES, fields=16, seed=SEED, shape=(96, 128, 4))
+    )
     write_mean_images(urls)
     rows = "".join(f"{VERSION},1,1,{i + 1},{os.path.basename(u)}\n" for i, u in enumerate(urls))
     (root / "store").mkdir()
@@ -74,7 +76,16 @@ def case(pristine, target: Path, stable: StablePath) -> tuple[list[str], Path]:
     """A private copy at ``target`` addressed through the stable path: CLI arguments, and the store."""
     shutil.copytree(pristine, target)
     link = stable.point_at(target)
-    args = ["model", "build", "--version", VERSION, "--models-csv", str(link / "store" / "models.csv"), "--root", str(link / "cohort")]
+    args = [
+        "model",
+        "build",
+        "--version",
+        VERSION,
+        "--models-csv",
+        str(link / "store" / "models.csv"),
+        "--root",
+        str(link / "cohort"),
+    ]
     return args, target / "store"
 
 
@@ -88,12 +99,15 @@ def digest(store: Path) -> dict[str, str]:
 
 
 def assert_version_not_complete_looking(store: Path) -> None:
-    """The version folder is absent or incomplete, and AstroPath's reader finds no .bin without a complete folder."""
+    """The version folder is absent or incomplete, and AstroPath's reader finds no .bin without a complete
+    folder."""
     folder = store / "flatfield" / f"flatfield_{VERSION}"
     assert_nothing_looks_complete(folder)
     complete = (folder / "shadeflow.json").exists() and not (folder / ".shadeflow-writing.json").exists()
     if not complete:
-        assert not (store / "flatfield" / f"flatfield_{VERSION}.bin").exists(), "a .bin beside an incomplete version folder"
+        assert not (store / "flatfield" / f"flatfield_{VERSION}.bin").exists(), (
+            "a .bin beside an incomplete version folder"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +117,15 @@ def reference(pristine, stable, tmp_path_factory):
     log = base / "run.log"
     assert run_cli([*args, *LOCAL], prefect_env(base), log) == 0, tail(log)
     found = digest(store)
-    assert f"flatfield_{VERSION}.bin" in found and f"flatfield_{VERSION}/shadeflow.json" in found, sorted(found)
+    assert f"flatfield_{VERSION}.bin" in found and f"flatfield_{VERSION}/shadeflow.json" in found, sorted(
+        found
+    )
     return found
 
 
-def rerun_matches(args: list[str], env: dict[str, str], store: Path, reference: dict[str, str], log: Path) -> None:
+def rerun_matches(
+    args: list[str], env: dict[str, str], store: Path, reference: dict[str, str], log: Path
+) -> None:
     code = run_cli(args, env, log)
     assert code == 0, tail(log)
     got = digest(store)
@@ -128,17 +146,25 @@ def test_worker_lost_during_model_build_then_rerun(pristine, stable, reference, 
         run_env = dict(env, SHADEFLOW_CLUSTER=dask.address)
         log = tmp_path / "faulted.log"
         with session_process(shadeflow_args(*args), run_env, log) as cli:
-            victim = wait_for(lambda: held_pid(holder), 180, f"a worker at {point}", interval=0.05, process=cli, log=log)
+            victim = wait_for(
+                lambda: held_pid(holder), 180, f"a worker at {point}", interval=0.05, process=cli, log=log
+            )
             kill_pid(victim)
             try:
                 code = cli.wait(RUN_TIMEOUT)
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"model build did not end within {RUN_TIMEOUT} s after losing a worker\n{tail(log)}") from None
+                raise AssertionError(
+                    f"model build did not end within {RUN_TIMEOUT} s after losing a worker\n{tail(log)}"
+                ) from None
         if code == 0:
             got = digest(store)
-            assert got == reference, sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
+            assert got == reference, sorted(
+                k for k in set(got) | set(reference) if got.get(k) != reference.get(k)
+            )
             assert leftovers(store) == []
-            assert f"{SLIDES}/{SLIDES} slides" in log.read_text(), tail(log)  # a task Dask ran again is not counted twice
+            assert f"{SLIDES}/{SLIDES} slides" in log.read_text(), tail(
+                log
+            )  # a task Dask ran again is not counted twice
             return
         assert last_error_line(log).startswith("error: "), tail(log)
         assert_version_not_complete_looking(store)
@@ -163,7 +189,9 @@ def test_model_build_killed_while_publishing_then_rerun(pristine, stable, refere
         killpg(cli)
     wait_no_processes(str(stable.link), {group}, timeout=30)
     assert_version_not_complete_looking(store)
-    assert (store / "flatfield" / f"flatfield_{VERSION}" / ".shadeflow-writing.json").exists(), "the kill did not land inside publishing"
+    assert (store / "flatfield" / f"flatfield_{VERSION}" / ".shadeflow-writing.json").exists(), (
+        "the kill did not land inside publishing"
+    )
 
     rerun_matches([*args, *LOCAL], env, store, reference, tmp_path / "rerun.log")
     wait_no_processes(str(stable.link), {group}, timeout=30)
