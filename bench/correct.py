@@ -197,9 +197,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--no-large", action="store_true", help="only the 128×1024×1024 tile")
     parser.add_argument("--tile", choices=list(TILES), help=argparse.SUPPRESS)  # child process: one size
-    parser.add_argument(
-        "--memory-of", choices=KINDS, help=argparse.SUPPRESS
-    )  # child process: one run's memory
+    # child process: one run's memory
+    parser.add_argument("--memory-of", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.tile:
         print(json.dumps(child(args.tile, args.out, args.repeat, args.memory_of)))

@@ -43,7 +43,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402 — after the thread limits above, which must precede numpy
 
-from shadeflow.core.synth import SynthConfig, write_cohort  # noqa: E402
+from shadeflow.core.synth import SynthConfig, write_cohort  # noqa: E402 — imports numpy: after the limits too
 
 MEAN_IMAGE_RATIO = 1.3
 MODEL_RATIO = 1.3

@@ -403,11 +403,8 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
                 background = constant_background(parsed, n_c)
             except BackgroundError as exc:
                 raise BackgroundError(f"tile {tile}: {exc}") from None
-    recorded = {
-        **request.recorded(tile),
-        "level": level.path,
-        "zarr_format": zarr_format,
-    }  # as resolved, not as spelled
+    # as resolved, not as spelled
+    recorded = {**request.recorded(tile), "level": level.path, "zarr_format": zarr_format}
     state = output_state(output)
     action = {"absent": "write", "partial": "redo"}.get(state)
     if state == "complete":
@@ -513,7 +510,7 @@ def run_tile(
     report.notes += background.warnings
     if plan.action in ("redo", "replace"):
         what = (
-            ("partial output of an interrupted run")
+            "partial output of an interrupted run"
             if plan.action == "redo"
             else "replacing the existing output"
         )
@@ -579,9 +576,8 @@ def run_tile(
         raise
     report.status = "written"
     report.seconds = round(seconds, 2)
-    report.mb_per_s = float(
-        f"{math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9):.3g}"
-    )  # 3 significant digits: small tiles stay non-zero
+    # 3 significant digits: small tiles stay non-zero
+    report.mb_per_s = float(f"{math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9):.3g}")
     return report
 
 

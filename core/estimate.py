@@ -93,18 +93,14 @@ class EstimateSettings:
     method: str = "auto"
     degree: int = 6  # floor: total degree of the flatfield's Legendre polynomial
     darkfield_degree: int = 2  # floor: total degree of the darkfield's polynomial (before the gauge)
-    smoothness: float | None = (
-        None  # surface: the flatfield's smoothing length in pixels; None: cross-validated
-    )
-    darkfield_smoothness: float = (
-        16.0  # surface: the darkfield's smoothing length in units of the flatfield's
-    )
-    order_statistics: bool | None = (
-        False  # surface: separate S and D by order statistics; None: when levels hardly vary
-    )
-    grid: int | None = (
-        None  # blocks across the longer side; None: 64 (floor) or 128 (surface; auto per method used)
-    )
+    # surface: the flatfield's smoothing length in pixels; None: cross-validated
+    smoothness: float | None = None
+    # surface: the darkfield's smoothing length in units of the flatfield's
+    darkfield_smoothness: float = 16.0
+    # surface: separate S and D by order statistics; None: when levels hardly vary
+    order_statistics: bool | None = False
+    # blocks across the longer side; None: 64 (floor) or 128 (surface; auto per method used)
+    grid: int | None = None
     window: float = 3.0  # biweight half-width, in units of the floor's noise
     max_frames: int = 1000  # the robust fit uses at most this many frames (seeded subsample)
     chunk_frames: int = 64  # frames per chunk of the final pass (and per Dask task)
@@ -180,9 +176,8 @@ class ShadingEstimate:
     darkfield: np.ndarray  # (H, W) float32 (zeros when neither estimated nor given)
     baseline: np.ndarray  # (N,) float64: each frame's background level at unit flatfield; NaN if unused
     frames_used: int
-    frames_rejected: list[
-        int
-    ]  # frames that did not enter the final fit (outliers, no background visible, no light)
+    # frames that did not enter the final fit (outliers, no background visible, no light)
+    frames_rejected: list[int]
     diagnostics: dict[str, Any]
     settings: EstimateSettings
     notes: list[str] = field(default_factory=list)
@@ -579,8 +574,8 @@ def check_plausible(flat: np.ndarray, dark: np.ndarray, where: str) -> None:
         )
 
 
-# : share of the blocks where a floor-method darkfield may exceed the data's 1 % quantile (by more than 5 % of
-# the level)
+#: share of the blocks where a floor-method darkfield may exceed the data's 1 % quantile (by more than 5 % of
+#: the level)
 MAX_DARKFIELD_ABOVE_DATA = 0.01
 
 

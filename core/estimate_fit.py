@@ -244,9 +244,8 @@ def fit_grid(
             f"{len(rejected)} outlier frame(s) dropped (floor scatter > {OUTLIER_SCATTER:g}× the median "
             f"frame's): {rejected[:20]}{' …' if len(rejected) > 20 else ''}"
         )
-    converged = (
-        converged or change <= 10 * settings.tolerance
-    )  # a last step of ≤ 10× the tolerance changes nothing that matters
+    # a last step of ≤ 10× the tolerance changes nothing that matters
+    converged = converged or change <= 10 * settings.tolerance
     if not converged:
         notes.append(
             f"the fit stopped after {settings.max_iterations} iterations still changing by {change:.1e} "

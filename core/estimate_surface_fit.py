@@ -11,9 +11,8 @@ into two contiguous halves, the model is fitted on one half and scored on how it
 outlier frames get no weight through Tukey's biweight on the relative residual
 x = (Y − S·B − D)/(S·B + D), with a noise scale τ per block (the floor's noise, measured on the side
 specimen never reaches, raised in dim blocks as shot noise is) and a window that widens where the data lie
-below the model (2 × the block's 10 % residual quantile):
-specimen never darkens the floor, so such a block is one the model misses (a sharp edge, a poor start),
-and it is not locked out.
+below the model (2 × the block's 10 % residual quantile): specimen never darkens the floor, so such a block is
+one the model misses (a sharp edge, a poor start), and it is not locked out.
 
 Steps (:func:`fit_grid`):
 
@@ -38,9 +37,9 @@ touch, is positive by construction.
 
 **Where B hardly varies** (no drift, no bleaching: below :data:`SORT_BELOW_SPREAD`), the floor alone
 cannot separate S from D. The fit then uses the *order statistics* of each block instead of the frames: the
-k-th smallest value of every
-block, I_(k) = S·q_k + D, spreads over the whole range of the specimen, so S is identified by the
-specimen's own variation (the idea of CIDRE, Smith et al. 2015, and BaSiC's ``sort_intensity``).
+k-th smallest value of every block, I_(k) = S·q_k + D, spreads over the whole range of the specimen, so S is
+identified by the specimen's own variation (the idea of CIDRE, Smith et al. 2015, and BaSiC's
+``sort_intensity``).
 """
 
 from __future__ import annotations
@@ -85,9 +84,8 @@ class FitSettings:
     max_iterations: int = 40
     tolerance: float = 1e-4
     order_statistics: bool | None = None  # None: when the baselines vary by less than SORT_BELOW_SPREAD
-    nonnegative_darkfield: bool = (
-        False  # images without negative values: a darkfield below zero is impossible
-    )
+    # images without negative values: a darkfield below zero is impossible
+    nonnegative_darkfield: bool = False
     quantisation: float = 0.0  # rounding noise of the data (counts RMS), a floor under τ
 
 
@@ -330,9 +328,8 @@ def _iterate(
         )
         f_old = f
         f = f + np.clip(df, -1.0, 1.0)  # a step never rescales a block by more than e
-        D = D + np.clip(
-            dD, -step_limit, step_limit
-        )  # nor moves the darkfield by more than a quarter of the signal
+        # nor moves the darkfield by more than a quarter of the signal
+        D = D + np.clip(dD, -step_limit, step_limit)
         mean = float(np.exp(f).mean())
         f = f - math.log(mean)
         S = np.exp(f)

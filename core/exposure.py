@@ -14,8 +14,12 @@ _UINT16_VALUES = np.arange(65536, dtype=np.float64)
 def exposure_lut(exposure_ms: float, target_ms: float, offset: float) -> np.ndarray:
     """Lookup table (65,536 entries, uint16) for the exposure-time correction of one layer.
 
-    .. math:: v' = \\begin{cases} \\mathrm{rint}\\left(o + \\frac{t_\\mathrm{target}}{t}(v - o)\\right) & v -
-    o > 0 \\\\ v & \\text{otherwise} \\end{cases}
+    .. math::
+
+        v' = \\begin{cases}
+            \\mathrm{rint}\\left(o + \\frac{t_\\mathrm{target}}{t}(v - o)\\right) & v - o > 0 \\\\
+            v & \\text{otherwise}
+        \\end{cases}
 
     clipped to [0, 65535], where *o* is the offset (dark current) and *t* the layer's exposure time.
     A table makes the correction exact and one memory pass per layer.
@@ -63,7 +67,6 @@ def correct_exposure(
         key = (float(exposure), float(target))
         if key not in tables:
             tables[key] = exposure_lut(exposure, target, offset)
-        np.take(
-            tables[key], corrected[layer], out=corrected[layer]
-        )  # a table lookup; 'raise' mode buffers the overlap
+        # a table lookup; 'raise' mode buffers the overlap
+        np.take(tables[key], corrected[layer], out=corrected[layer])
     return corrected

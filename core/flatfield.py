@@ -36,8 +36,10 @@ def normalise(
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
     """Divide each layer by its inverse-variance weighted mean.
 
-    .. math:: w = 1/\\sigma_G^2 \\;(0 \\text{ where } \\sigma_G = 0), \\quad \\mu = \\frac{\\sum w G}{\\sum
-    w}, \\quad F = G/\\mu, \\quad \\delta F = \\sigma_G/\\mu
+    .. math::
+
+        w = 1/\\sigma_G^2 \\;(0 \\text{ where } \\sigma_G = 0), \\quad \\mu = \\frac{\\sum w G}{\\sum w},
+        \\quad F = G/\\mu, \\quad \\delta F = \\sigma_G/\\mu
 
     A layer with nothing stacked (or no weight) becomes F = δF = 1.
     """

@@ -87,8 +87,8 @@ class MaskParameters:
     #: when any is. AstroPath: 0.8 (see ``shadeflow.core.stack.CountAccumulator.add`` for why not here)
     min_pixel_fraction: float = 0.0
     #: stacked pixels lie further than this from anything the mask excludes (4 × ``smoothing_sigma``, the
-    # : smoothing kernel's reach; see ``shadeflow.core.field_masks.stacking_masks``); 0: AstroPath's masks as
-    # they are
+    #: smoothing kernel's reach; see ``shadeflow.core.field_masks.stacking_masks``); 0: AstroPath's masks as
+    #: they are
     stacking_guard: float = 20.0
     saturation_cut_overrides: dict[str, float] = field(default_factory=dict)
 

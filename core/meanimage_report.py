@@ -301,9 +301,8 @@ def _thresholding_pages(result: MeanImageResult, provenance: ReportHeader) -> It
     ]
     for page_layers in pages_of(range(slide.n_layers), LAYERS_PER_PAGE):
         fig = Figure(figsize=A4)
-        fig.legend(
-            handles=legend, loc="upper center", ncols=4, fontsize=7, frameon=False
-        )  # one per page: legends are slow to draw
+        # one per page: legends are slow to draw
+        fig.legend(handles=legend, loc="upper center", ncols=4, fontsize=7, frameon=False)
         axes = fig.subplots(
             LAYERS_PER_PAGE,
             2,
@@ -456,9 +455,8 @@ def _masking_pages(
         for f, bulk in zip(slide.fields, plan.bulk)
     ]
     legend = {**FLAG_COLOURS, "pale: edge field": _pale(FLAG_COLOURS["not flagged"])}
-    _field_map(
-        fig.add_axes((0.1, 0.53, 0.62, 0.31)), slide, colours, legend, "what masking flagged"
-    )  # room on the right for the legend
+    # room on the right for the legend
+    _field_map(fig.add_axes((0.1, 0.53, 0.62, 0.31)), slide, colours, legend, "what masking flagged")
     grid = fig.add_gridspec(
         2, 2, top=0.46, bottom=0.03, left=0.1, right=0.95, hspace=0.35, wspace=0.35, height_ratios=[1, 1.3]
     )
@@ -575,13 +573,11 @@ def _example_sheet(
     slide = result.plan.slide
     groups = slide.layer_groups
     image = read_corrected_field(result.plan, field)
-    layers = downsample(
-        image[list(brightest)]
-    )  # fancy indexing copies: ``image`` is this thread's scratch buffer
+    # fancy indexing copies: ``image`` is this thread's scratch buffer
+    layers = downsample(image[list(brightest)])
     categories = mask_categories(out, summary.key, (slide.height, slide.width), len(groups))
-    step = math.ceil(
-        max(slide.height, slide.width) / MAX_PANEL_PX
-    )  # the factor of ``downsample``; masks are sampled, not averaged
+    # the factor of ``downsample``; masks are sampled, not averaged
+    step = math.ceil(max(slide.height, slide.width) / MAX_PANEL_PX)
     tiles = []
     for g, (group, layer) in enumerate(zip(groups, brightest)):
         tiles.append(
@@ -628,9 +624,10 @@ def _example_sheet(
         )
     rect = (0.05, 0.02, 0.9, 0.88)
     per_group = 2 if categories is not None else 1
+    # the larger tiles
     n_cols = max(
         (per_group, 2 * per_group), key=lambda n: mosaic_scale(fig, rect, layers.shape[1:], len(tiles), n)
-    )  # the larger tiles
+    )
     mosaic(fig, rect, tiles, n_cols)
     return fig
 

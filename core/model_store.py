@@ -7,7 +7,7 @@
     <store>/flatfield/flatfield_<V>/fields_used.csv, metadata_summary_stacked_images.csv
     <store>/flatfield/flatfield_<V>/flatfield_summary_<V>.pdf
     <store>/flatfield/flatfield_<V>/flatfield_<V>.zarr          self-describing copy (flatfield, uncertainty,
-    count)
+                                                                count)
     <store>/flatfield/flatfield_<V>/shadeflow.json              manifest, written last
 
 A version exists when it is complete (``core.outputs``: its manifest, and no publishing under way); it

@@ -30,11 +30,8 @@ A4 = (8.27, 11.69)  # inches, portrait
 MAX_PANEL_PX = 300  # long side of a plotted image
 LAYERS_PER_PAGE = 5
 FIRST_PAGE_ROWS = 50  # table rows below the first page's header
-TILE_TITLE_IN, TILE_RAMP_IN, TILE_GAP_IN = (
-    0.2,
-    0.22,
-    0.15,
-)  # around each tile: title above, ramp below, gap beside
+# around each tile: title above, ramp below, gap beside
+TILE_TITLE_IN, TILE_RAMP_IN, TILE_GAP_IN = 0.2, 0.22, 0.15
 EDGE_COLOUR, BULK_COLOUR = "#e08214", "#3572b0"  # edge and bulk fields, or "before" and "after"
 PAGE_ROWS = 70  # table rows on a continuation page
 
@@ -142,9 +139,8 @@ def mosaic(fig: Figure, rect: tuple[float, float, float, float], tiles: Sequence
     cell_h, cell_w = th + title + ramp, tw + gap
     canvas = np.full((n_rows * cell_h, n_cols * cell_w, 3), 255, np.uint8)
     ax_h, ax_w = canvas.shape[0] * inch / fig_h, canvas.shape[1] * inch / fig_w
-    ax = fig.add_axes(
-        (left + (width - ax_w) / 2, bottom + height - ax_h, ax_w, ax_h)
-    )  # centred, from the top
+    # centred, from the top
+    ax = fig.add_axes((left + (width - ax_w) / 2, bottom + height - ax_h, ax_w, ax_h))
     for i, tile in enumerate(tiles):
         y, x = (i // n_cols) * cell_h + title, (i % n_cols) * cell_w + gap // 2
         lo, hi = tile.limits

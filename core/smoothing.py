@@ -70,8 +70,10 @@ def masked_smooth(mean: np.ndarray, count: np.ndarray, sigma: float) -> np.ndarr
 def relative_rms(estimate: np.ndarray, truth: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """Per-layer relative RMS difference of two (L, H, W) fields after normalising each layer to mean 1.
 
-    .. math:: \\sqrt{\\langle (\\hat F / F - 1)^2 \\rangle}, \\quad \\hat F, F \\text{ each divided by its
-    mean over } where
+    .. math::
+
+        \\sqrt{\\langle (\\hat F / F - 1)^2 \\rangle}, \\quad
+        \\hat F, F \\text{ each divided by its mean over } where
     """
     where = np.ones(truth.shape, bool) if where is None else where
     errors = []

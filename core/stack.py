@@ -177,9 +177,10 @@ class CountAccumulator:
                     )
                 )
                 self.sum[layer] += kept
+                # exact
                 self.sum_sq[layer] += np.square(
                     kept, dtype=np.uint64, out=buffers.scratch("stack-square", kept.shape, np.uint64)
-                )  # exact
+                )
                 self.count[layer] += 1 if everywhere else mask
                 self.n_images[layer] += 1
                 stacked.append(layer + 1)

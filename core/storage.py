@@ -25,9 +25,8 @@ def is_remote(url: str) -> bool:
     return protocol not in ("file", "local")
 
 
-#: ``scheme://userinfo@`` — credentials written into a URL (``s3://KEY:SECRET@bucket/…``). The
-# : password may hold ``/`` (AWS secret keys do); ``s3://bucket/user@host/…`` (an ``@`` in a key) is no
-# userinfo
+#: ``scheme://userinfo@`` — credentials written into a URL (``s3://KEY:SECRET@bucket/…``). The password may
+#: hold ``/`` (AWS secret keys do); ``s3://bucket/user@host/…`` (an ``@`` in a key) is no userinfo
 _USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^/@\s:]*(?::[^@\s]*)?)@")
 
 

@@ -24,7 +24,7 @@ generator draws exactly the same random numbers as before the knob existed:
 * ``exposure_range`` — per-field, per-group exposure times drawn log-uniformly in (min, max) ms
   (default: each group's base time, × 0.8 or × 1.25 in a quarter of the fields);
 * ``tissue_rate`` — each group's tissue brightness drawn log-uniformly in (min, max) counts/ms, once per
-cohort;
+  cohort;
 * ``grid`` — (columns, rows) of fields, overriding ``fields``;
 * ``fold_probability``, ``saturation_probability`` — chance that a field has a fold / saturated spots;
 * ``dark_current`` (counts).
@@ -98,9 +98,8 @@ class SynthConfig:
     project: int = 1
     cohort: int = 1
     tissue_coverage: float | None = None  # fraction of the scan's interior that is tissue (None: ≈ 0.93)
-    background_ratio: float | None = (
-        None  # background counts above dark at the median exposure ÷ dark current
-    )
+    # background counts above dark at the median exposure ÷ dark current
+    background_ratio: float | None = None
     low_count_layers: int = 0  # non-DAPI layers with only ``low_count_signal`` counts of tissue
     low_count_signal: float = 15.0  # counts above dark of low-count tissue at the median exposure
     exposure_range: tuple[float, float] | None = None  # ms, per field and group, log-uniform
@@ -404,9 +403,8 @@ def generate_field(
             if layer in levels.low_count_rate:
                 weight = levels.low_count_rate[layer] / levels.tissue_rate[name]
             texture = 0.7 * stains[g % 3] + 0.3 * stains[(g + 1) % 3]
-            signal[layer] = (
-                levels.background[layer] + base * weight * tissue_level * texture
-            )  # background: autofluorescence
+            # background: autofluorescence
+            signal[layer] = levels.background[layer] + base * weight * tissue_level * texture
     if folds.any():
         # out of focus in every layer, and somewhat brighter (doubled tissue)
         for layer in range(n_layers):
@@ -524,9 +522,8 @@ def _write_slide(
         for s in specs
     ]
     astropath_io.write_csv(storage.join(url, "fields.csv"), header, rows)
-    storage.write_text(
-        storage.join(url, "slide.json"), json.dumps(meta, indent=2)
-    )  # last: the slide is complete
+    # last: the slide is complete
+    storage.write_text(storage.join(url, "slide.json"), json.dumps(meta, indent=2))
     return url
 
 

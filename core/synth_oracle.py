@@ -2,11 +2,11 @@
 oracle.
 
 The *pipeline* arm runs the core functions the flows run —
-:func:`~shadeflow.core.meanimage.compute_mean_image`
-per slide (thresholds, masks written to ``<slide>/meanimage/image_masking/``, stacking), the model
-build (:func:`~shadeflow.core.flatfield.build_flatfield` on the merged slide stacks) and the applied
-test (:func:`~shadeflow.core.applied_test.split_fields`, :func:`~shadeflow.core.applied_test.restack`
-with the mask files just written, :func:`~shadeflow.core.applied_test.evaluate`).
+:func:`~shadeflow.core.meanimage.compute_mean_image` per slide (thresholds, masks written to
+``<slide>/meanimage/image_masking/``, stacking), the model build
+(:func:`~shadeflow.core.flatfield.build_flatfield` on the merged slide stacks) and the applied test
+(:func:`~shadeflow.core.applied_test.split_fields`, :func:`~shadeflow.core.applied_test.restack` with the mask
+files just written, :func:`~shadeflow.core.applied_test.evaluate`).
 
 The *oracle* arm is the same chain with the masks replaced by the truth: the same bulk fields, read
 and exposure-normalised by the same function (:func:`~shadeflow.core.meanimage.read_corrected_field`:

@@ -285,9 +285,8 @@ def _aperture_params(rng: np.random.Generator) -> dict[str, float]:
     params.update(
         edge_width=rng.uniform(0.01, 0.03), outside=rng.uniform(0.05, 0.4), circular=float(rng.random() < 0.5)
     )
-    if params[
-        "circular"
-    ]:  # a circle crossing the frame: radius 0.55–0.9 of the centre's farthest-corner distance
+    # a circle crossing the frame: radius 0.55–0.9 of the centre's farthest-corner distance
+    if params["circular"]:
         params.update(
             aperture_x=rng.uniform(-0.1, 0.1),
             aperture_y=rng.uniform(-0.1, 0.1),
@@ -531,9 +530,8 @@ def _brightfield(
     """Transmission 1 − absorption · cells · texture − debris + halo · rings, at least 0.02."""
     cells = cell_mask(smooth_noise(rng, shape, length / 25), p["coverage"], 0.12)
     texture = np.maximum(0, 1 + 0.4 * smooth_noise(rng, shape, max(length / 150, 0.7)))
-    halo = 2 * np.maximum(
-        0, gaussian_filter_periodic(cells, length / 80) - cells
-    )  # ≤ 1 just outside each cell
+    # ≤ 1 just outside each cell
+    halo = 2 * np.maximum(0, gaussian_filter_periodic(cells, length / 80) - cells)
     area = shape[1] * shape[2] / length**2
     debris = spots(rng, shape, 30 * area, max(length / 200, 1.0), 0.3)
     transmission = 1 - p["absorption"] * cells * texture - debris + p["halo"] * halo

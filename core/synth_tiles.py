@@ -47,9 +47,8 @@ class SynthTileConfig:
     axes: str = "zyx"
     dtype: str = "uint16"
     chunks: tuple[int, ...] | None = None  # default: 64 planes × 256 × 256 (clamped)
-    shards: tuple[int, ...] | None = (
-        None  # zarr v3 only: shard shape along ``axes`` (multiples of the chunks)
-    )
+    # zarr v3 only: shard shape along ``axes`` (multiples of the chunks)
+    shards: tuple[int, ...] | None = None
     zarr_format: int = 3
     levels: int = 1  # resolution levels of the input itself
     scale: dict[str, float] = field(default_factory=lambda: {"z": 2.0, "y": 0.75, "x": 0.75})

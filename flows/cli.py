@@ -491,8 +491,8 @@ def synth_stack(
     fmt: str = typer.Option("zarr", "--format", help="zarr (one array) or tiff (one file per frame)"),
     seed: int = typer.Option(0, "--seed", help="Random seed"),
 ) -> None:
-    """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for `shadeflow
-    estimate`."""
+    """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for \
+`shadeflow estimate`."""
     from shadeflow.core import storage
     from shadeflow.core.synth_stacks import StackConfig, write_stack
 
@@ -756,8 +756,8 @@ def serve_command(
         None, "--only", help="Serve only this flow/deployment, e.g. meanimage/on-demand (repeatable)"
     ),
 ) -> None:
-    """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect server:
-    PREFECT_API_URL)."""
+    """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect \
+server: PREFECT_API_URL)."""
     _prefect_defaults()
     from shadeflow.deployments.serve import serve_all
 

@@ -113,9 +113,8 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
             )
         wait([future for futures in stages for future in futures])
     except BaseException:
-        for (
-            lease
-        ) in leases:  # tasks may still be writing: their files stay, the unlocked lease marks them abandoned
+        # tasks may still be writing: their files stay, the unlocked lease marks them abandoned
+        for lease in leases:
             lease.release()
         raise
     for lease in leases:  # every task has ended: what is left of this run's staging is its own debris

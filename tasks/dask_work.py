@@ -72,9 +72,8 @@ def reduce_tree(
     merges give bit-identical results run after run; merges start as soon as both inputs exist and
     only pending futures are referenced, so memory stays at a few partial results. ``futures`` is
     emptied: the caller must not hold the leaves either. The first failure is raised: without ``on_error`` the
-    other
-    work is cancelled; with it, ``on_error`` is called (e.g. to tell running tasks to stop) and the
-    rest is waited for, so nothing still writes when this returns.
+    other work is cancelled; with it, ``on_error`` is called (e.g. to tell running tasks to stop) and the rest
+    is waited for, so nothing still writes when this returns.
     """
     level = list(futures)
     futures.clear()  # the tree owns the leaves now: a finished, merged input must not stay referenced

@@ -119,7 +119,8 @@ def restack_halves(
             for ref, split in selected:
                 keys = getattr(split, attribute)
                 future = client.submit(_restack, ref.url, keys, use, pure=False)
-                future.add_done_callback(lambda _, n=len(keys): progress.advance(n))  # noqa: B008 — binds this batch
+                n = len(keys)
+                future.add_done_callback(lambda _, n=n: progress.advance(n))  # n: this batch's, bound now
                 futures.append(future)
             submitted.append(futures)
         halves = [reduce_tree(client, futures, merge_stacks, progress) for futures in submitted]

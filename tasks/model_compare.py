@@ -28,11 +28,7 @@ from shadeflow.core.compare_outputs import (
     select_usable,
     write_outputs,
 )
-from shadeflow.core.compare_plan import (
-    ComparisonPlan,
-    make_plan,
-    slides_regex,
-)  # noqa: F401 (re-exported)
+from shadeflow.core.compare_plan import ComparisonPlan, make_plan, slides_regex
 from shadeflow.core.models_csv import ModelError, append_version
 from shadeflow.tasks.dask_work import cluster_client
 from shadeflow.tasks.progress import Progress, artifact_key

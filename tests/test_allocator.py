@@ -30,10 +30,11 @@ GLIBC = (
 def test_in_process_workers_apply_the_settings_with_mallopt():
     assert allocator.keep_freed_memory() is True
     with local_worker_memory(ClusterSize(1, 2, 2**30)):
+        # untouched
         assert (
             dask.config.get(PRE_SPAWN).get("MALLOC_TRIM_THRESHOLD_")
             != allocator.MALLOC_ENV["MALLOC_TRIM_THRESHOLD_"]
-        )  # untouched
+        )
 
 
 def test_worker_processes_start_with_the_settings_in_their_environment():

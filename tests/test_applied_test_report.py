@@ -52,9 +52,8 @@ def applied(tmp_path_factory):
     urls = write_cohort(root, SynthConfig(slides=2, fields=24, seed=4))
     plans = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            meanimage_report, "write_reports", lambda *args, **kwargs: None
-        )  # meanimage's PDFs: not under test
+        # meanimage's PDFs: not under test
+        patch.setattr(meanimage_report, "write_reports", lambda *args, **kwargs: None)
         for url in urls:
             out = StagedOutput(output_url(url))
             plan = plan_slide(load_slide(url))

@@ -73,12 +73,8 @@ def test_each_run_gets_its_own_cluster_sized_when_it_starts(record, slides, monk
     assert first.is_completed() and second.is_completed()
     assert run_id(first) != run_id(second)
     assert [c["memory_limit"] for c in record.created] == [parse_bytes("3GiB"), parse_bytes("5GiB")]
-    assert record.events == [
-        "create",
-        "close",
-        "create",
-        "close",
-    ]  # one cluster per run, closed before the next
+    # one cluster per run, closed before the next
+    assert record.events == ["create", "close", "create", "close"]
 
 
 def test_the_cli_memory_option_wins_for_that_run(record, slides, monkeypatch):

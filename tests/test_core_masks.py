@@ -265,9 +265,8 @@ def test_clipped_pixels_are_saturated_whatever_their_rate_and_size():
     ceiling = np.array([65535, 65535, 15101], np.uint16)
     grid, params = WorkingGrid(scale=1.0, binning=2), MaskParameters()
     clipped = clipped_cells(image, ceiling, grid.binning)
-    assert (
-        clipped.shape == (3, 20, 24) and clipped[2].sum() == 2 and not clipped[:2].any()
-    )  # 2×3 px: 1×2 cells
+    # 2×3 px: 1×2 cells
+    assert clipped.shape == (3, 20, 24) and clipped[2].sum() == 2 and not clipped[:2].any()
     smoothed = np.full((3, 20, 24), 500.0, np.float32)
     exposure = np.full(3, 90.0)  # 15101 / 90 ≈ 168 counts/ms: under neither cut's area rules
     masks = saturation_masks(smoothed, exposure, groups, grid, params, clipped)

@@ -208,9 +208,8 @@ def test_levels_follow_the_knobs():
         all(8.0 <= r <= 70.0 for r in levels.tissue_rate.values())
         and len(set(levels.tissue_rate.values())) > 1
     )
-    np.testing.assert_allclose(
-        levels.background, 0.5 * 4.0 / 16.0
-    )  # ratio × dark ÷ median exposure (√(4·64) = 16 ms)
+    # ratio × dark ÷ median exposure (√(4·64) = 16 ms)
+    np.testing.assert_allclose(levels.background, 0.5 * 4.0 / 16.0)
     dapi = range(groups["dapi"][0] - 1, groups["dapi"][1])
     assert len(levels.low_count_rate) == 3 and not set(levels.low_count_rate) & set(dapi)
     assert set(levels.low_count_rate.values()) == {12.0 / 16.0}
@@ -274,9 +273,8 @@ def test_knob_cohort_honours_coverage_background_and_low_counts(knob_cohort):
                 [raw[l, inner].sum() / (exposure[l] * flat[l, inner].sum()) for l in levels.low_count_rate]
             )
     assert np.mean(coverage) == pytest.approx(0.4, abs=0.05)
-    np.testing.assert_allclose(
-        np.mean(background, axis=0), levels.background, rtol=0.1
-    )  # counts/ms above dark
+    # counts/ms above dark
+    np.testing.assert_allclose(np.mean(background, axis=0), levels.background, rtol=0.1)
     expected = np.array(list(levels.low_count_rate.values())) + np.array(
         [levels.background[l] for l in levels.low_count_rate]
     )

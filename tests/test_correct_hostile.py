@@ -248,9 +248,8 @@ def test_flatfield_tiff_written_page_by_page_is_read_whole(case):
     tifffile.imwrite(path, np.full(SHAPE[1:], 2.0, np.float32), append=True)
     data = read_field_file(str(path))
     assert data.shape == (2, *SHAPE[1:]) and data[1].mean() == 2.0
-    with pytest.raises(
-        FlatfieldError, match="holds 2 fields but the tile has 1 channel"
-    ):  # no longer silently the first page
+    # no longer silently the first page
+    with pytest.raises(FlatfieldError, match="holds 2 fields but the tile has 1 channel"):
         plan_tile(case["tile"], request(case, flatfield=str(path)))
 
 

@@ -370,9 +370,8 @@ def test_flatfield_files_tiff_zarr_and_per_channel(tmp_path, kind):
 
     tile, truth = make_tile(tmp_path / "in", shape=(2, 8, 48, 64), axes="czyx", chunks=(1, 8, 48, 64))
     planted = np.load(truth["flatfield"])  # (2, 48, 64)
-    scaled = (
-        planted * np.array([300.0, 0.02])[:, None, None]
-    )  # arbitrary units: normalised to mean 1 per channel
+    # arbitrary units: normalised to mean 1 per channel
+    scaled = planted * np.array([300.0, 0.02])[:, None, None]
     if kind == "tiff":
         url = str(tmp_path / "ff.tif")
         tifffile.imwrite(url, scaled[0].astype(np.float32))
@@ -456,11 +455,8 @@ def test_sharded_input(tmp_path, zarr_format):
     out0 = zarr.open_array(os.path.join(report.output, "0"), mode="r")
     assert out0.chunks == (4, 16, 32) and out0.shards == ((8, 32, 96) if zarr_format == 3 else None)
     if zarr_format == 3:
-        assert zarr.open_array(os.path.join(report.output, "2"), mode="r").shards == (
-            8,
-            16,
-            24,
-        )  # 8×16×24 level: clamped
+        # 8×16×24 level: clamped
+        assert zarr.open_array(os.path.join(report.output, "2"), mode="r").shards == (8, 16, 24)
     x = zarr.open_array(os.path.join(tile, "0"), mode="r")[...]
     ff = normalised(np.load(truth["flatfield"]))[0]
     np.testing.assert_array_equal(out0[...], reference(x, 100.0, ff, "uint16"))

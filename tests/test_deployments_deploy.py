@@ -83,9 +83,8 @@ def test_every_deployment_is_created_on_the_kubernetes_pool(deployed):
     for (flow_name, _), deployment in deployments.items():
         assert deployment.work_queue_name == "default"
         assert deployment.entrypoint.startswith("shadeflow.flows.")
-        assert (
-            load_flow_from_entrypoint(deployment.entrypoint).name == flow_name
-        )  # what the flow-run pod will load
+        # what the flow-run pod will load
+        assert load_flow_from_entrypoint(deployment.entrypoint).name == flow_name
         assert not deployment.pull_steps  # nothing to clone: the image holds the package
         assert deployment.job_variables["image"] == IMAGE
         assert deployment.job_variables["namespace"] == "shadeflow"
@@ -121,9 +120,8 @@ def test_what_the_worker_would_start_is_a_valid_job_carrying_the_memory(deployed
         job = apply_values(
             copy.deepcopy(template["job_configuration"]), {**defaults, **deployment.job_variables}
         )["job_manifest"]
-        job["metadata"].update(
-            generateName="shadeflow-run-", labels={}
-        )  # the worker fills these from the flow run
+        # the worker fills these from the flow run
+        job["metadata"].update(generateName="shadeflow-run-", labels={})
         assert kubernetes_validate.validate(job, "1.37") == "1.37", key
         container = job["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}

@@ -145,13 +145,11 @@ def test_the_run_button_runs_a_served_deployment_with_its_parameters(server, pac
 
     assert run.parameters == {"params": {"slides": slides, "seed": 3}}
     assert_mean_images(slides[0])
-    assert (
-        read_manifest(os.path.join(slides[0], "meanimage"))["parameters"]["seed"] == 3
-    )  # the form's values reached the flow
+    # the form's values reached the flow
+    assert read_manifest(os.path.join(slides[0], "meanimage"))["parameters"]["seed"] == 3
     line = cluster_line_logged(server, run.id)
-    assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in line, (
-        line
-    )  # sized from the serve process's setting
+    # sized from the serve process's setting
+    assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in line, line
 
 
 def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged, tmp_path):

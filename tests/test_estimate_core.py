@@ -159,9 +159,8 @@ def test_dask_path_equals_in_memory_path(local_cluster, max_frames):
     from shadeflow.core.estimate_dask import estimate_shading_dask
 
     images, _ = stack(kind="sparse", darkfield=True, outlier_fraction=0.05)
-    settings = EstimateSettings(
-        method="floor", max_frames=max_frames, chunk_frames=16
-    )  # one method: the read count below is its
+    # one method: the read count below is its
+    settings = EstimateSettings(method="floor", max_frames=max_frames, chunk_frames=16)
     memory = estimate_shading(images, darkfield=True, settings=settings)
     client = local_cluster
     REPORTED.clear()
@@ -177,6 +176,5 @@ def test_dask_path_equals_in_memory_path(local_cluster, max_frames):
     assert np.array_equal(memory.darkfield, distributed.darkfield)
     assert np.array_equal(memory.baseline, distributed.baseline, equal_nan=True)
     assert memory.frames_rejected == distributed.frames_rejected
-    assert sum(REPORTED) == min(60, max_frames) + (
-        60 if max_frames < 60 else 0
-    )  # every frame read once, plus once more after a sample
+    # every frame read once, plus once more after a sample
+    assert sum(REPORTED) == min(60, max_frames) + (60 if max_frames < 60 else 0)

@@ -90,9 +90,8 @@ def test_profiles_no_optics_produce_are_refused_with_advice():
         check_plausible(flat, np.zeros((32, 32)), "stack")
     with pytest.raises(EstimateError, match="non-finite"):
         check_plausible(np.full((8, 8), np.nan), np.zeros((8, 8)), "stack")
-    check_plausible(
-        np.linspace(0.5, 1.5, 64).reshape(8, 8), np.zeros((8, 8)), "stack"
-    )  # a plausible vignette passes
+    # a plausible vignette passes
+    check_plausible(np.linspace(0.5, 1.5, 64).reshape(8, 8), np.zeros((8, 8)), "stack")
 
 
 def test_a_darkfield_above_the_data_is_refused_not_returned():

@@ -83,9 +83,8 @@ def test_noise_free_images_follow_from_the_truth(scene):
     images, truth = generate(case, keep_specimen=True)
     expected = truth.expected_images()
     assert images.dtype == np.float32 and np.allclose(images, expected, rtol=1e-5, atol=1e-3)
-    assert sorted(truth.outliers.values()) == sorted(
-        sweep.OUTLIER_KINDS
-    )  # 4 outliers cycle through every kind
+    # 4 outliers cycle through every kind
+    assert sorted(truth.outliers.values()) == sorted(sweep.OUTLIER_KINDS)
     shutter = next(i for i, kind in truth.outliers.items() if kind == "shutter")
     assert truth.baseline[shutter] == 0 and np.allclose(images[shutter], truth.darkfield)
     regular = [i for i in range(case.n) if i not in truth.outliers]
@@ -93,9 +92,8 @@ def test_noise_free_images_follow_from_the_truth(scene):
     assert signal.mean() == pytest.approx(case.mean_counts, rel=1e-5)  # the drawn brightness, exactly
     assert truth.flatfield.mean() == pytest.approx(1.0)
     as_uint16, _ = generate(noise_free(case, "uint16"))
-    assert (
-        np.abs(as_uint16 - np.clip(np.rint(expected), 0, 65535)).max() <= 1
-    )  # float32 arithmetic may round across .5
+    # float32 arithmetic may round across .5
+    assert np.abs(as_uint16 - np.clip(np.rint(expected), 0, 65535)).max() <= 1
 
 
 def test_scenes_are_what_they_say():
@@ -243,9 +241,9 @@ HARD = {
 WORST_CASE_TARGET = 0.015
 
 
-# : hard cases today's default estimator (auto: the floor, with --darkfield) does not meet yet — issue 10
-# stays open on them; strict, so
-#: the day one passes the mark must go (measured at the last change: refused / 3.8 % / 2.0 %)
+#: hard cases today's default estimator (auto: the floor, with --darkfield) does not meet yet — issue 10 stays
+#: open on them; strict, so the day one passes the mark must go (measured at the last change: refused /
+#: 3.8 % / 2.0 %)
 NOT_YET = {
     "brightfield-aperture-darkfield": "refused: the polynomial flatfield cannot follow the aperture edge",
     "confluent-glow": "3.8 %: no background floor, and a curved glow the quadratic darkfield cannot hold",

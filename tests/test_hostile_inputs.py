@@ -727,7 +727,14 @@ def run_row(row: Row, template: Path, base: Path, s3_url: str | None, server_url
     if row.s3:
         extra = s3_env(s3_url)
     if row.runs:
-        extra = {**extra, "PREFECT_API_URL": server_url, "PREFECT_HOME": str(folder / "prefect-home")}
+        # credentials in the environment of every run: none may reach an output, a log or Prefect's database
+        extra = {
+            "AWS_ACCESS_KEY_ID": KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET,
+            **extra,
+            "PREFECT_API_URL": server_url,
+            "PREFECT_HOME": str(folder / "prefect-home"),
+        }
     inputs_before = tree(world.root)
     manifests_before = manifests(folder)
     result, report = run(folder, *args, env=clean_env(**extra))
@@ -803,3 +810,19 @@ def test_hostile_input(row: Row, outcomes):
         "\n".join(problems)
         + f"\n--- args: {args}\n--- stderr:\n{result.stderr[-3000:]}\n--- stdout:\n{result.stdout[-1500:]}"
     )
+
+
+def test_no_secret_in_the_prefect_database(outcomes):
+    """After the whole table (its runs had credentials in their environment, other rows in URLs),
+    neither the key nor the secret is anywhere in the Prefect test server's database files, which
+    hold the flow runs, their parameters, logs and artifacts."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    for future in outcomes.values():
+        future.exception()  # wait for every row; their own tests report failures
+    url = PREFECT_API_DATABASE_CONNECTION_URL.value()
+    assert url.startswith("sqlite"), url
+    database = Path(url.split(":///", 1)[1])
+    data = b"".join(p.read_bytes() for p in database.parent.glob(database.name + "*"))
+    assert b"meanimage" in data, "the database holds none of the table's runs: wrong file?"
+    assert SECRET.encode() not in data and KEY.encode() not in data

@@ -101,13 +101,11 @@ def test_workers_threads_and_memory_follow_the_setting(memory, env):
 
     assert spec["spec"]["worker"]["replicas"] == total // per_worker
     resources = container["resources"]
-    assert (
-        resources["requests"]["memory"] == resources["limits"]["memory"]
-    )  # a worker never lands where it cannot fit
+    # a worker never lands where it cannot fit
+    assert resources["requests"]["memory"] == resources["limits"]["memory"]
     assert to_bytes(resources["limits"]["memory"]) == per_worker
-    assert (
-        int(arg(container, "--memory-limit")) == per_worker
-    )  # Dask spills and pauses against the container's limit
+    # Dask spills and pauses against the container's limit
+    assert int(arg(container, "--memory-limit")) == per_worker
     assert int(arg(container, "--nthreads")) == threads == int(resources["requests"]["cpu"])
     assert "cpu" not in resources["limits"]  # no CFS throttling of numpy threads
 

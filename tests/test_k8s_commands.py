@@ -55,9 +55,8 @@ def test_scheduler_and_worker_commands_start_and_match_the_spec(tmp_path: Path):
     with started(scheduler_cmd, env, tmp_path / "scheduler.log") as sched_proc:
         # the readiness probe of the spec: GET <path> on the dashboard port answers
         probe = scheduler["readinessProbe"]["httpGet"]
-        assert (
-            ports[probe["port"]] == 8787
-        )  # the probe's named port is the dashboard port we moved to `dashboard`
+        # the probe's named port is the dashboard port we moved to `dashboard`
+        assert ports[probe["port"]] == 8787
 
         def ready() -> bool:
             try:

@@ -270,9 +270,8 @@ def test_each_deployment_renders_a_valid_job_whose_memory_sets_shadeflow_memory(
     assert env["SHADEFLOW_MEMORY"] == variables["memory"]
     assert parse_size(env["SHADEFLOW_MEMORY"], "memory") > 0
     assert env["SHADEFLOW_CLUSTER"] == "kubernetes"
-    assert (
-        env["SHADEFLOW_IMAGE"] == container["image"] == "registry.example.org/shadeflow:9.9.9"
-    )  # Dask pods run the flow's image
+    # Dask pods run the flow's image
+    assert env["SHADEFLOW_IMAGE"] == container["image"] == "registry.example.org/shadeflow:9.9.9"
     assert job["metadata"]["namespace"] == variables["namespace"]
     assert pod["serviceAccountName"] == template["variables"]["properties"]["service_account_name"]["default"]
     assert container["resources"]["requests"]["memory"] == variables.get(

@@ -232,9 +232,8 @@ def test_layer_groups_that_miss_layers(slide):
 def test_field_path_with_dotdot(slide):
     header, rows = slide.rows()
     index = 3
-    rows[index]["file"] = (
-        "../" + slide.slide_id + "/" + rows[index]["file"]
-    )  # points at a real file, from outside
+    # points at a real file, from outside
+    rows[index]["file"] = "../" + slide.slide_id + "/" + rows[index]["file"]
     slide.write_rows(header, rows)
     expect_failure(slide, row_pattern(index + 1), re.escape(rows[index]["field"]), "escapes the slide folder")
 

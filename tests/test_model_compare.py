@@ -151,9 +151,8 @@ def test_statistic_is_one_for_two_halves_of_the_same_data_and_grows_with_other_s
     rng = np.random.default_rng(3)
     h, w = 48, 64
     y, x = np.mgrid[0:h, 0:w]
-    flat = np.stack(
-        [1.0 - 0.3 * ((x - 30) ** 2 + (y - 20) ** 2) / 3000.0, np.full((h, w), 1.0)]
-    )  # two layers
+    # two layers
+    flat = np.stack([1.0 - 0.3 * ((x - 30) ** 2 + (y - 20) ** 2) / 3000.0, np.full((h, w), 1.0)])
     a = _simulated_half(rng, flat, 60)
     b = _simulated_half(rng, flat, 60)
     same = C.pair_statistics(a, b)
@@ -353,9 +352,8 @@ def test_flow_compares_plots_suggests_and_publishes(four_slides, tmp_path):
     assert result["slides"] == ids  # Project, Cohort, Batch order (batches 1, 2, 3, 9)
     assert result["pairs_computed"] == 6 and result["pairs_reused"] == 0
     assert result["suggested"] == ["SYN1_1", "SYN1_2", "SYN1_3"]
-    assert [s for s in ids if re.match(result["suggested_regex"], s)] == result[
-        "suggested"
-    ]  # a --slides for the set
+    # a --slides for the set
+    assert [s for s in ids if re.match(result["suggested_regex"], s)] == result["suggested"]
 
     header, rows = read_table(workdir / C.TABLE_NAME)
     assert header == list(C.TABLE_COLUMNS)

@@ -132,9 +132,8 @@ def test_kill_9_of_the_command_leaves_no_process(stack, tmp_path, when, extra, m
         while True:
             table = processes()
             left = {pid for pid in seen if alive(pid, seen[pid], table)}
-            left |= {
-                pid for pid, row in table.items() if row[1] == command.pid and row[2] != "Z"
-            }  # its session
+            # its session
+            left |= {pid for pid, row in table.items() if row[1] == command.pid and row[2] != "Z"}
             if not left or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

@@ -199,9 +199,8 @@ def test_an_output_losing_files_while_being_written_is_not_marked_complete(slide
     write_stack = meanimage_outputs.write_stack
 
     def lose_masks_then_write(url, *args, **kwargs):
-        shutil.rmtree(
-            os.path.join(os.path.dirname(url), "image_masking")
-        )  # a staging folder emptied under the run
+        # a staging folder emptied under the run
+        shutil.rmtree(os.path.join(os.path.dirname(url), "image_masking"))
         return write_stack(url, *args, **kwargs)
 
     monkeypatch.setattr(meanimage_outputs, "write_stack", lose_masks_then_write)
@@ -276,9 +275,8 @@ def test_an_interrupted_output_is_recognised_as_shadeflows_and_replaced_without_
     with StagedOutput(str(final)) as out:
         storage.write_bytes(out.url("a.bin"), b"a")
         out.commit("test", {}, [])
-    (final / outputs.WRITING).write_text(
-        json.dumps({"kind": "test", "files": ["a.bin", "b.bin"]})
-    )  # a crash mid-publishing
+    # a crash mid-publishing
+    (final / outputs.WRITING).write_text(json.dumps({"kind": "test", "files": ["a.bin", "b.bin"]}))
     (final / "b.bin").write_bytes(b"b")
     assert not is_complete(str(final))
     assert outputs.foreign_files(str(final)) == []

@@ -17,9 +17,8 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 def two_attempts_of_one_task():
     first = create_progress_artifact(0.0, key="merge-slide-stacks", description="slides merged: 0/4")
     update_progress_artifact(first, 50.0, description="slides merged: 2/4")  # the attempt whose worker died
-    create_progress_artifact(
-        100.0, key="merge-slide-stacks", description="slides merged: 4/4"
-    )  # Dask's rerun
+    # Dask's rerun
+    create_progress_artifact(100.0, key="merge-slide-stacks", description="slides merged: 4/4")
     create_progress_artifact(50.0, key="thresholds", description="thresholds: 1/2")
     return get_run_context().flow_run.id
 

@@ -149,9 +149,8 @@ def faulty_proxy(
                 if draw < failure_rate / 2:
                     with counts.lock:
                         counts.reset += 1
-                    conn.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-                    )  # RST on close
+                    # RST on close
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 if draw < failure_rate:
                     with counts.lock:

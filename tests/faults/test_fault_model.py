@@ -162,9 +162,8 @@ def test_worker_lost_during_model_build_then_rerun(pristine, stable, reference, 
                 k for k in set(got) | set(reference) if got.get(k) != reference.get(k)
             )
             assert leftovers(store) == []
-            assert f"{SLIDES}/{SLIDES} slides" in log.read_text(), tail(
-                log
-            )  # a task Dask ran again is not counted twice
+            # a task Dask ran again is not counted twice
+            assert f"{SLIDES}/{SLIDES} slides" in log.read_text(), tail(log)
             return
         assert last_error_line(log).startswith("error: "), tail(log)
         assert_version_not_complete_looking(store)
