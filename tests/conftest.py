@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 import os
 import shutil
 import socket
+from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 
@@ -96,22 +98,32 @@ def copy_cohort(small_cohort, tmp_path):
     }
 
 
-def write_mean_images(urls: list[str]) -> None:
-    """meanimage outputs for synthetic slides, computed in-process (the reference path, no Prefect)."""
+def write_mean_image(url: str) -> None:
+    """meanimage outputs for one synthetic slide, computed in-process (the reference path, no Prefect)."""
     from shadeflow.core.meanimage import MASK_DIR, MEANIMAGE_METHOD, compute_mean_image, plan_slide
     from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
     from shadeflow.core.outputs import StagedOutput
     from shadeflow.core.slide import load_slide
 
-    for url in urls:
-        staged = StagedOutput(output_url(url))
-        with staged:
-            result = compute_mean_image(plan_slide(load_slide(url)), staged.url(MASK_DIR))
-            write_meanimage_outputs(
-                staged,
-                result,
-                {"mask_binning": None, "skip_masking": False, "seed": 0, "method": MEANIMAGE_METHOD},
-            )
+    staged = StagedOutput(output_url(url))
+    with staged:
+        result = compute_mean_image(plan_slide(load_slide(url)), staged.url(MASK_DIR))
+        write_meanimage_outputs(
+            staged,
+            result,
+            {"mask_binning": None, "skip_masking": False, "seed": 0, "method": MEANIMAGE_METHOD},
+        )
+
+
+def write_mean_images(urls: list[str]) -> None:
+    """meanimage outputs for synthetic slides, two slides at a time in fresh processes (spawned: this
+    process runs threads, which forking would copy half-way)."""
+    if len(urls) < 2:
+        for url in urls:
+            write_mean_image(url)
+        return
+    with ProcessPoolExecutor(max_workers=2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(write_mean_image, urls))
 
 
 @pytest.fixture(scope="session")
