@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from prefect_processes import stop, tail, wait_for
 
 #: manifests record when they were made: compared without these keys. Summary PDFs print the time they
@@ -359,3 +362,18 @@ class StablePath:
         os.symlink(target, temporary)
         os.replace(temporary, self.link)
         return self.link
+
+
+def stable_path_fixture(name: str):
+    """A module fixture: one fixed absolute path for every run's input in the module (outputs record
+    their input paths, so runs compare byte for byte); removed at the end."""
+
+    @pytest.fixture(scope="module")
+    def stable():
+        base = Path(tempfile.mkdtemp(prefix=f"sf-faults-{name}-{os.getpid()}-"))
+        try:
+            yield StablePath(base)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+
+    return stable

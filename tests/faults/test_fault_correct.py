@@ -8,11 +8,9 @@ scheduler and worker processes on 127.0.0.1. Every wait is bounded; every proces
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from fault_support import (
     run_shadeflow,
     session_process,
     shadeflow_args,
+    stable_path_fixture,
     tail,
     wait_for,
     wait_no_processes,
@@ -43,13 +42,7 @@ RUN_TIMEOUT = 240
 TILE = "tile.ome.zarr"
 
 
-@pytest.fixture(scope="module")
-def stable():
-    base = Path(tempfile.mkdtemp(prefix=f"sf-faults-correct-{os.getpid()}-"))
-    try:
-        yield StablePath(base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+stable = stable_path_fixture("correct")
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,9 @@ scheduler and worker processes on 127.0.0.1. Every wait is bounded; every proces
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from fault_support import (
     run_shadeflow,
     session_process,
     shadeflow_args,
+    stable_path_fixture,
     tail,
     wait_for,
     wait_no_processes,
@@ -51,14 +50,7 @@ def pristine(tmp_path_factory):
     return root, [Path(u).name for u in urls]
 
 
-@pytest.fixture(scope="module")
-def stable():
-    """A fixed absolute path for every run's input (outputs record their input paths)."""
-    base = Path(tempfile.mkdtemp(prefix=f"sf-faults-{os.getpid()}-"))
-    try:
-        yield StablePath(base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+stable = stable_path_fixture("meanimage")
 
 
 def copy_of(pristine, target: Path, stable: StablePath) -> tuple[list[str], Path]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +32,7 @@ from fault_support import (
     run_shadeflow,
     session_process,
     shadeflow_args,
+    stable_path_fixture,
     tail,
     wait_for,
     wait_no_processes,
@@ -63,13 +63,7 @@ def pristine(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def stable():
-    base = Path(tempfile.mkdtemp(prefix=f"sf-faults-model-{os.getpid()}-"))
-    try:
-        yield StablePath(base)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+stable = stable_path_fixture("model")
 
 
 def case(pristine, target: Path, stable: StablePath) -> tuple[list[str], Path]:
