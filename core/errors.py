@@ -187,6 +187,13 @@ def _causes(exc: BaseException):
         exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
 
 
+def _dask_lost_dependencies(exc: BaseException) -> bool:
+    """Dask cancelled futures because the scheduler no longer knew a key they depend on: a state of the
+    cluster (a worker gone, or a race inside the scheduler, dask/distributed#4612), not of the input."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & {"FuturesCancelledError", "FutureCancelledError"}) and "lost dependencies" in str(exc)
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for a failure worth retrying: a dropped or refused connection, a timeout, an S3 5xx or throttling.
 
@@ -202,7 +209,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if any(cls.__name__ in _TRANSIENT_CLASSES for cls in type(link).__mro__):
             return True
-        if _retryable_response(link):
+        if _retryable_response(link) or _dask_lost_dependencies(link):
             return True
         if isinstance(link, OSError) and link.errno in _TRANSIENT_ERRNOS:
             if link.errno == errno.EIO and any(

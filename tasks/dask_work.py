@@ -69,25 +69,30 @@ def reduce_tree(
     """Merge results pairwise on the cluster along a fixed binary tree, publishing progress.
 
     The tree is fixed by the order of ``futures`` (not by which finishes first), so floating-point
-    merges give bit-identical results run after run; merges start as soon as both inputs exist and
-    only pending futures are referenced, so memory stays at a few partial results. ``futures`` is
-    emptied: the caller must not hold the leaves either. The first failure is raised: without ``on_error`` the
-    other work is cancelled; with it, ``on_error`` is called (e.g. to tell running tasks to stop) and the rest
-    is waited for, so nothing still writes when this returns.
+    merges give bit-identical results run after run; merges start as soon as both inputs exist. Each
+    input stays referenced until the merge that consumes it is done, then is released, so memory stays
+    at a few partial results and no merge ever depends on a key the client gave up. (An undisturbed
+    run once saw a merge cancelled for "lost dependencies", a known Dask race with trees of futures,
+    dask/distributed#4612, not reproduced here; the tasks calling this retry that as transient.)
+    ``futures`` is emptied: the caller must not hold the leaves either. The first failure is raised:
+    without ``on_error`` the other work is cancelled; with it, ``on_error`` is called (e.g. to tell
+    running tasks to stop) and the rest is waited for, so nothing still writes when this returns.
     """
     level = list(futures)
-    futures.clear()  # the tree owns the leaves now: a finished, merged input must not stay referenced
+    futures.clear()  # the tree owns the leaves now
     if not level:
         raise ValueError("nothing to reduce")
     pending = set(level)
+    inputs: dict[Future, tuple[Future, Future]] = {}  # a merge -> the inputs it holds until done
     depth = 0
     while len(level) > 1:
         depth += 1
         # merges outrank new leaves: a worker merges what is ready before loading more partial results
-        merged = [
-            client.submit(combine, level[i], level[i + 1], pure=False, priority=100 + depth)
-            for i in range(0, len(level) - 1, 2)
-        ]
+        merged = []
+        for i in range(0, len(level) - 1, 2):
+            merge = client.submit(combine, level[i], level[i + 1], pure=False, priority=100 + depth)
+            inputs[merge] = (level[i], level[i + 1])
+            merged.append(merge)
         level = merged + level[len(merged) * 2 :]
         pending.update(merged)
     final = level.pop()
@@ -109,6 +114,9 @@ def reduce_tree(
                 on_error()
                 wait(list(pending))  # running tasks cannot be killed: let them stop
             raise error
+        for future in done:
+            inputs.pop(future, None)  # a finished merge no longer needs its inputs kept
+        del done, still
         if progress is not None:
             progress.publish()
     if progress is not None:

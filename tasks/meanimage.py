@@ -22,6 +22,7 @@ from shadeflow.core.slide import SlideError, load_slide
 from shadeflow.tasks.dask_work import cluster_client
 from shadeflow.tasks.meanimage_graph import stack_on_cluster, thresholds_on_cluster
 from shadeflow.tasks.progress import Progress, artifact_key
+from shadeflow.tasks.retry import TRANSIENT_RETRY
 
 
 @dataclass
@@ -99,6 +100,7 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
     name="background-thresholds",
     task_run_name="background-thresholds[{planned.plan.slide.slide_id}]",
     cache_policy=NO_CACHE,
+    **TRANSIENT_RETRY,  # it writes nothing: rerunning it after a cluster hiccup is safe
 )
 def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
     """Per-layer background thresholds from the slide's edge fields (one Dask task per field)."""

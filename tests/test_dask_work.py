@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, wait
 
 from shadeflow.tasks.dask_work import reduce_tree
 
@@ -47,3 +47,34 @@ def test_a_failed_leaf_raises_its_own_error(client, stop_running_work):
     with pytest.raises(FieldBroken, match="field 5 is broken"):
         reduce_tree(client, futures, _concat, on_error=stopped.set if stop_running_work else None)
     assert stopped.is_set() == stop_running_work
+
+
+MERGE_MAY_FINISH = threading.Event()
+
+
+def _slow_concat(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    MERGE_MAY_FINISH.wait(30)
+    return a + b
+
+
+def test_inputs_stay_wanted_until_their_merge_is_done(client):
+    """A finished input is released only once the merge that consumes it is done, so no merge can
+    depend on a key the client gave up (the "lost dependencies" race, dask/distributed#4612)."""
+    import time
+
+    MERGE_MAY_FINISH.clear()
+    futures = [client.submit(_leaf, i, pure=False) for i in range(4)]
+    keys = [f.key for f in futures]
+    wait(futures)
+    result = {}
+    reducing = threading.Thread(
+        target=lambda: result.update(value=reduce_tree(client, futures, _slow_concat))
+    )
+    reducing.start()
+    time.sleep(2.5)  # more than two of reduce_tree's one-second looks at its pending merges
+    scheduler = client.cluster.scheduler
+    wanted = [bool(scheduler.tasks[k].who_wants) for k in keys]
+    MERGE_MAY_FINISH.set()
+    reducing.join(30)
+    assert wanted == [True] * 4
+    assert result["value"] == tuple(range(4))

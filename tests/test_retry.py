@@ -9,6 +9,7 @@ import pkgutil
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from distributed.client import CancelledFuturesGroup, FutureCancelledError, FuturesCancelledError
 from s3fs.errors import translate_boto_error
 
 from shadeflow.core.errors import is_transient
@@ -45,6 +46,9 @@ TRANSIENT = {
     "s3fs InternalError": translate_boto_error(client_error("InternalError", 500)),
     "s3fs RequestTimeout": translate_boto_error(client_error("RequestTimeout", 400)),
     "wrapped connection error": raised_from(RuntimeError("chunk read failed"), ConnectionResetError("reset")),
+    "Dask lost dependencies": FuturesCancelledError(
+        [CancelledFuturesGroup([FutureCancelledError("_merge-1", "lost dependencies")], "lost dependencies")]
+    ),
 }
 DETERMINISTIC = {
     "EstimateError": EstimateError("the stack is constant"),
@@ -64,6 +68,9 @@ DETERMINISTIC = {
         TileError("tile x: unreadable"), ConnectionResetError("reset")
     ),
     "disk full": OSError(errno.ENOSPC, "No space left on device"),
+    "Dask future cancelled by the client": FuturesCancelledError(
+        [CancelledFuturesGroup([FutureCancelledError("_merge-1", "cancelled")], "cancelled")]
+    ),
 }
 
 
