@@ -65,7 +65,7 @@ class PeakRSS:
 
 def tile(out: str, name: str, shape: tuple[int, int, int], client) -> tuple[str, str]:
     """The benchmark tile (generated once) and its planted flatfield file."""
-    from shadeflow.core.synth_tiles import SynthTileConfig, flatfield_truth_url, write_synthetic_tile
+    from shadeflow.core.synth.tiles import SynthTileConfig, flatfield_truth_url, write_synthetic_tile
 
     url = os.path.join(out, "correct-tiles", f"{name}.ome.zarr")
     config = SynthTileConfig(shape=shape, chunks=CHUNKS, seed=0)
@@ -81,7 +81,7 @@ def tile(out: str, name: str, shape: tuple[int, int, int], client) -> tuple[str,
 
 
 def run_correct(url: str, flatfield: str, out: str, client, background: str) -> float:
-    from shadeflow.core.corrected_tile import CorrectRequest, plan_tile, run_tile
+    from shadeflow.core.correct.tile import CorrectRequest, plan_tile, run_tile
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -96,7 +96,7 @@ def run_copy(url: str, out: str, client, every_chunk: bool = False) -> float:
     import dask.array as da
     import zarr
 
-    from shadeflow.core.ome_zarr_io import blosc_zstd, create_image_group, create_level_array, open_image
+    from shadeflow.core.io.omezarr import blosc_zstd, create_image_group, create_level_array, open_image
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

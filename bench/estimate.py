@@ -5,7 +5,7 @@
     .venv/bin/python bench/estimate.py --basicpy-python /path/to/python --basicpy-repeats 3
     .venv/bin/python bench/estimate.py --sweep [--cases 60] [--first-seed 0] [--only KIND] [--processes 1]
 
-Stacks come from ``shadeflow.core.synth_stacks`` — the recipe of ``reference/basicpy.md`` §3 (a
+Stacks come from ``shadeflow.core.synth.stacks`` — the recipe of ``reference/basicpy.md`` §3 (a
 planted flatfield with ≈45 % corner fall-off, darkfield 100 + 6u + 4v, per-frame brightness
 U(0.85, 1.15), Poisson + read noise, uint16) — in three scenes (tissue ≈75 % covered, sparse ≈15 %,
 mostly empty ≈2 %), at 512² and 1024², 50–1000 frames, with and without darkfield, and with 2 %
@@ -41,7 +41,7 @@ Targets (issue 6): flatfield ≤ 0.5 % relative RMS on the 200×1024² tissue st
 ≤ 1/10 of BaSiC's best setting's fit time.
 
 ``--sweep`` (issue 10, item 3) leaves the recipe: seeds ``--first-seed`` … ``+ --cases − 1`` each draw
-a random case from ``shadeflow.core.synth_sweep`` (scene, shading, darkfield, drift, frames, size,
+a random case from ``shadeflow.core.synth.sweep`` (scene, shading, darkfield, drift, frames, size,
 brightness, noise, outliers; see that module), which is generated in memory and fitted in this process
 by :func:`fit_case` (``estimate_shading`` with default settings, darkfield on when the case has one;
 swap the method there). Metrics: flatfield error = relative RMS of (Ŝ/mean Ŝ)/(S/mean S) − 1 over the
@@ -93,7 +93,7 @@ method, stack_path, out_path = sys.argv[1], sys.argv[2], sys.argv[3]
 repeats, options = int(sys.argv[4]), json.loads(sys.argv[5])
 stack = np.load(stack_path)
 if method == "shadeflow":
-    from shadeflow.core.estimate import EstimateSettings, estimate_shading
+    from shadeflow.core.estimate.estimator import EstimateSettings, estimate_shading
     settings = EstimateSettings(darkfield_degree=options.get("darkfield_degree", 2))
     def fit():
         result = estimate_shading(stack, darkfield=options["darkfield"], settings=settings)
@@ -257,7 +257,7 @@ def main() -> int:
         )
     args.out = args.out or os.path.join(ROOT, "bench-output", "estimate")
 
-    from shadeflow.core.synth_stacks import StackConfig, generate_stack
+    from shadeflow.core.synth.stacks import StackConfig, generate_stack
 
     basic_python = (
         None
@@ -393,7 +393,7 @@ SWEEP_TARGETS = {"median": 0.5, "worst": 1.5}  # flatfield relative RMS, %
 
 def fit_case(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The method under test: flatfield, darkfield and notes of ``images``. Swap the method here."""
-    from shadeflow.core.estimate import EstimateSettings, estimate_shading
+    from shadeflow.core.estimate.estimator import EstimateSettings, estimate_shading
 
     method = os.environ.get("SHADEFLOW_SWEEP_METHOD")
     result = estimate_shading(
@@ -404,8 +404,8 @@ def fit_case(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarra
 
 def sweep_case(seed: int) -> dict:
     """Generate, fit and score the case of ``seed``; a refused or crashed fit is a failure (error ∞)."""
-    from shadeflow.core.estimate_grid import EstimateError, relative_rms
-    from shadeflow.core.synth_sweep import draw_case, generate
+    from shadeflow.core.estimate.grid import EstimateError, relative_rms
+    from shadeflow.core.synth.sweep import draw_case, generate
 
     case = draw_case(seed)
     started = time.perf_counter()
@@ -456,7 +456,7 @@ def sweep_case(seed: int) -> dict:
 
 def sweep_cases(first: int, count: int, only: str | None) -> list:
     """The cases of seeds first … first + count − 1, those of kind ``only`` if given."""
-    from shadeflow.core.synth_sweep import draw_case
+    from shadeflow.core.synth.sweep import draw_case
 
     cases = [draw_case(seed) for seed in range(first, first + count)]
     return [c for c in cases if only is None or only in (c.scene, c.shading, c.darkfield, c.drift, c.dtype)]
@@ -578,7 +578,7 @@ def sweep(first: int, count: int, only: str | None, out: str, processes: int) ->
     """Run the sweep (module description); always returns 0."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from shadeflow.core import synth_sweep
+    from shadeflow.core.synth import sweep as synth_sweep
 
     kinds = (
         synth_sweep.SCENES

@@ -27,9 +27,9 @@ import time
 import numpy as np
 from distributed import Client, LocalCluster
 
-from shadeflow.core.meanimage import plan_slide
-from shadeflow.core.slide import load_slide, read_field
-from shadeflow.core.synth import TRUTH_DIR, SynthConfig, write_cohort
+from shadeflow.core.io.slide import load_slide, read_field
+from shadeflow.core.meanimage.pipeline import plan_slide
+from shadeflow.core.synth.slides import TRUTH_DIR, SynthConfig, write_cohort
 from shadeflow.infra.cluster import local_cluster_kwargs, local_worker_memory
 from shadeflow.infra.sizing import size_from_settings
 from shadeflow.tasks.dask_work import reduce_tree

@@ -12,7 +12,7 @@ check's cohort (3 slides of 256×320×8 fields on a 12×10 grid, dark current 4 
 
 Each cohort runs the core functions the meanimage, model-build and applied-test flows run, one slide
 after another in one process (no Prefect, no cluster; see
-``shadeflow.core.synth_oracle``), and the oracle: the same bulk fields, read and exposure-normalised by
+``shadeflow.core.synth.oracle``), and the oracle: the same bulk fields, read and exposure-normalised by
 the same function, every planted tissue pixel (minus planted saturated spots) stacked, the same
 applied-test split, smoothed and normalised the same way. Per cohort it prints
 
@@ -43,7 +43,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402 — after the thread limits above, which must precede numpy
 
-from shadeflow.core.synth import SynthConfig, write_cohort  # noqa: E402 — imports numpy: after the limits too
+from shadeflow.core.synth.slides import SynthConfig, write_cohort  # noqa: E402 — imports numpy: after the limits too
 
 MEAN_IMAGE_RATIO = 1.3
 MODEL_RATIO = 1.3
@@ -132,7 +132,7 @@ def _gap(result: dict) -> float:
 
 def run_cohort(name: str, config: SynthConfig, workdir: str, keep: bool) -> dict:
     """Generate one cohort, run both arms, return its figures (and delete its data unless ``keep``)."""
-    from shadeflow.core.synth_oracle import run_arm
+    from shadeflow.core.synth.oracle import run_arm
 
     root = os.path.join(workdir, name)
     shutil.rmtree(root, ignore_errors=True)

@@ -32,8 +32,8 @@ GROUPS = {"dapi": [1, 9], "fitc": [10, 18], "cy3": [19, 25], "texasred": [26, 32
 
 def write_slide(root: str, slide_id: str, seed: int) -> None:
     """A slide folder with slide.json and AstroPath meanimage files (as if meanimage had run)."""
-    from shadeflow.core import astropath_io
-    from shadeflow.core.synth import planted_flatfield
+    from shadeflow.core.io import astropath as astropath_io
+    from shadeflow.core.synth.slides import planted_flatfield
 
     h, w, n = VECTRA
     rng = np.random.default_rng(seed)
@@ -106,10 +106,10 @@ def build(root: str, n_slides: int) -> None:
     """One model build in this process; prints a JSON line with wall time and peak RSS."""
     from distributed import Client, LocalCluster
 
-    from shadeflow.core.cohort import find_slides, load_stack
-    from shadeflow.core.flatfield import build_flatfield
-    from shadeflow.core.model_build import merge_stacks, write_model_version
-    from shadeflow.core.model_store import staged_version
+    from shadeflow.core.io.cohort import find_slides, load_stack
+    from shadeflow.core.model.build import merge_stacks, write_model_version
+    from shadeflow.core.model.flatfield import build_flatfield
+    from shadeflow.core.model.store import staged_version
     from shadeflow.infra.cluster import local_cluster_kwargs
     from shadeflow.infra.sizing import size_from_settings
     from shadeflow.tasks.dask_work import reduce_tree

@@ -56,8 +56,8 @@ def fit(images: np.ndarray, darkfield: bool) -> tuple[np.ndarray, np.ndarray, li
     import dask
     import dask.array as da
 
-    from shadeflow.core.estimate import EstimateSettings
-    from shadeflow.core.estimate_dask import estimate_shading_dask
+    from shadeflow.core.estimate.chunked import estimate_shading_dask
+    from shadeflow.core.estimate.estimator import EstimateSettings
 
     with dask.config.set(scheduler="threads"):
         result = estimate_shading_dask(

@@ -12,7 +12,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import morphology
 
-from shadeflow.core import buffers
+from . import buffers
 
 
 def ellipse(size: float) -> np.ndarray:

@@ -21,10 +21,10 @@ from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 
-from shadeflow.core import storage
-from shadeflow.core.morphology import bin_mean
-from shadeflow.core.outputs import shadeflow_version
-from shadeflow.core.slide import LayerGroup
+from .io import storage
+from .io.output_folders import shadeflow_version
+from .io.slide import LayerGroup
+from .morphology import bin_mean
 
 A4 = (8.27, 11.69)  # inches, portrait
 MAX_PANEL_PX = 300  # long side of a plotted image

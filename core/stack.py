@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shadeflow.core import buffers
-from shadeflow.core.slide import LayerGroup
+from . import buffers
+from .io.slide import LayerGroup
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import zarr
 
-from shadeflow.core import storage
-from shadeflow.core.stack import FieldLogRow, MeanImageStack, mean_and_std_err
+from .io import storage
+from .stack import FieldLogRow, MeanImageStack, mean_and_std_err
 
 FORMAT = "shadeflow-mean-image-stack/1"
 _ARRAYS = ("sum", "sum_sq", "count", "mean", "std_err")

@@ -20,8 +20,8 @@ from typing import NoReturn
 
 import typer
 
-from shadeflow.core.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, RunFailed, expected_errors, one_line
-from shadeflow.flows import preflight
+from ..core.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, RunFailed, expected_errors, one_line
+from . import preflight
 
 app = typer.Typer(
     help="Flatfield (shading) correction for microscopy: mean images, models, applied tests and tile "
@@ -68,11 +68,11 @@ def _reported(up_front: bool = False) -> Iterator[None]:
     except expected_errors() as exc:
         _fail(one_line(exc))
     except Exception as exc:
-        from shadeflow.core.errors import is_transient
+        from ..core.errors import is_transient
 
         if not is_transient(exc):
             raise
-        from shadeflow.core.storage import redact
+        from ..core.io.storage import redact
 
         text = redact(one_line(exc))
         _fail(
@@ -92,7 +92,7 @@ def _quiet_prefect_console() -> None:
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    from shadeflow.flows.api_server import tie_ephemeral_server
+    from .api_server import tie_ephemeral_server
 
     tie_ephemeral_server()  # a killed command leaves no API server behind (issue 11, defect 8)
     expected = (*expected_errors(), RunFailed)
@@ -145,8 +145,8 @@ class _HideExpectedComputeFailures:
 
 def _run(flow, params, label: str, memory: str | None = None, workers: int | None = None):
     """Run a flow with a progress bar (errors as in :func:`_reported`)."""
-    from shadeflow.flows.run import run_with_progress
-    from shadeflow.infra.cluster import check_settings, task_runner
+    from ..infra.cluster import check_settings, task_runner
+    from .run import run_with_progress
 
     _quiet_prefect_console()
     with _reported():
@@ -195,8 +195,8 @@ def synth_slides(
     ),
 ) -> None:
     """Write synthetic slides (slide contract) with a known flatfield saved beside them."""
-    from shadeflow.core import storage
-    from shadeflow.core.synth import TRUTH_DIR, SynthConfig, parse_grid, write_cohort
+    from ..core.io import storage
+    from ..core.synth.slides import TRUTH_DIR, SynthConfig, parse_grid, write_cohort
 
     with _reported():
         config = SynthConfig(
@@ -252,8 +252,8 @@ def meanimage(
         preflight.meanimage(slides, memory=memory, workers=workers, overwrite=overwrite)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from shadeflow.flows.meanimage import MeanImageParameters
-    from shadeflow.flows.meanimage import meanimage as flow
+    from .meanimage import MeanImageParameters
+    from .meanimage import meanimage as flow
 
     with _reported():
         params = MeanImageParameters(
@@ -297,8 +297,8 @@ def model_build(
         preflight.model_build(version, models_csv, roots, store, overwrite, memory=memory)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from shadeflow.flows.model import ModelBuildParameters
-    from shadeflow.flows.model import model_build as flow
+    from .model import ModelBuildParameters
+    from .model import model_build as flow
 
     with _reported():
         params = ModelBuildParameters(
@@ -326,8 +326,8 @@ def model_list(store: str = typer.Option(..., "--store", help="Model store")) ->
     from rich.console import Console
     from rich.table import Table
 
-    from shadeflow.core.model_build import model_summary_line
-    from shadeflow.core.model_store import list_versions
+    from ..core.model.build import model_summary_line
+    from ..core.model.store import list_versions
 
     with _reported():
         rows = [model_summary_line(m) for m in list_versions(store)]
@@ -378,7 +378,7 @@ def model_compare(
         preflight.model_compare(roots, slides, store_as, models_csv, workdir, band, min_images_stacked)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from shadeflow.flows.model_compare import compare_command
+    from .model_compare import compare_command
 
     _quiet_prefect_console()
     with _reported():
@@ -407,8 +407,8 @@ def applied_test(
         preflight.applied_test(roots, out, slides, overwrite, memory=memory)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from shadeflow.flows.model import AppliedTestParameters
-    from shadeflow.flows.model import applied_test as flow
+    from .model import AppliedTestParameters
+    from .model import applied_test as flow
 
     with _reported():
         params = AppliedTestParameters(
@@ -446,9 +446,9 @@ def synth_tile(
     seed: int = typer.Option(0, "--seed", help="Random seed"),
 ) -> None:
     """Write a synthetic OME-Zarr tile with a planted flatfield and background (saved beside it)."""
-    from shadeflow.core import storage
-    from shadeflow.core.ome_zarr_io import SUPPORTED_DTYPES
-    from shadeflow.core.synth_tiles import synth_tile_command
+    from ..core.io import storage
+    from ..core.io.omezarr import SUPPORTED_DTYPES
+    from ..core.synth.tiles import synth_tile_command
 
     supported = [str(d) for d in SUPPORTED_DTYPES]
     if dtype not in supported:
@@ -493,8 +493,8 @@ def synth_stack(
 ) -> None:
     """Write a stack of 2D frames with a planted flatfield and darkfield (saved beside it), for \
 `shadeflow estimate`."""
-    from shadeflow.core import storage
-    from shadeflow.core.synth_stacks import StackConfig, write_stack
+    from ..core.io import storage
+    from ..core.synth.stacks import StackConfig, write_stack
 
     with _reported():
         config = StackConfig(
@@ -585,7 +585,7 @@ def estimate(
         )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from shadeflow.flows.estimate import estimate_command
+    from .estimate import estimate_command
 
     _quiet_prefect_console()
     with _reported():
@@ -704,7 +704,7 @@ def correct(
         preflight.correct(tiles, out, **options)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from shadeflow.flows.correct import correct_command
+    from .correct import correct_command
 
     _quiet_prefect_console()
     with _reported():
@@ -732,7 +732,7 @@ def cluster_command(
     workers: int | None = typer.Option(None, "--workers", min=1, help="Fix the number of Dask workers"),
 ) -> None:
     """Show the cluster a run would get (for kubernetes the DaskCluster spec as YAML); creates nothing."""
-    from shadeflow.infra.preview import cluster_preview
+    from ..infra.preview import cluster_preview
 
     with _reported():
         text, warnings = cluster_preview(memory=memory, cluster=kind, workers=workers)
@@ -759,7 +759,7 @@ def serve_command(
     """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect \
 server: PREFECT_API_URL)."""
     _prefect_defaults()
-    from shadeflow.deployments.serve import serve_all
+    from ..deployments.serve import serve_all
 
     with _reported():
         serve_all(prefect_file, limit=limit or None, only=only or None)
@@ -771,8 +771,8 @@ def demo(
 ) -> None:
     """Synthetic cohort → mean images, with a short report on how close they are to the known shading."""
     _prefect_defaults()
-    from shadeflow.flows.api_server import tie_ephemeral_server
-    from shadeflow.flows.demo import run_demo
+    from .api_server import tie_ephemeral_server
+    from .demo import run_demo
 
     tie_ephemeral_server()
     with _reported():

@@ -10,8 +10,8 @@ from __future__ import annotations
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from shadeflow.flows.meanimage import MeanImageParameters, meanimage
-from shadeflow.flows.model import ModelBuildParameters, model_build
+from .meanimage import MeanImageParameters, meanimage
+from .model import ModelBuildParameters, model_build
 
 
 class CohortRefreshParameters(BaseModel):

@@ -8,12 +8,13 @@ from prefect import flow, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from shadeflow.core import storage
-from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs
-from shadeflow.core.errors import RunFailed, validation_message
-from shadeflow.core.errors import failure_reason as _reason
-from shadeflow.infra.cluster import task_runner
-from shadeflow.tasks.correct import correct_tile_task, plan_tile_task, publish_correct_table, report_dicts
+from ..core.correct.tile import CorrectRequest, check_distinct_outputs
+from ..core.errors import RunFailed, validation_message
+from ..core.errors import failure_reason as _reason
+from ..core.io import storage
+from ..infra.cluster import check_settings, task_runner
+from ..tasks.correct import correct_tile_task, plan_tile_task, publish_correct_table, report_dicts
+from .run import run_with_progress
 
 
 class CorrectParameters(BaseModel):
@@ -180,8 +181,6 @@ def correct_command(
     """What ``shadeflow correct`` does: validate the parameters and the cluster settings, run the flow
     with a progress bar, and return one report per tile. User errors raise ``ValueError`` (or
     :class:`TilesFailed`) with a one-line message."""
-    from shadeflow.flows.run import run_with_progress
-    from shadeflow.infra.cluster import check_settings
 
     try:
         params = CorrectParameters(

@@ -6,12 +6,26 @@ import os
 import time
 
 import numpy as np
+import zarr
+from rich.console import Console
+from rich.table import Table
 
-from shadeflow.core import astropath_io, storage
-from shadeflow.core.meanimage_outputs import read_mean_image_stack
-from shadeflow.core.model_store import read_model
-from shadeflow.core.smoothing import flatfield_sigma, masked_smooth, relative_rms
-from shadeflow.core.synth import TRUTH_DIR, SynthConfig, read_truth_flatfield, write_cohort
+from ..core.estimate.grid import relative_rms as flatfield_rms
+from ..core.estimate.outputs import read_estimate
+from ..core.io import astropath as astropath_io
+from ..core.io import storage
+from ..core.meanimage.outputs import read_mean_image_stack
+from ..core.model.store import read_model
+from ..core.smoothing import flatfield_sigma, gaussian_smooth, masked_smooth, relative_rms
+from ..core.synth.slides import TRUTH_DIR, SynthConfig, read_truth_flatfield, write_cohort
+from ..core.synth.stacks import StackConfig, read_truth, write_stack
+from ..core.synth.tiles import SynthTileConfig, write_synthetic_tile
+from ..infra.cluster import check_settings, task_runner
+from .correct import CorrectParameters, correct
+from .estimate import EstimateParameters, estimate
+from .meanimage import MeanImageParameters, meanimage
+from .model import AppliedTestParameters, ModelBuildParameters, applied_test, model_build
+from .run import run_with_progress
 
 DEMO_CONFIG = SynthConfig(slides=3, fields=64, seed=2026)
 DEMO_VERSION = "demo-v1"
@@ -27,9 +41,6 @@ def mean_image_accuracy(slide_url: str, truth: np.ndarray) -> np.ndarray:
 
 def tile_shading(url: str, background: float, planes: slice) -> np.ndarray:
     """Per channel: relative RMS of the smoothed mean of a tile's sample planes (0 = no shading)."""
-    import zarr
-
-    from shadeflow.core.smoothing import gaussian_smooth
 
     level0 = zarr.open_group(url, mode="r")["0"]  # (c, z, y, x)
     mean_planes = np.asarray(level0[:, planes], dtype=np.float64).mean(axis=1) - background
@@ -42,13 +53,6 @@ def _percent(values: np.ndarray) -> str:
 
 
 def run_demo(out: str) -> dict:
-    from rich.console import Console
-    from rich.table import Table
-
-    from shadeflow.flows.meanimage import MeanImageParameters, meanimage
-    from shadeflow.flows.model import AppliedTestParameters, ModelBuildParameters, applied_test, model_build
-    from shadeflow.flows.run import run_with_progress
-    from shadeflow.infra.cluster import check_settings, task_runner
 
     console = Console(width=110)
     out = storage.normalize(out)
@@ -108,9 +112,6 @@ def run_demo(out: str) -> dict:
     )
     change = applied["summary"]["change_percent"]
 
-    from shadeflow.core.synth_tiles import SynthTileConfig, write_synthetic_tile
-    from shadeflow.flows.correct import CorrectParameters, correct
-
     tiles_in, tiles_out = storage.join(out, "tiles"), storage.join(out, "corrected-tiles")
     h, w, _ = c.shape
     tile_config = dict(shape=(2, 40, h, w), axes="czyx", chunks=(1, 20, h, w), background=100.0)
@@ -142,11 +143,6 @@ def run_demo(out: str) -> dict:
     after = np.concatenate(
         [tile_shading(storage.join(tiles_out, storage.basename(url)), 0.0, sample) for url in tiles]
     )
-
-    from shadeflow.core.estimate_grid import relative_rms as flatfield_rms
-    from shadeflow.core.estimate_outputs import read_estimate
-    from shadeflow.core.synth_stacks import StackConfig, read_truth, write_stack
-    from shadeflow.flows.estimate import EstimateParameters, estimate
 
     stack_config = StackConfig(kind="tissue", size=256, n=100, darkfield=True, outlier_fraction=0.02, seed=2)
     stack_dir, estimated = storage.join(out, "stack"), storage.join(out, "estimate")

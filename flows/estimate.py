@@ -9,15 +9,17 @@ from prefect import flow
 from prefect.futures import wait
 from pydantic import BaseModel, Field, ValidationError
 
-from shadeflow.core.errors import RunFailed, failure_reason, validation_message
-from shadeflow.core.estimate import EstimateSettings
-from shadeflow.infra.cluster import task_runner
-from shadeflow.tasks.estimate import (
+from ..core.errors import RunFailed, failure_reason, validation_message
+from ..core.estimate.estimator import EstimateSettings
+from ..infra.cluster import check_settings, task_runner
+from ..tasks.estimate import (
     estimate_channel,
+    make_plan,
     plan_estimate,
     publish_estimate_table,
     write_estimate_task,
 )
+from .run import run_with_progress
 
 
 class EstimateParameters(BaseModel):
@@ -175,9 +177,6 @@ def estimate_command(
     ``ValueError`` (or ``FileExistsError``) with a one-line message, before a Prefect server or cluster
     starts. (The command line checks the inputs even earlier, before this module is imported:
     :func:`shadeflow.flows.preflight.estimate`.)"""
-    from shadeflow.flows.run import run_with_progress
-    from shadeflow.infra.cluster import check_settings
-    from shadeflow.tasks.estimate import make_plan
 
     try:
         params = EstimateParameters(

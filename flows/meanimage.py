@@ -9,13 +9,13 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field
 
-from shadeflow.core.errors import RunFailed
-from shadeflow.core.meanimage import MEANIMAGE_METHOD
-from shadeflow.core.meanimage_outputs import output_url
-from shadeflow.core.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
-from shadeflow.infra.cluster import task_runner
-from shadeflow.tasks.artifacts import publish_meanimage_summary
-from shadeflow.tasks.meanimage import (
+from ..core.errors import RunFailed
+from ..core.io.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
+from ..core.meanimage.outputs import output_url
+from ..core.meanimage.pipeline import MEANIMAGE_METHOD
+from ..infra.cluster import task_runner
+from ..tasks.artifacts import publish_meanimage_summary
+from ..tasks.meanimage import (
     PlannedSlide,
     background_thresholds,
     mask_and_stack_fields,

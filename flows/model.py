@@ -7,11 +7,11 @@ from typing import Literal
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from shadeflow.core import storage
-from shadeflow.core.model_store import version_folder
-from shadeflow.core.outputs import is_complete
-from shadeflow.infra.cluster import task_runner
-from shadeflow.tasks.model import (
+from ..core.io import storage
+from ..core.io.output_folders import is_complete
+from ..core.model.store import version_folder
+from ..infra.cluster import task_runner
+from ..tasks.model import (
     build_model,
     evaluate_halves,
     merge_slide_stacks,
@@ -21,7 +21,7 @@ from shadeflow.tasks.model import (
     write_applied_test,
     write_model,
 )
-from shadeflow.tasks.model_artifacts import publish_applied_test_artifacts, publish_model_artifacts
+from ..tasks.model_artifacts import publish_applied_test_artifacts, publish_model_artifacts
 
 Border = Literal["linear", "replicate"]
 BORDER_HELP = (

@@ -10,13 +10,16 @@ from typing import Any
 
 from prefect import flow
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
-from shadeflow.core.compare import DEFAULT_BAND
-from shadeflow.core.compare_plan import make_plan
-from shadeflow.core.errors import validation_message
-from shadeflow.core.models_csv import check_version_name
-from shadeflow.infra.cluster import check_settings, task_runner
-from shadeflow.tasks.model_compare import (
+from ..core.errors import validation_message
+from ..core.model.compare import DEFAULT_BAND
+from ..core.model.compare_plan import make_plan
+from ..core.model.models_csv import check_version_name
+from ..infra.cluster import check_settings, task_runner
+from ..tasks.model_compare import (
     check_slides,
     compare_pairs,
     comparison_result,
@@ -25,6 +28,7 @@ from shadeflow.tasks.model_compare import (
     store_version,
     write_comparison,
 )
+from .run import run_with_progress
 
 
 class ModelCompareParameters(BaseModel):
@@ -128,9 +132,6 @@ def model_compare(params: ModelCompareParameters) -> dict[str, Any]:
 def print_result(result: dict[str, Any], console=None) -> None:
     """The run's conclusions on the terminal: skipped slides, the matrix (if it fits), the suggested set,
     outputs."""
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
     console = console or Console()
     ids = result["slides"]
@@ -202,10 +203,6 @@ def compare_command(
     """``shadeflow model compare``: validate, run the flow with a progress bar, print its results and
     return them. Bad input raises ``ValueError`` (``ModelError``, ``SlideError``…) or
     ``FileNotFoundError`` with a one-line message, before a Prefect server or cluster starts."""
-    from rich.console import Console
-    from rich.text import Text
-
-    from shadeflow.flows.run import run_with_progress
 
     try:
         params = ModelCompareParameters(

@@ -16,8 +16,8 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from shadeflow.core import storage
-from shadeflow.core.errors import InputError
+from ..core.errors import InputError
+from ..core.io import storage
 
 
 @contextmanager
@@ -45,8 +45,8 @@ def no_credentials(*labelled: tuple[str, str | list[str] | None]) -> None:
 def spelling(memory: str | None = None) -> None:
     """The cluster settings as written (``--memory``, ``SHADEFLOW_MEMORY``, ``CO_MEMORY``,
     ``SHADEFLOW_CLUSTER``): checked first, as they apply to every input; reads nothing of the machine."""
-    from shadeflow.infra.cluster import parse_cluster_setting
-    from shadeflow.infra.sizing import memory_setting
+    from ..infra.cluster import parse_cluster_setting
+    from ..infra.sizing import memory_setting
 
     if memory is not None or os.environ.get("SHADEFLOW_MEMORY") or os.environ.get("CO_MEMORY"):
         memory_setting(override=memory)  # without any of them it would measure the machine
@@ -59,7 +59,7 @@ def settings(memory: str | None = None, workers: int | None = None) -> None:
 
     Checked after the inputs: sizing reads the machine's memory through ``distributed`` (~1 s to
     import), which a missing path should not wait for."""
-    from shadeflow.infra.cluster import check_settings
+    from ..infra.cluster import check_settings
 
     check_settings(memory=memory, workers=workers)
 
@@ -70,8 +70,8 @@ def meanimage(
     """Every slide folder holds a valid ``slide.json`` and ``fields.csv`` with its field files (inside
     the slide folder), and its ``meanimage/`` output can be written: without ``overwrite``, an
     unfinished ``meanimage/`` holds nothing shadeflow did not write."""
-    from shadeflow.core.outputs import refuse_foreign
-    from shadeflow.core.slide import load_slide
+    from ..core.io.output_folders import refuse_foreign
+    from ..core.io.slide import load_slide
 
     no_credentials(("slide", slides))
     spelling(memory)
@@ -96,8 +96,8 @@ def model_build(
 ) -> None:
     """The models CSV has the version, its slides have mean images under the roots, and the store can
     take the version (new, or ``--overwrite``)."""
-    from shadeflow.core.cohort import model_slides
-    from shadeflow.core.model_store import check_version_free
+    from ..core.io.cohort import model_slides
+    from ..core.model.store import check_version_free
 
     no_credentials(("--models-csv", models_csv), ("--root", roots), ("--store", store))
     spelling(memory)
@@ -130,7 +130,7 @@ def model_compare(
 ) -> None:
     """The roots hold slides matching ``--slides``, the ``--store-as`` request is new and writable, and
     the work folder can be written."""
-    from shadeflow.core.compare_plan import make_plan
+    from ..core.model.compare_plan import make_plan
 
     no_credentials(("--root", roots), ("--models-csv", models_csv), ("--workdir", workdir))
     spelling()
@@ -146,9 +146,9 @@ def applied_test(
 ) -> None:
     """Slides with mean images and their field files under the roots, and an output folder that can be
     written and holds no complete test (unless ``--overwrite``)."""
-    from shadeflow.core.cohort import slides_with_meanimages
-    from shadeflow.core.outputs import is_complete
-    from shadeflow.core.slide import load_slide
+    from ..core.io.cohort import slides_with_meanimages
+    from ..core.io.output_folders import is_complete
+    from ..core.io.slide import load_slide
 
     no_credentials(("--root", roots), ("--out", out))
     spelling(memory)
@@ -173,8 +173,8 @@ def estimate(
     workers: int | None = None,
 ) -> None:
     """The inputs open as one stack (headers only) with enough frames, and ``--out`` can be written."""
-    from shadeflow.core.estimate_grid import EstimateError, frames_needed
-    from shadeflow.core.estimate_inputs import open_images
+    from ..core.estimate.grid import EstimateError, frames_needed
+    from ..core.estimate.inputs import open_images
 
     no_credentials(("input", images), ("--out", out))
     spelling(memory)
@@ -197,7 +197,7 @@ def _real_numbers_stored(stack, component: str | None) -> None:
     lacks chunks its grid expects — read as the fill value, they would silently pass for dark frames."""
     import numpy as np
 
-    from shadeflow.core.estimate_grid import EstimateError, grid_layout
+    from ..core.estimate.grid import EstimateError, grid_layout
 
     where = ", ".join(stack.inputs)
     try:
@@ -261,9 +261,9 @@ def correct(
     chunk stored, its channels map onto the flatfield and its size onto the field.
 
     All tiles are checked and their problems reported together, in one line."""
-    from shadeflow.core.corrected_tile import CorrectRequest, check_distinct_outputs, plan_tile
-    from shadeflow.core.errors import is_expected, one_line
-    from shadeflow.core.flatfield_sources import read_field_file, read_model_flatfield
+    from ..core.correct.flatfield_sources import read_field_file, read_model_flatfield
+    from ..core.correct.tile import CorrectRequest, check_distinct_outputs, plan_tile
+    from ..core.errors import is_expected, one_line
 
     no_credentials(
         ("tile", tiles),

@@ -23,9 +23,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from shadeflow.infra import allocator, kubernetes
-from shadeflow.infra.kubernetes import kube_credentials
-from shadeflow.infra.sizing import ClusterSize, SettingsError, size_from_settings
+from . import allocator, kubernetes
+from .kubernetes import kube_credentials
+from .sizing import ClusterSize, SettingsError, size_from_settings
 
 KINDS = ("local", "kubernetes")
 DEFAULT_SCHEDULER_PORT = 8786

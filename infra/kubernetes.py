@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from shadeflow import __version__
-from shadeflow.infra import allocator
-from shadeflow.infra.sizing import ClusterSize, SettingsError, parse_count
+from .. import __version__
+from . import allocator
+from .sizing import ClusterSize, SettingsError, parse_count
 
 #: the scheduler holds the task graph, not data: one CPU and 2 GiB serve thousands of field tasks
 SCHEDULER_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 
 from dask.utils import format_bytes
 
-from shadeflow.infra.cluster import ClusterPlan, check_environment, plan_cluster
-from shadeflow.infra.kubernetes import spec_yaml
-from shadeflow.infra.sizing import SettingsError
+from .cluster import ClusterPlan, check_environment, plan_cluster
+from .kubernetes import spec_yaml
+from .sizing import SettingsError
 
 
 def cluster_preview(

@@ -1,3 +1,3 @@
-from shadeflow.flows.cli import main
+from .flows.cli import main
 
 main()

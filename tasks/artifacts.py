@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from shadeflow.tasks.meanimage import SlideReport
+from .meanimage import SlideReport
 
 
 def _layers(values: list[int]) -> str:

@@ -12,10 +12,10 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from shadeflow.core.corrected_tile import CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
-from shadeflow.tasks.dask_work import cluster_client, field_events, field_reporter, progress_compute
-from shadeflow.tasks.progress import Progress, artifact_key
-from shadeflow.tasks.retry import TRANSIENT_RETRY
+from ..core.correct.tile import CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
+from .dask_work import cluster_client, field_events, field_reporter, progress_compute
+from .progress import Progress, artifact_key
+from .retry import TRANSIENT_RETRY
 
 TABLE_KEY = "correct-summary"
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from distributed import Client, Future, wait
 
 if TYPE_CHECKING:  # Prefect is not needed to run a graph
-    from shadeflow.tasks.progress import Progress
+    from .progress import Progress
 
 T = TypeVar("T")
 

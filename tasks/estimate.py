@@ -15,15 +15,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from shadeflow.core import storage
-from shadeflow.core.estimate import EstimateSettings, ShadingEstimate
-from shadeflow.core.estimate_dask import estimate_shading_dask
-from shadeflow.core.estimate_grid import EstimateError, frames_needed, grid_layout
-from shadeflow.core.estimate_inputs import ImageStack, open_images
-from shadeflow.core.estimate_outputs import output_state, write_estimate
-from shadeflow.tasks.dask_work import cluster_client, progress_compute
-from shadeflow.tasks.progress import Progress, artifact_key
-from shadeflow.tasks.retry import TRANSIENT_RETRY
+from ..core.estimate.chunked import estimate_shading_dask
+from ..core.estimate.estimator import EstimateSettings, ShadingEstimate
+from ..core.estimate.grid import EstimateError, frames_needed, grid_layout
+from ..core.estimate.inputs import ImageStack, open_images
+from ..core.estimate.outputs import output_state, write_estimate
+from ..core.io import storage
+from .dask_work import cluster_client, progress_compute
+from .progress import Progress, artifact_key
+from .retry import TRANSIENT_RETRY
 
 TABLE_KEY = "estimate-summary"
 

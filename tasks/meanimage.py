@@ -14,15 +14,15 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from shadeflow.core import meanimage as core
-from shadeflow.core.mask_params import MaskParameters
-from shadeflow.core.meanimage_outputs import KIND, output_url, write_meanimage_outputs
-from shadeflow.core.outputs import StagedOutput, is_complete, read_manifest, refuse_foreign
-from shadeflow.core.slide import SlideError, load_slide
-from shadeflow.tasks.dask_work import cluster_client
-from shadeflow.tasks.meanimage_graph import stack_on_cluster, thresholds_on_cluster
-from shadeflow.tasks.progress import Progress, artifact_key
-from shadeflow.tasks.retry import TRANSIENT_RETRY
+from ..core.io.output_folders import StagedOutput, is_complete, read_manifest, refuse_foreign
+from ..core.io.slide import SlideError, load_slide
+from ..core.meanimage import pipeline as core
+from ..core.meanimage.masks.parameters import MaskParameters
+from ..core.meanimage.outputs import KIND, output_url, write_meanimage_outputs
+from .dask_work import cluster_client
+from .meanimage_graph import stack_on_cluster, thresholds_on_cluster
+from .progress import Progress, artifact_key
+from .retry import TRANSIENT_RETRY
 
 
 @dataclass

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from distributed import Client, Event
 
-from shadeflow.core import meanimage as core
-from shadeflow.core.slide import Field
-from shadeflow.core.threshold import N_BINS, slide_thresholds
-from shadeflow.tasks.dask_work import field_events, field_reporter, reduce_tree, scatter
+from ..core.io.slide import Field
+from ..core.meanimage import pipeline as core
+from ..core.meanimage.thresholds import N_BINS, slide_thresholds
+from .dask_work import field_events, field_reporter, reduce_tree, scatter
 
 if TYPE_CHECKING:
-    from shadeflow.tasks.progress import Progress
+    from .progress import Progress
 
 
 @dataclass

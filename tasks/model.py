@@ -11,17 +11,18 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from shadeflow.core import applied_test as applied
-from shadeflow.core import cohort, model_store
-from shadeflow.core.applied_test_outputs import write_applied_test_outputs
-from shadeflow.core.flatfield import Flatfield, build_flatfield
-from shadeflow.core.meanimage import plan_slide
-from shadeflow.core.model_build import merge_stacks, write_model_version
-from shadeflow.core.outputs import StagedOutput
-from shadeflow.core.slide import load_slide
-from shadeflow.core.stack import MeanImageStack
-from shadeflow.tasks.dask_work import cluster_client, reduce_tree
-from shadeflow.tasks.progress import Progress, artifact_key
+from ..core.applied import evaluation as applied
+from ..core.applied.outputs import write_applied_test_outputs
+from ..core.io import cohort
+from ..core.io.output_folders import StagedOutput
+from ..core.io.slide import load_slide
+from ..core.meanimage.pipeline import plan_slide
+from ..core.model import store as model_store
+from ..core.model.build import merge_stacks, write_model_version
+from ..core.model.flatfield import Flatfield, build_flatfield
+from ..core.stack import MeanImageStack
+from .dask_work import cluster_client, reduce_tree
+from .progress import Progress, artifact_key
 
 
 @task(name="select-model-slides", cache_policy=NO_CACHE)

@@ -8,16 +8,16 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from shadeflow.core.applied_test import AppliedTestResult
-from shadeflow.core.flatfield import Flatfield
-from shadeflow.core.stack import MeanImageStack
+from ..core.applied.evaluation import AppliedTestResult
+from ..core.model.flatfield import Flatfield
+from ..core.stack import MeanImageStack
 
 
 def _images_markdown(
     model: Flatfield, stack: MeanImageStack, layer_groups: dict[str, list[int]]
 ) -> list[str]:
     # deferred on purpose: the report imports matplotlib, needed only for this artifact
-    from shadeflow.core.model_report import brightest_layer_images
+    from ..core.model.report import brightest_layer_images
 
     lines = ["## Flatfield of the brightest layer of each group", ""]
     for group, png in brightest_layer_images(model, stack, layer_groups).items():

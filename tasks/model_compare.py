@@ -4,7 +4,7 @@ Planning (slides, the existing table, the ``--store-as`` request) checks everyth
 wrong before anything is read in bulk or written. Reading each slide to decide whether it is usable,
 and computing each pair of slides, are Dask tasks on the flow run's cluster (one per slide, one per
 pair); a pair loads both slides' normalised mean images through a small per-process cache
-(``shadeflow.core.compare.cached_normalised``). Pairs already in the table are reused.
+(``shadeflow.core.model.compare.cached_normalised``). Pairs already in the table are reused.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from shadeflow.core import compare, storage
-from shadeflow.core.compare_outputs import (
+from ..core.io import storage
+from ..core.model import compare
+from ..core.model.compare_outputs import (
     CheckedSlides,
     ComparisonOutputs,
     PairValues,
@@ -28,12 +29,12 @@ from shadeflow.core.compare_outputs import (
     select_usable,
     write_outputs,
 )
-from shadeflow.core.compare_plan import ComparisonPlan, make_plan, slides_regex
-from shadeflow.core.models_csv import ModelError, append_version
-from shadeflow.tasks.dask_work import cluster_client
-from shadeflow.tasks.progress import Progress, artifact_key
+from ..core.model.compare_plan import ComparisonPlan, make_plan, slides_regex
+from ..core.model.models_csv import ModelError, append_version
+from .dask_work import cluster_client
+from .progress import Progress, artifact_key
 
-# --- planning (ComparisonPlan, make_plan and its checks are in shadeflow.core.compare_plan) ----------
+# --- planning (ComparisonPlan, make_plan and its checks are in shadeflow.core.model.compare_plan) ----------
 
 
 @task(name="plan-comparison", cache_policy=NO_CACHE)

@@ -8,7 +8,7 @@ once and its error reaches the person without a wasted retry and its delay.
 
 from __future__ import annotations
 
-from shadeflow.core.errors import is_transient
+from ..core.errors import is_transient
 
 
 def retry_transient(task, task_run, state) -> bool:

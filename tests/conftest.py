@@ -78,7 +78,7 @@ def small_cohort(tmp_path_factory):
 
     Tests must not modify it: copy it (``copy_cohort``) before writing into slide folders.
     """
-    from shadeflow.core.synth import SynthConfig, write_cohort
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
     root = tmp_path_factory.mktemp("cohort")
     config = SynthConfig(slides=3, fields=48, seed=7)
@@ -100,10 +100,10 @@ def copy_cohort(small_cohort, tmp_path):
 
 def write_mean_image(url: str) -> None:
     """meanimage outputs for one synthetic slide, computed in-process (the reference path, no Prefect)."""
-    from shadeflow.core.meanimage import MASK_DIR, MEANIMAGE_METHOD, compute_mean_image, plan_slide
-    from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
-    from shadeflow.core.outputs import StagedOutput
-    from shadeflow.core.slide import load_slide
+    from shadeflow.core.io.output_folders import StagedOutput
+    from shadeflow.core.io.slide import load_slide
+    from shadeflow.core.meanimage.outputs import output_url, write_meanimage_outputs
+    from shadeflow.core.meanimage.pipeline import MASK_DIR, MEANIMAGE_METHOD, compute_mean_image, plan_slide
 
     staged = StagedOutput(output_url(url))
     with staged:
@@ -132,7 +132,7 @@ def meanimage_cohort(tmp_path_factory):
 
     Large enough for accuracy tests of models and applied tests; copy it before writing into it.
     """
-    from shadeflow.core.synth import SynthConfig, write_cohort
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
     root = tmp_path_factory.mktemp("meanimage-cohort")
     config = SynthConfig(slides=3, fields=80, seed=21)

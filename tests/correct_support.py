@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from shadeflow.core.synth_tiles import SynthTileConfig, write_synthetic_tile
+from shadeflow.core.synth.tiles import SynthTileConfig, write_synthetic_tile
 
 SMALL = dict(shape=(32, 96, 128), axes="zyx", chunks=(16, 64, 64))
 
@@ -42,7 +42,7 @@ def smoothed_mean_plane_rms(stack: np.ndarray, planes: list[int], sigma: float) 
 
 def make_model(store: str, version: str, flatfield: np.ndarray, layer_groups: dict[str, list[int]]) -> None:
     """Publish a tiny model version (L, H, W) into ``store`` with the model store's own functions."""
-    from shadeflow.core.model_store import publish_version, staged_version, write_version_files
+    from shadeflow.core.model.store import publish_version, staged_version, write_version_files
 
     n_layers, h, w = flatfield.shape
     with staged_version(store, version) as staged:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import flow_run_artifacts, tree
 
-from shadeflow.core import astropath_io
-from shadeflow.core.applied_test import correct_mean_image, split_fields
-from shadeflow.core.models_csv import ModelError
+from shadeflow.core.applied.evaluation import correct_mean_image, split_fields
+from shadeflow.core.io import astropath as astropath_io
+from shadeflow.core.model.models_csv import ModelError
 from shadeflow.flows.model import AppliedTestParameters, applied_test
 from shadeflow.infra.cluster import task_runner
 
@@ -170,7 +170,7 @@ def test_no_matching_slides_writes_nothing(tested, tmp_path):
 
 
 def test_slide_without_meanimage_output_is_named(tested, tmp_path):
-    from shadeflow.core.synth import SynthConfig, write_cohort
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
     root = tmp_path / "raw"
     write_cohort(str(root), SynthConfig(slides=1, fields=12, shape=(64, 80, 5), seed=2, project=4))

@@ -1,4 +1,4 @@
-"""Plots and PDF summary of the applied flatfield test (``shadeflow.core.applied_test_report``)."""
+"""Plots and PDF summary of the applied flatfield test (``shadeflow.core.applied.report``)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ import re
 import numpy as np
 import pytest
 
-from shadeflow.core import applied_test_report as report
-from shadeflow.core import meanimage_report, storage
-from shadeflow.core.applied_test import evaluate, restack, split_fields
-from shadeflow.core.cohort import find_slides
+from shadeflow.core.applied import report
+from shadeflow.core.applied.evaluation import evaluate, restack, split_fields
 from shadeflow.core.illumination import central
-from shadeflow.core.meanimage import MASK_DIR, compute_mean_image, plan_slide
-from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
-from shadeflow.core.outputs import StagedOutput, shadeflow_version
-from shadeflow.core.slide import load_slide
+from shadeflow.core.io import storage
+from shadeflow.core.io.cohort import find_slides
+from shadeflow.core.io.output_folders import StagedOutput, shadeflow_version
+from shadeflow.core.io.slide import load_slide
+from shadeflow.core.meanimage import report as meanimage_report
+from shadeflow.core.meanimage.outputs import output_url, write_meanimage_outputs
+from shadeflow.core.meanimage.pipeline import MASK_DIR, compute_mean_image, plan_slide
 from shadeflow.core.stack import MeanImageStack
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
 PAGE = re.compile(rb"/Type\s*/Page[^s]")  # a page object, not the /Pages tree
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

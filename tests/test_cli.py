@@ -127,7 +127,7 @@ def test_synth_accepts_the_vectra_shape(tmp_path, monkeypatch):
 
     Only the parsing is checked: generating Vectra-sized fields takes seconds each.
     """
-    import shadeflow.core.synth as synth_module
+    import shadeflow.core.synth.slides as synth_module
 
     seen = []
     monkeypatch.setattr(

@@ -13,8 +13,8 @@ import pytest
 from distributed import Client, LocalCluster
 from recording_clusters import Record, recording_classes
 
-from shadeflow.core.outputs import is_complete
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.io.output_folders import is_complete
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.infra import cluster as cluster_module
 from shadeflow.infra.cluster import ExistingScheduler, check_settings, make_cluster

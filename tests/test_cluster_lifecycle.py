@@ -16,7 +16,7 @@ import yaml
 from dask.utils import parse_bytes
 from recording_clusters import FAKE_KUBECONFIG, Record, recording_classes
 
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.infra import cluster as cluster_module
 from shadeflow.infra.cluster import task_runner

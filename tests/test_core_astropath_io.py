@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shadeflow.core.astropath_io import BinFormatError, decode_bin, encode_bin, read_bin, write_bin
+from shadeflow.core.io.astropath import BinFormatError, decode_bin, encode_bin, read_bin, write_bin
 
 L, H, W = 3, 4, 5
 

@@ -1,4 +1,4 @@
-"""The normalised Laplacian behind the blur mask (core/blur_mask.py)."""
+"""The normalised Laplacian behind the blur mask (core/meanimage/masks/blur.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import scipy.ndimage as ndi
 
 from shadeflow.core import morphology as morph
-from shadeflow.core.blur_mask import normalized_laplacian, window_mean
+from shadeflow.core.meanimage.masks.blur import normalized_laplacian, window_mean
 
 
 def _reference(layer: np.ndarray, sigma: float) -> np.ndarray:

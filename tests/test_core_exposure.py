@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shadeflow.core.exposure import correct_exposure, exposure_lut
+from shadeflow.core.meanimage.exposure import correct_exposure, exposure_lut
 
 VALUES = np.arange(65536)
 
@@ -110,7 +110,7 @@ def test_rejects_non_uint16(dtype):
     [(100.0, 50.0, 8.0), (50.0, 100.0, 8.0), (60.0, 60.0, 4.0), (384.0, 88.475, 1.7), (7.0, 80.0, 0.0)],
 )
 def test_corrected_ceiling_is_where_a_clipped_raw_pixel_lands(exposure, target, offset):
-    from shadeflow.core.exposure import corrected_ceiling
+    from shadeflow.core.meanimage.exposure import corrected_ceiling
 
     ceiling = corrected_ceiling(np.array([exposure, exposure]), np.array([target, target]), offset)
     assert ceiling.dtype == np.uint16

@@ -7,7 +7,8 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from shadeflow.core.geometry import (
+from shadeflow.core.io.slide import Field, LayerGroup, Slide
+from shadeflow.core.meanimage.geometry import (
     NATIVE_PIXEL_UM,
     bulk_fields,
     classify_fields,
@@ -15,7 +16,6 @@ from shadeflow.core.geometry import (
     overlap_counts,
     pixel_scale,
 )
-from shadeflow.core.slide import Field, LayerGroup, Slide
 
 STEP_X, STEP_Y = 600.0, 450.0
 SIZE_X, SIZE_Y = 660.0, 500.0  # 10 % overlap with each neighbour

@@ -11,7 +11,8 @@ import pytest
 from scipy import ndimage as ndi
 
 from shadeflow.core import morphology as morph
-from shadeflow.core.field_masks import (
+from shadeflow.core.io.slide import LayerGroup, load_slide
+from shadeflow.core.meanimage.masks.combined import (
     BLUR_REASON,
     SATURATION_REASON,
     FieldMasks,
@@ -20,9 +21,8 @@ from shadeflow.core.field_masks import (
     stacking_masks,
     unpack_tissue_mask,
 )
-from shadeflow.core.meanimage import compute_thresholds, plan_slide, read_corrected_field
-from shadeflow.core.slide import LayerGroup, load_slide
-from shadeflow.core.synth import SynthConfig, read_truth_masks, write_cohort
+from shadeflow.core.meanimage.pipeline import compute_thresholds, plan_slide, read_corrected_field
+from shadeflow.core.synth.slides import SynthConfig, read_truth_masks, write_cohort
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_stacking_guard_drops_a_band_along_tissue_and_saturation_edges_only():
 @pytest.mark.parametrize("binning", [1, 2])
 def test_applied_test_restacks_with_the_masks_meanimage_stacked(tmp_path, binning):
     """The stacking masks rebuilt from a field's mask files equal those meanimage stacked with."""
-    from shadeflow.core.applied_test import stacking_masks_from_files
+    from shadeflow.core.applied.evaluation import stacking_masks_from_files
 
     masks = _masks(binning)
     (tmp_path / "K_tissue_mask.bin").write_bytes(pack_tissue_mask(masks.full(masks.tissue)))
@@ -255,9 +255,9 @@ def test_tissue_mask_pack_round_trip():
 def test_clipped_pixels_are_saturated_whatever_their_rate_and_size():
     """A pixel at its layer's ceiling (clipped by the camera or the exposure correction) is flagged in
     its group even far below the counts/ms cut and smaller than AstroPath's size rules allow."""
-    from shadeflow.core.field_masks import clipped_cells
-    from shadeflow.core.mask_params import MaskParameters, WorkingGrid
-    from shadeflow.core.saturation_mask import saturation_masks
+    from shadeflow.core.meanimage.masks.combined import clipped_cells
+    from shadeflow.core.meanimage.masks.parameters import MaskParameters, WorkingGrid
+    from shadeflow.core.meanimage.masks.saturation import saturation_masks
 
     groups = (LayerGroup("dapi", 1, 2), LayerGroup("fitc", 3, 3))
     image = np.full((3, 40, 48), 500, np.uint16)

@@ -8,8 +8,14 @@ import os
 import pytest
 from conftest import tree
 
-from shadeflow.core import storage
-from shadeflow.core.outputs import MANIFEST, StagedOutput, is_complete, read_manifest, shadeflow_version
+from shadeflow.core.io import storage
+from shadeflow.core.io.output_folders import (
+    MANIFEST,
+    StagedOutput,
+    is_complete,
+    read_manifest,
+    shadeflow_version,
+)
 
 
 def test_files_are_staged_in_a_hidden_folder_until_commit(tmp_path):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from shadeflow.core.slide import SlideError, load_slide, read_field
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.io.slide import SlideError, load_slide, read_field
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
 SLIDE_ID = "SYN1_1"
 

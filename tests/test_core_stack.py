@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from shadeflow.core.slide import LayerGroup
+from shadeflow.core.io.slide import LayerGroup
 from shadeflow.core.stack import (
     NARROW_FIELD_LIMIT,
     CountAccumulator,

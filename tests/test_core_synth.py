@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shadeflow.core.slide import load_slide, read_field
-from shadeflow.core.synth import (
+from shadeflow.core.io.slide import load_slide, read_field
+from shadeflow.core.synth.slides import (
     POLARIS_GROUPS,
     VECTRA_GROUPS,
     SynthConfig,
@@ -154,7 +154,7 @@ def test_defaults_make_the_same_cohort_as_before_the_knobs(two_runs):
 
 
 def test_grid_sets_the_fields_and_their_raster():
-    from shadeflow.core.synth import field_grid
+    from shadeflow.core.synth.slides import field_grid
 
     config = SynthConfig(grid=(5, 3), fields=99)
     assert config.fields == 15 and config.columns == 5
@@ -184,7 +184,7 @@ def test_knobs_out_of_range_are_refused(knobs):
 
 
 def test_levels_follow_the_knobs():
-    from shadeflow.core.synth import TISSUE_BRIGHTNESS, cohort_levels
+    from shadeflow.core.synth.slides import TISSUE_BRIGHTNESS, cohort_levels
 
     groups = synthetic_layer_groups(10)
     default = cohort_levels(SynthConfig(shape=(40, 48, 10)), groups)
@@ -251,8 +251,8 @@ def test_knob_cohort_honours_grid_exposure_and_densities(knob_cohort):
 
 
 def test_knob_cohort_honours_coverage_background_and_low_counts(knob_cohort):
-    from shadeflow.core.meanimage import plan_slide
-    from shadeflow.core.synth import cohort_levels
+    from shadeflow.core.meanimage.pipeline import plan_slide
+    from shadeflow.core.synth.slides import cohort_levels
 
     root, slide, config = knob_cohort
     plan = plan_slide(slide)
@@ -284,7 +284,7 @@ def test_knob_cohort_honours_coverage_background_and_low_counts(knob_cohort):
 def test_cli_passes_the_knobs_to_the_generator(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import shadeflow.core.synth as synth_module
+    import shadeflow.core.synth.slides as synth_module
     from shadeflow.flows.cli import app
 
     seen = []

@@ -7,14 +7,14 @@ import pytest
 from scipy import ndimage as ndi
 from scipy import stats
 
-from shadeflow.core.morphology import smooth
-from shadeflow.core.threshold import (
+from shadeflow.core.meanimage.thresholds import (
     N_BINS,
     _CumulativeMoments,
     iterated_otsu_threshold,
     otsu_bin,
     slide_thresholds,
 )
+from shadeflow.core.morphology import smooth
 
 
 def _histogram(values: np.ndarray) -> np.ndarray:

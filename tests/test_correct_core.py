@@ -7,15 +7,15 @@ import numpy as np
 import pytest
 from correct_support import reference
 
-from shadeflow.core.background import BackgroundError, map_planes, select_quiet_slices
-from shadeflow.core.correction import correct_block, downsample_block, plan_pyramid
-from shadeflow.core.flatfield_sources import (
+from shadeflow.core.correct.background import BackgroundError, map_planes, select_quiet_slices
+from shadeflow.core.correct.flatfield_sources import (
     FlatfieldError,
     checked,
     model_layers,
     parse_channel_map,
     resample_field,
 )
+from shadeflow.core.correct.graph import correct_block, downsample_block, plan_pyramid
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])

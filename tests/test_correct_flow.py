@@ -14,7 +14,7 @@ from correct_support import make_tile, reference
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from shadeflow.core import storage
+from shadeflow.core.io import storage
 from shadeflow.flows.correct import CorrectParameters, correct, correct_command
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks.correct import TABLE_COLUMNS, TABLE_KEY

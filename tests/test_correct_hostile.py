@@ -20,8 +20,8 @@ from correct_support import make_tile
 from test_cli import clean_env
 from test_cli_errors import expect_error, run
 
-from shadeflow.core import storage
-from shadeflow.core.corrected_tile import (
+from shadeflow.core.correct.flatfield_sources import FlatfieldError, read_field_file
+from shadeflow.core.correct.tile import (
     CorrectRequest,
     check_distinct_outputs,
     output_url,
@@ -30,8 +30,8 @@ from shadeflow.core.corrected_tile import (
     tile_name,
 )
 from shadeflow.core.errors import InputError
-from shadeflow.core.flatfield_sources import FlatfieldError, read_field_file
-from shadeflow.core.ome_zarr_io import TileError
+from shadeflow.core.io import storage
+from shadeflow.core.io.omezarr import TileError
 
 SHAPE, CHUNKS = (12, 48, 64), (6, 48, 64)
 SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYzSECRET"
@@ -372,7 +372,7 @@ def test_an_unreachable_endpoint_is_named_as_such_and_quickly(tmp_path, case, wh
 def test_up_front_bucket_probes_make_one_attempt_not_seconds_of_retries(monkeypatch):
     """Why an unreachable endpoint fails quickly (speed itself is not asserted: no timed tests): the
     probe's client makes a single attempt, in botocore and in s3fs's own loop, with short timeouts."""
-    from shadeflow.core import storage
+    from shadeflow.core.io import storage
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
     fs = storage._probe_filesystem("s3://bucket-x/out")

@@ -19,9 +19,9 @@ from correct_support import make_model, make_tile, reference, smoothed_mean_plan
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 
-from shadeflow.core.corrected_tile import CorrectRequest, TileError, plan_tile, run_tile
-from shadeflow.core.synth import planted_flatfield
-from shadeflow.core.synth_tiles import read_truth
+from shadeflow.core.correct.tile import CorrectRequest, TileError, plan_tile, run_tile
+from shadeflow.core.synth.slides import planted_flatfield
+from shadeflow.core.synth.tiles import read_truth
 
 
 def correct(tile: str, **request):
@@ -336,7 +336,7 @@ def test_resumable_skip_refuse_overwrite(tmp_path):
 
 def test_partial_output_written_by_hand_is_redone(tmp_path):
     """A 'kill' simulated from outside: an output group in the writing state, half its chunks, no marker."""
-    from shadeflow.core.ome_zarr_io import create_image_group, create_level_array
+    from shadeflow.core.io.omezarr import create_image_group, create_level_array
 
     tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 64), chunks=(8, 32, 32))
     target = str(tmp_path / "out" / "tile.ome.zarr")

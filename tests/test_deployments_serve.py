@@ -27,10 +27,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect_processes import child_env, prefect_server, started, sync_client, tail, wait_for
 
-from shadeflow.core import astropath_io
-from shadeflow.core.model_store import read_model, version_folder
-from shadeflow.core.outputs import is_complete, read_manifest
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.io import astropath as astropath_io
+from shadeflow.core.io.output_folders import is_complete, read_manifest
+from shadeflow.core.model.store import read_model, version_folder
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.deployments.serve import PREFECT_FILE, read_deployments
 
 SERVE_MEMORY = "4GiB"

@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from shadeflow.core.estimate import EstimateError, estimate_shading
-from shadeflow.core.synth_stacks import StackConfig, generate_stack
+from shadeflow.core.estimate.estimator import EstimateError, estimate_shading
+from shadeflow.core.synth.stacks import StackConfig, generate_stack
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def _tiff(path, array) -> None:
 
 
 def test_tiff_inputs_of_different_shapes_name_both_files(tmp_path, images):
-    from shadeflow.core.estimate_inputs import open_images
+    from shadeflow.core.estimate.inputs import open_images
 
     _tiff(tmp_path / "a.tif", images[:10])
     _tiff(tmp_path / "b.tif", images[:10, :, :48])
@@ -114,7 +114,7 @@ def test_a_tiff_whose_pages_differ_in_shape_is_named_before_reading(tmp_path, im
     """Issue 11, defect 9: a TIFF with mixed page shapes named no file (a stacking error mid-run)."""
     import tifffile
 
-    from shadeflow.core.estimate_inputs import open_images
+    from shadeflow.core.estimate.inputs import open_images
 
     with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
         for page in images[:9]:
@@ -127,7 +127,7 @@ def test_a_tiff_whose_pages_differ_in_shape_is_named_before_reading(tmp_path, im
 
 
 def test_pages_that_do_not_divide_into_channels(tmp_path, images):
-    from shadeflow.core.estimate_inputs import open_images
+    from shadeflow.core.estimate.inputs import open_images
 
     _tiff(tmp_path / "a.tif", images[:9])
     with pytest.raises(EstimateError, match=r"has 9 pages, not a multiple of --channels 2"):
@@ -137,7 +137,7 @@ def test_pages_that_do_not_divide_into_channels(tmp_path, images):
 def test_missing_input_and_mixed_kinds(tmp_path, images):
     import zarr
 
-    from shadeflow.core.estimate_inputs import open_images
+    from shadeflow.core.estimate.inputs import open_images
 
     with pytest.raises(EstimateError, match=r"input .*nothing.tif: does not exist"):
         open_images([str(tmp_path / "nothing.tif")])
@@ -150,7 +150,7 @@ def test_missing_input_and_mixed_kinds(tmp_path, images):
 def test_zarr_group_needs_a_component(tmp_path, images):
     import zarr
 
-    from shadeflow.core.estimate_inputs import open_images
+    from shadeflow.core.estimate.inputs import open_images
 
     group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
     group.create_array("raw", data=images)
@@ -163,7 +163,7 @@ def test_zarr_group_needs_a_component(tmp_path, images):
 
 
 def test_unreadable_tiff(tmp_path):
-    from shadeflow.core.estimate_inputs import open_images
+    from shadeflow.core.estimate.inputs import open_images
 
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     with pytest.raises(EstimateError, match=r"TIFF .*broken.tif cannot be read"):
@@ -171,7 +171,7 @@ def test_unreadable_tiff(tmp_path):
 
 
 def test_existing_output_is_not_overwritten_silently(tmp_path, images):
-    from shadeflow.core.estimate_outputs import output_state
+    from shadeflow.core.estimate.outputs import output_state
 
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")

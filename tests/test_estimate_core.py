@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shadeflow.core.estimate import EstimateSettings, estimate_shading
-from shadeflow.core.synth_stacks import StackConfig, generate_stack
+from shadeflow.core.estimate.estimator import EstimateSettings, estimate_shading
+from shadeflow.core.synth.stacks import StackConfig, generate_stack
 
 
 def relative_errors(estimate: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
@@ -156,7 +156,7 @@ def local_cluster():
 def test_dask_path_equals_in_memory_path(local_cluster, max_frames):
     import dask.array as da
 
-    from shadeflow.core.estimate_dask import estimate_shading_dask
+    from shadeflow.core.estimate.chunked import estimate_shading_dask
 
     images, _ = stack(kind="sparse", darkfield=True, outlier_fraction=0.05)
     # one method: the read count below is its

@@ -13,9 +13,9 @@ import pytest
 import tifffile
 from conftest import flow_run_artifacts
 
-from shadeflow.core.estimate_inputs import open_images
-from shadeflow.core.estimate_outputs import read_estimate
-from shadeflow.core.synth_stacks import StackConfig, generate_stack
+from shadeflow.core.estimate.inputs import open_images
+from shadeflow.core.estimate.outputs import read_estimate
+from shadeflow.core.synth.stacks import StackConfig, generate_stack
 
 
 def relative_rms(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -97,7 +97,7 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
 
 @pytest.mark.usefixtures("prefect_server")
 def test_command_runs_with_a_progress_bar(tmp_path, capsys):
-    from shadeflow.core.synth_stacks import write_stack
+    from shadeflow.core.synth.stacks import write_stack
     from shadeflow.flows.estimate import estimate_command
 
     written = write_stack(
@@ -114,8 +114,8 @@ def test_command_runs_with_a_progress_bar(tmp_path, capsys):
 def test_zarr_input_equals_the_in_memory_estimate(tmp_path):
     import zarr
 
-    from shadeflow.core.estimate import estimate_shading
-    from shadeflow.core.estimate_dask import estimate_shading_dask
+    from shadeflow.core.estimate.chunked import estimate_shading_dask
+    from shadeflow.core.estimate.estimator import estimate_shading
 
     images, _ = generate_stack(StackConfig(kind="sparse", size=64, n=30, seed=5))
     group = zarr.open_group(str(tmp_path / "plate.zarr"), mode="w")
@@ -129,8 +129,8 @@ def test_zarr_input_equals_the_in_memory_estimate(tmp_path):
 def test_slide_fields_are_the_frames_and_layers_the_channels(small_cohort):
     """A synthetic slide (slide contract): its fields estimate each layer's planted flatfield, with the
     slide's dark current as the known darkfield."""
-    from shadeflow.core.estimate_dask import estimate_shading_dask
-    from shadeflow.core.synth import read_truth_flatfield
+    from shadeflow.core.estimate.chunked import estimate_shading_dask
+    from shadeflow.core.synth.slides import read_truth_flatfield
 
     slide = small_cohort["urls"][0]
     stack = open_images([slide])
@@ -147,9 +147,9 @@ def test_slide_fields_are_the_frames_and_layers_the_channels(small_cohort):
 def test_tiffs_from_s3_and_outputs_to_s3(s3_bucket, tmp_path):
     """Inputs read from and outputs written to an S3 server on 127.0.0.1; the output appears complete only at
     the end."""
-    from shadeflow.core import storage
-    from shadeflow.core.estimate_dask import estimate_shading_dask
-    from shadeflow.core.estimate_outputs import write_estimate
+    from shadeflow.core.estimate.chunked import estimate_shading_dask
+    from shadeflow.core.estimate.outputs import write_estimate
+    from shadeflow.core.io import storage
 
     images, truth = generate_stack(StackConfig(kind="sparse", size=64, n=24, darkfield=False, seed=8))
     for f in range(2):

@@ -12,9 +12,9 @@ import os
 import numpy as np
 import pytest
 
-from shadeflow.core.estimate import EstimateSettings, check_plausible, estimate_shading
-from shadeflow.core.estimate_grid import EstimateError, relative_rms
-from shadeflow.core.synth_stacks import StackConfig, generate_stack
+from shadeflow.core.estimate.estimator import EstimateSettings, check_plausible, estimate_shading
+from shadeflow.core.estimate.grid import EstimateError, relative_rms
+from shadeflow.core.synth.stacks import StackConfig, generate_stack
 
 #: where the real stacks may be: $SHADEFLOW_REAL_STACKS, beside the checkout, or the workplace's shared folder
 REAL_FOLDERS = [
@@ -57,7 +57,7 @@ def test_a_fit_that_did_not_converge_is_reported():
 
 
 def test_auto_fits_free_surfaces_where_the_polynomial_cannot_follow_an_aperture_edge_and_says_so():
-    from shadeflow.core.synth_sweep import draw_case, generate
+    from shadeflow.core.synth.sweep import draw_case, generate
 
     case = draw_case(
         2003,

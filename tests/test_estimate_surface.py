@@ -7,10 +7,10 @@ import pytest
 import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 
-from shadeflow.core.estimate import EstimateSettings, estimate_shading
-from shadeflow.core.estimate_grid import GridLayout, coarsen, full_resolution, grid_layout, relative_rms
-from shadeflow.core.estimate_surface import SurfaceGrid
-from shadeflow.core.synth_stacks import StackConfig, generate_stack
+from shadeflow.core.estimate.estimator import EstimateSettings, estimate_shading
+from shadeflow.core.estimate.grid import GridLayout, coarsen, full_resolution, grid_layout, relative_rms
+from shadeflow.core.estimate.surfaces import SurfaceGrid
+from shadeflow.core.synth.stacks import StackConfig, generate_stack
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from shadeflow.core import synth_sweep as sweep
-from shadeflow.core.estimate import estimate_shading
-from shadeflow.core.estimate_grid import EstimateError, relative_rms
-from shadeflow.core.synth_sweep import draw_case, generate
+from shadeflow.core.estimate.estimator import estimate_shading
+from shadeflow.core.estimate.grid import EstimateError, relative_rms
+from shadeflow.core.synth import sweep
+from shadeflow.core.synth.sweep import draw_case, generate
 
 SMALL = {"n": 40, "height": 64, "width": 80}
 

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from shadeflow.core.synth_stacks import (
+from shadeflow.core.synth.stacks import (
     StackConfig,
     generate_stack,
     read_truth,

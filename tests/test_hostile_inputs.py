@@ -49,8 +49,8 @@ TILE_SHAPE, TILE_CHUNKS = (12, 48, 64), (6, 48, 64)
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory):
-    from shadeflow.core.synth import SynthConfig, write_cohort
-    from shadeflow.core.synth_stacks import StackConfig, write_stack
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
+    from shadeflow.core.synth.stacks import StackConfig, write_stack
 
     root = tmp_path_factory.mktemp("hostile-world")
     urls = write_cohort(

@@ -2,7 +2,7 @@
 (issue 10; the full randomised sweep is ``bench/meanimage_accuracy.py``).
 
 Each case is a seeded two-slide cohort unlike the demo's, run through the core functions the flows
-run (``shadeflow.core.synth_oracle``), and compared with the same fields stacked under the planted
+run (``shadeflow.core.synth.oracle``), and compared with the same fields stacked under the planted
 tissue mask. With AstroPath's method (iterated Otsu over every candidate, the 80 % rule, no guard band,
 no clipped-pixel flags) the first case's mean images come out 3.7× the oracle's error, the second
 stacks nothing ("no tissue found") and the third's are 1.7× off.
@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shadeflow.core.synth import SynthConfig, write_cohort
-from shadeflow.core.synth_oracle import run_arm
+from shadeflow.core.synth.oracle import run_arm
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
 SMALL = dict(slides=2, shape=(160, 224, 5), grid=(7, 6))
 CASES = {

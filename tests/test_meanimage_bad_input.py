@@ -20,7 +20,7 @@ import pytest
 import tifffile
 from conftest import tree
 
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
 from shadeflow.infra.cluster import task_runner
 

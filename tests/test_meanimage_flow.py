@@ -1,7 +1,7 @@
 """The meanimage flow end to end: Prefect test server, a real Dask LocalCluster, synthetic slides.
 
 Expected values come from the inputs (slide.json, fields.csv, the planted truth of the synthetic
-data) or from the serial reference path in ``shadeflow.core.meanimage``, never from the flow itself.
+data) or from the serial reference path in ``shadeflow.core.meanimage.pipeline``, never from the flow itself.
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from conftest import flow_run_artifacts, tree
 from scipy import ndimage as ndi
 
 import shadeflow
-from shadeflow.core import astropath_io, meanimage_outputs
-from shadeflow.core.field_masks import unpack_tissue_mask
-from shadeflow.core.meanimage import compute_mean_image, plan_slide, read_mask_file
-from shadeflow.core.meanimage_outputs import read_mean_image_stack
-from shadeflow.core.outputs import is_complete
-from shadeflow.core.slide import load_slide
+from shadeflow.core.io import astropath as astropath_io
+from shadeflow.core.io.output_folders import is_complete
+from shadeflow.core.io.slide import load_slide
+from shadeflow.core.meanimage import outputs as meanimage_outputs
+from shadeflow.core.meanimage.masks.combined import unpack_tissue_mask
+from shadeflow.core.meanimage.outputs import read_mean_image_stack
+from shadeflow.core.meanimage.pipeline import compute_mean_image, plan_slide, read_mask_file
 from shadeflow.core.smoothing import flatfield_sigma, masked_smooth, relative_rms
-from shadeflow.core.synth import SynthConfig, read_truth_flatfield, read_truth_masks, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, read_truth_flatfield, read_truth_masks, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
 from shadeflow.infra.cluster import task_runner
 

@@ -1,4 +1,4 @@
-"""The PDF summaries of a slide's mean image (``shadeflow.core.meanimage_report``)."""
+"""The PDF summaries of a slide's mean image (``shadeflow.core.meanimage.report``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from shadeflow.core import meanimage, storage
-from shadeflow.core.meanimage import FieldSummary, ThresholdResult
-from shadeflow.core.meanimage_report import (
+from shadeflow.core.io import storage
+from shadeflow.core.io.output_folders import StagedOutput, shadeflow_version
+from shadeflow.core.io.slide import load_slide
+from shadeflow.core.meanimage import pipeline as meanimage
+from shadeflow.core.meanimage.pipeline import FieldSummary, ThresholdResult
+from shadeflow.core.meanimage.report import (
     LAYERS_PER_PAGE,
     colour_limits,
     example_fields,
@@ -19,10 +22,8 @@ from shadeflow.core.meanimage_report import (
     top_flagged,
     write_reports,
 )
-from shadeflow.core.outputs import StagedOutput, shadeflow_version
-from shadeflow.core.slide import load_slide
 from shadeflow.core.stack import MeanImageStack
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
 REPORTS = ("thresholding_summary", "masking_summary", "meanimage_summary")
 PAGE = re.compile(rb"/Type\s*/Page[^s]")  # a page object, not the /Pages tree

@@ -17,10 +17,10 @@ import boto3
 import numpy as np
 import pytest
 
-from shadeflow.core.meanimage import compute_mean_image, plan_slide
-from shadeflow.core.meanimage_outputs import read_mean_image_stack
-from shadeflow.core.slide import load_slide
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.io.slide import load_slide
+from shadeflow.core.meanimage.outputs import read_mean_image_stack
+from shadeflow.core.meanimage.pipeline import compute_mean_image, plan_slide
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.infra.cluster import task_runner
 

@@ -12,12 +12,12 @@ import pytest
 from conftest import flow_run_artifacts, tree, write_mean_images
 from typer.testing import CliRunner
 
-from shadeflow.core import model_store
-from shadeflow.core.cohort import find_slides, load_stack
-from shadeflow.core.models_csv import ModelError
+from shadeflow.core.io.cohort import find_slides, load_stack
+from shadeflow.core.model import store as model_store
+from shadeflow.core.model.models_csv import ModelError
 from shadeflow.core.smoothing import relative_rms
 from shadeflow.core.stack import mean_and_std_err
-from shadeflow.core.synth import SynthConfig, read_truth_flatfield, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, read_truth_flatfield, write_cohort
 from shadeflow.flows.model import ModelBuildParameters, model_build
 from shadeflow.infra.cluster import task_runner
 
@@ -139,7 +139,7 @@ def test_overwrite_replaces_a_version(built, tmp_path):
 
 
 def test_a_failed_build_leaves_no_version_behind(built, tmp_path, monkeypatch):
-    import shadeflow.core.model_report as report
+    import shadeflow.core.model.report as report
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full while writing the summary")

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from conftest import flow_run_artifacts
 
-from shadeflow.core import astropath_io
-from shadeflow.core import compare as C
-from shadeflow.core.cohort import find_slides, load_mean_image
-from shadeflow.core.compare_plots import separators
-from shadeflow.core.models_csv import ModelError
+from shadeflow.core.io import astropath as astropath_io
+from shadeflow.core.io.cohort import find_slides, load_mean_image
+from shadeflow.core.model import compare as C
+from shadeflow.core.model.compare_plots import separators
+from shadeflow.core.model.models_csv import ModelError
 from shadeflow.core.stack import mean_and_std_err
 
 SLIDES = ["SYN1_1", "SYN1_2", "SYN1_3"]
@@ -47,12 +47,12 @@ def meanimages(tmp_path_factory):
     Read-only: tests copy what they need with :func:`copy_slide`. The PDF reports of each mean image
     are not drawn (they take most of the time and the comparison never reads them).
     """
-    from shadeflow.core import meanimage_report
-    from shadeflow.core.meanimage import MASK_DIR, compute_mean_image, plan_slide
-    from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
-    from shadeflow.core.outputs import StagedOutput
-    from shadeflow.core.slide import load_slide
-    from shadeflow.core.synth import SynthConfig, write_cohort
+    from shadeflow.core.io.output_folders import StagedOutput
+    from shadeflow.core.io.slide import load_slide
+    from shadeflow.core.meanimage import report as meanimage_report
+    from shadeflow.core.meanimage.outputs import output_url, write_meanimage_outputs
+    from shadeflow.core.meanimage.pipeline import MASK_DIR, compute_mean_image, plan_slide
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
     root = tmp_path_factory.mktemp("compare-cohort")
     # half the default field size: the same statistics (≈ 1.15 between slides), a quarter of the time
@@ -605,7 +605,7 @@ def test_bad_input_is_refused_and_nothing_is_written(kind, meanimages, tmp_path)
 
 @pytest.mark.usefixtures("prefect_server")
 def test_flow_on_s3_reads_slides_and_keeps_its_table_there(meanimages, tmp_path, s3_bucket):
-    from shadeflow.core import storage
+    from shadeflow.core.io import storage
 
     local = tmp_path / "root"
     for sid in SLIDES[:2]:

@@ -1,4 +1,4 @@
-"""The PDF summary of a flatfield model and the artifact previews (``shadeflow.core.model_report``)."""
+"""The PDF summary of a flatfield model and the artifact previews (``shadeflow.core.model.report``)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,20 @@ import struct
 import numpy as np
 import pytest
 
-from shadeflow.core import meanimage_report, model_report, report_pages, storage
-from shadeflow.core.cohort import find_slides, load_stack
-from shadeflow.core.flatfield import build_flatfield
+from shadeflow.core import report_pages
 from shadeflow.core.illumination import central
-from shadeflow.core.meanimage import MASK_DIR, compute_mean_image, plan_slide
-from shadeflow.core.meanimage_outputs import output_url, write_meanimage_outputs
-from shadeflow.core.model_statistics import layer_statistics, summary_statistics
-from shadeflow.core.outputs import StagedOutput, shadeflow_version
-from shadeflow.core.slide import load_slide
+from shadeflow.core.io import storage
+from shadeflow.core.io.cohort import find_slides, load_stack
+from shadeflow.core.io.output_folders import StagedOutput, shadeflow_version
+from shadeflow.core.io.slide import load_slide
+from shadeflow.core.meanimage import report as meanimage_report
+from shadeflow.core.meanimage.outputs import output_url, write_meanimage_outputs
+from shadeflow.core.meanimage.pipeline import MASK_DIR, compute_mean_image, plan_slide
+from shadeflow.core.model import report as model_report
+from shadeflow.core.model.flatfield import build_flatfield
+from shadeflow.core.model.flatfield_statistics import layer_statistics, summary_statistics
 from shadeflow.core.stack import MeanImageStack
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
 PAGE = re.compile(rb"/Type\s*/Page[^s]")  # a page object, not the /Pages tree
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,7 @@ import time
 import pytest
 from test_cli import clean_env
 
-from shadeflow.core.synth_stacks import StackConfig, write_stack
+from shadeflow.core.synth.stacks import StackConfig, write_stack
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -26,12 +26,21 @@ import pytest
 from conftest import tree, write_mean_images
 from test_cli_errors import expect_error
 
-from shadeflow.core import meanimage_outputs, model_store, outputs, storage
 from shadeflow.core.errors import InputError
-from shadeflow.core.outputs import MANIFEST, IncompleteOutput, StagedOutput, is_complete, read_manifest
-from shadeflow.core.slide import load_slide
-from shadeflow.core.staging_lease import StagingLease, staging_url
-from shadeflow.core.synth import SynthConfig, write_cohort
+from shadeflow.core.io import output_folders as outputs
+from shadeflow.core.io import storage
+from shadeflow.core.io.output_folders import (
+    MANIFEST,
+    IncompleteOutput,
+    StagedOutput,
+    is_complete,
+    read_manifest,
+)
+from shadeflow.core.io.slide import load_slide
+from shadeflow.core.io.staging_lease import StagingLease, staging_url
+from shadeflow.core.meanimage import outputs as meanimage_outputs
+from shadeflow.core.model import store as model_store
+from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.flows import preflight
 from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
 from shadeflow.flows.model import ModelBuildParameters, model_build

@@ -13,9 +13,9 @@ from distributed.client import CancelledFuturesGroup, FutureCancelledError, Futu
 from s3fs.errors import translate_boto_error
 
 from shadeflow.core.errors import is_transient
-from shadeflow.core.estimate_grid import EstimateError
-from shadeflow.core.models_csv import ModelError
-from shadeflow.core.ome_zarr_io import TileError
+from shadeflow.core.estimate.grid import EstimateError
+from shadeflow.core.io.omezarr import TileError
+from shadeflow.core.model.models_csv import ModelError
 from shadeflow.tasks.retry import TRANSIENT_RETRY, retry_transient
 
 

@@ -267,7 +267,7 @@ def assert_nothing_looks_complete(output: str | Path) -> None:
     """An output folder is absent, has no manifest, or is exactly what its manifest lists."""
     manifest = Path(output) / MANIFEST
     if not manifest.exists() or (Path(output) / ".shadeflow-writing.json").exists():
-        return  # incomplete by definition (core/outputs.py): every reader treats it as absent
+        return  # incomplete by definition (core/io/output_folders.py): every reader treats it as absent
     files = json.loads(manifest.read_text())["files"]
     for name, size in files.items():
         path = Path(output) / name

@@ -43,7 +43,7 @@ RUN_TIMEOUT = 240
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """A small synthetic cohort (2 slides) without outputs; tests copy it."""
-    from shadeflow.core.synth import SynthConfig, write_cohort
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
     root = tmp_path_factory.mktemp("fault-cohort")
     urls = write_cohort(str(root), SynthConfig(slides=2, fields=FIELDS, seed=SEED, shape=SHAPE))

@@ -50,7 +50,7 @@ LOCAL = ("--memory", "2GiB")
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     """Four small synthetic slides with mean images, and a models CSV selecting all of them."""
-    from shadeflow.core.synth import SynthConfig, write_cohort
+    from shadeflow.core.synth.slides import SynthConfig, write_cohort
 
     root = tmp_path_factory.mktemp("fault-model") / "case"
     urls = write_cohort(

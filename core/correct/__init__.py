@@ -1,0 +1,10 @@
+"""Job 4, correct: per-tile flatfield correction of OME-Zarr images, with a multiscale output.
+
+- :mod:`.tile`: one tile from start to finish: ``plan_tile`` validates everything and writes
+  nothing, ``run_tile`` corrects and publishes.
+- :mod:`.flatfield_sources`: where the flatfield comes from: a model version, a file, or the tile
+  itself (``model_flatfield``, ``file_flatfield``, ``estimate_flatfield``).
+- :mod:`.background`: the background subtracted before dividing (``estimate_background``).
+- :mod:`.graph`: the correction chunk by chunk and its pyramid, as one Dask graph
+  (``correction_pyramid``).
+"""

@@ -1,0 +1,353 @@
+"""Flatfield correction of a tile, chunk by chunk, and its multiscale pyramid, as one Dask graph.
+
+The formula, per voxel, in float32:
+
+.. math:: out = \\mathrm{clip}\\big(\\mathrm{rint}((in - B) / F),\\ \\text{dtype range}\\big)
+
+with B the background (a number or a YX field per channel) and F the flatfield (a YX field per
+channel, the same for every z plane and time point). Integer outputs are rounded half to even
+(``numpy.rint``) and clipped to the dtype's range; float32 outputs are neither rounded nor clipped.
+
+The pyramid halves y and x at every level and z too where the voxel size allows (see
+:func:`plan_pyramid`); each level is the block mean of the previous one, computed in float32 and
+rounded back to the tile's dtype. Level k is built from level k−1's Dask array, so level 0 is read
+from storage once and never held whole: every task touches one chunk (or the few chunks of one
+coarser chunk).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..io.omezarr import TileError
+
+#: the z axis is halved together with y and x while its voxel is at most this many times the yx voxel
+Z_ANISOTROPY_LIMIT = 2.0
+
+
+def graph_constants_allowed():
+    """A context in which Dask's distributed client does not warn about graph size: the flatfield and
+    background pieces ride in the graph (4 bytes per pixel and channel, 16 MiB for a 2048×2048
+    tile), which is what they are for. Only touches the setting when distributed is in use (setting
+    it earlier would shadow distributed's own defaults)."""
+    import contextlib
+    import sys
+
+    if "distributed" not in sys.modules:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GiB"})
+
+
+def dtype_range(dtype: np.dtype) -> tuple[float, float] | None:
+    """(min, max) of an integer dtype; ``None`` for floats (not clipped)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return float(info.min), float(info.max)
+    return None
+
+
+def correct_block(
+    block: np.ndarray, flatfield: np.ndarray, background: np.ndarray | float, dtype: np.dtype | None = None
+) -> np.ndarray:
+    """Background-subtract and flatfield-divide one chunk: ``clip(rint((block − B) / F))``.
+
+    Parameters
+    ----------
+    block : ndarray
+        A chunk whose last two axes are y and x (any leading axes).
+    flatfield : ndarray
+        float32, broadcastable to ``block`` (e.g. ``(1, C, 1, Y, X)`` for a ``(T, C, Z, Y, X)`` block).
+    background : ndarray or float
+        float32, broadcastable to ``block`` (a field like ``flatfield``, per-channel values, or one number).
+    dtype : dtype, optional
+        Output dtype (default: the block's). Integers are rounded half to even and clipped to their range.
+
+    Returns
+    -------
+    ndarray
+        The corrected chunk. Every arithmetic step is float32, exactly as
+        ``np.clip(np.rint((x.astype(np.float32) - B) / F), lo, hi).astype(dtype)``; it works one
+        (y, x) plane at a time so no float32 copy of the whole chunk is made.
+
+    Examples
+    --------
+    >>> correct_block(np.array([[110, 210]], np.uint16), np.array([[0.5, 2.0]], np.float32), 10.0)
+    array([[200, 100]], dtype=uint16)
+    """
+    dtype = np.dtype(dtype or block.dtype)
+    flatfield, background = (
+        _leading_ones(np.asarray(a, np.float32), block.ndim) for a in (flatfield, background)
+    )
+    limits = dtype_range(dtype)
+    out = np.empty(block.shape, dtype)
+    plane = np.empty(block.shape[-2:], np.float32)
+    for index in np.ndindex(block.shape[:-2]):
+        # pick the matching (y, x) plane of the flatfield and background (size-1 axes broadcast)
+        ff = flatfield[tuple(i if n > 1 else 0 for i, n in zip(index, flatfield.shape[:-2]))]
+        bg = background[tuple(i if n > 1 else 0 for i, n in zip(index, background.shape[:-2]))]
+        np.subtract(block[index], bg, out=plane, dtype=np.float32)
+        np.divide(plane, ff, out=plane)
+        if limits is not None:
+            np.rint(plane, out=plane)
+            np.clip(plane, limits[0], limits[1], out=plane)
+        out[index] = plane
+    return out
+
+
+def _leading_ones(a: np.ndarray, ndim: int) -> np.ndarray:
+    return a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+
+def downsample_block(block: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
+    """Block mean over ``factors`` (one per axis; 1 keeps the axis), keeping the dtype.
+
+    Trailing rows that do not fill a block are dropped (so a level has ``floor(n / f)`` pixels and
+    level k's pixel i is exactly the mean of pixels f·i … f·i+f−1 of level k−1). The mean is float32,
+    rounded half to even for integer dtypes.
+    """
+    out_shape = tuple(n // f for n, f in zip(block.shape, factors))
+    acc = np.zeros(out_shape, np.float32)
+    for offsets in np.ndindex(*factors):
+        view = block[tuple(slice(o, o + f * m, f) for o, f, m in zip(offsets, factors, out_shape))]
+        np.add(acc, view, out=acc, dtype=np.float32)
+    acc *= np.float32(1.0 / math.prod(factors))
+    if np.dtype(block.dtype).kind in "ui":
+        np.rint(acc, out=acc)
+    return acc.astype(block.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class PyramidLevel:
+    """One output level: shape, factor relative to the previous level, and its NGFF transform (t, c, z, y,
+    x)."""
+
+    shape: tuple[int, ...]
+    factors: tuple[int, ...]
+    scale: tuple[float, ...]
+    translation: tuple[float, ...]
+
+
+def select_axes(levels: list[PyramidLevel], keep: list[int]) -> list[PyramidLevel]:
+    """The levels of a (t, c, z, y, x) plan restricted to the axes ``keep`` (a tile's own axes)."""
+    pick = lambda values: tuple(values[i] for i in keep)  # noqa: E731
+    return [
+        PyramidLevel(pick(lv.shape), pick(lv.factors), pick(lv.scale), pick(lv.translation)) for lv in levels
+    ]
+
+
+def plan_pyramid(
+    shape: tuple[int, ...], scale: tuple[float, ...], translation: tuple[float, ...], n_levels: int
+) -> list[PyramidLevel]:
+    """Shapes, factors, scales and translations of ``n_levels`` levels of a (t, c, z, y, x) image.
+
+    Every level halves y and x. It halves z too when z has at least 2 planes and its voxel size is at
+    most :data:`Z_ANISOTROPY_LIMIT` × the (larger) yx voxel size of the level being reduced, so
+    voxels never become more than 2:1 anisotropic through the pyramid (a thin-sheet tile with
+    z 4 µm, yx 1 µm keeps its z until yx reaches 2 µm). Translations follow the block centres:
+    ``t_k = t_{k−1} + (f − 1)/2 · s_{k−1}``.
+
+    Raises
+    ------
+    ValueError
+        When y or x would shrink below one pixel; the message says how many levels fit.
+    """
+    if n_levels < 1:
+        raise ValueError(f"need at least one level, got {n_levels}")
+    levels = [PyramidLevel(tuple(shape), (1,) * len(shape), tuple(scale), tuple(translation))]
+    for k in range(1, n_levels):
+        prev = levels[-1]
+        _, _, nz, ny, nx = prev.shape
+        if ny < 2 or nx < 2:
+            raise ValueError(
+                f"a {shape[3]}×{shape[4]} (y×x) image has room for {k} pyramid level{'s' if k > 1 else ''}, "
+                f"not {n_levels}"
+            )
+        yx_voxel = max(prev.scale[3], prev.scale[4])
+        fz = 2 if nz >= 2 and prev.scale[2] <= Z_ANISOTROPY_LIMIT * yx_voxel else 1
+        factors = (1, 1, fz, 2, 2)
+        new_shape = tuple(n // f for n, f in zip(prev.shape, factors))
+        new_scale = tuple(s * f for s, f in zip(prev.scale, factors))
+        new_translation = tuple(t + (f - 1) / 2 * s for t, s, f in zip(prev.translation, prev.scale, factors))
+        levels.append(PyramidLevel(new_shape, factors, new_scale, new_translation))
+    return levels
+
+
+def non_finite_voxels(block: np.ndarray) -> np.ndarray | None:
+    """Indices (n, ndim) of the NaN / ±inf voxels of a float block, or ``None`` when it has none.
+
+    One float64 sum decides (no temporary the size of the block; float32 values cannot overflow a
+    float64 sum); only a block that fails is searched."""
+    if np.dtype(block.dtype).kind != "f" or np.isfinite(np.sum(block, dtype=np.float64)):
+        return None
+    bad = np.argwhere(~np.isfinite(block))
+    return bad if len(bad) else None
+
+
+def check_finite(
+    block: np.ndarray, where: str, axis_names: tuple[str, ...], start: tuple[int, ...] = ()
+) -> None:
+    """Refuse a chunk holding NaN or ±inf: a corrected tile would carry them into every pyramid level
+    (and a background or flatfield estimated from it would be NaN). ``start``: the chunk's origin in
+    the level, so the message names voxels as the level counts them.
+
+    Raises
+    ------
+    TileError
+        Naming ``where``, the chunk's extent and the first bad voxel.
+    """
+
+    bad = non_finite_voxels(block)
+    if bad is None:
+        return
+    start = tuple(start) or (0,) * block.ndim
+    extent = ", ".join(f"{a} {s}–{s + n - 1}" for a, s, n in zip(axis_names, start, block.shape))
+    first = ", ".join(f"{a}={s + i}" for a, s, i in zip(axis_names, start, bad[0]))
+    raise TileError(
+        f"{where}: the chunk at {extent} holds {len(bad)} non-finite value{'s' if len(bad) != 1 else ''} "
+        f"(NaN or ±inf), the first at {first}; "
+        "non-finite voxels cannot be corrected — fix or replace them in the input"
+    )
+
+
+def _correct_chunk(block, flatfield, background, *, dtype, on_block, check, block_info=None):
+    if check is not None:  # (where, axis names): float tiles only
+        origin = tuple(lo for lo, _ in block_info[0]["array-location"]) if block_info else ()
+        check_finite(block, check[0], check[1], origin)
+    out = correct_block(block, flatfield, background, dtype)
+    if on_block is not None:
+        on_block()
+    return out
+
+
+def _aligned_chunks(
+    chunks: tuple[tuple[int, ...], ...], factors: tuple[int, ...]
+) -> tuple[tuple[int, ...], ...]:
+    """Chunks whose every block but the last along each axis is a multiple of that axis's factor."""
+    aligned = []
+    for sizes, f in zip(chunks, factors):
+        if f == 1 or all(s % f == 0 for s in sizes[:-1]):
+            aligned.append(sizes)
+            continue
+        step = max(f, (max(sizes) // f) * f)
+        n = sum(sizes)
+        aligned.append(tuple(min(step, n - i) for i in range(0, n, step)))
+    return tuple(aligned)
+
+
+def chunked_constant(array: np.ndarray, chunks: tuple[tuple[int, ...], ...]):
+    """A Dask array of ``array`` split like ``chunks`` (axes of length 1 stay whole, to broadcast),
+    each piece a literal in the graph: no task per piece, and each task gets only its own piece of,
+    say, a flatfield."""
+    import itertools
+
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    axes = [tuple(sizes) if n > 1 else (1,) for sizes, n in zip(chunks, array.shape)]
+    bounds = [np.cumsum((0,) + sizes) for sizes in axes]
+    name = "constant-" + tokenize(array, axes)
+    graph = {
+        (name, *index): array[tuple(slice(b[i], b[i + 1]) for b, i in zip(bounds, index))]
+        for index in itertools.product(*(range(len(sizes)) for sizes in axes))
+    }
+    return da.Array(
+        HighLevelGraph.from_collections(name, graph, dependencies=()), name, tuple(axes), dtype=array.dtype
+    )
+
+
+def correction_pyramid(
+    source,
+    flatfield: np.ndarray,
+    background: np.ndarray,
+    levels: list[PyramidLevel],
+    chunks: tuple[int, ...],
+    on_block: Callable[[], None] | None = None,
+    where: str | None = None,
+    axis_names: tuple[str, ...] | None = None,
+) -> list:
+    """Dask arrays of every output level of a corrected tile, sharing one graph.
+
+    Parameters
+    ----------
+    source : dask.array.Array
+        The input level in the tile's own axes (any of t, c, z, then y, x), chunked like its zarr array.
+    flatfield : ndarray
+        float32 of the same number of dimensions, broadcastable to ``source`` (e.g. ``(1, C, 1, Y, X)``
+        for ``tczyx``): one (Y, X) field per channel, the same for every z and t.
+    background : ndarray
+        float32, broadcastable like ``flatfield`` (a field per channel, or one value per channel).
+    levels : list of PyramidLevel
+        One per output level, with shapes and factors in the tile's axes.
+    chunks : tuple of int, or one per level
+        Dask block shape of the output levels (clamped to each level's shape): the zarr chunks, or
+        the shards of sharded outputs.
+    on_block : callable, optional
+        Called after each level-0 chunk is corrected (progress reporting on the workers).
+    where, axis_names : str and tuple of str, optional
+        For float tiles: every input chunk is checked for NaN / ±inf as it streams through, and a bad
+        one fails the computation with a :class:`~shadeflow.core.io.omezarr.TileError` that starts
+        with ``where`` (e.g. ``tile URL level 0``) and names the voxels by ``axis_names``.
+    """
+    import dask.array as da
+
+    dtype = source.dtype
+    ff = chunked_constant(np.asarray(flatfield, np.float32), source.chunks)
+    bg = chunked_constant(np.asarray(background, np.float32), source.chunks)
+    check = (
+        (where, tuple(axis_names or (f"axis {i}" for i in range(source.ndim))))
+        if where and np.dtype(dtype).kind == "f"
+        else None
+    )
+    if on_block is None and check is None:
+        corrected = da.map_blocks(
+            correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct"
+        )
+    else:
+        # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
+        chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
+        corrected = da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
+    return reduced_levels(corrected, levels, chunks)
+
+
+def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:
+    """``[level0, level1, …]``: each level the block mean of the previous one's Dask array, rechunked
+    to ``chunks`` (one shape for all levels, or one per level)."""
+    import dask.array as da
+
+    dtype = level0.dtype
+    per_level = (
+        list(chunks) if chunks and isinstance(chunks[0], (tuple, list)) else [tuple(chunks)] * len(levels)
+    )
+    outputs = [
+        level0
+        if level0.chunksize == tuple(min(c, n) for c, n in zip(per_level[0], level0.shape))
+        else level0.rechunk(per_level[0])
+    ]
+    for level, target_chunks in zip(levels[1:], per_level[1:]):
+        prev = outputs[-1]
+        prev = prev.rechunk(_aligned_chunks(prev.chunks, level.factors))
+        down_chunks = tuple(tuple(s // f for s in sizes) for sizes, f in zip(prev.chunks, level.factors))
+        # the last block along an axis may be odd: its trailing row is dropped (floor), which the
+        # chunk sizes above already say; drop empty blocks that a 1-pixel remainder would leave
+        reduced = da.map_blocks(
+            downsample_block,
+            prev,
+            level.factors,
+            chunks=down_chunks,
+            dtype=dtype,
+            token="shadeflow-downsample",
+        )
+        if any(0 in sizes for sizes in down_chunks):
+            reduced = reduced[tuple(slice(0, n) for n in level.shape)]
+        target = tuple(max(1, min(c, n)) for c, n in zip(target_chunks, level.shape))
+        outputs.append(reduced.rechunk(target))
+    return outputs
