@@ -4,10 +4,15 @@ Two questions every layer asks of an exception, answered here once:
 
 * **Is it the input's fault?** (:func:`is_expected`) Then the command line prints one line,
   ``error: <which input>: <what was wrong>[; <what to do>]``, with no traceback, and exits with
-  :data:`EXIT_BAD_INPUT`. shadeflow's own errors (``SlideError``, ``ModelError``, ``TileError``,
-  ``FlatfieldError``, ``BackgroundError``, ``EstimateError``, ``SettingsError``, :class:`InputError`)
-  are ``ValueError``\\ s that already name the input; a missing or refused path is a
-  ``FileNotFoundError``/``PermissionError``… that :func:`one_line` phrases the same way.
+  :data:`EXIT_BAD_INPUT`. Every such error of shadeflow's is an :class:`InputError` (a ``ValueError``)
+  that names the input; each job's own kind (``SlideError``, ``ModelError``, ``TileError``,
+  ``FlatfieldError``, ``BackgroundError``, ``EstimateError``, ``SettingsError``, ``ServeError``) is a
+  subclass, so callers can tell them apart. A missing or refused path is a
+  ``FileNotFoundError``/``PermissionError``… that :func:`one_line` phrases the same way, and a job's
+  parameters that do not validate become an :class:`InputError` through :func:`checked_parameters`.
+* **Did a run fail for some of its units?** (:class:`RunFailed`) Slides, tiles or channels that
+  failed after the run started, each named once with its reason (:func:`unit_failures`); one line too,
+  exit code :data:`EXIT_RUN_FAILED`.
 * **Would it go away if tried again?** (:func:`is_transient`) Only then does a Prefect task retry:
   connection errors, timeouts, S3 5xx and throttling. Everything else — bad input, and bugs — fails
   the same way again, so it runs once.
@@ -28,10 +33,11 @@ EXIT_RUN_FAILED = 1
 
 class InputError(ValueError):
     """An input that cannot work: ``<input>: <problem>[; <hint>]`` (e.g. ``--out s3://x: bucket 'x' does not
-    exist; …``)."""
+    exist; …``). Given one argument, it is the whole message, already naming the input (as the jobs'
+    own subclasses are mostly raised: ``SlideError(f"slide {sid}: …")``)."""
 
-    def __init__(self, input: str, problem: str, hint: str | None = None):
-        super().__init__(f"{input}: {problem}" + (f"; {hint}" if hint else ""))
+    def __init__(self, input: str, problem: str = "", hint: str | None = None):
+        super().__init__((f"{input}: {problem}" if problem else input) + (f"; {hint}" if hint else ""))
         self.input, self.problem, self.hint = input, problem, hint
 
     def __reduce__(self):  # raised on a worker, it crosses back to the flow by pickle
@@ -40,7 +46,8 @@ class InputError(ValueError):
 
 class RunFailed(RuntimeError):
     """A run started and some of its units (slides, tiles, channels) failed; the message names each
-    one and why. The command line prints it as one line and exits with :data:`EXIT_RUN_FAILED`."""
+    one and why (:func:`unit_failures`). The command line prints it as one line and exits with
+    :data:`EXIT_RUN_FAILED`."""
 
 
 #: a missing, refused or misplaced path: the input's fault, not the storage's
@@ -93,6 +100,29 @@ def failure_reason(message: str | None) -> str:
     text = message or "failed"
     match = re.search(r"encountered an exception:? (?:\w+: )?(.*)$", text, re.S)
     return match.group(1) if match else text
+
+
+def unit_failures(kind: str, failed: list[tuple[str, str | None]]) -> str:
+    """The message of a :class:`RunFailed`: each failed unit — a ``kind`` (``"slide"``, ``"tile"``, or
+    ``""`` when the names say it, as ``"channel 0"``) and its name — with the reason out of its Prefect
+    task state's message, the unit named once (most reasons already start with it), joined by ``"; "``."""
+    parts = []
+    for name, message in failed:
+        reason = re.sub(r"\s*\n\s*", " ", failure_reason(message)).strip()
+        label = f"{kind} {name}" if kind else name
+        parts.append(reason if name.rstrip("/") in reason else f"{label}: {reason}")
+    return "; ".join(parts)
+
+
+def checked_parameters(model: type, **values):
+    """A job's parameters (its pydantic model) from ``values``; a value that does not validate is an
+    :class:`InputError` phrased for the command line (``--levels: Input should be …``)."""
+    try:
+        return model(**values)
+    except ValueError as exc:
+        if type(exc).__name__ != "ValidationError":
+            raise
+        raise InputError(validation_message(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -21,12 +21,14 @@ from typing import Any
 
 import yaml
 
+from ..core.errors import InputError
+
 PREFECT_FILE = Path(__file__).with_name("prefect.yaml")
 #: runs at once by default: each local run sizes its cluster from the whole machine
 DEFAULT_LIMIT = 1
 
 
-class ServeError(ValueError):
+class ServeError(InputError):
     """The deployments cannot be served; the message says why and what to do."""
 
 

@@ -6,11 +6,10 @@ from typing import Literal
 
 from prefect import flow, unmapped
 from prefect.futures import wait
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from ..core.correct.tile import CorrectRequest, check_distinct_outputs
-from ..core.errors import RunFailed, validation_message
-from ..core.errors import failure_reason as _reason
+from ..core.errors import RunFailed, checked_parameters, unit_failures
 from ..core.io import storage
 from ..infra.cluster import check_settings, task_runner
 from ..tasks.correct import correct_tile_task, plan_tile_task, publish_correct_table, report_dicts
@@ -111,10 +110,6 @@ class CorrectParameters(BaseModel):
         )
 
 
-class TilesFailed(RunFailed):
-    """Some tiles failed; the message names each one and why."""
-
-
 @flow(name="correct", task_runner=task_runner(), log_prints=True)
 def correct(params: CorrectParameters) -> list[dict]:
     """Flatfield-correct every tile.
@@ -131,31 +126,18 @@ def correct(params: CorrectParameters) -> list[dict]:
     storage.check_output_folder(params.out, "--out")
     plans = plan_tile_task.map(params.tiles, unmapped(request))
     wait(plans)
-    invalid = [
-        _named(tile, _reason(p.state.message))
-        for tile, p in zip(params.tiles, plans)
-        if not p.state.is_completed()
-    ]
+    invalid = [(tile, p.state.message) for tile, p in zip(params.tiles, plans) if not p.state.is_completed()]
     if invalid:  # nothing has been written yet
-        raise TilesFailed("; ".join(invalid))
+        raise RunFailed(unit_failures("tile", invalid))
     planned = [p.result() for p in plans]
     runs = [correct_tile_task.submit(plan) for plan in planned]
     wait(runs)
-    failed = [
-        _named(plan.tile, _reason(r.state.message))
-        for plan, r in zip(planned, runs)
-        if not r.state.is_completed()
-    ]
+    failed = [(plan.tile, r.state.message) for plan, r in zip(planned, runs) if not r.state.is_completed()]
     done = [r.result() for r in runs if r.state.is_completed()]
     publish_correct_table(done)
     if failed:
-        raise TilesFailed("; ".join(failed))
+        raise RunFailed(unit_failures("tile", failed))
     return report_dicts(done)
-
-
-def _named(tile: str, reason: str) -> str:
-    """Every failure names its tile (most messages already start with it)."""
-    return reason if tile.rstrip("/") in reason else f"tile {tile}: {reason}"
 
 
 def correct_command(
@@ -180,29 +162,27 @@ def correct_command(
 ) -> list[dict]:
     """What ``shadeflow correct`` does: validate the parameters and the cluster settings, run the flow
     with a progress bar, and return one report per tile. User errors raise ``ValueError`` (or
-    :class:`TilesFailed`) with a one-line message."""
+    :class:`~shadeflow.core.errors.RunFailed`) with a one-line message."""
 
-    try:
-        params = CorrectParameters(
-            tiles=tiles,
-            out=out,
-            model=model,
-            store=store,
-            layer=layer,
-            channel_map=channel_map,
-            flatfield=flatfield,
-            method=method,
-            background=background if background is not None else "estimate",
-            darkfield=darkfield,
-            level=level,
-            levels=levels,
-            zarr_format=zarr_format,
-            repair_flatfield=repair_flatfield,
-            overwrite=overwrite,
-            allow_missing_chunks=allow_missing_chunks,
-        )
-    except ValidationError as exc:  # one line per problem, without pydantic's decoration
-        raise ValueError(validation_message(exc)) from None
+    params = checked_parameters(
+        CorrectParameters,
+        tiles=tiles,
+        out=out,
+        model=model,
+        store=store,
+        layer=layer,
+        channel_map=channel_map,
+        flatfield=flatfield,
+        method=method,
+        background=background if background is not None else "estimate",
+        darkfield=darkfield,
+        level=level,
+        levels=levels,
+        zarr_format=zarr_format,
+        repair_flatfield=repair_flatfield,
+        overwrite=overwrite,
+        allow_missing_chunks=allow_missing_chunks,
+    )
     check_settings(memory=memory, workers=workers)
     return run_with_progress(
         correct, {"params": params}, task_runner(memory=memory, workers=workers), "chunks"

@@ -7,9 +7,9 @@ from typing import Literal
 
 from prefect import flow
 from prefect.futures import wait
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from ..core.errors import RunFailed, failure_reason, validation_message
+from ..core.errors import RunFailed, checked_parameters, unit_failures
 from ..core.estimate.estimator import EstimateSettings
 from ..infra.cluster import check_settings, task_runner
 from ..tasks.estimate import (
@@ -130,11 +130,9 @@ def estimate(params: EstimateParameters) -> dict:
         return {"out": plan.out, "status": "skipped", "channels": names}
     futures = [estimate_channel.submit(plan, c) for c in range(plan.stack.n_channels)]
     wait(futures)
-    failed = [
-        f"{name}: {_reason(f.state.message)}" for name, f in zip(names, futures) if not f.state.is_completed()
-    ]
+    failed = [(name, f.state.message) for name, f in zip(names, futures) if not f.state.is_completed()]
     if failed:
-        raise EstimateFailed("; ".join(failed))
+        raise RunFailed(unit_failures("", failed))
     results = [f.result() for f in futures]
     manifest = write_estimate_task.submit(plan, results).result()
     publish_estimate_table(names, results, plan.out)
@@ -146,13 +144,6 @@ def estimate(params: EstimateParameters) -> dict:
         "notes": [n for r in results for n in r.notes],
         "files": sorted(manifest["files"]),
     }
-
-
-class EstimateFailed(RunFailed):
-    """A channel's estimate failed; the message names it and why."""
-
-
-_reason = failure_reason  # a failed channel's error, out of its task state's message
 
 
 def estimate_command(
@@ -178,24 +169,22 @@ def estimate_command(
     starts. (The command line checks the inputs even earlier, before this module is imported:
     :func:`shadeflow.flows.preflight.estimate`.)"""
 
-    try:
-        params = EstimateParameters(
-            images=images,
-            out=out,
-            darkfield=darkfield,
-            channels=channels,
-            component=component,
-            method=method,
-            degree=degree,
-            darkfield_degree=darkfield_degree,
-            smoothness=smoothness,
-            order_statistics=order_statistics,
-            max_frames=max_frames,
-            seed=seed,
-            overwrite=overwrite,
-        )
-    except ValidationError as exc:
-        raise ValueError(validation_message(exc)) from None
+    params = checked_parameters(
+        EstimateParameters,
+        images=images,
+        out=out,
+        darkfield=darkfield,
+        channels=channels,
+        component=component,
+        method=method,
+        degree=degree,
+        darkfield_degree=darkfield_degree,
+        smoothness=smoothness,
+        order_statistics=order_statistics,
+        max_frames=max_frames,
+        seed=seed,
+        overwrite=overwrite,
+    )
     # the plan the flow's first task makes (inputs, frames, grid, output), made here first: a bad input fails
     # now
     make_plan(

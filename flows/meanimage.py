@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
 from pydantic import BaseModel, Field
 
-from ..core.errors import RunFailed
+from ..core.errors import RunFailed, unit_failures
 from ..core.io.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
 from ..core.meanimage.outputs import output_url
 from ..core.meanimage.pipeline import MEANIMAGE_METHOD
@@ -56,10 +56,6 @@ class MeanImageParameters(BaseModel):
         }
 
 
-class SlidesFailed(RunFailed):
-    """Some slides failed; the message names each one and why."""
-
-
 def _claim_staging(planned: list[PlannedSlide], run_token: str) -> list[StagingLease]:
     """Lease this run's staging folder of every slide it computes, and remove those of crashed runs."""
     logger = get_run_logger()
@@ -89,11 +85,9 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
     recorded = params.recorded()
     plans = plan_slide.map(params.slides, unmapped(recorded), unmapped(params.overwrite))
     wait(plans)
-    invalid = [
-        f"{url}: {p.state.message}" for url, p in zip(params.slides, plans) if not p.state.is_completed()
-    ]
+    invalid = [(url, p.state.message) for url, p in zip(params.slides, plans) if not p.state.is_completed()]
     if invalid:  # nothing has been written yet
-        raise SlidesFailed("; ".join(invalid))
+        raise RunFailed(unit_failures("slide", invalid))
     planned = [p.result() for p in plans]
     # this run's staging folders: named here, once (a task Dask recomputes after losing a worker must
     # find the same folder) and held for the whole run, so no other run takes them for abandoned
@@ -121,12 +115,12 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
         lease.release(remove=True)
     # a slide's error is its first stage that failed (later stages only say "upstream failed")
     failed = [
-        f"{s.plan.slide.slide_id}: {next(f.state.message for f in futures if not f.state.is_completed())}"
+        (s.plan.slide.slide_id, next(f.state.message for f in futures if not f.state.is_completed()))
         for s, futures in zip(planned, stages)
         if not futures[-1].state.is_completed()
     ]
     done = [futures[-1].result() for futures in stages if futures[-1].state.is_completed()]
     publish_meanimage_summary(done)
     if failed:
-        raise SlidesFailed("; ".join(failed))
+        raise RunFailed(unit_failures("slide", failed))
     return [asdict(r) for r in done]

@@ -9,12 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..core.errors import validation_message
+from ..core.errors import checked_parameters
 from ..core.model.compare import DEFAULT_BAND
 from ..core.model.compare_plan import make_plan
 from ..core.model.models_csv import check_version_name
@@ -204,19 +204,17 @@ def compare_command(
     return them. Bad input raises ``ValueError`` (``ModelError``, ``SlideError``…) or
     ``FileNotFoundError`` with a one-line message, before a Prefect server or cluster starts."""
 
-    try:
-        params = ModelCompareParameters(
-            roots=roots,
-            slides=slides,
-            workdir=workdir,
-            band_low=band_low,
-            band_high=band_high,
-            min_images_stacked=min_images_stacked,
-            store_as=store_as,
-            models_csv=models_csv,
-        )
-    except ValidationError as exc:
-        raise ValueError(validation_message(exc)) from None
+    params = checked_parameters(
+        ModelCompareParameters,
+        roots=roots,
+        slides=slides,
+        workdir=workdir,
+        band_low=band_low,
+        band_high=band_high,
+        min_images_stacked=min_images_stacked,
+        store_as=store_as,
+        models_csv=models_csv,
+    )
     # the plan the flow's first task makes (roots, slides, table, --store-as), made here first: a bad input
     # fails now
     make_plan(

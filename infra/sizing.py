@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from dask.utils import format_bytes, parse_bytes
 
+from ..core.errors import InputError
+
 GIB = 2**30
 #: smallest worker worth starting: a Vectra field's buffers plus one ~1 GiB partial stack
 MIN_WORKER_MEMORY = 2 * GIB
@@ -26,7 +28,7 @@ KUBE_WORKER_MEMORY = 8 * GIB
 KUBE_WORKER_CPUS = 2
 
 
-class SettingsError(ValueError):
+class SettingsError(InputError):
     """A cluster setting that cannot work. The message names the setting and the value."""
 
 

@@ -17,7 +17,8 @@ import zarr
 from conftest import tree
 from correct_support import make_model, make_tile
 
-from shadeflow.flows.correct import CorrectParameters, TilesFailed, correct
+from shadeflow.core.errors import RunFailed as TilesFailed
+from shadeflow.flows.correct import CorrectParameters, correct
 from shadeflow.infra.cluster import task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

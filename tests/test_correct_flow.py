@@ -117,7 +117,7 @@ def test_correct_command_runs_with_progress_bar(tmp_path, capsys):
 def test_a_tile_that_fails_while_running_leaves_no_output(tmp_path):
     """Errors found in the data (here: no sample to estimate a flatfield from) fail that tile only,
     before its output is touched; the other tile is written."""
-    from shadeflow.flows.correct import TilesFailed
+    from shadeflow.core.errors import RunFailed as TilesFailed
 
     empty, _ = make_tile(
         tmp_path / "in", "empty.ome.zarr", shape=(12, 64, 64), chunks=(6, 64, 64), signal=0.0

@@ -207,7 +207,8 @@ def test_non_finite_voxels_fail_the_tile_naming_where_and_leave_no_output(case, 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_non_finite_voxels_fail_the_flow_run_for_that_tile(case):
-    from shadeflow.flows.correct import CorrectParameters, TilesFailed, correct
+    from shadeflow.core.errors import RunFailed as TilesFailed
+    from shadeflow.flows.correct import CorrectParameters, correct
     from shadeflow.infra.cluster import task_runner
 
     tile = float_tile(case, at=(2, 40, 60))

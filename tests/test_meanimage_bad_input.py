@@ -20,8 +20,9 @@ import pytest
 import tifffile
 from conftest import tree
 
+from shadeflow.core.errors import RunFailed as SlidesFailed
 from shadeflow.core.synth.slides import SynthConfig, write_cohort
-from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
+from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.infra.cluster import task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

@@ -20,6 +20,7 @@ from conftest import flow_run_artifacts, tree
 from scipy import ndimage as ndi
 
 import shadeflow
+from shadeflow.core.errors import RunFailed as SlidesFailed
 from shadeflow.core.io import astropath as astropath_io
 from shadeflow.core.io.output_folders import is_complete
 from shadeflow.core.io.slide import load_slide
@@ -29,7 +30,7 @@ from shadeflow.core.meanimage.outputs import read_mean_image_stack
 from shadeflow.core.meanimage.pipeline import compute_mean_image, plan_slide, read_mask_file
 from shadeflow.core.smoothing import flatfield_sigma, masked_smooth, relative_rms
 from shadeflow.core.synth.slides import SynthConfig, read_truth_flatfield, read_truth_masks, write_cohort
-from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
+from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.infra.cluster import task_runner
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

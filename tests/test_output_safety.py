@@ -27,6 +27,7 @@ from conftest import tree, write_mean_images
 from test_cli_errors import expect_error
 
 from shadeflow.core.errors import InputError
+from shadeflow.core.errors import RunFailed as SlidesFailed
 from shadeflow.core.io import output_folders as outputs
 from shadeflow.core.io import storage
 from shadeflow.core.io.output_folders import (
@@ -42,7 +43,7 @@ from shadeflow.core.meanimage import outputs as meanimage_outputs
 from shadeflow.core.model import store as model_store
 from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.flows import preflight
-from shadeflow.flows.meanimage import MeanImageParameters, SlidesFailed, meanimage
+from shadeflow.flows.meanimage import MeanImageParameters, meanimage
 from shadeflow.flows.model import ModelBuildParameters, model_build
 from shadeflow.infra.cluster import task_runner
 from shadeflow.tasks import meanimage as meanimage_tasks

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..errors import InputError
 from ..io.omezarr import CANONICAL, TileError, to_canonical
 from .graph import non_finite_voxels
 
@@ -48,7 +49,7 @@ MAX_MEDIAN_PLANES = 32
 MU_SMOOTHING = 3.0
 
 
-class BackgroundError(ValueError):
+class BackgroundError(InputError):
     """A background that cannot be determined or used. The message names the tile and the remedy."""
 
 

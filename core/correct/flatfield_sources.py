@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from ..estimate.estimator import estimate_shading
 from ..estimate.grid import frames_needed
 from ..io import astropath as astropath_io
@@ -48,7 +49,7 @@ ESTIMATE_SIGMA_FRACTION = 0.075
 ESTIMATE_MAX_PLANES = 48
 
 
-class FlatfieldError(ValueError):
+class FlatfieldError(InputError):
     """A flatfield that cannot be read, mapped onto the tile, or used. The message says which and why."""
 
 

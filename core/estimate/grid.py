@@ -25,6 +25,8 @@ import numpy as np
 from numpy.polynomial import legendre
 from scipy.interpolate import RegularGridInterpolator
 
+from ..errors import InputError
+
 #: blocks across the longer side of a frame (floor method)
 DEFAULT_GRID = 64
 #: blocks across the longer side of a frame (surface method: fine enough for a sharp aperture edge)
@@ -33,7 +35,7 @@ SURFACE_GRID = 128
 MIN_BLOCKS = 8
 
 
-class EstimateError(ValueError):
+class EstimateError(InputError):
     """Input the shading estimator cannot use. The message names the input and what was expected."""
 
 

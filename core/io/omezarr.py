@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..errors import InputError
 from . import storage
 
 #: data types a tile may hold (and a corrected tile keeps)
@@ -31,7 +32,7 @@ NGFF_FOR_ZARR = {2: "0.4", 3: "0.5"}
 CANONICAL = ("t", "c", "z", "y", "x")
 
 
-class TileError(ValueError):
+class TileError(InputError):
     """An input tile (or its output) that cannot be used. The message names the tile."""
 
 

@@ -41,7 +41,7 @@ BASE_FIELD_COLUMNS = ("field", "file", "cx", "cy", "acquired")
 SUPPORTED_DTYPES = ("uint16",)
 
 
-class SlideError(ValueError):
+class SlideError(InputError):
     """A slide that does not follow the slide contract. The message names the slide and what is wrong."""
 
 

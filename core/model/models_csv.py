@@ -8,13 +8,14 @@ import io
 import re
 from dataclasses import dataclass
 
+from ..errors import InputError
 from ..io import storage
 
 COLUMNS = ("version", "Project", "Cohort", "BatchID", "SlideID")
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class ModelError(ValueError):
+class ModelError(InputError):
     """A models CSV, model version or model store that cannot be used. The message names what is wrong."""
 
 
