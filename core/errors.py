@@ -84,14 +84,27 @@ def one_line(exc: BaseException) -> str:
 
 
 def validation_message(exc) -> str:
-    """A pydantic ``ValidationError`` as the command-line user would phrase it: ``--levels: Input should be
-    …``."""
+    """A pydantic ``ValidationError`` as the command-line user would phrase it: ``--levels 0: Input should
+    be …``."""
     parts = []
     for error in exc.errors():
         message = str(error.get("msg", "")).removeprefix("Value error, ")
         where = ".".join(str(p) for p in error.get("loc", ()))
-        parts.append(f"--{where.replace('_', '-')}: {message}" if where else message)
+        if where:
+            where = f"--{where.replace('_', '-')}{_shown_value(error.get('input'))}"
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
+
+
+def _shown_value(value) -> str:
+    """The value at fault, when it is a plain number or a short word (never a URL, which may carry
+    credentials, nor a whole list)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return ""
+    text = str(value)
+    if isinstance(value, str) and (len(text) > 40 or any(c in text for c in ":/@ ")):
+        return ""
+    return f" {text}"
 
 
 def failure_reason(message: str | None) -> str:
@@ -114,7 +127,7 @@ def unit_failures(kind: str, failed: list[tuple[str, str | None]]) -> str:
     return "; ".join(parts)
 
 
-def checked_parameters(model: type, **values):
+def checked_parameters(model: type, /, **values):
     """A job's parameters (its pydantic model) from ``values``; a value that does not validate is an
     :class:`InputError` phrased for the command line (``--levels: Input should be …``)."""
     try:

@@ -20,8 +20,24 @@ from typing import NoReturn
 
 import typer
 
-from ..core.errors import EXIT_BAD_INPUT, EXIT_RUN_FAILED, RunFailed, expected_errors, one_line
+from ..core.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_RUN_FAILED,
+    RunFailed,
+    checked_parameters,
+    expected_errors,
+    one_line,
+)
 from . import preflight
+from .cli_options import job_command
+from .parameters import (
+    AppliedTestParameters,
+    CorrectParameters,
+    EstimateParameters,
+    MeanImageParameters,
+    ModelBuildParameters,
+    ModelCompareParameters,
+)
 
 app = typer.Typer(
     help="Flatfield (shading) correction for microscopy: mean images, models, applied tests and tile "
@@ -224,93 +240,32 @@ def synth_slides(
     typer.echo(f"known flatfield and masks: {out.rstrip('/')}/{TRUTH_DIR}/")
 
 
-@app.command()
-def meanimage(
-    slides: list[str] = typer.Argument(..., help="Slide folders (local paths or s3:// URLs)"),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"
-    ),
-    memory: str | None = typer.Option(
-        None,
-        "--memory",
-        help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
-    ),
-    mask_binning: int | None = typer.Option(
-        None, "--mask-binning", help="Block size of the mask grid (1, 2, 4, 8; default: automatic)"
-    ),
-    skip_masking: bool = typer.Option(False, "--skip-masking", help="Stack every pixel of every bulk field"),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Replace complete outputs made with other parameters; files in meanimage/ that shadeflow did "
-        "not write are kept",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed for the example fields in the masking summary"),
-) -> None:
-    """Per-slide masked mean images, written to <slide>/meanimage/."""
+@job_command(app, "meanimage", MeanImageParameters)
+def meanimage(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
-        preflight.meanimage(slides, memory=memory, workers=workers, overwrite=overwrite)
+        params = checked_parameters(MeanImageParameters, **values)
+        preflight.meanimage(params.slides, memory=memory, workers=workers, overwrite=params.overwrite)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from .meanimage import MeanImageParameters
     from .meanimage import meanimage as flow
 
-    with _reported():
-        params = MeanImageParameters(
-            slides=slides,
-            mask_binning=mask_binning,
-            skip_masking=skip_masking,
-            overwrite=overwrite,
-            seed=seed,
-        )
     reports = _run(flow, params, "fields", memory=memory, workers=workers)
     for report in reports:
         typer.echo(f"{report['slide_id']}: {report['status']} → {report['output']}")
 
 
-@model_app.command("build")
-def model_build(
-    version: str = typer.Option(
-        ..., "--version", help="Version to build (rows of the models CSV with this version)"
-    ),
-    models_csv: str = typer.Option(
-        ..., "--models-csv", help="Models CSV: version,Project,Cohort,BatchID,SlideID"
-    ),
-    roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
-    store: str | None = typer.Option(None, "--store", help="Model store (default: the models CSV's folder)"),
-    sigma: float | None = typer.Option(
-        None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"
-    ),
-    border: str = typer.Option(
-        "linear", "--border", help="Border handling of the smoothing: linear or replicate"
-    ),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Replace an existing version (or a flatfield_<V>.bin / folder shadeflow did not write); other "
-        "files in the folder are kept",
-    ),
-    memory: str | None = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
-) -> None:
-    """Build a flatfield model version from the slides the models CSV lists for it."""
+@job_command(model_app, "build", ModelBuildParameters)
+def model_build(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
-        preflight.model_build(version, models_csv, roots, store, overwrite, memory=memory)
+        params = checked_parameters(ModelBuildParameters, **values)
+        preflight.model_build(
+            params.version, params.models_csv, params.roots, params.store, params.overwrite, memory=memory
+        )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from .model import ModelBuildParameters
     from .model import model_build as flow
 
-    with _reported():
-        params = ModelBuildParameters(
-            version=version,
-            models_csv=models_csv,
-            roots=roots,
-            store=store,
-            sigma=sigma,
-            border=border,
-            overwrite=overwrite,
-        )
-    result = _run(flow, params, "slides", memory=memory)
+    result = _run(flow, params, "slides", memory=memory, workers=workers)
     summary = result["statistics"]
     typer.echo(f"model {result['version']}: {len(result['slides'])} slides → {result['folder']}")
     typer.echo(
@@ -351,70 +306,38 @@ def model_list(store: str = typer.Option(..., "--store", help="Model store")) ->
     Console(width=140).print(table)
 
 
-@model_app.command("compare")
-def model_compare(
-    roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
-    slides: str | None = typer.Option(
-        None, "--slides", help="Regular expression the SlideIDs must match from their start"
-    ),
-    store_as: str | None = typer.Option(
-        None, "--store-as", help="Append the compared slides to the models CSV as this version"
-    ),
-    models_csv: str | None = typer.Option(None, "--models-csv", help="Models CSV for --store-as"),
-    workdir: str | None = typer.Option(
-        None,
-        "--workdir",
-        help="Folder for the comparison table and plots (default <first root>/meanimagecomparison)",
-    ),
-    band: tuple[float, float] = typer.Option(
-        (0.85, 1.15), "--band", help="Compatible range of the pairwise statistic"
-    ),
-    min_images_stacked: int = typer.Option(
-        1, "--min-images-stacked", help="Skip slides with fewer fields stacked at some pixel"
-    ),
-) -> None:
-    """Compare slides' mean images pairwise (δ/σ) and suggest a compatible set."""
+@job_command(model_app, "compare", ModelCompareParameters)
+def model_compare(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
-        preflight.model_compare(roots, slides, store_as, models_csv, workdir, band, min_images_stacked)
+        params = checked_parameters(ModelCompareParameters, **values)
+        preflight.model_compare(
+            params.roots,
+            params.slides,
+            params.store_as,
+            params.models_csv,
+            params.workdir,
+            params.band,
+            params.min_images_stacked,
+        )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .model_compare import compare_command
 
     _quiet_prefect_console()
     with _reported():
-        compare_command(roots, slides, store_as, models_csv, workdir, band[0], band[1], min_images_stacked)
+        compare_command(memory=memory, workers=workers, **values)
 
 
-@app.command("applied-test")
-def applied_test(
-    roots: list[str] = typer.Option(..., "--root", help="Folder holding slides (repeatable)"),
-    out: str = typer.Option(..., "--out", help="Folder for the test's outputs"),
-    slides: str | None = typer.Option(
-        None, "--slides", help="Regular expression the SlideIDs must match from their start"
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split into halves"),
-    sigma: float | None = typer.Option(
-        None, "--sigma", help="Smoothing σ in px (default 100 at 1004×1344, scaled)"
-    ),
-    border: str = typer.Option(
-        "linear", "--border", help="Border handling of the smoothing: linear or replicate"
-    ),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier test in --out"),
-    memory: str | None = typer.Option(None, "--memory", help="Memory for the cluster, e.g. 16GiB"),
-) -> None:
-    """Test a flatfield on held-out fields: build it from one half of each slide, correct the other half."""
+@job_command(app, "applied-test", AppliedTestParameters)
+def applied_test(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
-        preflight.applied_test(roots, out, slides, overwrite, memory=memory)
+        params = checked_parameters(AppliedTestParameters, **values)
+        preflight.applied_test(params.roots, params.out, params.slides, params.overwrite, memory=memory)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
-    from .model import AppliedTestParameters
     from .model import applied_test as flow
 
-    with _reported():
-        params = AppliedTestParameters(
-            roots=roots, out=out, slides=slides, seed=seed, sigma=sigma, border=border, overwrite=overwrite
-        )
-    result = _run(flow, params, "fields", memory=memory)
+    result = _run(flow, params, "fields", memory=memory, workers=workers)
     change = result["summary"]["change_percent"]
     typer.echo(f"applied test on {len(result['slides'])} slides → {result['out']}")
     typer.echo(
@@ -514,72 +437,16 @@ def synth_stack(
     typer.echo(f"planted flatfield and darkfield: {written['truth']}")
 
 
-@app.command()
-def estimate(
-    images: list[str] = typer.Argument(
-        ...,
-        help="TIFF files or folders of TIFFs, one zarr array, or slide folders (local or s3://); together "
-        "one stack",
-    ),
-    out: str = typer.Option(
-        ..., "--out", help="Folder (or s3:// prefix) for flatfield.tiff, darkfield.tiff and estimate.zarr"
-    ),
-    darkfield: bool = typer.Option(False, "--darkfield", help="Estimate a darkfield too"),
-    channels: int = typer.Option(
-        1,
-        "--channels",
-        min=1,
-        help="Channels interleaved in each TIFF's pages (page k: frame k // C, channel k % C)",
-    ),
-    component: str | None = typer.Option(None, "--component", help="Array inside a zarr group (e.g. '0')"),
-    method: str = typer.Option(
-        "auto",
-        "--method",
-        help="auto: floor, and without --darkfield surface where the polynomial fit is refused or does not "
-        "converge; floor: smooth polynomials (fast); surface: free surfaces, smoothness by cross-validation "
-        "(sharp edges; slower)",
-    ),
-    degree: int = typer.Option(
-        6, "--degree", help="floor: total degree of the flatfield's smooth polynomial"
-    ),
-    darkfield_degree: int = typer.Option(
-        2, "--darkfield-degree", help="floor: total degree of the darkfield's polynomial"
-    ),
-    smoothness: float | None = typer.Option(
-        None,
-        "--smoothness",
-        help="surface: smoothing length of the flatfield in pixels (default: by cross-validation)",
-    ),
-    order_statistics: bool = typer.Option(
-        False,
-        "--order-statistics",
-        help="surface: separate flatfield and darkfield by each pixel's order statistics (assumes the "
-        "specimen is spread evenly)",
-    ),
-    max_frames: int = typer.Option(
-        1000, "--max-frames", help="Frames in the robust fit (a seeded sample when there are more)"
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the frame sample"),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace a complete output made with other parameters or inputs"
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"
-    ),
-    memory: str | None = typer.Option(
-        None,
-        "--memory",
-        help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
-    ),
-) -> None:
-    """Estimate the flatfield (and darkfield) from the images themselves; no model needed."""
+@job_command(app, "estimate", EstimateParameters)
+def estimate(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
+        params = checked_parameters(EstimateParameters, **values)
         preflight.estimate(
-            images,
-            out,
-            channels=channels,
-            component=component,
-            darkfield=darkfield,
+            params.images,
+            params.out,
+            channels=params.channels,
+            component=params.component,
+            darkfield=params.darkfield,
             memory=memory,
             workers=workers,
         )
@@ -589,28 +456,12 @@ def estimate(
 
     _quiet_prefect_console()
     with _reported():
-        result = estimate_command(
-            images,
-            out,
-            darkfield=darkfield,
-            channels=channels,
-            component=component,
-            method=method,
-            degree=degree,
-            darkfield_degree=darkfield_degree,
-            smoothness=smoothness,
-            order_statistics=order_statistics,
-            max_frames=max_frames,
-            seed=seed,
-            overwrite=overwrite,
-            memory=memory,
-            workers=workers,
-        )
+        result = estimate_command(memory=memory, workers=workers, **values)
     if result["status"] == "skipped":
         typer.echo(f"{result['out']}: complete with the same parameters and inputs; nothing to do")
         return
     for name, row in zip(result["channels"], result["summary"]):
-        dark = f", darkfield mean {row['darkfield_mean']:g} counts" if darkfield else ""
+        dark = f", darkfield mean {row['darkfield_mean']:g} counts" if params.darkfield else ""
         typer.echo(
             f"  {name}: {row['used']} of {row['frames']} frames used ({row['rejected']} rejected as "
             "outliers); "
@@ -626,89 +477,19 @@ def estimate(
     typer.echo(f"wrote {', '.join(written)} → {result['out']}")
 
 
-@app.command()
-def correct(
-    tiles: list[str] = typer.Argument(..., help="OME-Zarr tiles (image folders; local paths or s3:// URLs)"),
-    out: str = typer.Option(
-        ..., "--out", help="Folder for the corrected tiles; each goes to <out>/<tile name>"
-    ),
-    model: str | None = typer.Option(
-        None, "--model", help="Flatfield model version to apply (needs --store)"
-    ),
-    store: str | None = typer.Option(None, "--store", help="Model store holding --model"),
-    layer: int | None = typer.Option(None, "--layer", min=1, help="Model layer (1-based) for every channel"),
-    channel_map: str | None = typer.Option(
-        None, "--channel-map", help="Model layer per channel, e.g. 0=5,1=12 or 0=dapi,1=fitc"
-    ),
-    flatfield: str | None = typer.Option(
-        None, "--flatfield", help="Flatfield file instead of a model: TIFF, .npy or zarr"
-    ),
-    method: str | None = typer.Option(
-        None, "--method", help="'estimate': estimate the flatfield from each tile"
-    ),
-    background: str | None = typer.Option(
-        None, "--background", help="estimate (default), none, a value, or one value per channel (100,120)"
-    ),
-    darkfield: str | None = typer.Option(
-        None, "--darkfield", help="Darkfield image(s) to subtract instead of --background"
-    ),
-    level: str = typer.Option(
-        "0", "--level", help="Input resolution level to correct (index or dataset path)"
-    ),
-    levels: int = typer.Option(4, "--levels", min=1, help="Pyramid levels to write"),
-    zarr_format: int | None = typer.Option(
-        None, "--zarr-format", help="2 (NGFF 0.4) or 3 (NGFF 0.5); default: as the input"
-    ),
-    repair_flatfield: bool = typer.Option(
-        False,
-        "--repair-flatfield",
-        help="Replace zero/negative/non-finite flatfield pixels by their neighbourhood",
-    ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace complete outputs made with other parameters"
-    ),
-    allow_missing_chunks: bool = typer.Option(
-        False,
-        "--allow-missing-chunks",
-        help="Read chunks absent from a tile as its fill value (default: refuse the tile)",
-    ),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Dask workers (default: one worker, a thread per CPU)"
-    ),
-    memory: str | None = typer.Option(
-        None,
-        "--memory",
-        help="Memory for the cluster, e.g. 16GiB (default: SHADEFLOW_MEMORY, CO_MEMORY or the machine's)",
-    ),
-) -> None:
-    """Flatfield-correct OME-Zarr tiles chunk by chunk and write them with a multiscale pyramid."""
-    options = dict(
-        model=model,
-        store=store,
-        layer=layer,
-        channel_map=channel_map,
-        flatfield=flatfield,
-        method=method,
-        background=background,
-        darkfield=darkfield,
-        level=level,
-        levels=levels,
-        zarr_format=zarr_format,
-        repair_flatfield=repair_flatfield,
-        overwrite=overwrite,
-        allow_missing_chunks=allow_missing_chunks,
-        memory=memory,
-        workers=workers,
-    )
-    with _reported(up_front=True):  # every tile, its flatfield and the output checked before Prefect starts
-        preflight.correct(tiles, out, **options)
+@job_command(app, "correct", CorrectParameters)
+def correct(values: dict, memory: str | None = None, workers: int | None = None) -> None:
+    # every tile, its flatfield and the output checked before Prefect starts
+    with _reported(up_front=True):
+        params = checked_parameters(CorrectParameters, **values)
+        preflight.correct(params, memory=memory, workers=workers)
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .correct import correct_command
 
     _quiet_prefect_console()
     with _reported():
-        reports = correct_command(tiles, out, **options)
+        reports = correct_command(memory=memory, workers=workers, **values)
     for r in reports:
         timing = f", {r['seconds']:g} s, {r['mb_per_s']:g} MB/s" if r["status"] == "written" else ""
         typer.echo(

@@ -15,7 +15,7 @@ from .model import ModelBuildParameters, model_build
 
 
 class CohortRefreshParameters(BaseModel):
-    """Parameters of a cohort refresh (the Prefect UI renders them as a form)."""
+    """Mean images of a cohort's slides, then the model version built from them."""
 
     meanimage: MeanImageParameters = Field(
         description="The slides whose mean images are computed (finished slides are skipped)"

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
-from pydantic import BaseModel, Field
 
 from ..core.errors import RunFailed, unit_failures
 from ..core.io.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
 from ..core.meanimage.outputs import output_url
-from ..core.meanimage.pipeline import MEANIMAGE_METHOD
 from ..infra.cluster import task_runner
 from ..tasks.artifacts import publish_meanimage_summary
 from ..tasks.meanimage import (
@@ -22,38 +19,7 @@ from ..tasks.meanimage import (
     plan_slide,
     write_mean_image,
 )
-
-
-class MeanImageParameters(BaseModel):
-    """Parameters of a meanimage run (the Prefect UI renders them as a form)."""
-
-    slides: list[str] = Field(
-        min_length=1,
-        description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv",
-    )
-    mask_binning: Literal[1, 2, 4, 8] | None = Field(
-        None,
-        description="Block size of the grid masks are computed on; empty: 4 for native-resolution fields, "
-        "less for coarser ones",
-    )
-    skip_masking: bool = Field(
-        False, description="Stack every pixel of every bulk field, without thresholds or masks"
-    )
-    overwrite: bool = Field(
-        False,
-        description="Replace existing complete outputs made with other parameters; files in meanimage/ that "
-        "shadeflow did not write are kept",
-    )
-    seed: int = Field(0, ge=0, description="Seed for the random example fields in the masking summary")
-
-    def recorded(self) -> dict:
-        """The parameters recorded with (and compared against) each output."""
-        return {
-            "mask_binning": self.mask_binning,
-            "skip_masking": self.skip_masking,
-            "seed": self.seed,
-            "method": MEANIMAGE_METHOD,
-        }
+from .parameters import MeanImageParameters
 
 
 def _claim_staging(planned: list[PlannedSlide], run_token: str) -> list[StagingLease]:

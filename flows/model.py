@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
-from pydantic import BaseModel, Field
 
 from ..core.io import storage
 from ..core.io.output_folders import is_complete
@@ -22,45 +19,7 @@ from ..tasks.model import (
     write_model,
 )
 from ..tasks.model_artifacts import publish_applied_test_artifacts, publish_model_artifacts
-
-Border = Literal["linear", "replicate"]
-BORDER_HELP = (
-    "Smoothing at the field borders: 'linear' fits the slope (less bias), 'replicate' is AstroPath's"
-)
-
-
-class ModelBuildParameters(BaseModel):
-    """Parameters of a model build (the Prefect UI renders them as a form)."""
-
-    version: str = Field(
-        description="Model version to build: the models CSV rows with this version select the slides"
-    )
-    models_csv: str = Field(
-        description="Models CSV (version,Project,Cohort,BatchID,SlideID), local path or s3:// URL"
-    )
-    roots: list[str] = Field(
-        min_length=1,
-        description="Folders holding the slides (each slide is <root>/<SlideID>/ with a meanimage/ output)",
-    )
-    store: str | None = Field(None, description="Model store; default: the folder of the models CSV")
-    sigma: float | None = Field(
-        None,
-        gt=0,
-        description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled with the field size",
-    )
-    border: Border = Field("linear", description=BORDER_HELP)
-    overwrite: bool = Field(
-        False,
-        description="Replace the version if it exists (versions are otherwise immutable) or a .bin or "
-        "folder of it shadeflow did not write; other files are kept",
-    )
-
-    def resolved_store(self) -> str:
-        return (
-            storage.normalize(self.store)
-            if self.store
-            else storage.parent(storage.normalize(self.models_csv))
-        )
+from .parameters import AppliedTestParameters, ModelBuildParameters
 
 
 @flow(name="model-build", task_runner=task_runner(), log_prints=True)
@@ -96,24 +55,6 @@ def model_build(params: ModelBuildParameters) -> dict:
         "slides": [s.slide_id for s in slides],
         "statistics": manifest["statistics"]["summary"],
     }
-
-
-class AppliedTestParameters(BaseModel):
-    """Parameters of an applied flatfield test (the Prefect UI renders them as a form)."""
-
-    roots: list[str] = Field(
-        min_length=1, description="Folders holding the slides, each with a meanimage/ output"
-    )
-    out: str = Field(description="Folder for the test's outputs, local path or s3:// URL")
-    slides: str | None = Field(
-        None, description="Regular expression the SlideIDs must match from their start; default all slides"
-    )
-    seed: int = Field(0, ge=0, description="Seed of the split of each slide's bulk fields into two halves")
-    sigma: float | None = Field(
-        None, gt=0, description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled"
-    )
-    border: Border = Field("linear", description=BORDER_HELP)
-    overwrite: bool = Field(False, description="Replace a complete earlier test in the output folder")
 
 
 @flow(name="applied-test", task_runner=task_runner(), log_prints=True)

@@ -9,15 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from pydantic import BaseModel, Field, field_validator, model_validator
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from ..core.errors import checked_parameters
-from ..core.model.compare import DEFAULT_BAND
 from ..core.model.compare_plan import make_plan
-from ..core.model.models_csv import check_version_name
 from ..infra.cluster import check_settings, task_runner
 from ..tasks.model_compare import (
     check_slides,
@@ -28,76 +25,8 @@ from ..tasks.model_compare import (
     store_version,
     write_comparison,
 )
+from .parameters import ModelCompareParameters
 from .run import run_with_progress
-
-
-class ModelCompareParameters(BaseModel):
-    """Parameters of a model-compare run (the Prefect UI renders them as a form)."""
-
-    roots: list[str] = Field(
-        min_length=1,
-        description="Folders (local paths or s3:// URLs) holding slide folders with meanimage/ outputs",
-    )
-    slides: str | None = Field(
-        None,
-        description="Regular expression matched from the start of each SlideID (AstroPath's --sampleregex); "
-        "empty: every slide",
-    )
-    workdir: str | None = Field(
-        None,
-        description="Folder for meanimagecomparison_table.csv and the plots; empty: <first "
-        "root>/meanimagecomparison",
-    )
-    band_low: float = Field(
-        DEFAULT_BAND[0],
-        gt=0,
-        description="Lower end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)",
-    )
-    band_high: float = Field(
-        DEFAULT_BAND[1],
-        gt=0,
-        description="Upper end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)",
-    )
-    min_images_stacked: int = Field(
-        1, ge=0, description="Skip slides with fewer images than this stacked in some pixel"
-    )
-    store_as: str | None = Field(
-        None,
-        description="Append the compared slides to the models CSV as this new version (needs models_csv)",
-    )
-    models_csv: str | None = Field(
-        None, description="Models CSV (version,Project,Cohort,BatchID,SlideID) to append the version to"
-    )
-
-    @field_validator("slides", "workdir", "store_as", "models_csv", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and not value.strip() else value
-
-    @field_validator("store_as")
-    @classmethod
-    def _safe_version(cls, value: str | None) -> str | None:
-        return check_version_name(value) if value is not None else None
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ModelCompareParameters:
-        if not self.band_low < self.band_high:
-            raise ValueError(
-                f"band {self.band_low:g}–{self.band_high:g}: the low end must be below the high end"
-            )
-        if (self.store_as is None) != (self.models_csv is None):
-            given, missing = (
-                ("--store-as", "--models-csv") if self.store_as else ("--models-csv", "--store-as")
-            )
-            raise ValueError(
-                f"{given} needs {missing}: give both to append the compared slides to a models CSV, or "
-                "neither"
-            )
-        return self
-
-    @property
-    def band(self) -> tuple[float, float]:
-        return (self.band_low, self.band_high)
 
 
 @flow(name="model-compare", task_runner=task_runner(), log_prints=True)
@@ -190,31 +119,12 @@ def print_result(result: dict[str, Any], console=None) -> None:
             )
 
 
-def compare_command(
-    roots: list[str],
-    slides: str | None,
-    store_as: str | None,
-    models_csv: str | None,
-    workdir: str | None,
-    band_low: float,
-    band_high: float,
-    min_images_stacked: int,
-) -> dict[str, Any]:
-    """``shadeflow model compare``: validate, run the flow with a progress bar, print its results and
-    return them. Bad input raises ``ValueError`` (``ModelError``, ``SlideError``…) or
-    ``FileNotFoundError`` with a one-line message, before a Prefect server or cluster starts."""
-
-    params = checked_parameters(
-        ModelCompareParameters,
-        roots=roots,
-        slides=slides,
-        workdir=workdir,
-        band_low=band_low,
-        band_high=band_high,
-        min_images_stacked=min_images_stacked,
-        store_as=store_as,
-        models_csv=models_csv,
-    )
+def compare_command(memory: str | None = None, workers: int | None = None, **values: Any) -> dict[str, Any]:
+    """``shadeflow model compare`` with ``values`` (:class:`ModelCompareParameters` by name): validate,
+    run the flow with a progress bar, print its results and return them. Bad input raises
+    ``ValueError`` (``ModelError``, ``SlideError``…) or ``FileNotFoundError`` with a one-line message,
+    before a Prefect server or cluster starts."""
+    params = checked_parameters(ModelCompareParameters, **values)
     # the plan the flow's first task makes (roots, slides, table, --store-as), made here first: a bad input
     # fails now
     make_plan(
@@ -226,8 +136,10 @@ def compare_command(
         params.store_as,
         params.models_csv,
     )
-    size = check_settings()
+    size = check_settings(memory=memory, workers=workers)
     Console().print(Text(f"cluster: {size.describe()}"))
-    result = run_with_progress(model_compare, {"params": params}, task_runner(), "pairs")
+    result = run_with_progress(
+        model_compare, {"params": params}, task_runner(memory=memory, workers=workers), "pairs"
+    )
     print_result(result)
     return result

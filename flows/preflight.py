@@ -15,9 +15,13 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from ..core.errors import InputError
 from ..core.io import storage
+
+if TYPE_CHECKING:
+    from .parameters import CorrectParameters
 
 
 @contextmanager
@@ -233,26 +237,7 @@ def _real_numbers_stored(stack, component: str | None) -> None:
         )
 
 
-def correct(
-    tiles: list[str],
-    out: str,
-    model: str | None = None,
-    store: str | None = None,
-    layer: int | None = None,
-    channel_map: str | None = None,
-    flatfield: str | None = None,
-    method: str | None = None,
-    background: str | None = None,
-    darkfield: str | None = None,
-    level: str = "0",
-    levels: int = 4,
-    zarr_format: int | None = None,
-    repair_flatfield: bool = False,
-    overwrite: bool = False,
-    allow_missing_chunks: bool = False,
-    memory: str | None = None,
-    workers: int | None = None,
-) -> None:
+def correct(params: CorrectParameters, memory: str | None = None, workers: int | None = None) -> None:
     """Everything the flow's planning checks, for every tile, before Prefect starts: no URL carries
     credentials; the options fit together; every tile has a name an output can take; the storage
     of every location answers (endpoint, credentials, bucket); the flatfield source (the model
@@ -262,9 +247,11 @@ def correct(
 
     All tiles are checked and their problems reported together, in one line."""
     from ..core.correct.flatfield_sources import read_field_file, read_model_flatfield
-    from ..core.correct.tile import CorrectRequest, check_distinct_outputs, plan_tile
+    from ..core.correct.tile import check_distinct_outputs, plan_tile
     from ..core.errors import is_expected, one_line
 
+    tiles, out, store = params.tiles, params.out, params.store
+    flatfield, darkfield = params.flatfield, params.darkfield
     no_credentials(
         ("tile", tiles),
         ("--out", out),
@@ -272,23 +259,7 @@ def correct(
         ("--flatfield", flatfield),
         ("--darkfield", darkfield),
     )
-    request = CorrectRequest(
-        out=out,
-        model=model,
-        store=store,
-        flatfield=flatfield,
-        method=method,
-        layer=layer,
-        channel_map=channel_map,
-        background=background if background is not None else "estimate",
-        darkfield=darkfield,
-        level=str(level),
-        levels=levels,
-        zarr_format=zarr_format,
-        repair_flatfield=repair_flatfield,
-        overwrite=overwrite,
-        allow_missing_chunks=allow_missing_chunks,
-    ).check()
+    request = params.request()  # its options fit together: the parameters' validator checked
     spelling(memory)
     check_distinct_outputs(tiles, out)  # also refuses a tile name no output can take (``..``, ``\``…)
     # the locations before their contents: an outage or a missing bucket is named as such, quickly

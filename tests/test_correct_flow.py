@@ -100,8 +100,8 @@ def test_table_and_progress_artifacts(tmp_path):
 def test_correct_command_runs_with_progress_bar(tmp_path, capsys):
     tile, truth = make_tile(tmp_path / "in", shape=(8, 64, 64), chunks=(8, 32, 32))
     reports = correct_command(
-        [tile],
-        str(tmp_path / "out"),
+        tiles=[tile],
+        out=str(tmp_path / "out"),
         flatfield=truth["flatfield"],
         background="none",
         levels=2,

@@ -78,5 +78,5 @@ def test_parameters_that_do_not_validate_are_one_input_error_line():
     with pytest.raises(InputError) as info:
         checked_parameters(_Parameters, levels=0)
     assert "\n" not in str(info.value)
-    assert "--levels: Input should be greater than or equal to 1" in str(info.value)
+    assert "--levels 0: Input should be greater than or equal to 1" in str(info.value)
     assert "--out: Field required" in str(info.value)

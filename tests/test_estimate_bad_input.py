@@ -188,8 +188,8 @@ def test_existing_output_is_not_overwritten_silently(tmp_path, images):
 def test_command_rejects_bad_parameters_before_running(tmp_path, images):
     from shadeflow.flows.estimate import estimate_command
 
-    with pytest.raises(ValueError, match=r"--channels: Input should be greater than or equal to 1"):
-        estimate_command([str(tmp_path)], str(tmp_path / "out"), channels=0)
+    with pytest.raises(ValueError, match=r"--channels 0: Input should be greater than or equal to 1"):
+        estimate_command(images=[str(tmp_path)], out=str(tmp_path / "out"), channels=0)
     with pytest.raises(EstimateError, match=r"input .*missing: does not exist"):
-        estimate_command([str(tmp_path / "missing")], str(tmp_path / "out"))
+        estimate_command(images=[str(tmp_path / "missing")], out=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()

@@ -105,7 +105,7 @@ def test_command_runs_with_a_progress_bar(tmp_path, capsys):
         StackConfig(kind="sparse", size=64, n=24, darkfield=False, seed=4),
         fmt="zarr",
     )
-    result = estimate_command([written["images"]], str(tmp_path / "out"), memory="4GiB", workers=1)
+    result = estimate_command(images=[written["images"]], out=str(tmp_path / "out"), memory="4GiB", workers=1)
     assert result["status"] == "written" and "frames" in capsys.readouterr().out
     flat = read_estimate(str(tmp_path / "out"))["flatfield"][0]
     assert relative_rms(flat.astype(np.float64), np.load(written["flatfield"])) < 0.015

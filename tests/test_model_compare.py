@@ -487,7 +487,16 @@ def test_store_as_appends_the_compared_slides_and_refuses_an_existing_version(me
     models = tmp_path / "AstroPathFlatfieldModels.csv"
     models.write_text("version,Project,Cohort,BatchID,SlideID\nold,1,1,1,OTHER_1\n")
 
-    compare_command([str(root)], None, "v2", str(models), str(tmp_path / "work"), 0.7, 1.3, 1)
+    compare_command(
+        roots=[str(root)],
+        slides=None,
+        store_as="v2",
+        models_csv=str(models),
+        workdir=str(tmp_path / "work"),
+        band_low=0.7,
+        band_high=1.3,
+        min_images_stacked=1,
+    )
     out = capsys.readouterr()
     assert (
         "skipped SYN1_5" in out.out
@@ -505,7 +514,16 @@ def test_store_as_appends_the_compared_slides_and_refuses_an_existing_version(me
     digest = sha256(models)
     refused_dir = tmp_path / "work-refused"
     with pytest.raises(ModelError, match="already has version 'v2'"):
-        compare_command([str(root)], None, "v2", str(models), str(refused_dir), 0.85, 1.15, 1)
+        compare_command(
+            roots=[str(root)],
+            slides=None,
+            store_as="v2",
+            models_csv=str(models),
+            workdir=str(refused_dir),
+            band_low=0.85,
+            band_high=1.15,
+            min_images_stacked=1,
+        )
     assert sha256(models) == digest and not refused_dir.exists()
 
     with pytest.raises(ModelError, match="already has version 'old'"):
@@ -527,9 +545,27 @@ def test_store_as_needs_models_csv_and_a_safe_name(tmp_path, capsys):
     with pytest.raises(ValidationError, match="low end must be below"):
         ModelCompareParameters(roots=[str(tmp_path)], band_low=1.2, band_high=1.1)
     with pytest.raises(ValueError, match="not a safe file name"):
-        compare_command([str(tmp_path)], None, "a/b", str(tmp_path / "m.csv"), None, 0.85, 1.15, 1)
+        compare_command(
+            roots=[str(tmp_path)],
+            slides=None,
+            store_as="a/b",
+            models_csv=str(tmp_path / "m.csv"),
+            workdir=None,
+            band_low=0.85,
+            band_high=1.15,
+            min_images_stacked=1,
+        )
     with pytest.raises(ValueError, match="--store-as needs --models-csv"):
-        compare_command([str(tmp_path)], None, "v1", None, None, 0.85, 1.15, 1)
+        compare_command(
+            roots=[str(tmp_path)],
+            slides=None,
+            store_as="v1",
+            models_csv=None,
+            workdir=None,
+            band_low=0.85,
+            band_high=1.15,
+            min_images_stacked=1,
+        )
     # the same checks hold without pydantic (the flow's tasks repeat them)
     from shadeflow.tasks.model_compare import make_plan
 

@@ -8,7 +8,6 @@ file is an error naming it.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
 from dataclasses import dataclass
@@ -187,6 +186,20 @@ def check_compatible(refs: list[SlideRef]) -> None:
             raise ModelError(f"slides {first.slide_id} and {ref.slide_id} have different layer groups")
 
 
+def _layer_list(text: str) -> tuple[int, ...]:
+    """``"[1, 2, 5]"`` (how fields_used.csv writes the layers a field was stacked in) as a tuple. Not
+    ``ast.literal_eval``: Python 3.11's parser is not thread-safe (concurrent parses on Dask's worker
+    threads fail with "AST constructor recursion depth mismatch", CPython gh-106905)."""
+    inner = (text or "").strip()
+    if not (inner.startswith("[") and inner.endswith("]")) and not (
+        inner.startswith("(") and inner.endswith(")")
+    ):
+        if inner:
+            raise ValueError(f"stacked_in_layers {text!r} is not a list of layers")
+        return ()
+    return tuple(int(v) for v in inner[1:-1].split(",") if v.strip())
+
+
 def read_field_log(ref: SlideRef) -> list[FieldLogRow]:
     rows = astropath_io.read_csv(ref.file("fields_used.csv"))
     try:
@@ -196,11 +209,11 @@ def read_field_log(ref: SlideRef) -> list[FieldLogRow]:
                 r["file"],
                 r["location"],
                 r["use"],
-                tuple(ast.literal_eval(r["stacked_in_layers"] or "[]")),
+                _layer_list(r["stacked_in_layers"]),
             )
             for r in rows
         ]
-    except (KeyError, ValueError, SyntaxError) as exc:
+    except (KeyError, ValueError) as exc:
         raise ModelError(
             f"slide {ref.slide_id}: {ref.file('fields_used.csv')} is not a fields_used table ({exc})"
         ) from None

@@ -1,0 +1,376 @@
+"""Each job's parameters, declared once: names, types, defaults, bounds and help.
+
+The Prefect UI renders these models as the run forms; the command line's options are made from them
+(:mod:`shadeflow.flows.cli_options`), and the core's inputs are taken from them by name
+(``EstimateParameters.settings``, ``CorrectParameters.request``). A field's ``cli`` entry says how the
+command line shows it when that is not ``--field-name``: ``"argument"`` (positional) or an option name
+(``"--root"``, repeatable for a list).
+
+Light on purpose: the command line imports this module for ``--help``, so it imports pydantic and
+nothing heavy; the core modules that validate or convert are imported where they are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from ..core.io import storage
+
+if TYPE_CHECKING:
+    from ..core.correct.tile import CorrectRequest
+    from ..core.estimate.estimator import EstimateSettings
+
+#: the command line shows the field as a positional argument
+ARGUMENT = {"cli": "argument"}
+#: a list of root folders, given on the command line as a repeatable ``--root``
+ROOTS = {"cli": "--root"}
+#: AstroPath's default of the comparison band of ``model compare`` (δ/σ std. dev.)
+DEFAULT_BAND = (0.85, 1.15)
+
+Border = Literal["linear", "replicate"]
+BORDER_HELP = (
+    "Smoothing at the field borders: 'linear' fits the slope (less bias), 'replicate' is AstroPath's"
+)
+
+
+class MeanImageParameters(BaseModel):
+    """Per-slide masked mean images, written to <slide>/meanimage/."""
+
+    slides: list[str] = Field(
+        min_length=1,
+        json_schema_extra=ARGUMENT,
+        description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv",
+    )
+    mask_binning: Literal[1, 2, 4, 8] | None = Field(
+        None,
+        description="Block size of the grid masks are computed on; empty: 4 for native-resolution fields, "
+        "less for coarser ones",
+    )
+    skip_masking: bool = Field(
+        False, description="Stack every pixel of every bulk field, without thresholds or masks"
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace existing complete outputs made with other parameters; files in meanimage/ that "
+        "shadeflow did not write are kept",
+    )
+    seed: int = Field(0, ge=0, description="Seed for the random example fields in the masking summary")
+
+    def recorded(self) -> dict:
+        """The parameters recorded with (and compared against) each output."""
+        return {
+            "mask_binning": self.mask_binning,
+            "skip_masking": self.skip_masking,
+            "seed": self.seed,
+            "method": _meanimage_method(),
+        }
+
+
+class ModelBuildParameters(BaseModel):
+    """A flatfield model version built from the slides the models CSV lists for it."""
+
+    version: str = Field(
+        description="Model version to build: the models CSV rows with this version select the slides"
+    )
+    models_csv: str = Field(
+        description="Models CSV (version,Project,Cohort,BatchID,SlideID), local path or s3:// URL"
+    )
+    roots: list[str] = Field(
+        min_length=1,
+        json_schema_extra=ROOTS,
+        description="Folders holding the slides (each slide is <root>/<SlideID>/ with a meanimage/ output)",
+    )
+    store: str | None = Field(None, description="Model store; default: the folder of the models CSV")
+    sigma: float | None = Field(
+        None,
+        gt=0,
+        description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled with the field size",
+    )
+    border: Border = Field("linear", description=BORDER_HELP)
+    overwrite: bool = Field(
+        False,
+        description="Replace the version if it exists (versions are otherwise immutable) or a .bin or "
+        "folder of it shadeflow did not write; other files are kept",
+    )
+
+    def resolved_store(self) -> str:
+        return (
+            storage.normalize(self.store)
+            if self.store
+            else storage.parent(storage.normalize(self.models_csv))
+        )
+
+
+class ModelCompareParameters(BaseModel):
+    """Slides' mean images compared pairwise (δ/σ), and a compatible set suggested."""
+
+    roots: list[str] = Field(
+        min_length=1,
+        json_schema_extra=ROOTS,
+        description="Folders (local paths or s3:// URLs) holding slide folders with meanimage/ outputs",
+    )
+    slides: str | None = Field(
+        None,
+        description="Regular expression matched from the start of each SlideID (AstroPath's --sampleregex); "
+        "empty: every slide",
+    )
+    workdir: str | None = Field(
+        None,
+        description="Folder for meanimagecomparison_table.csv and the plots; empty: <first "
+        "root>/meanimagecomparison",
+    )
+    band_low: float = Field(
+        DEFAULT_BAND[0],
+        gt=0,
+        description="Lower end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)",
+    )
+    band_high: float = Field(
+        DEFAULT_BAND[1],
+        gt=0,
+        description="Upper end of the compatible band of the δ/σ std. dev. (and of the plots' colour scale)",
+    )
+    min_images_stacked: int = Field(
+        1, ge=0, description="Skip slides with fewer images than this stacked in some pixel"
+    )
+    store_as: str | None = Field(
+        None,
+        description="Append the compared slides to the models CSV as this new version (needs models_csv)",
+    )
+    models_csv: str | None = Field(
+        None, description="Models CSV (version,Project,Cohort,BatchID,SlideID) to append the version to"
+    )
+
+    @field_validator("slides", "workdir", "store_as", "models_csv", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("store_as")
+    @classmethod
+    def _safe_version(cls, value: str | None) -> str | None:
+        from ..core.model.models_csv import check_version_name
+
+        return check_version_name(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCompareParameters:
+        if not self.band_low < self.band_high:
+            raise ValueError(
+                f"band {self.band_low:g}–{self.band_high:g}: the low end must be below the high end"
+            )
+        if (self.store_as is None) != (self.models_csv is None):
+            given, missing = (
+                ("--store-as", "--models-csv") if self.store_as else ("--models-csv", "--store-as")
+            )
+            raise ValueError(
+                f"{given} needs {missing}: give both to append the compared slides to a models CSV, or "
+                "neither"
+            )
+        return self
+
+    @property
+    def band(self) -> tuple[float, float]:
+        return (self.band_low, self.band_high)
+
+
+class AppliedTestParameters(BaseModel):
+    """A flatfield tested on held-out fields: built from one half of each slide, applied to the other."""
+
+    roots: list[str] = Field(
+        min_length=1,
+        json_schema_extra=ROOTS,
+        description="Folders holding the slides, each with a meanimage/ output",
+    )
+    out: str = Field(description="Folder for the test's outputs, local path or s3:// URL")
+    slides: str | None = Field(
+        None, description="Regular expression the SlideIDs must match from their start; default all slides"
+    )
+    seed: int = Field(0, ge=0, description="Seed of the split of each slide's bulk fields into two halves")
+    sigma: float | None = Field(
+        None, gt=0, description="Smoothing σ in pixels; default 100 px for 1004×1344 fields, scaled"
+    )
+    border: Border = Field("linear", description=BORDER_HELP)
+    overwrite: bool = Field(False, description="Replace a complete earlier test in the output folder")
+
+
+class CorrectParameters(BaseModel):
+    """OME-Zarr tiles flatfield-corrected and written with a multiscale pyramid."""
+
+    tiles: list[str] = Field(
+        min_length=1,
+        json_schema_extra=ARGUMENT,
+        description="OME-Zarr tiles (image groups), local paths or s3:// URLs; NGFF 0.4 on zarr v2 or 0.5 "
+        "on zarr v3",
+    )
+    out: str = Field(
+        description="Folder (or s3:// prefix) for the corrected tiles: each is written to <out>/<tile name>"
+    )
+    model: str | None = Field(
+        None, description="Flatfield model version (built by `model build`) to apply; needs `store`"
+    )
+    store: str | None = Field(None, description="Model store holding `model`")
+    layer: int | None = Field(None, ge=1, description="Model layer (1-based) applied to every channel")
+    channel_map: str | None = Field(
+        None,
+        description="Model layer per channel: CHANNEL=LAYER pairs, e.g. '0=5,1=12' or '0=dapi,1=fitc' (a "
+        "group's middle layer)",
+    )
+    flatfield: str | None = Field(
+        None,
+        description="Flatfield file instead of a model: TIFF, .npy or zarr; one (Y, X) field or one per "
+        "channel",
+    )
+    method: Literal["estimate"] | None = Field(
+        None, description="'estimate': estimate the flatfield from each tile's own planes"
+    )
+    background: str = Field(
+        "estimate",
+        description="'estimate' (from the quietest slices), 'none', a value in counts, or one value per "
+        "channel ('100,120')",
+    )
+    darkfield: str | None = Field(
+        None, description="Darkfield image(s) to subtract instead of `background`: TIFF, .npy or zarr"
+    )
+    level: str = Field(
+        "0",
+        description="Resolution level of the input to correct: index (0 = full resolution) or dataset path",
+    )
+    levels: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Pyramid levels to write (each halves y and x, and z where the voxel size allows)",
+    )
+    zarr_format: Literal[2, 3] | None = Field(
+        None, description="Zarr format of the output (2 → NGFF 0.4, 3 → NGFF 0.5); empty: as the input"
+    )
+    repair_flatfield: bool = Field(
+        False,
+        description="Replace zero, negative or non-finite flatfield pixels by their neighbourhood instead "
+        "of failing",
+    )
+    overwrite: bool = Field(
+        False,
+        description="Replace complete outputs made with other parameters (and folders that are not "
+        "shadeflow outputs)",
+    )
+    allow_missing_chunks: bool = Field(
+        False,
+        description="Read chunks absent from a tile as its fill value instead of refusing the tile (zarr "
+        "omits chunks holding only the fill value)",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CorrectParameters:
+        for tile in self.tiles:  # credentials in a URL would be echoed and recorded with the run
+            storage.refuse_credentials_in_url(tile, "tile")
+        self.request().check()  # exactly one flatfield source, --model with --store, layers only for a model…
+        return self
+
+    def request(self) -> CorrectRequest:
+        """The plain request the core code works from: every field but the tiles, by name."""
+        from ..core.correct.tile import CorrectRequest
+
+        return CorrectRequest(**self.model_dump(exclude={"tiles"}))
+
+
+class EstimateParameters(BaseModel):
+    """Flatfield (and darkfield) estimated from the images themselves; no model needed."""
+
+    images: list[str] = Field(
+        min_length=1,
+        json_schema_extra=ARGUMENT,
+        description="TIFF files or folders of TIFFs, one zarr array, or slide folders (local paths or s3:// "
+        "URLs); together one stack",
+    )
+    out: str = Field(
+        description="Folder (or s3:// prefix) for flatfield.tiff, darkfield.tiff and estimate.zarr"
+    )
+    darkfield: bool = Field(
+        False, description="Estimate a darkfield too (else none, or a slide's dark current)"
+    )
+    channels: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Channels interleaved in the pages of each TIFF (page k: frame k // C, channel k % C)",
+    )
+    component: str | None = Field(None, description="Array inside a zarr group (e.g. 'raw' or '0')")
+    method: Literal["auto", "floor", "surface"] = Field(
+        "auto",
+        description="floor: smooth polynomials (fast); surface: free surfaces whose smoothness is chosen by "
+        "cross-validation (follows sharp aperture edges; slower); auto: floor, and without a darkfield to "
+        "estimate surface where the polynomial fit is refused or does not converge",
+    )
+    degree: int = Field(6, ge=1, le=12, description="floor: total degree of the flatfield's polynomial")
+    darkfield_degree: int = Field(
+        2, ge=0, le=12, description="floor: total degree of the darkfield's polynomial"
+    )
+    smoothness: float | None = Field(
+        None,
+        gt=0,
+        le=1000,
+        description="surface: smoothing length of the flatfield in pixels (default: chosen by "
+        "cross-validation over the frames)",
+    )
+    order_statistics: bool = Field(
+        False,
+        description="surface: separate flatfield and darkfield by each pixel's order statistics (assumes "
+        "the specimen is spread evenly; for stacks whose levels do not vary)",
+    )
+    max_frames: int = Field(
+        1000,
+        ge=16,
+        description="Frames of the robust fit (a seeded sample when there are more); every frame enters the "
+        "final pass",
+    )
+    seed: int = Field(0, ge=0, description="Seed of the frame sample")
+    overwrite: bool = Field(
+        False, description="Replace a complete output made with other parameters or inputs"
+    )
+
+    def settings(self) -> EstimateSettings:
+        """The estimator's settings: the fields it shares with these parameters, by name (the rest keep
+        the estimator's own defaults)."""
+        from ..core.estimate.estimator import EstimateSettings
+
+        shared = {f.name for f in fields(EstimateSettings)} & set(type(self).model_fields)
+        values = {name: getattr(self, name) for name in shared}
+        values["darkfield_degree"] = min(self.darkfield_degree, self.degree)
+        return EstimateSettings(**values)
+
+    def recorded(self) -> dict:
+        """The parameters recorded with (and compared against) the output."""
+        return {
+            "darkfield": self.darkfield,
+            "channels": self.channels,
+            "component": self.component,
+            "method": self.method,
+            "degree": self.degree,
+            "darkfield_degree": self.darkfield_degree,
+            "smoothness": self.smoothness,
+            "order_statistics": self.order_statistics,
+            "max_frames": self.max_frames,
+            "seed": self.seed,
+            "settings": asdict(self.settings()),
+        }
+
+
+def _meanimage_method() -> str:
+    from ..core.meanimage.pipeline import MEANIMAGE_METHOD
+
+    return MEANIMAGE_METHOD
+
+
+#: every job's parameters, by the command that runs it
+JOBS: dict[str, type[BaseModel]] = {
+    "meanimage": MeanImageParameters,
+    "model build": ModelBuildParameters,
+    "model compare": ModelCompareParameters,
+    "applied-test": AppliedTestParameters,
+    "correct": CorrectParameters,
+    "estimate": EstimateParameters,
+}
