@@ -534,7 +534,7 @@ def serve_command(
         help="Most flow runs at once (0: no limit); each local run sizes its cluster from the whole machine",
     ),
     only: list[str] | None = typer.Option(
-        None, "--only", help="Serve only this flow/deployment, e.g. meanimage/on-demand (repeatable)"
+        None, "--only", help="Serve only this flow/deployment, e.g. meanimage/meanimage (repeatable)"
     ),
 ) -> None:
     """Serve every flow as a deployment with its schedules, for runs from the UI (needs a Prefect \

@@ -16,11 +16,16 @@ from ..core.correct.tile import CorrectRequest, TilePlan, TileReport, plan_tile,
 from .dask_work import cluster_client, field_events, field_reporter, progress_compute
 from .progress import Progress, artifact_key
 from .retry import TRANSIENT_RETRY
+from .run_names import folder_name, run_name
 
 TABLE_KEY = "correct-summary"
 
 
-@task(name="plan-tile", task_run_name="plan-tile[{tile_url}]", cache_policy=NO_CACHE)
+@task(
+    name="plan-tile",
+    task_run_name=run_name("plan-tile", lambda p: folder_name(p["tile_url"])),
+    cache_policy=NO_CACHE,
+)
 def plan_tile_task(tile_url: str, request: CorrectRequest) -> TilePlan:
     """Validate a tile, its flatfield and background and its output location; nothing is written."""
     plan = plan_tile(tile_url, request)
@@ -39,7 +44,10 @@ def plan_tile_task(tile_url: str, request: CorrectRequest) -> TilePlan:
 
 
 @task(
-    name="correct-tile", task_run_name="correct-tile[{plan.name}]", cache_policy=NO_CACHE, **TRANSIENT_RETRY
+    name="correct-tile",
+    task_run_name=run_name("correct-tile", lambda p: p["plan"].name),
+    cache_policy=NO_CACHE,
+    **TRANSIENT_RETRY,
 )
 def correct_tile_task(plan: TilePlan) -> TileReport:
     """Background, flatfield, correction and pyramid of one tile, written chunk by chunk; the

@@ -24,6 +24,7 @@ from ..core.io import storage
 from .dask_work import cluster_client, progress_compute
 from .progress import Progress, artifact_key
 from .retry import TRANSIENT_RETRY
+from .run_names import run_name
 
 TABLE_KEY = "estimate-summary"
 
@@ -91,7 +92,7 @@ def _frames_done(topic: str, n: int) -> None:
 
 @task(
     name="estimate-channel",
-    task_run_name="estimate-channel[{channel}]",
+    task_run_name=run_name("estimate-channel", lambda p: p["plan"].stack.channel_names[p["channel"]]),
     cache_policy=NO_CACHE,
     **TRANSIENT_RETRY,
 )

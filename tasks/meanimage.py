@@ -23,6 +23,7 @@ from .dask_work import cluster_client
 from .meanimage_graph import stack_on_cluster, thresholds_on_cluster
 from .progress import Progress, artifact_key
 from .retry import TRANSIENT_RETRY
+from .run_names import folder_name, run_name
 
 
 @dataclass
@@ -60,7 +61,15 @@ def _manifest_matches(url: str, parameters: dict[str, Any], inputs: list[str]) -
     )
 
 
-@task(name="plan-slide", task_run_name="plan-slide[{slide_url}]", cache_policy=NO_CACHE)
+def _slide_id(parameters: dict[str, Any]) -> str:
+    return parameters["planned"].plan.slide.slide_id
+
+
+@task(
+    name="plan-slide",
+    task_run_name=run_name("plan-slide", lambda p: folder_name(p["slide_url"])),
+    cache_policy=NO_CACHE,
+)
 def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = False) -> PlannedSlide:
     """Validate a slide, split its fields into edge and bulk, and decide whether it needs computing.
 
@@ -98,7 +107,7 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
 
 @task(
     name="background-thresholds",
-    task_run_name="background-thresholds[{planned.plan.slide.slide_id}]",
+    task_run_name=run_name("background-thresholds", _slide_id),
     cache_policy=NO_CACHE,
     **TRANSIENT_RETRY,  # it writes nothing: rerunning it after a cluster hiccup is safe
 )
@@ -130,7 +139,7 @@ def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
 
 @task(
     name="mask-and-stack",
-    task_run_name="mask-and-stack[{planned.plan.slide.slide_id}]",
+    task_run_name=run_name("mask-and-stack", _slide_id),
     cache_policy=NO_CACHE,
 )
 def mask_and_stack_fields(
@@ -164,7 +173,7 @@ def mask_and_stack_fields(
 
 @task(
     name="write-mean-image",
-    task_run_name="write-mean-image[{planned.plan.slide.slide_id}]",
+    task_run_name=run_name("write-mean-image", _slide_id),
     cache_policy=NO_CACHE,
 )
 def write_mean_image(

@@ -112,8 +112,8 @@ def test_runner_deployments_carry_names_parameters_and_schedules():
         for made, spec in zip(deployment.schedules, entry.schedules):
             assert made.active == spec.get("active", True)
             assert getattr(made.schedule, "cron", None) == spec.get("cron")
-    only = runner_deployments(only=["meanimage/on-demand"])
-    assert [(d.flow_name, d.name) for d in only] == [("meanimage", "on-demand")]
+    only = runner_deployments(only=["meanimage/meanimage"])
+    assert [(d.flow_name, d.name) for d in only] == [("meanimage", "meanimage")]
     with pytest.raises(ServeError, match="no-such/flow"):
         runner_deployments(only=["no-such/flow"])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,11 @@ from shadeflow.core.synth.slides import SynthConfig, write_cohort
 from shadeflow.deployments.serve import PREFECT_FILE, read_deployments
 
 SERVE_MEMORY = "4GiB"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 SMALL = {"fields": 20, "shape": (96, 128, 4)}
 
 
@@ -63,7 +69,7 @@ def deployment_exists(api_url: str, name: str) -> bool:
 
 
 @contextmanager
-def serving(api_url: str, prefect_file: Path, work: Path) -> Iterator[Path]:
+def serving(api_url: str, prefect_file: Path, work: Path, **extra_env: str) -> Iterator[Path]:
     """``python -m shadeflow.deployments.serve`` for ``prefect_file`` until the block ends; yields its log."""
     work.mkdir(parents=True, exist_ok=True)
     log = work / "serve.log"
@@ -72,6 +78,7 @@ def serving(api_url: str, prefect_file: Path, work: Path) -> Iterator[Path]:
         PREFECT_API_URL=api_url,
         SHADEFLOW_MEMORY=SERVE_MEMORY,
         PREFECT_RUNNER_POLL_FREQUENCY="2",
+        **extra_env,
     )
     with started(
         [sys.executable, "-m", "shadeflow.deployments.serve", "--prefect-file", str(prefect_file)],
@@ -91,9 +98,12 @@ def serving(api_url: str, prefect_file: Path, work: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def packaged(server, tmp_path_factory):
-    """The packaged prefect.yaml (every flow) served from a subprocess for this module's tests."""
-    with serving(server, PREFECT_FILE, tmp_path_factory.mktemp("serve-packaged")) as log:
+def packaged(server, s3_server, tmp_path_factory):
+    """The packaged prefect.yaml (every flow) served from a subprocess for this module's tests; its runs
+    reach the loopback S3 server too."""
+    with serving(
+        server, PREFECT_FILE, tmp_path_factory.mktemp("serve-packaged"), **S3_ENV, AWS_ENDPOINT_URL=s3_server
+    ) as log:
         yield log
 
 
@@ -141,7 +151,7 @@ def test_the_run_button_runs_a_served_deployment_with_its_parameters(server, pac
     log = packaged
     slides = write_cohort(str(tmp_path / "cohort"), SynthConfig(slides=1, seed=21, **SMALL))
 
-    run = run_and_wait(server, "meanimage/on-demand", {"params": {"slides": slides, "seed": 3}}, log)
+    run = run_and_wait(server, "meanimage/meanimage", {"params": {"slides": slides, "seed": 3}}, log)
 
     assert run.parameters == {"params": {"slides": slides, "seed": 3}}
     assert_mean_images(slides[0])
@@ -234,3 +244,54 @@ def test_a_short_interval_schedule_creates_and_completes_a_run(server, tmp_path)
     assert run.auto_scheduled  # made by the scheduler, not by us
     assert run.parameters == {"params": {"slides": slides}}
     assert_mean_images(slides[0])
+
+
+def task_run_names(api_url: str, flow_run_id) -> list[str]:
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId
+
+    with sync_client(api_url) as client:
+        runs = client.read_task_runs(
+            task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return [r.name for r in runs]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_prefect_deployment_run_watch_on_a_local_and_an_s3_slide(server, packaged, where, request, tmp_path):
+    """The README's form, ``prefect deployment run meanimage/meanimage --params … --watch``, exits 0, and
+    the task runs it shows are named by step and slide ID (a path in brackets crashed Prefect's console
+    with a rich MarkupError; an ``s3://`` one vanished from it)."""
+    if where == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        root = f"s3://{bucket}/cohort"
+    else:
+        root = str(tmp_path / "cohort")
+    (slide,) = write_cohort(root, SynthConfig(slides=1, seed=23, **SMALL))
+    slide_id = slide.rstrip("/").rsplit("/", 1)[-1]
+    env = child_env(tmp_path / "cli-home", PREFECT_API_URL=server, COLUMNS="200")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "deployment",
+            "run",
+            "meanimage/meanimage",
+            "--params",
+            json.dumps({"params": {"slides": [slide]}}),
+            "--watch",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:] + tail(packaged)
+    assert "MarkupError" not in output
+    flow_run_id = next(line.split()[-1] for line in output.splitlines() if "UUID" in line)
+    names = task_run_names(server, flow_run_id)
+    steps = {"plan-slide", "background-thresholds", "mask-and-stack", "write-mean-image"}
+    per_slide = {n.removesuffix(f"-{slide_id}") for n in names if n.endswith(f"-{slide_id}")}
+    assert per_slide == steps, names
+    assert not any("[" in n or "/" in n for n in names), names
