@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,20 +131,94 @@ def check_api_url(url: str | None) -> str:
     return url
 
 
+def ui_url(api_url: str, configured: str | None = None) -> str:
+    """The UI's address: ``PREFECT_UI_URL`` when set, else the API's without its ``/api``."""
+    return (configured or api_url.rstrip("/").removesuffix("/api")).rstrip("/")
+
+
+class RunLog(threading.Thread):
+    """One line when a run of the served deployments starts and one when it ends, with its UI address.
+
+    Prefect's runner itself says nothing while it runs flows; a person watching ``shadeflow serve``
+    should see what it does. It polls the API every ``interval`` seconds (runs end on their own
+    clock, and Prefect offers the runner no hook for them)."""
+
+    def __init__(self, names: list[str], ui: str, interval: float = 2.0, echo=print):
+        super().__init__(name="shadeflow-run-log", daemon=True)
+        self.names, self.ui, self.interval, self.echo = names, ui, interval, echo
+        self.since = dt.datetime.now(dt.UTC)
+        self.stopped = threading.Event()
+        self.started: set = set()
+        self.ended: set = set()
+
+    def run(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        ids: dict = {}
+        with get_client(sync_client=True) as client:
+            while not self.stopped.wait(self.interval):
+                try:
+                    ids.update(self._deployment_ids(client, ids))
+                    if ids:
+                        self._report(client, ids)
+                except Exception as exc:  # the log must not stop serving: say so once per failure
+                    self.echo(f"run log: could not read runs from the API ({type(exc).__name__})", flush=True)
+
+    def _deployment_ids(self, client, known: dict) -> dict:
+        from prefect.exceptions import ObjectNotFound
+
+        found = {}
+        for name in self.names:
+            if name in known.values():
+                continue
+            try:
+                found[client.read_deployment_by_name(name).id] = name
+            except ObjectNotFound:
+                pass  # not registered yet
+        return found
+
+    def _report(self, client, ids: dict) -> None:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=list(ids))), limit=200
+        )
+        for run in runs:
+            state = run.state
+            began = run.start_time
+            if state is None or began is None or began < self.since:
+                continue
+            where = f"{ids[run.deployment_id]} run '{run.name}'"
+            url = f"{self.ui}/runs/flow-run/{run.id}"
+            if run.id not in self.started:
+                self.started.add(run.id)
+                self.echo(f"started {where} → {url}", flush=True)
+            if state.is_final() and run.id not in self.ended:
+                self.ended.add(run.id)
+                took = f" after {run.total_run_time.total_seconds():.0f} s" if run.total_run_time else ""
+                self.echo(f"ended {where}: {state.name}{took} → {url}", flush=True)
+
+
 def serve_all(
     prefect_file: str | Path | None = None, limit: int | None = DEFAULT_LIMIT, only: list[str] | None = None
 ) -> None:
     """Serve every deployment of ``prefect_file`` with its schedules until interrupted.
 
     ``limit`` caps the runs executing at once (default 1: a local run sizes its cluster from the
-    whole machine); ``None`` removes the cap.
+    whole machine); ``None`` removes the cap. Each run's start and end are printed with its UI address.
     """
     from prefect import serve
     from prefect.settings import get_current_settings
 
-    check_api_url(get_current_settings().api.url)
+    settings = get_current_settings()
+    api = check_api_url(settings.api.url)
     deployments = runner_deployments(prefect_file, only)
-    serve(*deployments, limit=limit)
+    log = RunLog([f"{d.flow_name}/{d.name}" for d in deployments], ui_url(api, settings.ui_url))
+    log.start()
+    try:
+        serve(*deployments, limit=limit)
+    finally:
+        log.stopped.set()
 
 
 def main(argv: list[str] | None = None) -> int:

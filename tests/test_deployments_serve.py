@@ -160,6 +160,21 @@ def test_the_run_button_runs_a_served_deployment_with_its_parameters(server, pac
     line = cluster_line_logged(server, run.id)
     # sized from the serve process's setting
     assert f"{format_bytes(parse_bytes(SERVE_MEMORY))} per worker" in line, line
+    # the serve process said when the run started and ended, with its address in the UI
+    url = f"{server.removesuffix('/api')}/runs/flow-run/{run.id}"
+    ended = wait_for(
+        lambda: [
+            ln
+            for ln in log.read_text().splitlines()
+            if ln.startswith("ended meanimage/meanimage") and url in ln
+        ],
+        30,
+        "the serve process's line for the run's end",
+    )
+    assert "Completed" in ended[0], ended
+    assert any(
+        ln.startswith("started meanimage/meanimage") and url in ln for ln in log.read_text().splitlines()
+    )
 
 
 def test_the_nightly_refresh_builds_mean_images_then_the_model(server, packaged, tmp_path):
