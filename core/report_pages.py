@@ -7,6 +7,7 @@ shadeflow version, date and parameters — in its metadata and in a header on it
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import json
@@ -97,6 +98,28 @@ def colour_limits(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> tu
         return 0.0, 1.0
     lo, hi = (float(v) for v in np.percentile(values, [low, high]))
     return (lo, hi) if hi > lo else (lo, lo + max(abs(lo), 1.0) * 1e-3)
+
+
+def preview_png(image: np.ndarray, title: str, width_px: int = 256) -> bytes:
+    """A small PNG of a profile (a flatfield, a darkfield) with its colour bar, for a run's artifact."""
+    image = downsample(np.asarray(image, dtype=np.float64), width_px)
+    lo, hi = colour_limits(image)
+    height_px = width_px * 0.85 * image.shape[0] / image.shape[1] + 40
+    fig = Figure(figsize=(width_px / 100, max(height_px, 120) / 100), dpi=100)
+    ax = fig.add_axes((0.03, 0.04, 0.72, 0.84))
+    shown = ax.imshow(image, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    colorbar = fig.colorbar(shown, cax=fig.add_axes((0.78, 0.1, 0.04, 0.72)))
+    colorbar.ax.tick_params(labelsize=6)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def markdown_image(alt: str, png: bytes) -> str:
+    """A PNG inlined in a markdown artifact (the Prefect UI shows it; nothing to host)."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def correct(params: CorrectParameters) -> list[dict]:
     wait(runs)
     failed = [(plan.tile, r.state.message) for plan, r in zip(planned, runs) if not r.state.is_completed()]
     done = [r.result() for r in runs if r.state.is_completed()]
-    publish_correct_table(done)
+    publish_correct_table(done, planned)
     if failed:
         raise RunFailed(unit_failures("tile", failed))
     return report_dicts(done)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ..core.correct.tile import CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
@@ -19,6 +19,8 @@ from .retry import TRANSIENT_RETRY
 from .run_names import folder_name, run_name
 
 TABLE_KEY = "correct-summary"
+PROFILES_KEY = "correct-flatfields"
+MAX_CHANNELS_SHOWN = 8  # a page of previews, not hundreds
 
 
 @task(
@@ -114,12 +116,35 @@ def table_rows(reports: list[TileReport]) -> list[dict]:
 
 
 @task(name="publish-correct-summary")
-def publish_correct_table(reports: list[TileReport]) -> None:
+def publish_correct_table(reports: list[TileReport], plans: list[TilePlan]) -> None:
+    """The table of tiles, and a page with the flatfield each tile was divided by, as images (a
+    flatfield shared by tiles — a model version, a file — is shown once)."""
+    # deferred on purpose: the report pages import matplotlib, needed only for this artifact
+    from ..core.report_pages import markdown_image, preview_png
+
     create_table_artifact(
         table_rows(reports),
         key=TABLE_KEY,
         description="Corrected tiles: shape, flatfield source, background, time and throughput",
     )
+    lines, shown = ["# Flatfields applied", ""], set()
+    for plan in plans:
+        if plan.flatfield is None:
+            lines += [
+                f"## {plan.name}",
+                "",
+                "flatfield estimated from the tile itself (see its shadeflow.json)",
+                "",
+            ]
+            continue
+        if plan.flatfield.summary in shown:
+            continue
+        shown.add(plan.flatfield.summary)
+        lines += [f"## {plan.flatfield.summary}", ""]
+        for c, field in enumerate(plan.flatfield.fields[:MAX_CHANNELS_SHOWN]):
+            lines.append(markdown_image(f"channel {c}", preview_png(field, f"channel {c}")))
+        lines.append("")
+    create_markdown_artifact("\n".join(lines), key=PROFILES_KEY, description="Flatfields applied")
 
 
 def report_dicts(reports: list[TileReport]) -> list[dict]:

@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ..core.estimate.chunked import estimate_shading_dask
@@ -26,6 +26,7 @@ from .progress import Progress, artifact_key
 from .retry import TRANSIENT_RETRY
 from .run_names import run_name
 
+PROFILES_KEY = "estimate-profiles"
 TABLE_KEY = "estimate-summary"
 
 
@@ -206,6 +207,26 @@ def table_rows(names: list[str], results: list[ShadingEstimate]) -> list[dict[st
 
 @task(name="publish-estimate-summary")
 def publish_estimate_table(names: list[str], results: list[ShadingEstimate], out: str) -> None:
+    """The table of numbers per channel, and a page with each channel's flatfield (and darkfield) as
+    images."""
+    # deferred on purpose: the report pages import matplotlib, needed only for this artifact
+    from ..core.report_pages import markdown_image, preview_png
+
     create_table_artifact(
         table_rows(names, results), key=TABLE_KEY, description=f"Estimated shading per channel → {out}"
     )
+    lines = [f"# Estimated shading → `{out}`", ""]
+    for name, result in zip(names, results):
+        lines += [
+            f"## {name}",
+            "",
+            markdown_image(f"{name} flatfield", preview_png(result.flatfield, f"{name} flatfield")),
+        ]
+        if result.darkfield.any():
+            lines.append(
+                markdown_image(
+                    f"{name} darkfield", preview_png(result.darkfield, f"{name} darkfield (counts)")
+                )
+            )
+        lines += [f"- {note}" for note in result.notes] + [""]
+    create_markdown_artifact("\n".join(lines), key=PROFILES_KEY, description=f"Estimated profiles → {out}")

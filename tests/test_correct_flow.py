@@ -17,7 +17,7 @@ from ome_zarr.reader import Reader
 from shadeflow.core.io import storage
 from shadeflow.flows.correct import CorrectParameters, correct, correct_command
 from shadeflow.infra.cluster import task_runner
-from shadeflow.tasks.correct import TABLE_COLUMNS, TABLE_KEY
+from shadeflow.tasks.correct import PROFILES_KEY, TABLE_COLUMNS, TABLE_KEY
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -95,6 +95,8 @@ def test_table_and_progress_artifacts(tmp_path):
     assert row["seconds"] > 0 and row["MB/s"] > 0
     progress = [a for a in artifacts if a.type == "progress"]
     assert progress and progress[0].description.endswith("8/8")  # 2 × 2 × 2 chunks of level 0
+    page = next(a for a in artifacts if a.key == PROFILES_KEY).data
+    assert "estimated from the tile itself" in page
 
 
 def test_correct_command_runs_with_progress_bar(tmp_path, capsys):

@@ -42,7 +42,7 @@ def two_channels(tmp_path_factory):
 def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     from shadeflow.flows.estimate import EstimateParameters, estimate
     from shadeflow.infra.cluster import task_runner
-    from shadeflow.tasks.estimate import TABLE_COLUMNS, TABLE_KEY
+    from shadeflow.tasks.estimate import PROFILES_KEY, TABLE_COLUMNS, TABLE_KEY
 
     folder, truths = two_channels
     out = str(tmp_path / "estimate")
@@ -84,6 +84,9 @@ def test_flow_writes_flatfield_darkfield_and_zarr(tmp_path, two_channels):
     assert all(r["frames"] == 40 for r in rows)
     progress = [a for a in artifacts if a.type == "progress"]
     assert sorted(a.description for a in progress) == ["channel 0 frames: 40/40", "channel 1 frames: 40/40"]
+    page = next(a for a in artifacts if a.key == PROFILES_KEY).data  # the profiles as images
+    assert page.count("](data:image/png;base64,") == 4, page[:300]  # flatfield and darkfield per channel
+    assert "## channel 0" in page and "## channel 1" in page
 
     before = (tmp_path / "estimate" / "shadeflow.json").read_text()
     again = estimate.with_options(task_runner=task_runner(memory="4GiB", workers=1))(params=params)

@@ -13,7 +13,6 @@ shadeflow version, the date and the parameters, in its metadata and on its first
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ from ..report_pages import (
     group_separators,
     mosaic,
     pages_of,
+    preview_png,
     table,
     table_pages,
     write_pdf,
@@ -391,17 +391,5 @@ def brightest_layer_images(
     """
     images = {}
     for name, layer in brightest_layers(stack, layer_groups).items():
-        image = downsample(model.flatfield[layer - 1], PREVIEW_WIDTH_PX)
-        lo, hi = colour_limits(image)
-        height_px = PREVIEW_WIDTH_PX * 0.85 * image.shape[0] / image.shape[1] + 40
-        fig = Figure(figsize=(PREVIEW_WIDTH_PX / 100, max(height_px, 120) / 100), dpi=100)
-        ax = fig.add_axes((0.03, 0.04, 0.72, 0.84))
-        shown = ax.imshow(image, cmap="viridis", vmin=lo, vmax=hi, interpolation="nearest")
-        ax.set_axis_off()
-        ax.set_title(f"{name} layer {layer}", fontsize=8)
-        colorbar = fig.colorbar(shown, cax=fig.add_axes((0.78, 0.1, 0.04, 0.72)))
-        colorbar.ax.tick_params(labelsize=6)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=100)
-        images[name] = buffer.getvalue()
+        images[name] = preview_png(model.flatfield[layer - 1], f"{name} layer {layer}", PREVIEW_WIDTH_PX)
     return images
