@@ -52,6 +52,53 @@ def _percent(values: np.ndarray) -> str:
     return f"{100 * np.nanmedian(values):.2f} % (worst layer {100 * np.nanmax(values):.2f} %)"
 
 
+def outputs_in_reading_order(
+    out: str, cohort: str, slide_ids: list[str], store: str, tested: str, tiles_out: str, estimated: str
+) -> list[tuple[str, str]]:
+    """Every output of the demo, in the order of the chain, with full paths (PDFs where a step has them)."""
+
+    def pdfs(folder: str) -> list[str]:  # a slide's three in the order AstroPath makes them
+        fs, path = storage.filesystem(folder)
+        steps = ("thresholding", "masking", "meanimage")
+        return sorted(
+            fs.glob(f"{path}/**/*.pdf"),
+            key=lambda p: ([s in p for s in steps].index(True) if any(s in p for s in steps) else 9, p),
+        )
+
+    items = [("synthetic cohort (slides with their known flatfield)", cohort)]
+    for sid in slide_ids:
+        folder = storage.join(cohort, sid, "meanimage")
+        items.append((f"mean image {sid}", folder))
+        items += [(f"  {storage.basename(p)}", p) for p in pdfs(folder)]
+    items.append((f"model {DEMO_VERSION} (model store)", store))
+    items += [(f"  {storage.basename(p)}", p) for p in pdfs(store)]
+    items.append(("applied test", tested))
+    items += [(f"  {storage.basename(p)}", p) for p in pdfs(tested)]
+    items.append(("corrected OME-Zarr tiles", tiles_out))
+    items.append(("estimate: flatfield.tiff, darkfield.tiff, estimate.zarr", estimated))
+    return [(label, os.path.abspath(url) if not storage.is_remote(url) else url) for label, url in items]
+
+
+def report_markdown(rows: list[tuple[str, str]], outputs: list[tuple[str, str]]) -> str:
+    """demo-output/REPORT.md: the results against the truth, then every output in reading order."""
+    lines = [
+        "# shadeflow demo",
+        "",
+        "## Results against the known (planted) shading",
+        "",
+        "| step | result |",
+    ]
+    lines += [
+        "|---|---|",
+        *[f"| {step} | {result} |" for step, result in rows],
+        "",
+        "## Outputs, in reading order",
+        "",
+    ]
+    lines += [f"{'  ' if label.startswith('  ') else ''}- {label.strip()}: `{url}`" for label, url in outputs]
+    return "\n".join(lines) + "\n"
+
+
 def run_demo(out: str) -> dict:
 
     console = Console(width=110)
@@ -164,42 +211,58 @@ def run_demo(out: str) -> dict:
     table = Table(title="Results against the known (planted) shading", show_lines=False)
     table.add_column("step")
     table.add_column("result")
-    table.add_column("where")
+    rows = []  # (step, result), also written to REPORT.md
     for report in reports:
         errors = mean_image_accuracy(storage.join(cohort, report["slide_id"]), truth)
-        table.add_row(
-            f"mean image {report['slide_id']}",
-            f"{report['stacked_fields']}/{report['bulk_fields']} bulk fields stacked, "
-            f"{report['flagged_fields']} fields with blur/saturation; "
-            f"smoothed mean image vs truth: {_percent(errors)} relative RMS",
-            report["output"],
+        rows.append(
+            (
+                f"mean image {report['slide_id']}",
+                f"{report['stacked_fields']}/{report['bulk_fields']} bulk fields stacked, "
+                f"{report['flagged_fields']} fields with blur/saturation; "
+                f"smoothed mean image vs truth: {_percent(errors)} relative RMS",
+            )
         )
-    table.add_row(
-        f"model {DEMO_VERSION}",
-        f"flatfield vs truth: {_percent(model_error)} relative RMS; range "
-        f"{model.flatfield.min():.3f}–{model.flatfield.max():.3f}",
-        f"{store}/flatfield/",
+    rows.append(
+        (
+            f"model {DEMO_VERSION}",
+            f"flatfield vs truth: {_percent(model_error)} relative RMS; range "
+            f"{model.flatfield.min():.3f}–{model.flatfield.max():.3f}",
+        )
     )
-    table.add_row(
-        "applied test",
-        f"illumination variation (std of smoothed mean-relative intensity) {change['mean_std']:+.1f} % "
-        f"(central 64 %: {change['mean_central_std']:+.1f} %)",
-        tested,
+    rows.append(
+        (
+            "applied test",
+            f"illumination variation (std of smoothed mean-relative intensity) {change['mean_std']:+.1f} % "
+            f"(central 64 %: {change['mean_central_std']:+.1f} %)",
+        )
     )
-    table.add_row(
-        "corrected tiles",
-        f"shading of the smoothed mean plane: {100 * before.mean():.1f} % before → {100 * after.mean():.2f} "
-        "% after (relative RMS)",
-        tiles_out,
+    rows.append(
+        (
+            "corrected tiles",
+            f"shading of the smoothed mean plane: {100 * before.mean():.1f} % before → "
+            f"{100 * after.mean():.2f} % after (relative RMS)",
+        )
     )
-    table.add_row(
-        "estimate (no model)",
-        f"flatfield vs truth: {100 * estimate_error:.2f} % relative RMS; darkfield within {dark_error:.1f} "
-        "counts RMS "
-        f"(of ≈{planted['darkfield'].mean():.0f})",
-        estimated,
+    rows.append(
+        (
+            "estimate (no model)",
+            f"flatfield vs truth: {100 * estimate_error:.2f} % relative RMS; darkfield within "
+            f"{dark_error:.1f} counts RMS (of ≈{planted['darkfield'].mean():.0f})",
+        )
     )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    outputs = outputs_in_reading_order(
+        out, cohort, [r["slide_id"] for r in reports], store, tested, tiles_out, estimated
+    )
+    report_url = storage.join(out, "REPORT.md")
+    storage.write_text(report_url, report_markdown(rows, outputs))
+    # full paths, one per line: a table cell would cut them at the terminal's width
+    print("\nOutputs, in reading order:")
+    for label, url in outputs:
+        print(f"  {label}: {url}")
+    print(f"This report with every output: {report_url}")
     console.print(
         "How to read this: a flatfield is the microscope's uneven illumination. Each slide's mean image "
         "(masked\n"

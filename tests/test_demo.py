@@ -25,3 +25,12 @@ def test_demo_runs_the_whole_chain_and_reports_against_the_truth(tmp_path, capsy
     for folder in ("cohort", "models", "applied-test", "corrected-tiles", "estimate"):
         assert (out / folder).is_dir(), folder
     assert (out / "estimate" / "shadeflow.json").is_file() and (out / "models" / "flatfield").is_dir()
+    # REPORT.md lists every output in reading order with full paths, and the command printed them whole
+    listed = (out / "REPORT.md").read_text()
+    pdfs = sorted(str(p) for p in out.rglob("*.pdf"))
+    assert len(pdfs) == 3 * 3 + 2 and all(f"`{p}`" in listed for p in pdfs)  # 3 per slide, model, test
+    order = [
+        listed.index(f"`{out / name}`") for name in ("cohort", "models", "applied-test", "corrected-tiles")
+    ]
+    assert order == sorted(order)
+    assert all(p in report for p in pdfs)  # whole, not cut at the terminal's width
