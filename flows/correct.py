@@ -11,7 +11,8 @@ from ..core.correct.tile import check_distinct_outputs
 from ..core.errors import RunFailed, checked_parameters, unit_failures
 from ..core.io import storage
 from ..infra.cluster import check_settings, task_runner
-from ..tasks.correct import correct_tile_task, plan_tile_task, publish_correct_table, report_dicts
+from ..tasks.correct import correct_tile_task, plan_tile_task, publish_correct_table, report_dicts, tile_stage
+from ..tasks.progress import announce
 from .parameters import CorrectParameters
 from .run import run_with_progress
 
@@ -36,6 +37,7 @@ def correct(params: CorrectParameters) -> list[dict]:
     if invalid:  # nothing has been written yet
         raise RunFailed(unit_failures("tile", invalid))
     planned = [p.result() for p in plans]
+    announce([tile_stage(plan) for plan in planned])  # the progress bar's total, before any tile starts
     runs = [correct_tile_task.submit(plan) for plan in planned]
     wait(runs)
     failed = [(plan.tile, r.state.message) for plan, r in zip(planned, runs) if not r.state.is_completed()]

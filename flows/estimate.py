@@ -10,12 +10,14 @@ from prefect.futures import wait
 from ..core.errors import RunFailed, checked_parameters, unit_failures
 from ..infra.cluster import check_settings, task_runner
 from ..tasks.estimate import (
+    channel_stage,
     estimate_channel,
     make_plan,
     plan_estimate,
     publish_estimate_table,
     write_estimate_task,
 )
+from ..tasks.progress import announce
 from .parameters import EstimateParameters
 from .run import run_with_progress
 
@@ -43,6 +45,7 @@ def estimate(params: EstimateParameters) -> dict:
     if plan.action == "skip":
         print(f"{plan.out} is complete with the same parameters and inputs; nothing to do")
         return {"out": plan.out, "status": "skipped", "channels": names}
+    announce([channel_stage(plan, c) for c in range(plan.stack.n_channels)])  # the bar's total, up front
     futures = [estimate_channel.submit(plan, c) for c in range(plan.stack.n_channels)]
     wait(futures)
     failed = [(name, f.state.message) for name, f in zip(names, futures) if not f.state.is_completed()]

@@ -16,9 +16,11 @@ from ..tasks.meanimage import (
     PlannedSlide,
     background_thresholds,
     mask_and_stack_fields,
+    meanimage_stages,
     plan_slide,
     write_mean_image,
 )
+from ..tasks.progress import announce
 from .parameters import MeanImageParameters
 
 
@@ -57,6 +59,7 @@ def meanimage(params: MeanImageParameters) -> list[dict]:
     planned = [p.result() for p in plans]
     # this run's staging folders: named here, once (a task Dask recomputes after losing a worker must
     # find the same folder) and held for the whole run, so no other run takes them for abandoned
+    announce(meanimage_stages(planned))  # the progress bar's total, before any stage starts
     run_token = new_run_token()
     leases = _claim_staging(planned, run_token)
     stages = []

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ..core.correct.tile import CorrectRequest, TilePlan, TileReport, plan_tile, run_tile
 from .dask_work import cluster_client, field_events, field_reporter, progress_compute
-from .progress import Progress, artifact_key
+from .progress import Progress, Stage, artifact_key
 from .retry import TRANSIENT_RETRY
 from .run_names import folder_name, run_name
 
@@ -57,11 +57,7 @@ def correct_tile_task(plan: TilePlan) -> TileReport:
     from functools import partial
 
     logger = get_run_logger()
-    progress = Progress(
-        f"{plan.name} chunks",
-        plan.n_blocks if plan.action != "skip" else 0,
-        key=artifact_key("correct", plan.name),
-    )
+    progress = Progress(*tile_stage(plan))
     if plan.action == "skip":
         progress.done = progress.total
         progress.publish(force=True)
@@ -113,6 +109,15 @@ def table_rows(reports: list[TileReport]) -> list[dict]:
         }
         for r in reports
     ]
+
+
+def tile_stage(plan: TilePlan) -> Stage:
+    """The progress of a tile: one unit per corrected chunk of level 0 (none for a skipped tile)."""
+    return (
+        f"{plan.name} chunks",
+        plan.n_blocks if plan.action != "skip" else 0,
+        artifact_key("correct", plan.name),
+    )
 
 
 @task(name="publish-correct-summary")

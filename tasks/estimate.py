@@ -22,7 +22,7 @@ from ..core.estimate.inputs import ImageStack, open_images
 from ..core.estimate.outputs import output_state, write_estimate
 from ..core.io import storage
 from .dask_work import cluster_client, progress_compute
-from .progress import Progress, artifact_key
+from .progress import Progress, Stage, artifact_key
 from .retry import TRANSIENT_RETRY
 from .run_names import run_name
 
@@ -91,6 +91,14 @@ def _frames_done(topic: str, n: int) -> None:
     get_worker().log_event(topic, int(n))
 
 
+def channel_stage(plan: EstimatePlan, channel: int) -> Stage:
+    """The progress of a channel: frames read, once for the robust fit (a sample of at most
+    ``max_frames``) and, when there are more, once more for the final pass."""
+    n, most = plan.stack.n_frames, plan.settings.max_frames
+    name = plan.stack.channel_names[channel]
+    return f"{name} frames", min(n, most) + (n if n > most else 0), artifact_key("estimate", name)
+
+
 @task(
     name="estimate-channel",
     task_run_name=run_name("estimate-channel", lambda p: p["plan"].stack.channel_names[p["channel"]]),
@@ -103,9 +111,8 @@ def estimate_channel(plan: EstimatePlan, channel: int) -> ShadingEstimate:
 
     stack, settings = plan.stack, plan.settings
     n = stack.n_frames
-    reads = min(n, settings.max_frames) + (n if n > settings.max_frames else 0)
     name = stack.channel_names[channel]
-    progress = Progress(f"{name} frames", reads, key=artifact_key("estimate", name))
+    progress = Progress(*channel_stage(plan, channel))
     known = None if settings.darkfield else stack.known_darkfield
     with cluster_client() as client:
         client.subscribe_topic(progress.topic, lambda event: progress.advance(int(event[1])))

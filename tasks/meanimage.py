@@ -21,7 +21,7 @@ from ..core.meanimage.masks.parameters import MaskParameters
 from ..core.meanimage.outputs import KIND, output_url, write_meanimage_outputs
 from .dask_work import cluster_client
 from .meanimage_graph import stack_on_cluster, thresholds_on_cluster
-from .progress import Progress, artifact_key
+from .progress import Progress, Stage, artifact_key
 from .retry import TRANSIENT_RETRY
 from .run_names import folder_name, run_name
 
@@ -105,6 +105,23 @@ def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = Fal
     return PlannedSlide(plan=plan, skip=skip, started=time.monotonic())
 
 
+def threshold_stage(planned: PlannedSlide) -> Stage:
+    """The progress of a slide's thresholds: one unit per edge field."""
+    sid = planned.plan.slide.slide_id
+    return f"{sid} thresholds", len(planned.plan.edge_fields), artifact_key("thresholds", sid)
+
+
+def stack_stage(planned: PlannedSlide) -> Stage:
+    """The progress of a slide's masks and stack: one unit per field."""
+    sid = planned.plan.slide.slide_id
+    return f"{sid} masks and stack", len(planned.plan.slide.fields), artifact_key("mask-and-stack", sid)
+
+
+def meanimage_stages(planned: list[PlannedSlide]) -> list[Stage]:
+    """Every progress stage of a run: two per slide it computes (skipped slides have none)."""
+    return [stage(p) for p in planned if not p.skip for stage in (threshold_stage, stack_stage)]
+
+
 @task(
     name="background-thresholds",
     task_run_name=run_name("background-thresholds", _slide_id),
@@ -116,9 +133,8 @@ def background_thresholds(planned: PlannedSlide) -> core.ThresholdResult | None:
     if planned.skip:
         return None
     plan = planned.plan
-    fields = plan.edge_fields
     slide_id = plan.slide.slide_id
-    progress = Progress(f"{slide_id} thresholds", len(fields), key=artifact_key("thresholds", slide_id))
+    progress = Progress(*threshold_stage(planned))
     with cluster_client() as client:
         result = thresholds_on_cluster(client, plan, progress)
     thresholds = result.thresholds
@@ -154,11 +170,8 @@ def mask_and_stack_fields(
         return None
     plan = planned.plan
     slide = plan.slide
-    fields = list(slide.fields)
     staged = StagedOutput(output_url(slide.url), run_token)
-    progress = Progress(
-        f"{slide.slide_id} masks and stack", len(fields), key=artifact_key("mask-and-stack", slide.slide_id)
-    )
+    progress = Progress(*stack_stage(planned))
     try:
         with cluster_client() as client:
             merged = stack_on_cluster(

@@ -24,6 +24,51 @@ def artifact_key(*parts: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
 
 
+#: one stage of a run's work as its progress artifact shows it: label, total units, artifact key
+Stage = tuple[str, int, str]
+
+
+def announce(stages: list[Stage]) -> None:
+    """Progress artifacts at 0 for every stage a run will go through, made once the run is planned and
+    before any stage starts: the sum of their totals, which the command line's bar shows, is known
+    from the start (it grew as stages began, and the bar jumped backwards). Each stage's task then
+    reports under the same key (the newest artifact of a key counts)."""
+    for label, total, key in stages:
+        create_progress_artifact(0.0, key=key, description=f"{label}: 0/{total}")
+
+
+def _announced(key: str | None):
+    """The id of the progress artifact under ``key`` that this flow run announced, if any."""
+    if key is None:
+        return None
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+        ArtifactFilterType,
+    )
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return None
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[key]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id]),
+                    type=ArtifactFilterType(any_=["progress"]),
+                ),
+                sort=ArtifactSort.CREATED_DESC,
+                limit=1,
+            )
+    except Exception:  # noqa: BLE001 — a progress display must never fail the work it counts
+        return None
+    return found[0].id if found else None
+
+
 class Progress:
     """Counts finished units of one task towards ``total`` and reports them."""
 
@@ -35,7 +80,13 @@ class Progress:
         self._last_update = 0.0
         self._last_logged_decile = -1
         self._warned = False
-        self._artifact = create_progress_artifact(0.0, key=key, description=f"{label}: 0/{total}")
+        description = f"{label}: 0/{total}"
+        announced = _announced(key)
+        if announced is not None:  # the flow made it when it planned the run: report there
+            update_progress_artifact(announced, 0.0, description=description)
+            self._artifact = announced
+        else:
+            self._artifact = create_progress_artifact(0.0, key=key, description=description)
         self.topic = f"shadeflow-progress-{uuid.uuid4().hex}"
 
     def advance(self, n: int = 1) -> None:

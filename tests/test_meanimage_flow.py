@@ -288,6 +288,17 @@ def test_dask_path_equals_the_serial_reference(two_slides, tmp_path):
     assert flow_masks == reference_masks
 
 
+STAGE_TASKS = ("background-thresholds-", "mask-and-stack-")
+
+
+def task_runs(flow_run_id) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
 def test_summary_and_progress_artifacts(two_slides):
     artifacts = flow_run_artifacts(two_slides["flow_run_id"])
     summaries = [a for a in artifacts if a.key == "meanimage-summary"]
@@ -313,6 +324,10 @@ def test_summary_and_progress_artifacts(two_slides):
         for stage, total in expected.items():
             mine = [a.description for a in progress if (a.description or "").startswith(f"{sid} {stage}:")]
             assert mine == [f"{sid} {stage}: {total}/{total}"], (stage, mine)
+    # every stage was announced (so the bar's total was known) before the first stage started
+    starts = [r.start_time for r in task_runs(two_slides["flow_run_id"]) if r.name.startswith(STAGE_TASKS)]
+    assert len(starts) == 2 * len(two_slides["urls"])
+    assert max(a.created for a in progress) < min(starts)
 
 
 # ----------------------------------------------------------------------------------------------
