@@ -12,7 +12,6 @@ import datetime as dt
 import io
 import json
 import math
-import textwrap
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -66,15 +65,58 @@ class ReportHeader:
         }
 
     def draw(self, fig: Figure, title: str, lines: Sequence[str] = ()) -> float:
-        """Title and provenance at the top of a first page; returns the figure fraction where it ends."""
+        """Title and provenance at the top of a first page, the parameters as a two-column table of
+        name and value; returns the figure fraction where it ends."""
         fig.text(0.06, 0.975, f"{self.subject} — {title}", fontsize=13, weight="bold", va="top")
-        params = textwrap.wrap(f"parameters: {self.parameters_json}", 125, subsequent_indent="  ")
-        if len(params) > 4:  # the full set is always in the PDF metadata
-            params = params[:4] + ["  … (all parameters are in this PDF's Keywords metadata)"]
-        text = [f"shadeflow {self.version}, created {self.created}", self.context, *params, *lines]
+        rows = parameter_rows(json.loads(self.parameters_json))
+        width = max((len(name) for name, _ in rows), default=0)
+        table = [f"  {name.ljust(width)}  {value}" for name, value in rows]
+        text = [
+            f"shadeflow {self.version}, created {self.created}",
+            self.context,
+            "parameters:",
+            *table,
+            *lines,
+        ]
         fig.text(0.06, 0.950, "\n".join(text), fontsize=6.5, va="top", family="monospace", linespacing=1.4)
         line = 6.5 * 1.4 / 72 / fig.get_size_inches()[1]  # one text line, as a figure fraction
         return 0.950 - len(text) * line - 0.015
+
+
+#: characters of a value shown on a report's first page (A4 at 6.5 pt monospace holds about 125)
+PARAMETER_VALUE_CHARS = 95
+#: parameters shown on a first page; the full set is always in the PDF's metadata
+PARAMETER_ROWS = 14
+
+
+def parameter_rows(parameters: dict) -> list[tuple[str, str]]:
+    """Parameters as (name, value) rows that fit a page: nested settings flattened to ``a.b``, a list
+    shown as its first items and a count, a long value cut at its start (a path's end says most)."""
+    rows: list[tuple[str, str]] = []
+
+    def add(name: str, value) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value):
+                add(f"{name}.{key}" if name else str(key), value[key])
+            return
+        if isinstance(value, (list, tuple)):  # as many items as fit, then how many more
+            items = [str(v) for v in value]
+            n = len(items)
+            while n > 1 and len(", ".join(items[:n])) + 12 > PARAMETER_VALUE_CHARS:
+                n -= 1
+            shown = ", ".join(items[:n]) + (f" (+{len(items) - n} more)" if n < len(items) else "")
+        else:
+            shown = "—" if value is None else str(value)
+        if len(shown) > PARAMETER_VALUE_CHARS:
+            shown = "…" + shown[-(PARAMETER_VALUE_CHARS - 1) :]
+        rows.append((name, shown))
+
+    add("", parameters)
+    if len(rows) > PARAMETER_ROWS:
+        rows = rows[: PARAMETER_ROWS - 1] + [
+            ("…", f"{len(rows) - PARAMETER_ROWS + 1} more in this PDF's Keywords metadata")
+        ]
+    return rows
 
 
 def write_pdf(url: str, metadata: dict[str, str], pages: Iterable[Figure]) -> None:

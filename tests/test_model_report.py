@@ -238,3 +238,33 @@ def test_statistics_rows_are_plain_dataclasses(model):
     names = {f.name for f in dataclasses.fields(model["statistics"][0])}
     assert {"layer", "group", "n_images", "minimum", "maximum", "p5", "p95", "spread", "std"} <= names
     assert {"central_p5", "central_p95", "central_spread", "central_std"} <= names
+
+
+def test_the_first_page_shows_the_parameters_as_a_table_that_fits():
+    """Name and value per row (the whole set stays in the PDF's Keywords): long paths keep their end,
+    lists show the items that fit and a count, nothing runs past the page (about 125 characters)."""
+    from matplotlib.figure import Figure
+
+    from shadeflow.core.report_pages import ReportHeader, parameter_rows
+
+    roots = [
+        f"s3://bucket/a/very/long/cohort/path/number/{i}/with/many/levels/of/folders/below/it"
+        for i in range(7)
+    ]
+    parameters = {
+        "version": "2024-01",
+        "models_csv": "/data/" + "x" * 200 + "/AstroPathFlatfieldModels.csv",
+        "roots": roots,
+        "sigma": None,
+        "border": "linear",
+        "settings": {"degree": 6, "max_frames": 1000},
+    }
+    rows = dict(parameter_rows(parameters))
+    assert rows["version"] == "2024-01" and rows["sigma"] == "—" and rows["settings.degree"] == "6"
+    assert rows["roots"] == f"{roots[0]} (+6 more)"
+    assert rows["models_csv"].startswith("…") and rows["models_csv"].endswith("AstroPathFlatfieldModels.csv")
+    header = ReportHeader.of("flatfield model 2024-01", parameters, "3 slides")
+    fig = Figure(figsize=(8.27, 11.69))
+    header.draw(fig, "flatfield summary")
+    drawn = "\n".join(t.get_text() for t in fig.texts)
+    assert "{" not in drawn and max(len(line) for line in drawn.splitlines()) <= 125
