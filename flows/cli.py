@@ -50,6 +50,10 @@ synth_app = typer.Typer(
     help="Synthetic data with a known flatfield, for demos, tests and benchmarks.", no_args_is_help=True
 )
 app.add_typer(synth_app, name="synth")
+slides_app = typer.Typer(
+    help="Slides from your own data: the slide contract for a folder of TIFF fields.", no_args_is_help=True
+)
+app.add_typer(slides_app, name="slides")
 model_app = typer.Typer(
     help="Flatfield models: build a version, compare mean images, list a store.", no_args_is_help=True
 )
@@ -496,6 +500,60 @@ def correct(values: dict, memory: str | None = None, workers: int | None = None)
             f"{r['tile']}: {r['status']} → {r['output']} (flatfield {r['flatfield']}; background "
             f"{r['background']}{timing})"
         )
+
+
+@slides_app.command("init")
+def slides_init(
+    folder: str = typer.Argument(
+        ..., help="Slide folder holding one multi-page TIFF per field (a page per layer)"
+    ),
+    positions: str | None = typer.Option(
+        None,
+        "--positions",
+        help="CSV of field centres: file,cx,cy in µm (optional exposure_ms_<group> columns)",
+    ),
+    grid: int | None = typer.Option(
+        None,
+        "--grid",
+        help="Instead of --positions: fields in file-name order fill rows of this many columns",
+    ),
+    overlap: float = typer.Option(0.1, "--overlap", help="--grid: overlap of neighbouring fields (fraction)"),
+    pixel_size_um: float = typer.Option(0.4976, "--pixel-size-um", help="Pixel size in µm (Vectra: 0.4976)"),
+    layer_groups: str | None = typer.Option(
+        None, "--layer-groups", help="Layer groups, e.g. dapi=1-1,fitc=2-4 (default: one group of all layers)"
+    ),
+    exposure_ms: float = typer.Option(
+        1.0,
+        "--exposure-ms",
+        help="Exposure time of fields without one in --positions (1: mean image in counts)",
+    ),
+    dark_current: float = typer.Option(0.0, "--dark-current", help="Camera offset in counts"),
+    microscope: str = typer.Option("vectra", "--microscope", help="vectra or polaris (masking parameters)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing slide.json and fields.csv"
+    ),
+) -> None:
+    """Write slide.json and fields.csv for a folder of TIFF fields, so that `shadeflow meanimage` reads it."""
+    from ..core.io.slide_init import init_slide
+
+    with _reported(up_front=True):
+        meta = init_slide(
+            folder,
+            positions=positions,
+            grid_columns=grid,
+            overlap=overlap,
+            pixel_size_um=pixel_size_um,
+            layer_groups=layer_groups,
+            exposure_ms=exposure_ms,
+            dark_current=dark_current,
+            microscope=microscope,
+            overwrite=overwrite,
+        )
+    h, w, layers = meta["shape"]
+    typer.echo(
+        f"slide {meta['slide_id']}: {h}×{w} px, {layers} layers {meta['dtype']} → slide.json and fields.csv "
+        f"in {folder}; next: shadeflow meanimage {folder}"
+    )
 
 
 @app.command("cluster")
