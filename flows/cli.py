@@ -451,6 +451,7 @@ def estimate(values: dict, memory: str | None = None, workers: int | None = None
             channels=params.channels,
             component=params.component,
             darkfield=params.darkfield,
+            dataset=params.dataset,
             memory=memory,
             workers=workers,
         )

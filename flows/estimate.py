@@ -40,6 +40,7 @@ def estimate(params: EstimateParameters) -> dict:
         params.settings(),
         params.recorded(),
         params.overwrite,
+        params.dataset,
     ).result()
     names = plan.stack.channel_names
     if plan.action == "skip":
@@ -81,6 +82,7 @@ def estimate_command(memory: str | None = None, workers: int | None = None, **va
         params.settings(),
         params.recorded(),
         params.overwrite,
+        params.dataset,
     )
     check_settings(memory=memory, workers=workers)
     return run_with_progress(

@@ -299,6 +299,11 @@ class EstimateParameters(BaseModel):
         description="Channels interleaved in the pages of each TIFF (page k: frame k // C, channel k % C)",
     )
     component: str | None = Field(None, description="Array inside a zarr group (e.g. 'raw' or '0')")
+    dataset: str | None = Field(
+        None,
+        description="HDF5: the dataset holding the frames, e.g. /entry/data/data (found by itself when the "
+        "file holds one image dataset)",
+    )
     method: Literal["auto", "floor", "surface"] = Field(
         "auto",
         description="floor: smooth polynomials (fast); surface: free surfaces whose smoothness is chosen by "
@@ -348,6 +353,7 @@ class EstimateParameters(BaseModel):
             "darkfield": self.darkfield,
             "channels": self.channels,
             "component": self.component,
+            "dataset": self.dataset,
             "method": self.method,
             "degree": self.degree,
             "darkfield_degree": self.darkfield_degree,

@@ -173,6 +173,7 @@ def estimate(
     channels: int = 1,
     component: str | None = None,
     darkfield: bool = False,
+    dataset: str | None = None,
     memory: str | None = None,
     workers: int | None = None,
 ) -> None:
@@ -183,7 +184,7 @@ def estimate(
     no_credentials(("input", images), ("--out", out))
     spelling(memory)
     with _quiet("tifffile"):
-        stack = open_images(images, channels, component)
+        stack = open_images(images, channels, component, dataset)
     need = frames_needed(darkfield)
     if stack.n_frames < need:
         raise EstimateError(

@@ -50,11 +50,12 @@ def make_plan(
     settings: EstimateSettings,
     recorded: dict[str, Any],
     overwrite: bool,
+    dataset: str | None = None,
 ) -> EstimatePlan:
     """Open and check the inputs (headers only) and the output location; nothing is written or read in
     bulk. The command line calls this before the run starts; the flow's first task calls it again."""
 
-    stack = open_images(images, channels, component)
+    stack = open_images(images, channels, component, dataset)
     need = frames_needed(settings.darkfield)
     if stack.n_frames < need:
         raise EstimateError(
@@ -75,9 +76,10 @@ def plan_estimate(
     settings: EstimateSettings,
     recorded: dict[str, Any],
     overwrite: bool,
+    dataset: str | None = None,
 ) -> EstimatePlan:
     """:func:`make_plan`, logged."""
-    plan = make_plan(images, out, channels, component, settings, recorded, overwrite)
+    plan = make_plan(images, out, channels, component, settings, recorded, overwrite, dataset)
     logger = get_run_logger()
     logger.info("estimate: %s → %s (%s)", plan.stack.describe(), plan.out, plan.action)
     for note in plan.notes:

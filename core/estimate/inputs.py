@@ -1,4 +1,5 @@
-"""What ``shadeflow estimate`` reads: TIFFs, a zarr array, or slides — as lazy (N, C, H, W) stacks.
+"""What ``shadeflow estimate`` reads: TIFF, PNG, FITS or HDF5 files, a zarr array, or slides — as lazy
+(N, C, H, W) stacks.
 
 Rules a user can rely on (all inputs of one call form *one* stack; every frame must have one shape):
 
@@ -6,6 +7,10 @@ Rules a user can rely on (all inputs of one call form *one* stack; every frame m
   is a frame of one channel. With ``channels`` = C > 1 the pages of each file are interleaved by
   channel (page k is frame k // C of channel k % C, ImageJ's order for a C-channel stack), so each
   file's page count must be a multiple of C.
+* **PNG, FITS and HDF5 files and folders of them** (:mod:`.frame_files`): a PNG is one frame, a FITS
+  file's image extensions (and the planes of a 3-D one) are frames, an HDF5 file's frames are the
+  dataset ``dataset`` names (found by itself when the file holds one). ``channels`` interleaves them as
+  for TIFF pages.
 * **A zarr array** (a path ending in ``.zarr``, or any zarr store, with ``component`` naming the array
   inside a group): (N, H, W) is one channel, (N, C, H, W) has C channels. A group holding exactly one
   array needs no component.
@@ -26,6 +31,7 @@ import numpy as np
 
 from ..io import storage
 from ..io.slide import SlideError, load_slide, read_field
+from . import frame_files
 from .grid import EstimateError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -70,7 +76,9 @@ class ImageStack:
         )
 
 
-def open_images(urls: list[str], channels: int = 1, component: str | None = None) -> ImageStack:
+def open_images(
+    urls: list[str], channels: int = 1, component: str | None = None, dataset: str | None = None
+) -> ImageStack:
     """The stack the inputs make (module description).
 
     Raises
@@ -91,6 +99,14 @@ def open_images(urls: list[str], channels: int = 1, component: str | None = None
             + ", ".join(f"{u} ({k})" for u, k in zip(urls, kinds))
         )
     kind = kinds[0]
+    if dataset and kind != "hdf5":
+        raise EstimateError("--dataset names the frames inside an HDF5 file; the inputs are not HDF5")
+    if kind in ("png", "fits", "hdf5"):
+        if component:
+            raise EstimateError(
+                f"--component names an array inside a zarr store; the inputs are {kind.upper()}"
+            )
+        return _open_frame_files(urls, kind, channels, dataset)
     if kind == "zarr":
         if len(urls) > 1:
             raise EstimateError(f"give one zarr array per run, got {len(urls)}")
@@ -111,6 +127,8 @@ def _kind(url: str) -> str:
     name = storage.basename(url).lower()
     if name.endswith(TIFF_SUFFIXES) and fs.isfile(path):
         return "tiff"
+    if frame_files.file_format(url) and fs.isfile(path):
+        return frame_files.file_format(url)
     if fs.isdir(path):
         if fs.exists(path.rstrip("/") + "/slide.json"):
             return "slide"
@@ -118,7 +136,15 @@ def _kind(url: str) -> str:
             fs.exists(path.rstrip("/") + "/" + m) for m in ("zarr.json", ".zarray", ".zgroup")
         ):
             return "zarr"
-        return "tiff-folder"
+        listed = fs.ls(path, detail=False)
+        if any(p.lower().endswith(TIFF_SUFFIXES) for p in listed):
+            return "tiff-folder"
+        formats = {frame_files.file_format(p) for p in listed} - {None}
+        if len(formats) > 1:
+            raise EstimateError(
+                f"folder {url} holds {' and '.join(sorted(formats))} files; give one kind per run"
+            )
+        return formats.pop() if formats else "tiff-folder"
     raise EstimateError(
         f"input {url} is neither a TIFF file, a folder of TIFFs, a zarr store nor a slide folder"
     )
@@ -206,6 +232,54 @@ def _open_tiffs(urls: list[str], channels: int) -> ImageStack:
         parts.append(stack.reshape(pages // channels, channels, h, w))
     array = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
     return ImageStack("tiff", urls, files, array, [f"channel {c}" for c in range(channels)])
+
+
+# ---------------------------------------------------------------------------------------------
+# PNG, FITS, HDF5
+
+
+def _frame_files(urls: list[str], fmt: str) -> list[str]:
+    files = []
+    for url in urls:
+        fs, path = storage.filesystem(url)
+        if fs.isdir(path):
+            found = sorted(p for p in fs.ls(path, detail=False) if frame_files.file_format(p) == fmt)
+            files += [storage.join(url, p.rstrip("/").rsplit("/", 1)[-1]) for p in found]
+        else:
+            files.append(url)
+    return files
+
+
+def _open_frame_files(urls: list[str], fmt: str, channels: int, dataset: str | None) -> ImageStack:
+    import dask
+    import dask.array as da
+
+    files = _frame_files(urls, fmt)
+    parts, first = [], None
+    for url in files:
+        header = frame_files.read_header(url, fmt, dataset)
+        if first is None:
+            first = (url, header)
+        elif header.shape != first[1].shape:
+            raise EstimateError(
+                f"images of different shapes: {url} is {header.shape[0]}×{header.shape[1]} but {first[0]} is "
+                f"{first[1].shape[0]}×{first[1].shape[1]}"
+            )
+        elif header.dtype != first[1].dtype:
+            raise EstimateError(
+                f"images of different types: {url} is {header.dtype} but {first[0]} is {first[1].dtype}"
+            )
+        block = frame_files.HDF5_BLOCK if fmt == "hdf5" else header.frames
+        for start in range(0, header.frames, block):
+            stop = min(header.frames, start + block)
+            read = dask.delayed(frame_files.read_frames, pure=True)(url, fmt, dataset, start, stop)
+            parts.append(da.from_delayed(read, (stop - start, *header.shape), header.dtype))
+    frames = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    n = frames.shape[0]
+    if n % channels:
+        raise EstimateError(f"{', '.join(urls)}: {n} frames, not a multiple of --channels {channels}")
+    array = frames.reshape(n // channels, channels, *frames.shape[1:])
+    return ImageStack(fmt, urls, files, array, [f"channel {c}" for c in range(channels)])
 
 
 # ---------------------------------------------------------------------------------------------
