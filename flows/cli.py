@@ -213,10 +213,20 @@ def synth_slides(
     saturation_density: float = typer.Option(
         0.3, "--saturation-density", help="Probability that a field has saturated spots"
     ),
+    layout: str = typer.Option(
+        "shadeflow",
+        "--layout",
+        help="shadeflow: slide folders (slide.json, fields.csv); astropath: an AstroPath tree with root "
+        "--out (sampledef.csv, <SlideID>/im3/xml/) and the fields in <out>/shardedim3root/",
+    ),
 ) -> None:
-    """Write synthetic slides (slide contract) with a known flatfield saved beside them."""
+    """Write synthetic slides (slide contract, or an AstroPath tree) with a known flatfield saved beside
+    them."""
     from ..core.io import storage
-    from ..core.synth.slides import TRUTH_DIR, SynthConfig, parse_grid, write_cohort
+    from ..core.synth.slides import LAYOUTS, SHARDED_DIR, TRUTH_DIR, SynthConfig, parse_grid, write_cohort
+
+    if layout not in LAYOUTS:
+        _fail(f"--layout {layout}: not one of {', '.join(LAYOUTS)}")
 
     with _reported():
         config = SynthConfig(
@@ -237,10 +247,16 @@ def synth_slides(
         )
         fields = config.fields
         storage.check_output_folder(out, "--out")
-        urls = write_cohort(out, config, workers=os.cpu_count() or 2)
+        urls = write_cohort(out, config, workers=os.cpu_count() or 2, layout=layout)
     typer.echo(f"wrote {len(urls)} slides of {fields} fields ({shape[0]}×{shape[1]}×{shape[2]}):")
     for url in urls:
         typer.echo(f"  {url}")
+    if layout == "astropath":
+        root = storage.normalize(out)
+        typer.echo(f"AstroPath root: {root} (sampledef.csv); fields: {storage.join(root, SHARDED_DIR)}")
+        typer.echo(
+            f"  shadeflow meanimage --astropath {root} --shardedim3root {storage.join(root, SHARDED_DIR)}"
+        )
     typer.echo(f"known flatfield and masks: {out.rstrip('/')}/{TRUTH_DIR}/")
 
 
@@ -248,7 +264,9 @@ def synth_slides(
 def meanimage(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(MeanImageParameters, **values)
-        preflight.meanimage(params.slides, memory=memory, workers=workers, overwrite=params.overwrite)
+        preflight.meanimage(
+            params.slides, memory=memory, workers=workers, overwrite=params.overwrite, source=params.source()
+        )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .meanimage import meanimage as flow
@@ -263,7 +281,13 @@ def model_build(values: dict, memory: str | None = None, workers: int | None = N
     with _reported(up_front=True):
         params = checked_parameters(ModelBuildParameters, **values)
         preflight.model_build(
-            params.version, params.models_csv, params.roots, params.store, params.overwrite, memory=memory
+            params.version,
+            params.models_csv,
+            params.roots,
+            params.store,
+            params.overwrite,
+            memory=memory,
+            source=params.source(),
         )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -322,6 +346,7 @@ def model_compare(values: dict, memory: str | None = None, workers: int | None =
             params.workdir,
             params.band,
             params.min_images_stacked,
+            source=params.source(),
         )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
@@ -336,7 +361,9 @@ def model_compare(values: dict, memory: str | None = None, workers: int | None =
 def applied_test(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(AppliedTestParameters, **values)
-        preflight.applied_test(params.roots, params.out, params.slides, params.overwrite, memory=memory)
+        preflight.applied_test(
+            params.roots, params.out, params.slides, params.overwrite, memory=memory, source=params.source()
+        )
     _prefect_defaults()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .model import applied_test as flow

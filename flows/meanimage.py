@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.futures import wait
 
 from ..core.errors import RunFailed, unit_failures
+from ..core.io.astropath_tree import sample_ids
 from ..core.io.staging_lease import StagingLease, new_run_token, remove_stale_partials, staging_url
 from ..core.meanimage.outputs import output_url
 from ..infra.cluster import task_runner
@@ -46,14 +47,19 @@ def _claim_staging(planned: list[PlannedSlide], run_token: str) -> list[StagingL
 def meanimage(params: MeanImageParameters) -> list[dict]:
     """Masked mean image of every slide.
 
-    All slides are validated first; then, per slide and in parallel: background thresholds from the
-    edge fields, tissue/blur/saturation masks of every field with the bulk fields stacked, and the
-    mean image with its statistics, tables and summary PDFs written to ``<slide>/meanimage/``.
+    Slides are folders of the slide contract, or with ``params.astropath`` the SlideIDs of an AstroPath
+    cohort (all its good samples when none are named), read where they are. All slides are validated
+    first; then, per slide and in parallel: background thresholds from the edge fields,
+    tissue/blur/saturation masks of every field with the bulk fields stacked, and the mean image with
+    its statistics, tables and summary PDFs written to ``<slide>/meanimage/`` (AstroPath samples:
+    ``<root>/<SlideID>/im3/meanimage/``).
     """
     recorded = params.recorded()
-    plans = plan_slide.map(params.slides, unmapped(recorded), unmapped(params.overwrite))
+    source = params.source()
+    slides = sample_ids(source, params.slides) if source else params.slides
+    plans = plan_slide.map(slides, unmapped(recorded), unmapped(params.overwrite), unmapped(source))
     wait(plans)
-    invalid = [(url, p.state.message) for url, p in zip(params.slides, plans) if not p.state.is_completed()]
+    invalid = [(url, p.state.message) for url, p in zip(slides, plans) if not p.state.is_completed()]
     if invalid:  # nothing has been written yet
         raise RunFailed(unit_failures("slide", invalid))
     planned = [p.result() for p in plans]

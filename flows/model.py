@@ -31,13 +31,16 @@ def model_build(params: ModelBuildParameters) -> dict:
     as an immutable version with its summary PDF and manifest.
     """
     store = params.resolved_store()
-    slides = select_model_slides(params.version, params.models_csv, params.roots, store, params.overwrite)
+    slides = select_model_slides(
+        params.version, params.models_csv, params.roots, store, params.overwrite, params.source()
+    )
     stack = merge_slide_stacks.submit(slides).result()
     model = build_model(stack, params.sigma, params.border)
     recorded = {
         "version": params.version,
         "models_csv": params.models_csv,
         "roots": params.roots,
+        "astropath": params.astropath,
         "sigma": model.sigma,
         "border": params.border,
     }
@@ -68,11 +71,13 @@ def applied_test(params: AppliedTestParameters) -> dict:
     out = storage.normalize(params.out)
     if is_complete(out) and not params.overwrite:
         raise FileExistsError(f"{out} already holds a complete applied test; use --overwrite to replace it")
-    selected = select_applied_slides(params.roots, params.slides, params.seed)
+    selected = select_applied_slides(params.roots, params.slides, params.seed, params.source())
     flatfield_stack, corrected_stack = restack_halves.submit(selected).result()
     result = evaluate_halves(flatfield_stack, corrected_stack, params.sigma, params.border)
     recorded = {
         "roots": params.roots,
+        "astropath": params.astropath,
+        "shardedim3root": params.shardedim3root,
         "slides": params.slides,
         "seed": params.seed,
         "sigma": result.flatfield.sigma,

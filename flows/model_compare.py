@@ -46,6 +46,7 @@ def model_compare(params: ModelCompareParameters) -> dict[str, Any]:
         params.min_images_stacked,
         params.store_as,
         params.models_csv,
+        params.source(),
     )
     checked = check_slides.submit(plan).result()
     pairs = compare_pairs.submit(plan, checked).result()
@@ -135,6 +136,7 @@ def compare_command(memory: str | None = None, workers: int | None = None, **val
         params.min_images_stacked,
         params.store_as,
         params.models_csv,
+        params.source(),
     )
     size = check_settings(memory=memory, workers=workers)
     Console().print(Text(f"cluster: {size.describe()}"))

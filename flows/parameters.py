@@ -22,6 +22,7 @@ from ..core.io import storage
 if TYPE_CHECKING:
     from ..core.correct.tile import CorrectRequest
     from ..core.estimate.estimator import EstimateSettings
+    from ..core.io.astropath_tree import AstroPathSource
 
 #: the command line shows the field as a positional argument
 ARGUMENT = {"cli": "argument"}
@@ -36,13 +37,62 @@ BORDER_HELP = (
 )
 
 
+#: AstroPath's cohort root, given instead of ``--root`` folders of slide folders
+ASTROPATH_HELP = (
+    "AstroPath root (sampledef.csv, <SlideID>/im3/meanimage/) instead of --root: its good samples"
+)
+SHARDED_HELP = "AstroPath root of the raw fields, <shardedim3root>/<SlideID>/*.Data.dat"
+
+
+def _empty_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _roots_or_astropath(
+    roots: list[str], astropath: str | None, shardedim3root: str | None, fields_needed: bool
+) -> None:
+    """A cohort is given either as ``--root`` folders or as an AstroPath root (with its
+    ``--shardedim3root`` where the job reads the fields), not both."""
+    if roots and astropath:
+        raise ValueError("give --root folders or --astropath, not both")
+    if not roots and not astropath:
+        raise ValueError("give at least one --root folder holding slides, or --astropath ROOT")
+    if shardedim3root and not astropath:
+        raise ValueError("--shardedim3root is for AstroPath cohorts: give --astropath too")
+    if fields_needed and astropath and not shardedim3root:
+        raise ValueError("--astropath needs --shardedim3root here: the fields are read again")
+
+
+def _source(astropath: str | None, shardedim3root: str | None) -> AstroPathSource | None:
+    if astropath is None:
+        return None
+    from ..core.io.astropath_tree import AstroPathSource
+
+    return AstroPathSource(astropath, shardedim3root)
+
+
 class MeanImageParameters(BaseModel):
-    """Per-slide masked mean images, written to <slide>/meanimage/."""
+    """Per-slide masked mean images, written to <slide>/meanimage/ (AstroPath samples:
+    <root>/<SlideID>/im3/meanimage/)."""
 
     slides: list[str] = Field(
-        min_length=1,
+        [],
         json_schema_extra=ARGUMENT,
-        description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv",
+        description="Slide folders, local paths or s3:// URLs, each with slide.json and fields.csv; with "
+        "--astropath: SlideIDs (empty: every good sample of sampledef.csv)",
+    )
+    astropath: str | None = Field(
+        None,
+        description="AstroPath root (with sampledef.csv and <SlideID>/im3/xml/): read its samples where they "
+        "are; needs --shardedim3root",
+    )
+    shardedim3root: str | None = Field(
+        None, description="AstroPath root of the raw fields, <shardedim3root>/<SlideID>/*.Data.dat"
+    )
+    out: str | None = Field(
+        None,
+        description="With --astropath: root for the outputs, <out>/<SlideID>/im3/meanimage/ (default: the "
+        "AstroPath root)",
     )
     mask_binning: Literal[1, 2, 4, 8] | None = Field(
         None,
@@ -58,6 +108,34 @@ class MeanImageParameters(BaseModel):
         "shadeflow did not write are kept",
     )
     seed: int = Field(0, ge=0, description="Seed for the random example fields in the masking summary")
+
+    @field_validator("astropath", "shardedim3root", "out", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return _empty_to_none(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MeanImageParameters:
+        if (self.astropath is None) != (self.shardedim3root is None):
+            given, missing = (
+                ("--astropath", "--shardedim3root") if self.astropath else ("--shardedim3root", "--astropath")
+            )
+            raise ValueError(f"{given} needs {missing}: an AstroPath cohort is read from both roots")
+        if self.out is not None and self.astropath is None:
+            raise ValueError(
+                "--out is for AstroPath samples (--astropath); a slide folder's mean image goes into it"
+            )
+        if self.astropath is None and not self.slides:
+            raise ValueError("give at least one slide folder (or --astropath ROOT --shardedim3root R)")
+        return self
+
+    def source(self) -> AstroPathSource | None:
+        """The AstroPath cohort the slides are SlideIDs of, or None for slide folders."""
+        if self.astropath is None:
+            return None
+        from ..core.io.astropath_tree import AstroPathSource
+
+        return AstroPathSource(self.astropath, self.shardedim3root, self.out)
 
     def recorded(self) -> dict:
         """The parameters recorded with (and compared against) each output."""
@@ -79,10 +157,12 @@ class ModelBuildParameters(BaseModel):
         description="Models CSV (version,Project,Cohort,BatchID,SlideID), local path or s3:// URL"
     )
     roots: list[str] = Field(
-        min_length=1,
+        [],
         json_schema_extra=ROOTS,
         description="Folders holding the slides (each slide is <root>/<SlideID>/ with a meanimage/ output)",
     )
+    astropath: str | None = Field(None, description=ASTROPATH_HELP + " the models CSV names")
+    shardedim3root: str | None = Field(None, description=SHARDED_HELP + " (not needed to build a model)")
     store: str | None = Field(None, description="Model store; default: the folder of the models CSV")
     sigma: float | None = Field(
         None,
@@ -96,6 +176,20 @@ class ModelBuildParameters(BaseModel):
         "folder of it shadeflow did not write; other files are kept",
     )
 
+    @field_validator("astropath", "shardedim3root", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return _empty_to_none(value)
+
+    @model_validator(mode="after")
+    def _one_cohort(self) -> ModelBuildParameters:
+        _roots_or_astropath(self.roots, self.astropath, self.shardedim3root, fields_needed=False)
+        return self
+
+    def source(self) -> AstroPathSource | None:
+        """The AstroPath cohort the slides are samples of, or None for --root folders."""
+        return _source(self.astropath, self.shardedim3root)
+
     def resolved_store(self) -> str:
         return (
             storage.normalize(self.store)
@@ -108,10 +202,12 @@ class ModelCompareParameters(BaseModel):
     """Slides' mean images compared pairwise (δ/σ), and a compatible set suggested."""
 
     roots: list[str] = Field(
-        min_length=1,
+        [],
         json_schema_extra=ROOTS,
         description="Folders (local paths or s3:// URLs) holding slide folders with meanimage/ outputs",
     )
+    astropath: str | None = Field(None, description=ASTROPATH_HELP + " matching --slides")
+    shardedim3root: str | None = Field(None, description=SHARDED_HELP + " (not needed to compare)")
     slides: str | None = Field(
         None,
         description="Regular expression matched from the start of each SlideID (AstroPath's --sampleregex); "
@@ -143,7 +239,9 @@ class ModelCompareParameters(BaseModel):
         None, description="Models CSV (version,Project,Cohort,BatchID,SlideID) to append the version to"
     )
 
-    @field_validator("slides", "workdir", "store_as", "models_csv", mode="before")
+    @field_validator(
+        "slides", "workdir", "store_as", "models_csv", "astropath", "shardedim3root", mode="before"
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -157,6 +255,7 @@ class ModelCompareParameters(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCompareParameters:
+        _roots_or_astropath(self.roots, self.astropath, self.shardedim3root, fields_needed=False)
         if not self.band_low < self.band_high:
             raise ValueError(
                 f"band {self.band_low:g}–{self.band_high:g}: the low end must be below the high end"
@@ -175,15 +274,23 @@ class ModelCompareParameters(BaseModel):
     def band(self) -> tuple[float, float]:
         return (self.band_low, self.band_high)
 
+    def source(self) -> AstroPathSource | None:
+        """The AstroPath cohort the slides are samples of, or None for --root folders."""
+        return _source(self.astropath, self.shardedim3root)
+
 
 class AppliedTestParameters(BaseModel):
     """A flatfield tested on held-out fields: built from one half of each slide, applied to the other."""
 
     roots: list[str] = Field(
-        min_length=1,
+        [],
         json_schema_extra=ROOTS,
         description="Folders holding the slides, each with a meanimage/ output",
     )
+    astropath: str | None = Field(
+        None, description=ASTROPATH_HELP + " matching --slides; needs --shardedim3root"
+    )
+    shardedim3root: str | None = Field(None, description=SHARDED_HELP)
     out: str = Field(description="Folder for the test's outputs, local path or s3:// URL")
     slides: str | None = Field(
         None, description="Regular expression the SlideIDs must match from their start; default all slides"
@@ -194,6 +301,20 @@ class AppliedTestParameters(BaseModel):
     )
     border: Border = Field("linear", description=BORDER_HELP)
     overwrite: bool = Field(False, description="Replace a complete earlier test in the output folder")
+
+    @field_validator("astropath", "shardedim3root", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return _empty_to_none(value)
+
+    @model_validator(mode="after")
+    def _one_cohort(self) -> AppliedTestParameters:
+        _roots_or_astropath(self.roots, self.astropath, self.shardedim3root, fields_needed=True)
+        return self
+
+    def source(self) -> AstroPathSource | None:
+        """The AstroPath cohort the slides are samples of, or None for --root folders."""
+        return _source(self.astropath, self.shardedim3root)
 
 
 class CorrectParameters(BaseModel):

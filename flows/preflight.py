@@ -21,6 +21,7 @@ from ..core.errors import InputError
 from ..core.io import storage
 
 if TYPE_CHECKING:
+    from ..core.io.astropath_tree import AstroPathSource
     from .parameters import CorrectParameters
 
 
@@ -69,18 +70,29 @@ def settings(memory: str | None = None, workers: int | None = None) -> None:
 
 
 def meanimage(
-    slides: list[str], memory: str | None = None, workers: int | None = None, overwrite: bool = False
+    slides: list[str],
+    memory: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    source: AstroPathSource | None = None,
 ) -> None:
     """Every slide folder holds a valid ``slide.json`` and ``fields.csv`` with its field files (inside
-    the slide folder), and its ``meanimage/`` output can be written: without ``overwrite``, an
-    unfinished ``meanimage/`` holds nothing shadeflow did not write."""
+    the slide folder) — or, with an AstroPath ``source``, every SlideID is a good sample of its
+    ``sampledef.csv`` with its XML metadata, exposure files and ``.Data.dat`` fields — and its
+    ``meanimage/`` output can be written: without ``overwrite``, an unfinished ``meanimage/`` holds
+    nothing shadeflow did not write."""
+    from ..core.io.astropath_tree import open_slide, sample_ids
     from ..core.io.output_folders import refuse_foreign
-    from ..core.io.slide import load_slide
 
-    no_credentials(("slide", slides))
+    if source is None:
+        no_credentials(("slide", slides))
+    else:
+        no_credentials(
+            ("--astropath", source.root), ("--shardedim3root", source.shardedim3root), ("--out", source.out)
+        )
     spelling(memory)
-    for url in slides:
-        slide = load_slide(url)
+    for url in sample_ids(source, slides) if source else slides:
+        slide = open_slide(url, source)
         # meanimage/ and its staging folder go into the slide folder (the mean-image module itself is
         # not imported for its name: it pulls in the mask modules, ~0.7 s)
         storage.check_output_folder(
@@ -97,15 +109,18 @@ def model_build(
     store: str | None,
     overwrite: bool,
     memory: str | None = None,
+    source: AstroPathSource | None = None,
 ) -> None:
-    """The models CSV has the version, its slides have mean images under the roots, and the store can
-    take the version (new, or ``--overwrite``)."""
+    """The models CSV has the version, its slides have mean images under the roots (or in the AstroPath
+    ``source``), and the store can take the version (new, or ``--overwrite``)."""
     from ..core.io.cohort import model_slides
     from ..core.model.store import check_version_free
 
     no_credentials(("--models-csv", models_csv), ("--root", roots), ("--store", store))
+    if source is not None:
+        no_credentials(("--astropath", source.root), ("--shardedim3root", source.shardedim3root))
     spelling(memory)
-    model_slides(version, models_csv, roots)
+    model_slides(version, models_csv, roots, source)
     store = storage.normalize(store) if store else storage.parent(storage.normalize(models_csv))
     storage.check_output_folder(store, "--store")
     check_version_free(store, version, overwrite)
@@ -131,14 +146,17 @@ def model_compare(
     workdir: str | None,
     band: tuple[float, float],
     min_images_stacked: int,
+    source: AstroPathSource | None = None,
 ) -> None:
-    """The roots hold slides matching ``--slides``, the ``--store-as`` request is new and writable, and
-    the work folder can be written."""
+    """The roots (or the AstroPath ``source``) hold slides matching ``--slides``, the ``--store-as``
+    request is new and writable, and the work folder can be written."""
     from ..core.model.compare_plan import make_plan
 
     no_credentials(("--root", roots), ("--models-csv", models_csv), ("--workdir", workdir))
+    if source is not None:
+        no_credentials(("--astropath", source.root), ("--shardedim3root", source.shardedim3root))
     spelling()
-    plan = make_plan(roots, slides, workdir, band, min_images_stacked, store_as, models_csv)
+    plan = make_plan(roots, slides, workdir, band, min_images_stacked, store_as, models_csv, source)
     storage.check_output_folder(plan.workdir, "--workdir")
     if plan.models_csv:
         storage.check_output_folder(storage.parent(plan.models_csv), "--models-csv folder")
@@ -146,15 +164,21 @@ def model_compare(
 
 
 def applied_test(
-    roots: list[str], out: str, slides: str | None, overwrite: bool, memory: str | None = None
+    roots: list[str],
+    out: str,
+    slides: str | None,
+    overwrite: bool,
+    memory: str | None = None,
+    source: AstroPathSource | None = None,
 ) -> None:
-    """Slides with mean images and their field files under the roots, and an output folder that can be
-    written and holds no complete test (unless ``--overwrite``)."""
+    """Slides with mean images and their field files under the roots (or in the AstroPath ``source``),
+    and an output folder that can be written and holds no complete test (unless ``--overwrite``)."""
     from ..core.io.cohort import slides_with_meanimages
     from ..core.io.output_folders import is_complete
-    from ..core.io.slide import load_slide
 
     no_credentials(("--root", roots), ("--out", out))
+    if source is not None:
+        no_credentials(("--astropath", source.root), ("--shardedim3root", source.shardedim3root))
     spelling(memory)
     out = storage.normalize(out)
     storage.check_output_folder(out, "--out")
@@ -162,8 +186,8 @@ def applied_test(
         raise FileExistsError(
             f"--out {out}: already holds a complete applied test; use --overwrite to replace it"
         )
-    for ref in slides_with_meanimages(roots, pattern=slides):
-        load_slide(ref.url, check_files=True)  # the halves are restacked from the fields
+    for ref in slides_with_meanimages(roots, pattern=slides, source=source):
+        ref.load_slide(check_files=True)  # the halves are restacked from the fields
     settings(memory)
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from ..core.io.astropath_tree import AstroPathSource, open_slide
 from ..core.io.output_folders import StagedOutput, is_complete, read_manifest, refuse_foreign
-from ..core.io.slide import SlideError, load_slide
+from ..core.io.slide import SlideError
 from ..core.meanimage import pipeline as core
 from ..core.meanimage.masks.parameters import MaskParameters
 from ..core.meanimage.outputs import KIND, output_url, write_meanimage_outputs
@@ -70,15 +71,19 @@ def _slide_id(parameters: dict[str, Any]) -> str:
     task_run_name=run_name("plan-slide", lambda p: folder_name(p["slide_url"])),
     cache_policy=NO_CACHE,
 )
-def plan_slide(slide_url: str, parameters: dict[str, Any], overwrite: bool = False) -> PlannedSlide:
+def plan_slide(
+    slide_url: str, parameters: dict[str, Any], overwrite: bool = False, source: AstroPathSource | None = None
+) -> PlannedSlide:
     """Validate a slide, split its fields into edge and bulk, and decide whether it needs computing.
+
+    ``slide_url`` is a slide folder, or with an AstroPath ``source`` a SlideID.
 
     A complete output made with the same parameters from the same fields is kept (the run skips the
     slide); one made differently is refused unless ``overwrite``, and so is an incomplete ``meanimage/``
     holding files shadeflow did not write. Reads only: a worker that dies makes Dask run this again,
     while this run's other steps may be writing.
     """
-    slide = load_slide(slide_url)
+    slide = open_slide(slide_url, source)
     plan = core.plan_slide(
         slide,
         MaskParameters(microscope=slide.microscope),

@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from ..core.applied import evaluation as applied
 from ..core.applied.outputs import write_applied_test_outputs
 from ..core.io import cohort
+from ..core.io.astropath_tree import AstroPathSource
 from ..core.io.output_folders import StagedOutput
-from ..core.io.slide import load_slide
 from ..core.meanimage.pipeline import plan_slide
 from ..core.model import store as model_store
 from ..core.model.build import merge_stacks, write_model_version
@@ -27,11 +27,16 @@ from .progress import Progress, artifact_key
 
 @task(name="select-model-slides", cache_policy=NO_CACHE)
 def select_model_slides(
-    version: str, models_csv: str, roots: list[str], store: str, overwrite: bool
+    version: str,
+    models_csv: str,
+    roots: list[str],
+    store: str,
+    overwrite: bool,
+    source: AstroPathSource | None = None,
 ) -> list[cohort.SlideRef]:
-    """The slides of a version, each found once under the roots with a usable mean image; nothing is
-    written."""
-    refs = cohort.model_slides(version, models_csv, roots)
+    """The slides of a version, each found once under the roots (or in an AstroPath cohort's
+    ``sampledef.csv``) with a usable mean image; nothing is written."""
+    refs = cohort.model_slides(version, models_csv, roots, source)
     model_store.check_version_free(store, version, overwrite)
     get_run_logger().info("model %s: %d slides from %s", version, len(refs), models_csv)
     return refs
@@ -90,19 +95,19 @@ def write_model(
 
 @task(name="select-applied-test-slides", cache_policy=NO_CACHE)
 def select_applied_slides(
-    roots: list[str], pattern: str | None, seed: int
+    roots: list[str], pattern: str | None, seed: int, source: AstroPathSource | None = None
 ) -> list[tuple[cohort.SlideRef, applied.Split]]:
     """Slides with mean images, matched by ``pattern``, each with its seeded split of bulk fields."""
-    refs = cohort.slides_with_meanimages(roots, pattern=pattern)
+    refs = cohort.slides_with_meanimages(roots, pattern=pattern, source=source)
     selected = []
     for ref in refs:
-        plan = plan_slide(load_slide(ref.url, check_files=True))
+        plan = plan_slide(ref.load_slide(check_files=True))
         selected.append((ref, applied.split_fields(ref.slide_id, [f.key for f in plan.bulk_fields], seed)))
     return selected
 
 
-def _restack(url: str, keys: tuple[str, ...], half: str) -> MeanImageStack:
-    plan = plan_slide(load_slide(url, check_files=False))
+def _restack(ref: cohort.SlideRef, keys: tuple[str, ...], half: str) -> MeanImageStack:
+    plan = plan_slide(ref.load_slide(check_files=False))
     return applied.restack(plan, [plan.slide.field_by_key(k) for k in keys], half)
 
 
@@ -119,7 +124,7 @@ def restack_halves(
             futures = []
             for ref, split in selected:
                 keys = getattr(split, attribute)
-                future = client.submit(_restack, ref.url, keys, use, pure=False)
+                future = client.submit(_restack, ref, keys, use, pure=False)
                 n = len(keys)
                 future.add_done_callback(lambda _, n=n: progress.advance(n))  # n: this batch's, bound now
                 futures.append(future)

@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ..core.io import storage
+from ..core.io.astropath_tree import AstroPathSource
 from ..core.model import compare
 from ..core.model.compare_outputs import (
     CheckedSlides,
@@ -46,9 +47,10 @@ def plan_comparison(
     min_images_stacked: int,
     store_as: str | None,
     models_csv: str | None,
+    source: AstroPathSource | None = None,
 ) -> ComparisonPlan:
     """Find the slides to compare, read the existing table and check the ``--store-as`` request."""
-    plan = make_plan(roots, pattern, workdir, band, min_images_stacked, store_as, models_csv)
+    plan = make_plan(roots, pattern, workdir, band, min_images_stacked, store_as, models_csv, source)
     logger = get_run_logger()
     logger.info(
         "%d candidate slide(s) (%d only from the table %s); work dir %s",

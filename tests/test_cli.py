@@ -131,7 +131,9 @@ def test_synth_accepts_the_vectra_shape(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(
-        synth_module, "write_cohort", lambda out, config, workers=2: seen.append((out, config)) or []
+        synth_module,
+        "write_cohort",
+        lambda out, config, workers=2, layout="shadeflow": seen.append((out, config)) or [],
     )
     synth(tmp_path, "--slides", "2", "--fields", "5", "--shape", "1004", "1344", "35", "--seed", "9")
     ((out, config),) = seen

@@ -289,7 +289,9 @@ def test_cli_passes_the_knobs_to_the_generator(tmp_path, monkeypatch):
 
     seen = []
     monkeypatch.setattr(
-        synth_module, "write_cohort", lambda out, config, workers=2: seen.append(config) or []
+        synth_module,
+        "write_cohort",
+        lambda out, config, workers=2, layout="shadeflow": seen.append(config) or [],
     )
     args = [
         "synth",

@@ -7,7 +7,6 @@ from typing import Any
 from ..io import astropath as astropath_io
 from ..io.cohort import SlideRef
 from ..io.output_folders import StagedOutput
-from ..io.slide import load_slide
 from ..model.build import METADATA_COLUMNS
 from ..stack import FieldLogRow
 from .evaluation import AppliedTestResult, Split
@@ -19,7 +18,7 @@ METRICS_CSV = "applied_flatfield_metrics.csv"
 def _metadata_rows(selected: list[tuple[SlideRef, Split]], half: str) -> list[list[str]]:
     rows = []
     for ref, split in selected:
-        slide = load_slide(ref.url, check_files=False)
+        slide = ref.load_slide(check_files=False)
         keys = set(getattr(split, half))
         times = sorted(f.acquired for f in slide.fields if f.key in keys)
         rows.append(

@@ -4,6 +4,9 @@
   URLs and messages (``join``, ``exists``, ``read_bytes``, ``write_bytes``, ``check_output_folder``).
 - :mod:`.slide`: the slide contract (``slide.json``, ``fields.csv``, the field images):
   ``load_slide``, ``read_field``, ``check_field_files``.
+- :mod:`.astropath_tree`: AstroPath sample trees read where they are (``sampledef.csv``, the XML
+  metadata, the ``.Data.dat`` fields) as slides of the slide contract (``load_sample``,
+  ``select_samples``, ``open_slide``).
 - :mod:`.astropath`: AstroPath's file formats, interleaved ``.bin`` images and CSV tables
   (``read_bin``, ``write_bin``, ``read_csv``, ``write_csv``).
 - :mod:`.omezarr`: OME-Zarr images, NGFF 0.4 on zarr v2 and 0.5 on zarr v3 (``open_image``,

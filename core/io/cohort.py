@@ -20,8 +20,9 @@ from ..model.models_csv import ModelError, check_version_name, read_models_csv, 
 from ..stack import FieldLogRow, MeanImageStack
 from . import astropath as astropath_io
 from . import storage
+from .astropath_tree import AstroPathSource, open_slide, read_sampledef, sample_layout, select_samples
 from .output_folders import MANIFEST, WRITING
-from .slide import SLIDE_JSON
+from .slide import SLIDE_JSON, Slide
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,12 @@ class SlideRef:
     microscope: str
     shape: tuple[int, int, int]  # (H, W, L)
     layer_groups: tuple[tuple[str, int, int], ...]
+    #: the AstroPath cohort the slide is a sample of (its ``url`` is then ``<root>/<SlideID>/im3``)
+    source: AstroPathSource | None = None
+
+    def load_slide(self, check_files: bool = True) -> Slide:
+        """The slide itself (``slide.json`` and ``fields.csv``, or the AstroPath sample's metadata)."""
+        return open_slide(self.slide_id if self.source else self.url, self.source, check_files=check_files)
 
     @property
     def meanimage_url(self) -> str:
@@ -63,11 +70,47 @@ def _slide_folders(root: str) -> list[str]:
     return sorted(names)
 
 
+def find_samples(
+    source: AstroPathSource, slide_ids: list[str] | None = None, pattern: str | None = None
+) -> list[SlideRef]:
+    """An AstroPath cohort's samples: those named in ``slide_ids`` (each listed and good in
+    ``sampledef.csv``), or every good one whose SlideID matches ``pattern`` from its start."""
+    if slide_ids is not None:
+        samples = select_samples(source.root, slide_ids)
+    else:
+        regex = re.compile(pattern or ".*")
+        samples = [s for s in read_sampledef(source.root) if s.is_good and regex.match(s.slide_id)]
+    refs = []
+    for sample in samples:
+        shape, groups = sample_layout(source, sample.slide_id)
+        refs.append(
+            SlideRef(
+                root=storage.normalize(source.root),
+                slide_id=sample.slide_id,
+                url=source.slide_url(sample.slide_id),
+                project=sample.project,
+                cohort=sample.cohort,
+                batch=sample.batch_id,
+                microscope="polaris" if shape[2] == 43 else "vectra",
+                shape=shape,
+                layer_groups=tuple((g.name, g.first, g.last) for g in groups),
+                source=source,
+            )
+        )
+    return refs
+
+
 def find_slides(
-    roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None
+    roots: list[str],
+    slide_ids: list[str] | None = None,
+    pattern: str | None = None,
+    source: AstroPathSource | None = None,
 ) -> list[SlideRef]:
     """Slides under ``roots``: those named in ``slide_ids`` (each must exist exactly once), or all whose
-    SlideID matches ``pattern`` from its start (AstroPath's ``--sampleregex``)."""
+    SlideID matches ``pattern`` from its start (AstroPath's ``--sampleregex``). With an AstroPath
+    ``source``, its samples instead (:func:`find_samples`)."""
+    if source is not None:
+        return find_samples(source, slide_ids, pattern)
     roots = [storage.normalize(r) for r in roots]
     where: dict[str, list[str]] = {}
     for root in roots:
@@ -112,25 +155,32 @@ def _slide_ref(root: str, slide_id: str) -> SlideRef:
 
 
 def slides_with_meanimages(
-    roots: list[str], slide_ids: list[str] | None = None, pattern: str | None = None
+    roots: list[str],
+    slide_ids: list[str] | None = None,
+    pattern: str | None = None,
+    source: AstroPathSource | None = None,
 ) -> list[SlideRef]:
     """The slides :func:`find_slides` selects, each with a usable mean image, all of one shape and
     layer groups; an error naming the roots when none match. Reads only listings and small files."""
-    refs = find_slides(roots, slide_ids=slide_ids, pattern=pattern)
+    refs = find_slides(roots, slide_ids=slide_ids, pattern=pattern, source=source)
     if not refs:
-        raise ModelError(f"no slides under {', '.join(roots)} match {pattern or '.*'!r}")
+        where = source.root if source else ", ".join(roots)
+        raise ModelError(f"no slides under {where} match {pattern or '.*'!r}")
     for ref in refs:
         check_meanimage(ref)
     check_compatible(refs)
     return refs
 
 
-def model_slides(version: str, models_csv: str, roots: list[str]) -> list[SlideRef]:
-    """The slides the models CSV lists for ``version``, each found once under the roots with a usable
-    mean image (what ``model build`` checks before it reads anything in bulk)."""
+def model_slides(
+    version: str, models_csv: str, roots: list[str], source: AstroPathSource | None = None
+) -> list[SlideRef]:
+    """The slides the models CSV lists for ``version``, each found once under the roots (or listed in
+    an AstroPath ``source``'s ``sampledef.csv``) with a usable mean image (what ``model build`` checks
+    before it reads anything in bulk)."""
     check_version_name(version)
     entries = select_version(read_models_csv(models_csv), version, models_csv)
-    return slides_with_meanimages(roots, slide_ids=[e.slide_id for e in entries])
+    return slides_with_meanimages(roots, slide_ids=[e.slide_id for e in entries], source=source)
 
 
 def meanimage_files(ref: SlideRef) -> list[str]:
@@ -158,7 +208,8 @@ def check_meanimage(ref: SlideRef) -> None:
     if missing:
         what = "no meanimage output" if not present else f"missing {', '.join(missing)}"
         raise ModelError(
-            f"slide {ref.slide_id}: {what} in {folder}; run `shadeflow meanimage {ref.url}` first"
+            f"slide {ref.slide_id}: {what} in {folder}; run `shadeflow meanimage {_meanimage_args(ref)}` "
+            "first"
         )
     expected = int(np.prod(ref.shape)) * 8  # float64 images and the uint64 mask stack
     for name in meanimage_files(ref)[:4]:
@@ -169,6 +220,13 @@ def check_meanimage(ref: SlideRef) -> None:
                 f"{expected} "
                 f"for {h}x{w}x{l} (truncated or corrupt?)"
             )
+
+
+def _meanimage_args(ref: SlideRef) -> str:
+    if ref.source is None:
+        return ref.url
+    sharded = f" --shardedim3root {ref.source.shardedim3root}" if ref.source.shardedim3root else ""
+    return f"--astropath {ref.source.root}{sharded} {ref.slide_id}"
 
 
 def check_compatible(refs: list[SlideRef]) -> None:

@@ -95,6 +95,9 @@ class Slide:
     dark_current: float
     field_size_um: tuple[float, float] | None
     fields: tuple[Field, ...]
+    #: the folder the field files are in, when not the slide folder (an AstroPath sample's
+    #: ``<shardedim3root>/<SlideID>``, read in place; see :mod:`.astropath_tree`)
+    fields_url: str | None = None
 
     @property
     def height(self) -> int:
@@ -108,8 +111,20 @@ class Slide:
     def n_layers(self) -> int:
         return self.shape[2]
 
+    @property
+    def data_url(self) -> str:
+        """The folder the field files are relative to."""
+        return self.fields_url or self.url
+
     def field_url(self, field: Field) -> str:
-        return storage.join(self.url, *field.file.split("/"))
+        return storage.join(self.data_url, *field.file.split("/"))
+
+    def field_label(self, field: Field) -> str:
+        """How messages name a field: ``field KEY (fields.csv row N)``, or ``field KEY`` for a slide
+        without ``fields.csv``."""
+        return (
+            f"field {field.key}" if self.fields_url else f"field {field.key} ({FIELDS_CSV} row {field.row})"
+        )
 
     def field_by_key(self, key: str) -> Field:
         for field in self.fields:
@@ -196,21 +211,21 @@ def load_slide(url: str, check_files: bool = True) -> Slide:
 
 
 def check_field_files(slide: Slide) -> None:
-    """Every field file exists inside the slide folder; raw ``.dat`` files have exactly the declared size."""
-    sizes = storage.file_sizes(slide.url)
-    root = None if storage.is_remote(slide.url) else os.path.realpath(slide.url)
+    """Every field file exists inside the slide folder (or the folder of its fields); raw ``.dat`` files
+    have exactly the declared size."""
+    sizes = storage.file_sizes(slide.data_url)
+    root = None if storage.is_remote(slide.data_url) else os.path.realpath(slide.data_url)
     for field in slide.fields:
         if root is not None:
             _check_inside(slide, field, root)
         if field.file not in sizes:
             raise SlideError(
-                f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): file {field.file} "
-                "is missing"
+                f"slide {slide.slide_id}: {slide.field_label(field)}: file {field.file} is missing"
             )
         if field.file.lower().endswith(".dat") and sizes[field.file] != slide.field_nbytes:
             h, w, l = slide.shape
             raise SlideError(
-                f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row}): {field.file} has "
+                f"slide {slide.slide_id}: {slide.field_label(field)}: {field.file} has "
                 f"{sizes[field.file]} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} "
                 f"{slide.dtype}"
             )
@@ -222,8 +237,9 @@ def _check_inside(slide: Slide, field: Field, root: str) -> None:
     target = os.path.realpath(slide.field_url(field))
     if os.path.commonpath([root, target]) != root:
         raise InputError(
-            f"slide {slide.slide_id}: field {field.key} (fields.csv row {field.row})",
-            f"{field.file} is a link to {target}, outside the slide folder",
+            f"slide {slide.slide_id}: {slide.field_label(field)}",
+            f"{field.file} is a link to {target}, outside the {'fields' if slide.fields_url else 'slide'} "
+            "folder",
             "copy the file into the slide folder",
         )
 

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from ..io import storage
+from ..io.astropath_tree import AstroPathSource
 from ..io.cohort import SlideRef, find_slides
 from . import compare
 from .models_csv import ModelError, check_version_name, read_models_csv
@@ -78,8 +79,12 @@ def make_plan(
     min_images_stacked: int = 1,
     store_as: str | None = None,
     models_csv: str | None = None,
+    source: AstroPathSource | None = None,
 ) -> ComparisonPlan:
-    """Validate a comparison request and find its candidate slides (reads only small files)."""
+    """Validate a comparison request and find its candidate slides (reads only small files). With an
+    AstroPath ``source`` the candidates are its good samples and ``roots`` is its root."""
+    if source is not None:
+        roots = [source.root]
     if not roots:
         raise ModelError("no --root given: name at least one folder holding slides")
     roots = [storage.normalize(r) for r in roots]
@@ -93,7 +98,7 @@ def make_plan(
     workdir = storage.normalize(workdir) if workdir else storage.join(roots[0], compare.WORKDIR_NAME)
     table = compare.ComparisonTable.read(storage.join(workdir, compare.TABLE_NAME))
 
-    found = find_slides(roots, pattern=pattern)
+    found = find_slides(roots, pattern=pattern, source=source)
     known = {r.slide_id for r in found}
     skipped: dict[str, str] = {}
     from_table: list[SlideRef] = []
@@ -102,7 +107,10 @@ def make_plan(
             continue
         known.add(slide_id)
         try:
-            from_table.extend(find_slides([root], slide_ids=[slide_id]))
+            if source is not None and storage.normalize(root) == roots[0]:
+                from_table.extend(find_slides([], slide_ids=[slide_id], source=source))
+            else:
+                from_table.extend(find_slides([root], slide_ids=[slide_id]))
         except ModelError as exc:
             skipped[slide_id] = f"named in {table.url} but cannot be read: {exc}"
     if not found and not from_table:

@@ -31,6 +31,12 @@ generator draws exactly the same random numbers as before the knob existed:
 
 The truth (flatfield, and per field the tissue / blur / saturation masks) is saved under
 ``<out>/synthetic_truth/``.
+
+Two layouts of the same slides (the same pixels): ``"shadeflow"`` (the slide contract: ``<out>/<SlideID>/``
+with ``slide.json``, ``fields.csv`` and ``fields/``) and ``"astropath"`` (an AstroPath sample tree, with
+``<out>`` as its root: ``sampledef.csv``, ``<SlideID>/im3/xml/`` with ``Parameters.xml``, ``Full.xml`` and
+an exposure file per field, and the fields in ``<out>/shardedim3root/<SlideID>/``; see
+``shadeflow.core.io.astropath_tree``).
 """
 
 from __future__ import annotations
@@ -46,11 +52,24 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..io import astropath as astropath_io
-from ..io import storage
+from ..io import astropath_tree, storage
 from ..meanimage.geometry import NATIVE_PIXEL_UM
 from ..meanimage.masks.parameters import MaskParameters
 
 TRUTH_DIR = "synthetic_truth"
+LAYOUTS = ("shadeflow", "astropath")
+#: the folder of an AstroPath-layout cohort's fields (its ``shardedim3root``), below ``<out>``
+SHARDED_DIR = "shardedim3root"
+#: display names and first emission wavelength (nm) of the filters written to an AstroPath ``Full.xml``
+FILTER_NAMES = {
+    "dapi": ("DAPI", 440),
+    "fitc": ("FITC", 520),
+    "cy3": ("Cy3", 570),
+    "texasred": ("Texas Red", 610),
+    "cy5": ("Cy5", 670),
+    "opal780": ("Opal 780", 780),
+    "opal480": ("Opal 480", 480),
+}
 VECTRA_FIELD_UM = (1344 * NATIVE_PIXEL_UM, 1004 * NATIVE_PIXEL_UM)
 VECTRA_GROUPS = {"dapi": [1, 9], "fitc": [10, 18], "cy3": [19, 25], "texasred": [26, 32], "cy5": [33, 35]}
 POLARIS_GROUPS = {
@@ -445,8 +464,24 @@ def generate_field(
     return np.ascontiguousarray(raw.transpose(1, 2, 0)), truth
 
 
-def write_cohort(out: str, config: SynthConfig, workers: int = 2) -> list[str]:
-    """Write ``config.slides`` synthetic slides under ``out`` and their truth; return the slide URLs."""
+def write_cohort(out: str, config: SynthConfig, workers: int = 2, layout: str = "shadeflow") -> list[str]:
+    """Write ``config.slides`` synthetic slides under ``out`` and their truth; return the slide URLs.
+
+    Parameters
+    ----------
+    out
+        The folder (local or ``s3://``) to write into.
+    config
+        What to generate.
+    workers
+        Threads generating fields.
+    layout
+        ``"shadeflow"``: slide folders ``<out>/<SlideID>/`` (the URLs returned); ``"astropath"``: an
+        AstroPath tree with root ``<out>`` and shardedim3root ``<out>/shardedim3root`` (the URLs returned
+        are ``<out>/<SlideID>``). The pixels are the same in both.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     out = storage.normalize(out)
     h, w, n_layers = config.shape
     if min(h, w) < 32:
@@ -468,11 +503,91 @@ def write_cohort(out: str, config: SynthConfig, workers: int = 2) -> list[str]:
         ),
     )
     urls = []
+    write = _write_astropath_slide if layout == "astropath" else _write_slide
     with ThreadPoolExecutor(max(1, workers)) as pool:
         for s in range(config.slides):
             slide_id = f"SYN{config.project}_{s + 1}"
-            urls.append(_write_slide(out, slide_id, s, config, groups, flatfield, pool))
+            urls.append(write(out, slide_id, s, config, groups, flatfield, pool))
+    if layout == "astropath":  # last: the tree is complete
+        samples = [
+            astropath_tree.SampleDef(
+                sample_id=str(s + 1),
+                slide_id=f"SYN{config.project}_{s + 1}",
+                project=str(config.project),
+                cohort=str(config.cohort),
+                scan="1",
+                batch_id=str(s + 1),
+                is_good=True,
+            )
+            for s in range(config.slides)
+        ]
+        storage.write_text(
+            storage.join(out, astropath_tree.SAMPLEDEF_CSV), astropath_tree.sampledef_csv_text(samples)
+        )
     return urls
+
+
+def _tissue_map(config: SynthConfig, specs: list[FieldSpec], slide_index: int) -> _TissueMap:
+    fw, fh = config.field_size_um
+    extent = (
+        min(s.cx for s in specs) - fw / 2,
+        max(s.cx for s in specs) + fw / 2,
+        min(s.cy for s in specs) - fh / 2,
+        max(s.cy for s in specs) + fh / 2,
+    )
+    return _TissueMap(np.random.default_rng([config.seed, slide_index, 3]), extent, config.tissue_coverage)
+
+
+def _write_truth(out: str, slide_id: str, key: str, truth: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.packbits(v, axis=-1) for k, v in truth.items()})
+    storage.write_bytes(storage.join(out, TRUTH_DIR, slide_id, f"{key}.npz"), buffer.getvalue())
+
+
+def _write_astropath_slide(
+    out: str,
+    slide_id: str,
+    slide_index: int,
+    config: SynthConfig,
+    groups: dict,
+    flatfield: np.ndarray,
+    pool: ThreadPoolExecutor,
+) -> str:
+    """One slide as AstroPath keeps it: XML metadata in ``<out>/<SlideID>/im3/xml/``, the fields in
+    ``<out>/shardedim3root/<SlideID>/`` (the same pixels as :func:`_write_slide`'s)."""
+    specs = field_grid(config, slide_id, slide_index)
+    tissue_map = _tissue_map(config, specs, slide_index)
+    xml = storage.join(out, slide_id, "im3", "xml")
+
+    def make(spec: FieldSpec) -> None:
+        raw, truth = generate_field(config, slide_index, spec, tissue_map, flatfield, groups)
+        times = [[spec.exposure_ms[g]] * (last - first + 1) for g, (first, last) in groups.items()]
+        storage.write_text(
+            storage.join(xml, spec.key + astropath_tree.EXPOSURE_SUFFIX),
+            astropath_tree.exposure_xml_text(times),
+        )
+        storage.write_bytes(
+            storage.join(out, SHARDED_DIR, slide_id, spec.key + astropath_tree.DATA_SUFFIX), raw.tobytes()
+        )
+        _write_truth(out, slide_id, spec.key, truth)
+
+    list(pool.map(make, specs))
+    filters = []
+    for name, (first, last) in groups.items():
+        label, start = FILTER_NAMES.get(name, (name, 500))
+        filters.append((label, [start + 10 * i for i in range(last - first + 1)]))
+    storage.write_text(
+        storage.join(xml, slide_id + astropath_tree.FULL_SUFFIX),
+        astropath_tree.full_xml_text(config.dark_current, filters),
+    )
+    # the pixel size that makes the field size slide.json records (rounded to 0.1 nm), so both layouts
+    # describe the same geometry
+    um_per_px = round(config.field_size_um[0], 4) / config.shape[1]
+    storage.write_text(
+        storage.join(xml, slide_id + astropath_tree.PARAMETERS_SUFFIX),
+        astropath_tree.parameters_xml_text(config.shape, um_per_px),
+    )
+    return storage.join(out, slide_id)
 
 
 def _write_slide(
@@ -486,23 +601,12 @@ def _write_slide(
 ) -> str:
     url = storage.join(out, slide_id)
     specs = field_grid(config, slide_id, slide_index)
-    fw, fh = config.field_size_um
-    extent = (
-        min(s.cx for s in specs) - fw / 2,
-        max(s.cx for s in specs) + fw / 2,
-        min(s.cy for s in specs) - fh / 2,
-        max(s.cy for s in specs) + fh / 2,
-    )
-    tissue_map = _TissueMap(
-        np.random.default_rng([config.seed, slide_index, 3]), extent, config.tissue_coverage
-    )
+    tissue_map = _tissue_map(config, specs, slide_index)
 
     def make(spec: FieldSpec) -> None:
         raw, truth = generate_field(config, slide_index, spec, tissue_map, flatfield, groups)
         storage.write_bytes(storage.join(url, spec.file), raw.tobytes())
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **{k: np.packbits(v, axis=-1) for k, v in truth.items()})
-        storage.write_bytes(storage.join(out, TRUTH_DIR, slide_id, f"{spec.key}.npz"), buffer.getvalue())
+        _write_truth(out, slide_id, spec.key, truth)
 
     list(pool.map(make, specs))
     meta = {
