@@ -67,3 +67,77 @@ def test_tasks_write_no_files_themselves():
                 if name in WRITERS or name == "open":
                     writing.append(f"{path.name}:{node.lineno} {name}()")
     assert not writing, f"tasks write files themselves (move the writing to core): {writing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# imports a reader can follow (issue 12, item 2)
+
+#: the distribution's folders and the package each is installed as
+DISTRIBUTION = {
+    "core": "shadeflow.core",
+    "tasks": "shadeflow.tasks",
+    "flows": "shadeflow.flows",
+    "infra": "shadeflow.infra",
+    "deployments": "shadeflow.deployments",
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for folder, package in DISTRIBUTION.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = [*package.split("."), *path.relative_to(ROOT / folder).with_suffix("").parts]
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imported(module: str, path: Path, node: ast.ImportFrom, modules: dict[str, Path]) -> list[str]:
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+    return [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+
+
+def test_imports_inside_the_distribution_are_relative_so_the_folder_tree_leads_to_the_file():
+    absolute = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for path in _modules().values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom)
+        and node.level == 0
+        and (node.module or "").startswith("shadeflow")
+    ]
+    assert not absolute, (
+        f"absolute shadeflow imports (a reader of the folder tree cannot follow them): {absolute}"
+    )
+
+
+def test_no_import_loops_between_modules():
+    """Module-level imports only (imports inside functions and ``TYPE_CHECKING`` blocks do not run at
+    import time)."""
+    modules = _modules()
+    graph = {
+        module: {
+            target
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.ImportFrom) and node.level
+            for target in _imported(module, path, node, modules)
+            if target in modules and target != module
+        }
+        for module, path in modules.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> list[str] | None:
+        state[module] = 1
+        for target in sorted(graph[module]):
+            if state.get(target) == 1:
+                return [*trail, module, target]
+            if target not in state and (loop := visit(target, [*trail, module])):
+                return loop
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            loop = visit(module, [])
+            assert loop is None, f"import loop: {' → '.join(loop[loop.index(loop[-1]) :])}"
