@@ -271,19 +271,14 @@ def task_run_names(api_url: str, flow_run_id) -> list[str]:
     return [r.name for r in runs]
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_prefect_deployment_run_watch_on_a_local_and_an_s3_slide(server, packaged, where, request, tmp_path):
-    """The README's form, ``prefect deployment run meanimage/meanimage --params … --watch``, exits 0, and
-    the task runs it shows are named by step and slide ID (a path in brackets crashed Prefect's console
-    with a rich MarkupError; an ``s3://`` one vanished from it)."""
-    if where == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        root = f"s3://{bucket}/cohort"
-    else:
-        root = str(tmp_path / "cohort")
-    (slide,) = write_cohort(root, SynthConfig(slides=1, seed=23, **SMALL))
-    slide_id = slide.rstrip("/").rsplit("/", 1)[-1]
+def test_prefect_deployment_run_watch_on_a_local_and_an_s3_slide(server, packaged, s3_bucket, tmp_path):
+    """The README's form, ``prefect deployment run meanimage/meanimage --params … --watch``, on a local and
+    an ``s3://`` slide in one run, exits 0, and the task runs it shows are named by step and slide ID (a
+    path in brackets crashed Prefect's console with a rich MarkupError; an ``s3://`` one vanished)."""
+    (local,) = write_cohort(str(tmp_path / "cohort"), SynthConfig(slides=1, seed=23, **SMALL))
+    (remote,) = write_cohort(f"s3://{s3_bucket}/cohort", SynthConfig(slides=1, seed=24, project=2, **SMALL))
     env = child_env(tmp_path / "cli-home", PREFECT_API_URL=server, COLUMNS="200")
+    params = json.dumps({"params": {"slides": [local, remote]}})
     result = subprocess.run(
         [
             sys.executable,
@@ -293,7 +288,7 @@ def test_prefect_deployment_run_watch_on_a_local_and_an_s3_slide(server, package
             "run",
             "meanimage/meanimage",
             "--params",
-            json.dumps({"params": {"slides": [slide]}}),
+            params,
             "--watch",
         ],
         env=env,
@@ -307,6 +302,8 @@ def test_prefect_deployment_run_watch_on_a_local_and_an_s3_slide(server, package
     flow_run_id = next(line.split()[-1] for line in output.splitlines() if "UUID" in line)
     names = task_run_names(server, flow_run_id)
     steps = {"plan-slide", "background-thresholds", "mask-and-stack", "write-mean-image"}
-    per_slide = {n.removesuffix(f"-{slide_id}") for n in names if n.endswith(f"-{slide_id}")}
-    assert per_slide == steps, names
+    for slide in (local, remote):
+        slide_id = slide.rstrip("/").rsplit("/", 1)[-1]
+        per_slide = {n.removesuffix(f"-{slide_id}") for n in names if n.endswith(f"-{slide_id}")}
+        assert per_slide == steps, (slide_id, names)
     assert not any("[" in n or "/" in n for n in names), names
