@@ -513,6 +513,12 @@ def summarise(rows: list[dict]) -> dict:
     for key in ("scene", "shading", "darkfield", "drift"):
         kinds = dict.fromkeys(sorted(r[key] for r in rows))
         summary["per_kind"][key] = {kind: stats([r for r in rows if r[key] == kind]) for kind in kinds}
+    wrong = [r for r in rows if not r["failure"] and r["ff_pct"] > SWEEP_TARGETS["worst"]]
+    summary["unwarned_wrong"] = [r["seed"] for r in wrong if not warned(r)]
+    summary["warned_wrong"] = [r["seed"] for r in wrong if warned(r)]
+    summary["warned_right"] = [
+        r["seed"] for r in rows if not r["failure"] and r["ff_pct"] <= SWEEP_TARGETS["worst"] and warned(r)
+    ]
     overall = summary["all"]
     summary["targets"] = {
         "median_pct": SWEEP_TARGETS["median"],
@@ -521,6 +527,15 @@ def summarise(rows: list[dict]) -> dict:
         "worst_met": overall["ff_worst"] is not None and overall["ff_worst"] <= SWEEP_TARGETS["worst"],
     }
     return summary
+
+
+#: notes that warn the answer may be off (not converged, poorly determined, darkfield not identifiable)
+WARNINGS = ("check it", "not identifiable")
+
+
+def warned(row: dict) -> bool:
+    """The answer came with a note that it may be off."""
+    return any(w in n for n in row["notes"] for w in WARNINGS)
 
 
 def _pct(value: float | None, digits: int = 3) -> str:
@@ -544,6 +559,13 @@ def sweep_summary_text(summary: dict) -> str:
         "| kind | | cases | failures | FF median % | FF worst % | D median counts | D worst counts "
         "| D worst % of signal |",
         "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines[3:3] = [
+        "",
+        f"Answers more than {SWEEP_TARGETS['worst']} % off: {len(summary['unwarned_wrong'])} without a "
+        f"warning note (seeds {summary['unwarned_wrong']}), {len(summary['warned_wrong'])} with one "
+        f"(seeds {summary['warned_wrong']}); answers within it that carry a warning: "
+        f"{len(summary['warned_right'])} (seeds {summary['warned_right']}).",
     ]
     for key, groups in summary["per_kind"].items():
         for kind, s in groups.items():

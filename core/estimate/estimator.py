@@ -20,7 +20,9 @@ every frame, so memory depends on the grid, not on the number of frames.
 Which method answers (``EstimateSettings.method``): ``floor`` is the above; ``surface`` fits free
 surfaces with cross-validated smoothness (``core.estimate_surface_fit``), which follow a sharp aperture
 edge; ``auto``, the default, is the floor, falling back to surfaces for a flatfield-only fit the floor
-refuses or does not converge on (:func:`run_estimate`).
+refuses or does not converge on (:func:`run_estimate`). Every fit is repeated on alternate halves of its
+frames, and a flatfield that moves between them is reported as poorly determined
+(``core.estimate_holdout``).
 
 Compared with BaSiC (Peng et al., Nat. Commun. 8, 14836, 2017; BaSiCPy): the same image model, but a
 robust regression on a polynomial basis instead of a sparse-plus-low-rank decomposition with DCT
@@ -69,6 +71,7 @@ from .grid import (
     grid_layout,
     single_threaded_blas,
 )
+from shadeflow.core.estimate_holdout import SPREAD_LIMIT, split_half_spread
 
 METHOD = (
     "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
@@ -367,14 +370,6 @@ def choose_frames(n: int, max_frames: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, n, 7]).choice(n, max_frames, replace=False))
 
 
-#: what a refused darkfield fit under ``auto`` suggests
-DARKFIELD_REFUSED_ADVICE = (
-    "; give the camera offset if you know it, fit without --darkfield, or try --method surface (whose "
-    "darkfield is less "
-    "reliable: check it)"
-)
-
-
 class ContentError(EstimateError):
     """The images themselves cannot be fitted (unreadable, empty, constant, fully masked): no method can do
     better."""
@@ -385,12 +380,18 @@ def run_estimate(
 ) -> ShadingEstimate:
     """The estimator over any frame source (memory or Dask): checks, then the chosen method's fit.
 
+    Every fit is refitted on alternate halves of its frames (``core.estimate_holdout``); a flatfield
+    that moves by more than :data:`~shadeflow.core.estimate_holdout.SPREAD_LIMIT` % between the halves is
+    poorly determined by the images, and the notes say so.
+
     ``auto`` fits the floor's polynomials first (fast, and the most accurate where the illumination is
     smooth). Without a darkfield to estimate, it falls back to free surfaces when that fit is refused (a
     polynomial cannot follow a sharp aperture edge) or does not converge; the notes say so. With
     ``--darkfield`` it does not: of the 13 darkfield fits the polynomial refused on the randomised sweep,
     surfaces converged on 6, and 2 of those were 7–8 % off with no sign that would let us refuse them
-    — a refusal with advice is the honest answer there (BENCHMARKS.md)."""
+    — a refusal with advice is the honest answer there. Choosing between the two by the split-half
+    spread, and refusing darkfield answers above its limit, was tried and made the sweep worse
+    (BENCHMARKS.md): the spread flags, it does not choose."""
     started = time.perf_counter()
     need = frames_needed(settings.darkfield)
     if source.n < need:
@@ -401,23 +402,21 @@ def run_estimate(
     if source.dtype.kind not in "biuf":
         raise EstimateError(f"{where}: dtype {source.dtype} is not a real number type")
     if settings.method != "auto":
-        return _estimate_with(source, settings, known_darkfield, where, started)
+        return _note_spread(_estimate_with(source, settings, known_darkfield, where, started))
     if settings.darkfield:
         try:
-            return replace(
-                _estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started),
-                settings=settings,
-            )
+            floor = _estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started)
         except ContentError:
             raise
         except EstimateError as exc:
             reason = str(exc).removeprefix(where + ": ")
             advice = "" if "--method surface" in reason else DARKFIELD_REFUSED_ADVICE
             raise EstimateError(f"{where}: {reason}{advice}") from None
+        return replace(_note_spread(floor), settings=settings)
     try:
         floor = _estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started)
         if floor.diagnostics["converged"]:
-            return replace(floor, settings=settings)
+            return replace(_note_spread(floor), settings=settings)
         why = f"the polynomial fit did not converge ({floor.diagnostics['iterations']} iterations)"
     except ContentError:
         raise
@@ -431,11 +430,41 @@ def run_estimate(
                 f"{where}: neither fit answers — {why}; with free surfaces: "
                 f"{str(exc).removeprefix(where + ': ')}"
             ) from exc
-        return replace(floor, settings=settings)
+        return replace(_note_spread(floor), settings=settings)
     if floor is not None and not surface.diagnostics["converged"]:
-        return replace(floor, settings=settings)  # neither converged: the polynomial's answer, with its note
+        # neither converged: the polynomial's answer, with its notes
+        return replace(_note_spread(floor), settings=settings)
     surface.notes.insert(0, f"{why}; fitted with free surfaces instead (--method surface)")
-    return replace(surface, settings=settings)
+    return replace(_note_spread(surface), settings=settings)
+
+
+#: what a refused darkfield fit under ``auto`` suggests
+DARKFIELD_REFUSED_ADVICE = (
+    "; give the camera offset if you know it, fit without --darkfield, or try --method surface (whose "
+    "darkfield is less "
+    "reliable: check it)"
+)
+
+
+def _determined(result: ShadingEstimate) -> bool:
+    """The fit's flatfield hardly moves between alternate halves of its frames (``core.estimate_holdout``)."""
+    return result.diagnostics["split_half_spread_pct"] <= SPREAD_LIMIT
+
+
+def _note_spread(result: ShadingEstimate) -> ShadingEstimate:
+    """Say so in the notes when the flatfield is poorly determined (split-half spread above the limit)."""
+    spread = result.diagnostics["split_half_spread_pct"]
+    if not _determined(result):
+        moved = (
+            f"fitted on alternate halves of the frames, the flatfield moves by {spread:.1f} % (RMS)"
+            if math.isfinite(spread)
+            else "the same fit is refused on one of two alternate halves of the frames"
+        )
+        result.notes.append(
+            f"{moved}: the images determine the flatfield poorly and it may be off by several percent — "
+            "check it, or fit more frames"
+        )
+    return result
 
 
 def _estimate_with(
@@ -458,19 +487,19 @@ def _estimate_with(
         raise ContentError(str(exc)) from None
     _check_content(Y, V, where)
     surface = settings.method == "surface"
-    with single_threaded_blas():
+    surface_settings = settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0))
+
+    def fit(Y: np.ndarray, V: np.ndarray) -> GridModel | surface_fit.GridModel:
         if surface:
-            fitted = surface_fit.fit_grid(
-                Y,
-                V,
-                layout,
-                settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0)),
-                known_grid,
-            )
-        else:
-            fitted = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
-            if settings.darkfield:
-                check_darkfield_below_data(fitted, Y, V, where)
+            return surface_fit.fit_grid(Y, V, layout, surface_settings, known_grid)
+        model = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
+        if settings.darkfield:
+            check_darkfield_below_data(model, Y, V, where)
+        return model
+
+    with single_threaded_blas():
+        fitted = fit(Y, V)
+        spread = split_half_spread(Y, V, lambda Y, V: fit(Y, V).fields()[0])
         offset = (
             None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings)
         )
@@ -521,6 +550,7 @@ def _estimate_with(
         "smoothness_px": model.smoothness * layout.block if surface else None,
         "order_statistics": model.order_statistics if surface else False,
         "offset_probe": offset,
+        "split_half_spread_pct": spread,
         "seconds": seconds,
         "saturation": saturation,
     }
