@@ -236,7 +236,7 @@ def main() -> int:
     parser.add_argument(
         "--sweep",
         action="store_true",
-        help="randomised synthetic sweep (core.synth_sweep) instead of the recipe stacks",
+        help="randomised synthetic sweep (core.synth.sweep) instead of the recipe stacks",
     )
     parser.add_argument("--cases", type=int, default=60, help="--sweep: number of seeds")
     parser.add_argument("--first-seed", type=int, default=0, help="--sweep: first seed")
@@ -386,7 +386,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# --sweep: randomised synthetic cases (core.synth_sweep)
+# --sweep: randomised synthetic cases (core.synth.sweep)
 
 SWEEP_TARGETS = {"median": 0.5, "worst": 1.5}  # flatfield relative RMS, %
 

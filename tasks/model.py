@@ -78,7 +78,7 @@ def write_model(
     """Write the version to the store; it appears only when complete.
 
     Staging folders of earlier builds of the version that crashed are removed when provably abandoned
-    (``core.staging_lease``); this build's own is removed if it fails."""
+    (``core.io.staging_lease``); this build's own is removed if it fails."""
     logger = get_run_logger()
     with model_store.staged_version(store, version) as staged:
         if staged.others:

@@ -1,7 +1,7 @@
 """The shading estimator on seeded synthetic stacks: accuracy against the planted truth, determinism,
 and the Dask path (a real LocalCluster) equal to the in-memory one.
 
-Every expected value comes from the generator (``core.synth_stacks``), never from the code under test.
+Every expected value comes from the generator (``core.synth.stacks``), never from the code under test.
 """
 
 from __future__ import annotations

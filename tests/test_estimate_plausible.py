@@ -156,7 +156,7 @@ def test_surface_method_recovers_shading_planted_on_real_content():
 
 
 def test_split_half_spread_measures_how_far_two_halves_lie_apart():
-    from shadeflow.core.estimate_holdout import split_half_spread
+    from shadeflow.core.estimate.holdout import split_half_spread
 
     Y, V = np.ones((10, 4)), np.ones((10, 4))
     tilt = np.array([-1.0, -1.0, 1.0, 1.0])
@@ -174,7 +174,7 @@ def test_split_half_spread_measures_how_far_two_halves_lie_apart():
 def test_a_poorly_determined_flatfield_is_reported():
     """Sweep seed 54's kind (tissue behind an aperture, 37 frames at 9 counts): both fits land far from
     the truth (57 % and 9.6 %), and before the split-half check the surface answer came without a note."""
-    from shadeflow.core.synth_sweep import draw_case, generate
+    from shadeflow.core.synth.sweep import draw_case, generate
 
     images, _ = generate(draw_case(54))
     result = estimate_shading(images)
@@ -185,7 +185,7 @@ def test_a_poorly_determined_flatfield_is_reported():
 def test_a_well_determined_flatfield_carries_no_spread_note():
     images, _ = generate_stack(StackConfig(kind="sparse", size=128, n=60, seed=5, darkfield=True))
     result = estimate_shading(images, darkfield=True)
-    from shadeflow.core.estimate_holdout import SPREAD_LIMIT
+    from shadeflow.core.estimate.holdout import SPREAD_LIMIT
 
     assert result.diagnostics["split_half_spread_pct"] < SPREAD_LIMIT
     assert not any("alternate halves" in n for n in result.notes), result.notes

@@ -1,4 +1,4 @@
-"""The randomised sweep generator (core.synth_sweep) against its own definition, and the estimator on the
+"""The randomised sweep generator (core.synth.sweep) against its own definition, and the estimator on the
 hardest kinds of case it draws, held to the issue's worst-case target (flatfield error ≤ 1.5 %)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: a Prefect task's body: call core, log, report progress — longer means work that belongs in core
 TASK_BODY_LINES = 40
-#: calls that write files: outputs are written by core (``core.outputs``, the jobs' writers)
+#: calls that write files: outputs are written by core (``core.io.output_folders``, the jobs' writers)
 WRITERS = {"write_text", "write_bytes", "savefig", "save", "to_csv", "dump"}
 
 

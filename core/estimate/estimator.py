@@ -7,9 +7,9 @@ each frame's baseline B (its background level at unit flatfield), for the model
 .. math:: I_n(x) = S(x)\\,B_n + D(x) + \\text{specimen}_n(x).
 
 Method (a methods-section paragraph). Each frame is reduced to block means on a grid of about 64
-blocks across (``core.estimate_grid``). On that grid the *floor* of the stack — the blocks that show
+blocks across (``core.estimate.grid``). On that grid the *floor* of the stack — the blocks that show
 no specimen — is fitted by iteratively reweighted least squares with Tukey's biweight on relative
-residuals, scaled by the noise of the floor (``core.estimate_fit``): S and D are low-order Legendre
+residuals, scaled by the noise of the floor (``core.estimate.floor_fit``): S and D are low-order Legendre
 polynomials (degree 6 and 2), B is a per-frame level, and the specimen, saturated blocks and outlier
 frames get no weight. The fit starts from low quantiles and a per-frame quadratic detrending that finds
 the floor before the darkfield is known. The darkfield's component along the flatfield, which images
@@ -18,11 +18,11 @@ seeded subsample of frames and then refined with one pass of per-block sufficien
 every frame, so memory depends on the grid, not on the number of frames.
 
 Which method answers (``EstimateSettings.method``): ``floor`` is the above; ``surface`` fits free
-surfaces with cross-validated smoothness (``core.estimate_surface_fit``), which follow a sharp aperture
+surfaces with cross-validated smoothness (``core.estimate.surface_fit``), which follow a sharp aperture
 edge; ``auto``, the default, is the floor, falling back to surfaces for a flatfield-only fit the floor
 refuses or does not converge on (:func:`run_estimate`). Every fit is repeated on alternate halves of its
 frames, and a flatfield that moves between them is reported as poorly determined
-(``core.estimate_holdout``).
+(``core.estimate.holdout``).
 
 Compared with BaSiC (Peng et al., Nat. Commun. 8, 14836, 2017; BaSiCPy): the same image model, but a
 robust regression on a polynomial basis instead of a sparse-plus-low-rank decomposition with DCT
@@ -71,7 +71,7 @@ from .grid import (
     grid_layout,
     single_threaded_blas,
 )
-from shadeflow.core.estimate_holdout import SPREAD_LIMIT, split_half_spread
+from .holdout import SPREAD_LIMIT, split_half_spread
 
 METHOD = (
     "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
@@ -204,7 +204,7 @@ class ShadingEstimate:
 
 
 # ---------------------------------------------------------------------------------------------
-# frame sources: where block means come from (memory here; Dask in core.estimate_dask)
+# frame sources: where block means come from (memory here; Dask in core.estimate.chunked)
 
 
 class MemoryFrames:
@@ -380,8 +380,8 @@ def run_estimate(
 ) -> ShadingEstimate:
     """The estimator over any frame source (memory or Dask): checks, then the chosen method's fit.
 
-    Every fit is refitted on alternate halves of its frames (``core.estimate_holdout``); a flatfield
-    that moves by more than :data:`~shadeflow.core.estimate_holdout.SPREAD_LIMIT` % between the halves is
+    Every fit is refitted on alternate halves of its frames (``core.estimate.holdout``); a flatfield
+    that moves by more than :data:`~shadeflow.core.estimate.holdout.SPREAD_LIMIT` % between the halves is
     poorly determined by the images, and the notes say so.
 
     ``auto`` fits the floor's polynomials first (fast, and the most accurate where the illumination is
@@ -447,7 +447,7 @@ DARKFIELD_REFUSED_ADVICE = (
 
 
 def _determined(result: ShadingEstimate) -> bool:
-    """The fit's flatfield hardly moves between alternate halves of its frames (``core.estimate_holdout``)."""
+    """The fit's flatfield hardly moves between alternate halves of its frames (``core.estimate.holdout``)."""
     return result.diagnostics["split_half_spread_pct"] <= SPREAD_LIMIT
 
 

@@ -8,7 +8,7 @@
 * ``estimate.zarr`` — a zarr group with the arrays ``flatfield`` and ``darkfield`` (C, H, W) and
   ``baseline`` (C, N; NaN for frames not used) and attributes: method, parameters, inputs, shadeflow
   version, and per channel its statistics and notes;
-* ``shadeflow.json`` — the manifest, written last (``core.outputs``).
+* ``shadeflow.json`` — the manifest, written last (``core.io.output_folders``).
 
 A complete folder made with the same parameters and inputs is left as it is; one made otherwise is
 replaced only with ``overwrite``.

@@ -4,7 +4,7 @@ Notation: Y[n, g] is the mean of block g in frame n, V[n, g] its validity, S the
 kept as f = log S so that it is positive by construction), D the darkfield and B[n] the frame's
 *baseline* — its background level at unit flatfield.
 
-Method. S and D are free values per block, smooth under a thin-plate penalty (``core.estimate_surface``);
+Method. S and D are free values per block, smooth under a thin-plate penalty (``core.estimate.surfaces``);
 their smoothing length ℓ is chosen from the frames themselves by cross-validation: the frames are split
 into two contiguous halves, the model is fitted on one half and scored on how it predicts the other
 (weighted squared error of the floor), for ℓ from 0.35 to 23 blocks. The specimen, saturated blocks and

@@ -1,7 +1,7 @@
 """Statistics of a flatfield model, per layer and over layers (AstroPath's flatfield statistics table).
 
 Public: :class:`LayerStatistics`, :func:`layer_statistics`, :func:`summary_statistics`. Shared by the
-model build (its manifest) and its summary PDF (``core.model_report``).
+model build (its manifest) and its summary PDF (``core.model.report``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
                                                                 count)
     <store>/flatfield/flatfield_<V>/shadeflow.json              manifest, written last
 
-A version exists when it is complete (``core.outputs``: its manifest, and no publishing under way); it
+A version exists when it is complete (``core.io.output_folders``: its manifest, no publishing under way); it
 is never changed except by an explicit overwrite. Everything is staged and published at the end, the
 ``.bin`` last, so AstroPath's tools never find a ``.bin`` without its folder and manifest. Files in
 the store that shadeflow did not write (e.g. an AstroPath-made ``flatfield_<V>.bin``) stop a build of

@@ -1,6 +1,6 @@
 """Randomised synthetic stacks for the shading estimator: a seeded sweep with exact ground truth.
 
-Where ``core.synth_stacks`` is one recipe, this module draws a different stack from every seed, so that
+Where ``core.synth.stacks`` is one recipe, this module draws a different stack from every seed, so that
 accuracy is judged across scenes, shadings, darkfields, frame counts, brightness, outliers and drift
 rather than on one case (issue 10, item 3).
 

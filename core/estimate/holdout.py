@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shadeflow.core.estimate_grid import EstimateError
+from .grid import EstimateError
 
 #: split-half spread (%) above which an answer is reported as poorly determined
 SPREAD_LIMIT = 1.5
