@@ -81,12 +81,18 @@ class Progress:
         self._last_logged_decile = -1
         self._warned = False
         description = f"{label}: 0/{total}"
-        announced = _announced(key)
-        if announced is not None:  # the flow made it when it planned the run: report there
-            update_progress_artifact(announced, 0.0, description=description)
-            self._artifact = announced
-        else:
-            self._artifact = create_progress_artifact(0.0, key=key, description=description)
+        self._artifact = None
+        try:
+            announced = _announced(key)
+            if announced is not None:  # the flow made it when it planned the run: report there
+                update_progress_artifact(announced, 0.0, description=description)
+                self._artifact = announced
+            else:
+                self._artifact = create_progress_artifact(0.0, key=key, description=description)
+        except Exception as exc:  # noqa: BLE001 — a progress display must never fail the work it counts
+            # seen on worker processes of an existing scheduler that outlive a run's tasks: another task
+            # run in the same process closed the Prefect client this one shares (bench/scaling.py)
+            self._warn(exc)
         self.topic = f"shadeflow-progress-{uuid.uuid4().hex}"
 
     def advance(self, n: int = 1) -> None:
@@ -102,23 +108,28 @@ class Progress:
         self._last_update = now
         done, total = self.done, self.total
         try:
-            update_progress_artifact(
-                self._artifact, 100.0 * done / total, description=f"{self.label}: {done}/{total}"
-            )
+            if self._artifact is not None:
+                update_progress_artifact(
+                    self._artifact, 100.0 * done / total, description=f"{self.label}: {done}/{total}"
+                )
         except Exception as exc:  # noqa: BLE001 — a progress display must never fail the work it counts
             # seen after a lost worker: Dask reran the task and its Prefect client was already closed
-            if not self._warned:
-                self._warned = True
-                get_run_logger().warning(
-                    "%s: progress not shown in the UI (%s: %s); the work goes on",
-                    self.label,
-                    type(exc).__name__,
-                    exc,
-                )
+            self._warn(exc)
         decile = int(10 * done / total)
         if decile != self._last_logged_decile:
             self._last_logged_decile = decile
             get_run_logger().info("%s: %d/%d", self.label, done, total)
+
+    def _warn(self, exc: Exception) -> None:
+        """Log (once) that the UI does not show this progress."""
+        if not self._warned:
+            self._warned = True
+            get_run_logger().warning(
+                "%s: progress not shown in the UI (%s: %s); the work goes on",
+                self.label,
+                type(exc).__name__,
+                exc,
+            )
 
     def event_handler(self, event) -> None:
         """Handler for the Dask events workers send to :attr:`topic` (one per finished field)."""

@@ -7,7 +7,6 @@ started it (its whole session, SIGKILL), also when the test fails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,10 +22,9 @@ from pathlib import Path
 import pytest
 from prefect_processes import stop, tail, wait_for
 
-#: manifests record when they were made: compared without these keys. Summary PDFs print the time they
-#: were made on page 1 (core/report_pages.py) inside compressed streams: only their presence is compared.
-MANIFEST = "shadeflow.json"
-TIME_KEYS = ("created", "seconds")
+# the fault tests compare outputs with these (shadeflow.core.io.output_digest)
+from shadeflow.core.io.output_digest import content_digest, output_digest  # noqa: F401
+from shadeflow.core.io.output_folders import MANIFEST
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -224,43 +222,6 @@ def _address(scheduler_file: Path) -> str | None:
 
 # ----------------------------------------------------------------------------------------------
 # outputs
-
-
-def _without_times(data):
-    if isinstance(data, dict):
-        return {k: _without_times(v) for k, v in data.items() if k not in TIME_KEYS}
-    if isinstance(data, list):
-        return [_without_times(v) for v in data]
-    return data
-
-
-def output_digest(folder: str | Path) -> dict[str, str]:
-    """Every file below ``folder`` → sha256 (manifests and metadata: of their content minus time fields)."""
-    folder = str(folder)
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, folder)] = content_digest(name, handle.read())
-    return out
-
-
-def content_digest(name: str, data: bytes) -> str:
-    """sha256 of one output file's bytes, without what legitimately differs between identical runs."""
-    name = name.rsplit("/", 1)[-1]
-    if name.endswith(".json") and name != MANIFEST and b'"created"' in data:  # zarr metadata with provenance
-        data = json.dumps(_without_times(json.loads(data)), sort_keys=True).encode()
-    elif name == MANIFEST:
-        manifest = _without_times(json.loads(data))
-        manifest.pop("bytes", None)  # a corrected tile's total: its metadata holds the time and duration
-        # summary PDFs print their creation time (compressed): only their presence is compared
-        if isinstance(manifest.get("files"), dict):
-            manifest["files"] = {k: (None if k.endswith(".pdf") else v) for k, v in manifest["files"].items()}
-        data = json.dumps(manifest, sort_keys=True).encode()
-    elif name.endswith(".pdf"):
-        data = b"a PDF report: it shows the time it was made"
-    return hashlib.sha256(data).hexdigest()
 
 
 def assert_nothing_looks_complete(output: str | Path) -> None:
