@@ -89,21 +89,3 @@ def test_bad_files_and_datasets_are_named(stack, tmp_path):
     assert open_images([str(h5)], dataset="/entry/data/data").n_frames == CONFIG.n
     with pytest.raises(EstimateError, match=r"--dataset names the frames inside an HDF5 file"):
         open_images([str(write_fits(tmp_path / "m.fits", frames[:3]))], dataset="/x")
-
-
-@pytest.mark.usefixtures("prefect_server")
-def test_the_estimate_flow_runs_on_a_fits_mosaic_and_an_hdf5_scan(stack, tmp_path):
-    from shadeflow.core.estimate.outputs import read_estimate
-    from shadeflow.flows.estimate import EstimateParameters, estimate
-    from shadeflow.infra.cluster import task_runner
-
-    frames, truth = stack
-    run = estimate.with_options(task_runner=task_runner(memory="2GiB", workers=1))
-    for name, path, dataset in [
-        ("fits", write_fits(tmp_path / "mosaic.fits", frames), None),
-        ("hdf5", write_hdf5(tmp_path / "scan.h5", frames), "/entry/data/data"),
-    ]:
-        out = str(tmp_path / f"out-{name}")
-        result = run(params=EstimateParameters(images=[str(path)], out=out, dataset=dataset))
-        assert result["status"] == "written", name
-        assert relative_rms(read_estimate(out)["flatfield"][0].astype(np.float64), truth["flatfield"]) < 0.02
