@@ -73,6 +73,22 @@ def _mask_and_stack(plan, fields, thresholds, mask_dir_url, reporter):
     return core.mask_and_stack(plan, fields, thresholds, mask_dir_url, on_field=reporter)
 
 
+#: a batch's accumulator travels to its merge: on a large cluster, batches of at least this many fields
+#: keep a slide's merge traffic a fraction of its fields' bytes (BENCHMARKS.md, "cost model")
+FIELDS_PER_BATCH_AT_SCALE = 50
+#: below this many batches the cap does not apply: a laptop's threads all work on a small slide
+UNCAPPED_BATCHES = 8
+
+
+def batch_count(n_fields: int, n_threads: int) -> int:
+    """Batches a slide's fields are split into: one per cluster thread, but on clusters of more than
+    :data:`UNCAPPED_BATCHES` threads no more than one per :data:`FIELDS_PER_BATCH_AT_SCALE` fields (the
+    other threads work on other slides). The sums are integers, so the split does not change the
+    mean image."""
+    cap = max(UNCAPPED_BATCHES, -(-n_fields // FIELDS_PER_BATCH_AT_SCALE))
+    return max(1, min(n_fields, n_threads, cap))
+
+
 def stack_on_cluster(
     client: Client,
     plan: core.SlidePlan,
@@ -82,12 +98,13 @@ def stack_on_cluster(
 ) -> core.BatchResult:
     """Mask every field and stack the bulk ones, in batches of fields merged as a tree.
 
-    One batch per worker thread: each batch stacks into its own accumulator (0.7 GiB for a Vectra
-    slide, reusing a finished batch's memory: see ``core.buffers``), so memory stays at a few
-    stacks. Progress is still per field: workers report each field as a Dask event.
+    One batch per worker thread, up to :func:`batch_count`'s cap: each batch stacks into its own
+    accumulator (0.7 GiB for a Vectra slide, reusing a finished batch's memory: see ``core.buffers``),
+    so memory stays at a few stacks. Progress is still per field: workers report each field as a Dask
+    event.
     """
     fields = list(plan.slide.fields)
-    n_batches = max(1, min(len(fields), sum(client.nthreads().values())))
+    n_batches = batch_count(len(fields), sum(client.nthreads().values()))
     batches = [fields[i::n_batches] for i in range(n_batches)]
     shared = scatter(client, plan)
     stop = Event(f"shadeflow-stop-{uuid.uuid4().hex}", client=client)  # set when a batch fails
