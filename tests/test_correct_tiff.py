@@ -243,3 +243,29 @@ def test_tiff_names_map_to_distinct_ome_tiff_outputs(tmp_path):
     request = CorrectRequest(out="s3://bucket/out", method="estimate", background="100")
     with pytest.raises(InputError, match="needs a local --out"):
         plan_tile(str(tmp_path / "x.tif"), request)
+
+
+def test_the_command_line_says_a_bad_tiff_in_one_line_before_starting_anything(tmp_path):
+    from test_cli_errors import expect_error
+
+    broken = tmp_path / "in" / "scan.tif"
+    broken.parent.mkdir()
+    broken.write_bytes(b"II*\0" + b"\xff" * 64)  # a TIFF header pointing nowhere
+    out = tmp_path / "out"
+    args = ["correct", str(broken), "--out", str(out), "--method", "estimate", "--background", "100"]
+    line = expect_error(tmp_path, args, str(broken), "not a readable TIFF", absent=[out])
+    assert line.startswith(f"error: tile {broken}")
+
+
+def test_non_finite_voxels_of_a_float_tiff_fail_the_tile_and_leave_no_output(tmp_path):
+    from shadeflow.core.io.omezarr import TileError
+
+    stack = np.full((6, 32, 32), 500.0, np.float32)
+    stack[4, 3, 5] = np.nan
+    tile = tmp_path / "nan.tif"
+    tifffile.imwrite(tile, stack, metadata={"axes": "ZYX"})
+    out = tmp_path / "out"
+    plan = plan_tile(str(tile), CorrectRequest(out=str(out), method="estimate", background="100", levels=1))
+    with pytest.raises(TileError, match=r"nan\.tif.*non-finite"):
+        run_tile(plan)
+    assert not out.exists() or os.listdir(out) == []

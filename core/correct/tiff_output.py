@@ -35,8 +35,8 @@ from ..io.tiffstack import TiffImage, ome_unit
 from .graph import PyramidLevel, correction_pyramid, downsample_block
 
 PROVENANCE_NAMESPACE = "shadeflow/provenance"
-#: how many bytes of corrected blocks the writer asks the cluster for at a time
-WINDOW_BYTES = 256 * 2**20
+#: how many bytes of corrected blocks the writer asks the cluster for at a time (what it holds)
+WINDOW_BYTES = 64 * 2**20
 _BIGTIFF_FROM = 2**31
 
 
@@ -135,12 +135,8 @@ def write_corrected_tiff(
         scratch = []
         if len(pyramid) > 1:
             os.makedirs(scratch_dir)
-            scratch = [
-                np.lib.format.open_memmap(
-                    os.path.join(scratch_dir, f"level{k}.npy"), "w+", dtype, (n_pages, *lv.shape[-2:])
-                )
-                for k, lv in enumerate(pyramid[1:], start=1)
-            ]
+            # plain files, written and read a page at a time (a memory map would count in the memory used)
+            scratch = [os.path.join(scratch_dir, f"level{k}.raw") for k in range(1, len(pyramid))]
         pages = _corrected_pages(corrected, scratch, compute, window_bytes or WINDOW_BYTES)
         with tifffile.TiffWriter(temp, bigtiff=total >= _BIGTIFF_FROM, ome=True) as tif:
             tif.write(
@@ -153,7 +149,13 @@ def write_corrected_tiff(
                 software=software,
             )
             for lv, stored in zip(pyramid[1:], scratch):
-                tif.write(iter(stored), shape=lv.shape, dtype=dtype, photometric="minisblack", subfiletype=1)
+                tif.write(
+                    _stored_pages(stored, n_pages, lv.shape[-2:], dtype),
+                    shape=lv.shape,
+                    dtype=dtype,
+                    photometric="minisblack",
+                    subfiletype=1,
+                )
         os.replace(temp, output)  # the output exists only once it is whole
     except BaseException:
         for path in (temp, scratch_dir):
@@ -169,22 +171,29 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _corrected_pages(
-    corrected, scratch: list[np.ndarray], compute, window_bytes: int
-) -> Iterator[np.ndarray]:
+def _corrected_pages(corrected, scratch: list[str], compute, window_bytes: int) -> Iterator[np.ndarray]:
     """Level-0 pages in file order (t, c, z), a window of blocks computed at a time; each page's coarser
-    levels are stored into ``scratch`` on the way."""
+    levels are appended to the ``scratch`` files on the way."""
     grid = list(np.ndindex(*corrected.numblocks))  # C order over (t, c, z) blocks = page order
     block_bytes = math.prod(max(c) for c in corrected.chunks) * corrected.dtype.itemsize
     per_window = max(1, window_bytes // max(block_bytes, 1))
-    page = 0
-    for start in range(0, len(grid), per_window):
-        blocks = compute(*(corrected.blocks[index] for index in grid[start : start + per_window]))
-        for block in blocks:
-            planes = np.asarray(block).reshape(-1, *block.shape[-2:])
-            reduced = planes
-            for stored in scratch:
-                reduced = downsample_block(reduced, (1, 2, 2))
-                stored[page : page + len(planes)] = reduced
-            yield from planes
-            page += len(planes)
+    files = [open(path, "wb") for path in scratch]
+    try:
+        for start in range(0, len(grid), per_window):
+            blocks = compute(*(corrected.blocks[index] for index in grid[start : start + per_window]))
+            for block in blocks:
+                planes = np.asarray(block).reshape(-1, *block.shape[-2:])
+                reduced = planes
+                for file in files:
+                    reduced = downsample_block(reduced, (1, 2, 2))
+                    file.write(np.ascontiguousarray(reduced).tobytes())
+                yield from planes
+    finally:
+        for file in files:
+            file.close()
+
+
+def _stored_pages(path: str, n_pages: int, shape: tuple[int, int], dtype: np.dtype) -> Iterator[np.ndarray]:
+    with open(path, "rb") as file:
+        for _ in range(n_pages):
+            yield np.fromfile(file, dtype, count=math.prod(shape)).reshape(shape)

@@ -18,6 +18,7 @@ memory stays flat in the file size.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
@@ -31,7 +32,7 @@ from .omezarr import CANONICAL, SUPPORTED_DTYPES, Level, OmeImage, TileError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: a Dask block holds whole pages, about this many bytes (at least one page)
-BLOCK_BYTES = 16 * 2**20
+BLOCK_BYTES = 4 * 2**20
 #: tifffile's axis letters → canonical roles; I (image sequence) and Q (unnamed) mean "planes"
 _ROLE_OF = {"T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x"}
 _PLANE_LETTERS = ("I", "Q")
@@ -193,10 +194,11 @@ def open_tiff_image(url: str) -> TiffImage:
             f"tile {url}: {'is a folder, not a TIFF file' if os.path.isdir(url) else 'does not exist'}"
         )
     try:
-        with tifffile.TiffFile(url) as tif:
+        with _tifffile_messages() as messages, tifffile.TiffFile(url) as tif:
             series_list = list(tif.series)
             if not series_list:
-                raise TileError(f"tile {url}: a TIFF with no image in it")
+                said = f" ({messages[0]})" if messages else ""
+                raise TileError(f"tile {url}: not a readable TIFF, no image in it{said}")
             if len(series_list) > 1:
                 shapes = ", ".join(f"{s.axes} {'×'.join(map(str, s.shape))}" for s in series_list[:4])
                 more = ", …" if len(series_list) > 4 else ""
@@ -252,6 +254,29 @@ def open_tiff_image(url: str) -> TiffImage:
         channel_names=names if names and len(names) == n_c else None,
         units=units,
     )
+
+
+@contextlib.contextmanager
+def _tifffile_messages():
+    """What tifffile logs while a file is opened (e.g. a broken page chain), kept for the error message
+    instead of printed beside it."""
+    import logging
+
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage().split("> ", 1)[-1])
+
+    logger = logging.getLogger("tifffile")
+    handler, propagate = Keep(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _check_axes(url: str, axes: str) -> list[str]:
