@@ -1,4 +1,5 @@
-"""The correct job: flatfield-correct OME-Zarr tiles and write them with a multiscale pyramid."""
+"""The correct job: flatfield-correct OME-Zarr tiles (or TIFF stacks) and write them with a multiscale
+pyramid (OME-Zarr, or one OME-TIFF per TIFF tile)."""
 
 from __future__ import annotations
 

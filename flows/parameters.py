@@ -318,16 +318,17 @@ class AppliedTestParameters(BaseModel):
 
 
 class CorrectParameters(BaseModel):
-    """OME-Zarr tiles flatfield-corrected and written with a multiscale pyramid."""
+    """OME-Zarr tiles (or TIFF stacks) flatfield-corrected and written with a multiscale pyramid."""
 
     tiles: list[str] = Field(
         min_length=1,
         json_schema_extra=ARGUMENT,
         description="OME-Zarr tiles (image groups), local paths or s3:// URLs; NGFF 0.4 on zarr v2 or 0.5 "
-        "on zarr v3",
+        "on zarr v3. Or local TIFF / OME-TIFF files (.tif, .tiff), written as OME-TIFF",
     )
     out: str = Field(
-        description="Folder (or s3:// prefix) for the corrected tiles: each is written to <out>/<tile name>"
+        description="Folder (or s3:// prefix) for the corrected tiles: each is written to <out>/<tile name> "
+        "(a TIFF tile to <out>/<name>.ome.tif, a local folder)"
     )
     model: str | None = Field(
         None, description="Flatfield model version (built by `model build`) to apply; needs `store`"
@@ -363,10 +364,13 @@ class CorrectParameters(BaseModel):
         4,
         ge=1,
         le=16,
-        description="Pyramid levels to write (each halves y and x, and z where the voxel size allows)",
+        description="Pyramid levels to write (each halves y and x, and z where the voxel size allows; "
+        "OME-TIFF outputs: SubIFDs halving y and x only)",
     )
     zarr_format: Literal[2, 3] | None = Field(
-        None, description="Zarr format of the output (2 → NGFF 0.4, 3 → NGFF 0.5); empty: as the input"
+        None,
+        description="Zarr format of the output (2 → NGFF 0.4, 3 → NGFF 0.5); empty: as the input. Not for "
+        "TIFF tiles",
     )
     repair_flatfield: bool = Field(
         False,

@@ -268,7 +268,8 @@ def correct(params: CorrectParameters, memory: str | None = None, workers: int |
     of every location answers (endpoint, credentials, bucket); the flatfield source (the model
     version in the store, or the file) and darkfield exist and read; the output location can be
     written and holds nothing in the way; each tile is an OME-Zarr image with the level and every
-    chunk stored, its channels map onto the flatfield and its size onto the field.
+    chunk stored (or a readable local TIFF file of one grey-level image with known axes), its
+    channels map onto the flatfield and its size onto the field.
 
     All tiles are checked and their problems reported together, in one line."""
     from ..core.correct.flatfield_sources import read_field_file, read_model_flatfield

@@ -7,4 +7,6 @@
 - :mod:`.background`: the background subtracted before dividing (``estimate_background``).
 - :mod:`.graph`: the correction chunk by chunk and its pyramid, as one Dask graph
   (``correction_pyramid``).
+- :mod:`.tiff_output`: a TIFF tile's output, one OME-TIFF file with its pyramid in SubIFDs, renamed
+  into place when whole (``write_corrected_tiff``, ``tiff_output_state``).
 """

@@ -240,7 +240,7 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
     import dask.array as da
 
     roles = image.roles
-    target5 = to_canonical(da.from_zarr(image.array(level)), roles)
+    target5 = to_canonical(image.dask_array(level), roles)
     n_t, n_c, n_z, n_y, n_x = target5.shape
     if n_t * n_z < min_slices:
         raise BackgroundError(
@@ -251,7 +251,7 @@ def estimate_background(image, level, compute, min_slices: int = MIN_SLICES) -> 
         )
     z_axis = roles.index("z") if "z" in roles else None
     survey_level = image.levels[_survey_level(image.levels, level.index, z_axis)]
-    survey5 = to_canonical(da.from_zarr(image.array(survey_level)), roles)
+    survey5 = to_canonical(image.dask_array(survey_level), roles)
     s_t, _, s_z, s_y, s_x = survey5.shape
     stride = max(1, math.ceil(math.sqrt(s_t * n_c * s_z * s_y * s_x / SURVEY_MAX_SAMPLES)))
     stride = min(stride, max(1, min(s_y, s_x) // 16))

@@ -504,7 +504,7 @@ def estimate_flatfield(image, level, background: np.ndarray, compute, repair: bo
     """
     import dask.array as da
 
-    source5 = to_canonical(da.from_zarr(image.array(level)), image.roles)
+    source5 = to_canonical(image.dask_array(level), image.roles)
     n_t, n_c, n_z, n_y, n_x = source5.shape
     n = n_t * n_z
     picks = sorted(set(np.linspace(0, n - 1, min(n, ESTIMATE_MAX_PLANES)).round().astype(int).tolist()))

@@ -144,7 +144,11 @@ def select_axes(levels: list[PyramidLevel], keep: list[int]) -> list[PyramidLeve
 
 
 def plan_pyramid(
-    shape: tuple[int, ...], scale: tuple[float, ...], translation: tuple[float, ...], n_levels: int
+    shape: tuple[int, ...],
+    scale: tuple[float, ...],
+    translation: tuple[float, ...],
+    n_levels: int,
+    halve_z: bool = True,
 ) -> list[PyramidLevel]:
     """Shapes, factors, scales and translations of ``n_levels`` levels of a (t, c, z, y, x) image.
 
@@ -152,7 +156,8 @@ def plan_pyramid(
     most :data:`Z_ANISOTROPY_LIMIT` × the (larger) yx voxel size of the level being reduced, so
     voxels never become more than 2:1 anisotropic through the pyramid (a thin-sheet tile with
     z 4 µm, yx 1 µm keeps its z until yx reaches 2 µm). Translations follow the block centres:
-    ``t_k = t_{k−1} + (f − 1)/2 · s_{k−1}``.
+    ``t_k = t_{k−1} + (f − 1)/2 · s_{k−1}``. ``halve_z=False`` keeps z at every level (OME-TIFF
+    sub-resolutions belong to one plane each).
 
     Raises
     ------
@@ -171,7 +176,7 @@ def plan_pyramid(
                 f"not {n_levels}"
             )
         yx_voxel = max(prev.scale[3], prev.scale[4])
-        fz = 2 if nz >= 2 and prev.scale[2] <= Z_ANISOTROPY_LIMIT * yx_voxel else 1
+        fz = 2 if halve_z and nz >= 2 and prev.scale[2] <= Z_ANISOTROPY_LIMIT * yx_voxel else 1
         factors = (1, 1, fz, 2, 2)
         new_shape = tuple(n // f for n, f in zip(prev.shape, factors))
         new_scale = tuple(s * f for s, f in zip(prev.scale, factors))

@@ -13,6 +13,10 @@ made by the same request is *complete* and skipped; one made by another request 
 never a stale complete one). A folder that is neither is not ours and is refused unless ``overwrite``.
 The input is only ever opened read-only; an output inside the input (or the input inside the
 output) is refused.
+
+A TIFF tile (``.tif``/``.tiff``, a local file: :mod:`shadeflow.core.io.tiffstack`) goes through the
+same planning, background, flatfield and correction graph, and is written as one OME-TIFF file
+``<out>/<stem>.ome.tif`` that appears under its name only when whole (:mod:`.tiff_output`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from ..io.omezarr import (
     write_multiscales,
 )
 from ..io.output_folders import MANIFEST, is_complete, read_manifest, shadeflow_version
+from ..io.tiffstack import TiffImage, is_tiff, open_tiff_image, tiff_stem
 from .background import (
     Background,
     BackgroundError,
@@ -60,9 +65,18 @@ from .flatfield_sources import (
     parse_channel_map,
 )
 from .graph import correction_pyramid, graph_constants_allowed, plan_pyramid, select_axes
+from .tiff_output import (
+    read_tiff_manifest,
+    remove_tiff_output,
+    tiff_metadata,
+    tiff_output_state,
+    write_corrected_tiff,
+)
 
 KIND = "corrected-tile"
 PROVENANCE_KEY = "shadeflow"
+#: the output format of a TIFF tile, recorded with its parameters
+OME_TIFF = "ome-tiff"
 
 
 @dataclass(frozen=True)
@@ -161,7 +175,7 @@ class TilePlan:
     output: str
     image: OmeImage
     level: Level
-    zarr_format: int
+    zarr_format: int | None  # None: a TIFF tile (written as OME-TIFF)
     recorded: dict[str, Any]
     action: str  # "write", "redo" (partial output), "replace" (overwrite), "skip"
     flatfield: Flatfield | None  # None: estimated when the tile runs
@@ -169,6 +183,10 @@ class TilePlan:
     notes: list[str] = field(default_factory=list)
     out: str = ""  # --out, normalised: the output must be a direct child of it
     missing_chunks: dict[str, int] = field(default_factory=dict)  # level → chunks read as the fill value
+
+    @property
+    def is_tiff(self) -> bool:
+        return self.recorded.get("format") == OME_TIFF
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -202,7 +220,8 @@ class TileReport:
 
 
 def tile_name(tile_url: str) -> str:
-    """The name a tile's output gets under ``--out``: the last component of its URL, validated.
+    """The name a tile's output gets under ``--out``: the last component of its URL, validated; a TIFF
+    tile's is its name without the TIFF extension, plus ``.ome.tif``.
 
     The name becomes a path that may be removed (``--overwrite``, a partial output), so anything
     that is not one plain folder name is refused: empty, ``.``, ``..`` (``s3://bucket/x/..`` is a
@@ -215,6 +234,10 @@ def tile_name(tile_url: str) -> str:
             f"tile {storage.redact(tile_url)}: its name {name!r} cannot name an output folder under --out; "
             "give the tile's own folder (e.g. s3://bucket/tiles/tile.ome.zarr)"
         )
+    if is_tiff(name):
+        if not tiff_stem(name).strip("."):
+            raise TileError(f"tile {storage.redact(tile_url)}: its name {name!r} cannot name an output file")
+        return tiff_stem(name) + ".ome.tif"
     return name
 
 
@@ -324,11 +347,14 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
     name = tile_name(tile)  # before anything is read: the name decides what may be removed
     output = storage.join(storage.normalize(request.out), name)
     check_output_child(request.out, output)
-    image = open_image(tile)
+    tiff = is_tiff(tile)
+    if tiff:
+        check_tiff_request(tile, request)
+    image = open_tiff_image(tile) if tiff else open_image(tile)
     level = image.level(request.level)
     check_not_empty(image, level)
-    zarr_format = request.zarr_format or image.zarr_format
-    if zarr_format not in NGFF_FOR_ZARR:
+    zarr_format = None if tiff else request.zarr_format or image.zarr_format
+    if not tiff and zarr_format not in NGFF_FOR_ZARR:
         raise TileError(f"tile {tile}: --zarr-format {zarr_format} is not 2 or 3")
     check_output_location(tile, output)
     notes: list[str] = []
@@ -339,7 +365,7 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
         if not request.darkfield and request.background.strip().lower() == "estimate"
         else []
     )
-    for lv in {lv.path: lv for lv in read}.values():
+    for lv in {lv.path: lv for lv in read}.values() if not tiff else ():  # a TIFF has no chunks to lose
         absent = missing_chunks(image, lv)
         if not absent.missing:
             continue
@@ -357,7 +383,7 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
         )
     canonical = tuple(image.size(r, level.index) for r in CANONICAL)
     try:
-        plan_pyramid(canonical, (1.0,) * 5, (0.0,) * 5, request.levels)
+        plan_pyramid(canonical, (1.0,) * 5, (0.0,) * 5, request.levels, halve_z=not tiff)
     except ValueError as exc:
         raise TileError(f"tile {tile}: --levels {request.levels}: {exc}") from None
     yx = (canonical[3], canonical[4])
@@ -405,10 +431,12 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
                 raise BackgroundError(f"tile {tile}: {exc}") from None
     # as resolved, not as spelled
     recorded = {**request.recorded(tile), "level": level.path, "zarr_format": zarr_format}
-    state = output_state(output)
+    if tiff:
+        recorded["format"] = OME_TIFF
+    state = tiff_output_state(output, KIND) if tiff else output_state(output)
     action = {"absent": "write", "partial": "redo"}.get(state)
     if state == "complete":
-        manifest = read_manifest(output)
+        manifest = read_tiff_manifest(output) if tiff else read_manifest(output)
         if manifest.get("kind") == KIND and manifest.get("parameters") == recorded and not request.overwrite:
             action = "skip"
         elif request.overwrite:
@@ -441,6 +469,20 @@ def plan_tile(tile_url: str, request: CorrectRequest) -> TilePlan:
         storage.normalize(request.out),
         absent_chunks,
     )
+
+
+def check_tiff_request(tile: str, request: CorrectRequest) -> None:
+    """What a TIFF tile cannot do: be read from or written to remote storage (tifffile reads and
+    writes seekable local files), or take a zarr format."""
+    if storage.is_remote(request.out):
+        raise TileError(
+            f"tile {tile}: a TIFF tile is written as an OME-TIFF file, which needs a local --out (got "
+            f"{storage.normalize(request.out)}); write locally and upload, or convert the tile to OME-Zarr"
+        )
+    if request.zarr_format is not None:
+        raise TileError(
+            f"tile {tile}: --zarr-format is for OME-Zarr tiles; a TIFF tile is written as OME-TIFF"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,7 +535,7 @@ def run_tile(
         notes=list(plan.notes),
     )
     if plan.action == "skip":
-        manifest = read_manifest(plan.output)
+        manifest = read_tiff_manifest(plan.output) if plan.is_tiff else read_manifest(plan.output)
         report.flatfield = manifest.get("flatfield", {}).get("summary", report.flatfield)
         report.background = manifest.get("background", {}).get("summary", report.background)
         log(f"{plan.name}: complete output with the same parameters exists, skipped ({plan.output})")
@@ -515,8 +557,13 @@ def run_tile(
             else "replacing the existing output"
         )
         log(f"{plan.name}: {what} at {plan.output}, rewriting it")
-        storage.remove(storage.join(plan.output, MANIFEST))
-        storage.remove(plan.output)
+        if plan.is_tiff:
+            remove_tiff_output(plan.output)
+        else:
+            storage.remove(storage.join(plan.output, MANIFEST))
+            storage.remove(plan.output)
+    if plan.is_tiff:
+        return _finish(report, plan, _write_tiff(plan, flat, background, compute, on_block, started))
     roles = image.roles
     keep = [i for i, r in enumerate(CANONICAL) if r in roles]  # the tile's axes among t, c, z, y, x
     canonical = tuple(image.size(r, level.index) for r in CANONICAL)
@@ -574,11 +621,57 @@ def run_tile(
         except Exception:
             pass
         raise
+    return _finish(report, plan, seconds)
+
+
+def _finish(report: TileReport, plan: TilePlan, seconds: float) -> TileReport:
+    level = plan.level
     report.status = "written"
     report.seconds = round(seconds, 2)
     # 3 significant digits: small tiles stay non-zero
     report.mb_per_s = float(f"{math.prod(level.shape) * level.dtype.itemsize / 1e6 / max(seconds, 1e-9):.3g}")
     return report
+
+
+def _write_tiff(plan: TilePlan, flat: Flatfield, background: Background, compute, on_block, started) -> float:
+    """A TIFF tile's correction, written as one OME-TIFF (:mod:`.tiff_output`); returns the seconds taken."""
+    image, level = plan.image, plan.level
+    assert isinstance(image, TiffImage)
+    roles = image.roles
+    keep = [i for i, r in enumerate(CANONICAL) if r in roles]
+    canonical = tuple(image.size(r, level.index) for r in CANONICAL)
+    pyramid = select_axes(
+        plan_pyramid(
+            canonical,
+            _canonical(level.scale, roles, 1.0),
+            _canonical(level.translation, roles, 0.0),
+            plan.recorded["levels"],
+            halve_z=False,
+        ),
+        keep,
+    )
+    ff = flat.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
+    bg = background.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
+    # the file carries its provenance from the first write on, so it is complete when it appears
+    provenance = {**_provenance(plan, flat, background, pyramid, status="complete"), "inputs": [plan.tile]}
+    description = (
+        f"flatfield-corrected by shadeflow {provenance['shadeflow_version']} (flatfield {flat.summary}; "
+        f"background {background.summary})"
+    )
+    with graph_constants_allowed():
+        write_corrected_tiff(
+            plan.output,
+            image,
+            pyramid,
+            ff,
+            bg,
+            tiff_metadata(image, pyramid, description, provenance),
+            f"shadeflow {provenance['shadeflow_version']}",
+            compute,
+            on_block=on_block,
+            where=f"tile {plan.tile}",
+        )
+    return time.perf_counter() - started
 
 
 def _canonical(values: tuple, roles: tuple[str, ...], missing) -> tuple:
@@ -595,12 +688,17 @@ def _provenance(
     seconds: float | None = None,
 ) -> dict[str, Any]:
     image, level = plan.image, plan.level
-    return {
-        "kind": KIND,
-        "status": status,
-        "shadeflow_version": shadeflow_version(),
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "source": {
+    if plan.is_tiff:
+        source = {
+            "url": plan.tile,
+            "format": f"{image.kind} TIFF",
+            "axes": image.file_axes,
+            "shape": list(level.shape),
+            "dtype": str(level.dtype),
+        }
+        output = {"format": OME_TIFF, "levels": [list(lv.shape) for lv in pyramid], "pyramid": "SubIFDs, y/x"}
+    else:
+        source = {
             "url": plan.tile,
             "level": level.path,
             "shape": list(level.shape),
@@ -608,12 +706,19 @@ def _provenance(
             "ngff_version": image.ngff_version,
             "zarr_format": image.zarr_format,
             **({"missing_chunks_read_as_fill_value": plan.missing_chunks} if plan.missing_chunks else {}),
-        },
-        "output": {
+        }
+        output = {
             "ngff_version": NGFF_FOR_ZARR[plan.zarr_format],
             "zarr_format": plan.zarr_format,
             "levels": [list(lv.shape) for lv in pyramid],
-        },
+        }
+    return {
+        "kind": KIND,
+        "status": status,
+        "shadeflow_version": shadeflow_version(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": source,
+        "output": output,
         "formula": "out = clip(rint((in - background) / flatfield), dtype range), float32; floats not "
         "rounded or clipped",
         "flatfield": {"summary": flat.summary, **_jsonable(flat.details)},

@@ -11,6 +11,8 @@
   (``read_bin``, ``write_bin``, ``read_csv``, ``write_csv``).
 - :mod:`.omezarr`: OME-Zarr images, NGFF 0.4 on zarr v2 and 0.5 on zarr v3 (``open_image``,
   ``create_image_group``, ``write_multiscales``).
+- :mod:`.tiffstack`: TIFF / OME-TIFF stacks as tiles of the correct job, read lazily page by page
+  (``open_tiff_image``).
 - :mod:`.output_folders`: output folders that look complete only when they are (``StagedOutput``,
   ``is_complete``, ``read_manifest``, ``refuse_foreign``); :mod:`.staging_lease`: which run owns a
   staging folder and when a leftover one may go.

@@ -105,6 +105,12 @@ class OmeImage:
         """The level's zarr array, opened read-only."""
         return open_group(self.url, mode="r")[level.path]
 
+    def dask_array(self, level: Level, chunks: tuple[int, ...] | None = None):
+        """The level as a Dask array in the tile's own axes (chunks: the array's, unless given)."""
+        import dask.array as da
+
+        return da.from_zarr(self.array(level), chunks=chunks)
+
     def describe(self, level: Level) -> str:
         dims = "×".join(str(s) for s in level.shape)
         return (
