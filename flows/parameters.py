@@ -447,6 +447,20 @@ class EstimateParameters(BaseModel):
         description="surface: separate flatfield and darkfield by each pixel's order statistics (assumes "
         "the specimen is spread evenly; for stacks whose levels do not vary)",
     )
+    background: Literal["none", "mesh"] = Field(
+        "none",
+        description="mesh: for images of sparse bright sources (star fields): stars and their wings, found "
+        "above each frame's SExtractor-style mesh background (photutils Background2D), are left out and the "
+        "shading is fitted from the sky between them; none: the frames as they are (the robust fit already "
+        "ignores specimen)",
+    )
+    mesh_box: int | None = Field(
+        None,
+        ge=4,
+        le=4096,
+        description="mesh: side of the background boxes in pixels, several times a star's size (default: 1/8 "
+        "of the images' shorter side, 16–128)",
+    )
     max_frames: int = Field(
         1000,
         ge=16,
@@ -480,6 +494,8 @@ class EstimateParameters(BaseModel):
             "darkfield_degree": self.darkfield_degree,
             "smoothness": self.smoothness,
             "order_statistics": self.order_statistics,
+            "background": self.background,
+            "mesh_box": self.mesh_box,
             "max_frames": self.max_frames,
             "seed": self.seed,
             "settings": asdict(self.settings()),
