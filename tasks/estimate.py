@@ -150,6 +150,13 @@ def _log_result(name: str, result: ShadingEstimate, frames: int) -> None:
         frames,
         summary["seconds"],
     )
+    if result.diagnostics.get("background") == "mesh":
+        logger.info(
+            "%s: stars left out against a mesh background (%d px boxes); %.0f %% of the pixels fitted as sky",
+            name,
+            result.diagnostics["mesh_box_px"],
+            100 * result.diagnostics["sky_share"],
+        )
     for note in result.notes:
         logger.warning("%s: %s", name, note)
 
