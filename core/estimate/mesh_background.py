@@ -110,11 +110,13 @@ def mesh_background(
     return np.asarray(found.background, np.float64), np.asarray(found.background_rms, np.float64)
 
 
-def source_mask(frame: np.ndarray, box: int, threshold: float = 3.0, grow: int = 3) -> np.ndarray:
+def source_mask(
+    frame: np.ndarray, box: int, threshold: float = 3.0, grow: int = 3, ignore: np.ndarray | None = None
+) -> np.ndarray:
     """(H, W) boolean, True on sources: pixels more than ``threshold`` × noise above the frame's mesh
-    background (:func:`mesh_background`), grown by ``grow`` pixels. Only bright deviations count: a dark
-    pixel (an aperture's shadow) is sky."""
-    background, noise = mesh_background(frame, box)
+    background (:func:`mesh_background`; ``ignore``: pixels it does not look at), grown by ``grow``
+    pixels. Only bright deviations count: a dark pixel (an aperture's shadow) is sky."""
+    background, noise = mesh_background(frame, box, ignore)
     sources = np.asarray(frame, np.float64) - background > threshold * noise
     if grow > 0 and sources.any():
         sources = binary_dilation(sources, iterations=grow)
@@ -136,7 +138,8 @@ def sky_weights(
     )
     for i, frame in enumerate(frames):
         try:
-            weights[i][source_mask(frame, box, mesh.threshold, mesh.grow)] = 0
+            ignore = None if mask is None else weights[i] == 0  # masked pixels do not make the background
+            weights[i][source_mask(frame, box, mesh.threshold, mesh.grow, ignore)] = 0
         except EstimateError as exc:
             raise EstimateError(f"image {first + i}: {exc}") from None
     return weights
