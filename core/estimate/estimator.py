@@ -212,6 +212,10 @@ class ShadingEstimate:
             "noise_tau": round(float(self.diagnostics["tau"]), 5),
             "converged": bool(self.diagnostics["converged"]),
             "seconds": round(float(self.diagnostics["seconds"]), 3),
+            # --background mesh: the share of the fitted pixels kept as sky (None without)
+            "sky_share": None
+            if self.diagnostics.get("sky_share") is None
+            else round(float(self.diagnostics["sky_share"]), 4),
         }
 
 
