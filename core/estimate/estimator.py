@@ -301,9 +301,15 @@ def frame_block_means(
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`~shadeflow.core.estimate.grid.block_means` of a chunk of frames, their sources left out first
     when ``mesh`` is given (``core.estimate.mesh_background``); ``first``: the chunk's first frame index."""
-    if mesh is not None:
-        mask = sky_weights(np.asarray(frames), mask, mesh, first)
-    return block_means(frames, layout, saturation, mask)
+    if mesh is None:
+        return block_means(frames, layout, saturation, mask)
+    # one frame at a time: the weights are per frame, and a chunk's worth in float64 would be GBs at 4k²
+    parts = []
+    for i in range(len(frames)):
+        frame = np.asarray(frames[i : i + 1])
+        own = mask if mask is None or mask.ndim == 2 else mask[i : i + 1]
+        parts.append(block_means(frame, layout, saturation, sky_weights(frame, own, mesh, first + i)))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _is_range(indices: np.ndarray) -> bool:
