@@ -494,10 +494,15 @@ def estimate(values: dict, memory: str | None = None, workers: int | None = None
         return
     for name, row in zip(result["channels"], result["summary"]):
         dark = f", darkfield mean {row['darkfield_mean']:g} counts" if params.darkfield else ""
+        sky = (
+            ""
+            if row.get("sky_share") is None
+            else f"; stars left out, {row['sky_share']:.0%} of pixels as sky"
+        )
         typer.echo(
             f"  {name}: {row['used']} of {row['frames']} frames used ({row['rejected']} rejected as "
             "outliers); "
-            f"flatfield {row['flatfield_min']:g}–{row['flatfield_max']:g}{dark}"
+            f"flatfield {row['flatfield_min']:g}–{row['flatfield_max']:g}{dark}{sky}"
         )
     for note in result.get("notes", []):
         typer.secho(f"note: {note}", fg=typer.colors.YELLOW)

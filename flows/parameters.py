@@ -451,6 +451,20 @@ class EstimateParameters(BaseModel):
         description="surface: separate flatfield and darkfield by each pixel's order statistics (assumes "
         "the specimen is spread evenly; for stacks whose levels do not vary)",
     )
+    background: Literal["none", "mesh"] = Field(
+        "none",
+        description="mesh: for star fields and other images of sparse bright sources on a sky — each frame's "
+        "SExtractor-style mesh background (photutils Background2D) finds the stars, which are left out, and "
+        "the shading is fitted from the sky between them (on synthetic star fields about half the default's "
+        "error; no gain at a sharp aperture edge; slower); none: the frames as they are",
+    )
+    mesh_box: int | None = Field(
+        None,
+        ge=4,
+        le=4096,
+        description="mesh: side of the background boxes in pixels, several times a star's size (default: 1/8 "
+        "of the images' shorter side, 16–128)",
+    )
     max_frames: int = Field(
         1000,
         ge=16,
@@ -484,6 +498,8 @@ class EstimateParameters(BaseModel):
             "darkfield_degree": self.darkfield_degree,
             "smoothness": self.smoothness,
             "order_statistics": self.order_statistics,
+            "background": self.background,
+            "mesh_box": self.mesh_box,
             "max_frames": self.max_frames,
             "seed": self.seed,
             "settings": asdict(self.settings()),

@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ..core.estimate.chunked import estimate_shading_dask
-from ..core.estimate.estimator import EstimateSettings, ShadingEstimate
+from ..core.estimate.estimator import EstimateSettings, ShadingEstimate, check_mesh_box
 from ..core.estimate.grid import EstimateError, frames_needed, grid_layout
 from ..core.estimate.inputs import ImageStack, open_images
 from ..core.estimate.outputs import output_state, write_estimate
@@ -63,6 +63,7 @@ def make_plan(
             f"estimator needs at least {need}{' to estimate a darkfield' if settings.darkfield else ''}"
         )
     grid_layout(stack.shape, settings.grid_blocks)  # too small an image fails here
+    check_mesh_box(settings, stack.shape, ", ".join(stack.inputs))
     action = output_state(out, recorded, stack.inputs, overwrite)
     return EstimatePlan(stack, settings, storage.normalize(out), action, recorded, list(stack.notes))
 
@@ -149,6 +150,13 @@ def _log_result(name: str, result: ShadingEstimate, frames: int) -> None:
         frames,
         summary["seconds"],
     )
+    if result.diagnostics.get("background") == "mesh":
+        logger.info(
+            "%s: stars left out against a mesh background (%d px boxes); %.0f %% of the pixels fitted as sky",
+            name,
+            result.diagnostics["mesh_box_px"],
+            100 * result.diagnostics["sky_share"],
+        )
     for note in result.notes:
         logger.warning("%s: %s", name, note)
 

@@ -25,16 +25,23 @@ from .estimator import (
     ShadingEstimate,
     check_mask,
     chunk_statistics,
+    frame_block_means,
     resolve_settings,
     run_estimate,
 )
-from .grid import EstimateError, GridLayout, block_means
+from .grid import EstimateError, GridLayout
+from .mesh_background import MeshBackground
 
 
 def _grid_chunk(
-    frames: np.ndarray, layout: GridLayout, saturation: float | None, mask: np.ndarray | None, report=None
+    frames: np.ndarray,
+    layout: GridLayout,
+    saturation: float | None,
+    mask: np.ndarray | None,
+    report=None,
+    mesh: MeshBackground | None = None,
 ) -> np.ndarray:
-    Y, V = block_means(np.asarray(frames), layout, saturation, mask)
+    Y, V = frame_block_means(np.asarray(frames), layout, saturation, mask, mesh)
     if report is not None:
         report(len(frames))
     return np.concatenate([Y, V], axis=1)
@@ -47,8 +54,9 @@ def _statistics_chunk(
     saturation: float | None,
     mask: np.ndarray | None,
     report=None,
+    mesh: MeshBackground | None = None,
 ):
-    Y, V = block_means(np.asarray(frames), layout, saturation, mask)
+    Y, V = frame_block_means(np.asarray(frames), layout, saturation, mask, mesh)
     if report is not None:
         report(len(frames))
     return chunk_statistics(Y, V, model)
@@ -68,6 +76,7 @@ class DaskFrames:
         compute: Callable | None = None,
         report: Callable[[int], None] | None = None,
         where: str = "images",
+        mesh: MeshBackground | None = None,
     ):
         import dask
 
@@ -81,6 +90,7 @@ class DaskFrames:
         self.compute = compute or dask.compute
         self.report = report
         self.where = where
+        self.mesh = mesh  # sources left out on the workers, where each chunk is read
 
     def _chunked(self, array, chunk: int):
         return array.rechunk({0: chunk, 1: -1, 2: -1})
@@ -104,7 +114,9 @@ class DaskFrames:
                 if self.mask is None or self.mask.ndim == 2
                 else self.mask[indices[start : start + size]]
             )
-            tasks.append(dask.delayed(_grid_chunk, pure=True)(block, layout, saturation, mask, self.report))
+            tasks.append(
+                dask.delayed(_grid_chunk, pure=True)(block, layout, saturation, mask, self.report, self.mesh)
+            )
             start += size
         results = self._run(tasks)
         stacked = np.concatenate(results, axis=0)
@@ -119,7 +131,13 @@ class DaskFrames:
         for block, size in zip(chunked.to_delayed().ravel(), chunked.chunks[0]):
             tasks.append(
                 dask.delayed(_statistics_chunk, pure=True)(
-                    block, model, layout, saturation, self._mask_for(start, start + size), self.report
+                    block,
+                    model,
+                    layout,
+                    saturation,
+                    self._mask_for(start, start + size),
+                    self.report,
+                    self.mesh,
                 )
             )
             start += size
@@ -145,7 +163,6 @@ def estimate_shading_dask(
 ) -> ShadingEstimate:
     """:func:`~shadeflow.core.estimate.estimator.estimate_shading` of an (N, H, W) Dask array (module
     description)."""
-    source = DaskFrames(array, mask, compute, report, where)
-    return run_estimate(
-        source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where
-    )
+    settings = resolve_settings(settings, darkfield, known_darkfield)
+    source = DaskFrames(array, mask, compute, report, where, settings.mesh())
+    return run_estimate(source, settings, known_darkfield, where)

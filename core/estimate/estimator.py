@@ -72,6 +72,7 @@ from .grid import (
     single_threaded_blas,
 )
 from .holdout import SPREAD_LIMIT, split_half_spread
+from .mesh_background import BACKGROUNDS, MeshBackground, sky_weights
 
 METHOD = (
     "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
@@ -111,10 +112,17 @@ class EstimateSettings:
     max_iterations: int = 25
     tolerance: float = 1e-4
     seed: int = 0
+    # "mesh": sources found against each frame's mesh background get no weight (core.estimate.mesh_background)
+    background: str = "none"
+    mesh_box: int | None = None  # mesh: box side in px; None: from the image size
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise EstimateError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.background not in BACKGROUNDS:
+            raise EstimateError(f"background {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
+        if self.mesh_box is not None and self.mesh_box < 4:
+            raise EstimateError(f"mesh box of {self.mesh_box} px: it must be at least 4 px")
         if self.smoothness is not None and not 0 < self.smoothness <= 1000:
             raise EstimateError(
                 f"smoothness {self.smoothness} must be a length in pixels between 0 and 1000 (or automatic)"
@@ -133,6 +141,10 @@ class EstimateSettings:
             raise EstimateError(
                 "window must be positive, max_frames and chunk_frames at least 1, grid at least 8"
             )
+
+    def mesh(self) -> MeshBackground | None:
+        """How sources are removed before the fit, or None (``background`` none)."""
+        return MeshBackground(self.mesh_box) if self.background == "mesh" else None
 
     @property
     def grid_blocks(self) -> int:
@@ -200,6 +212,10 @@ class ShadingEstimate:
             "noise_tau": round(float(self.diagnostics["tau"]), 5),
             "converged": bool(self.diagnostics["converged"]),
             "seconds": round(float(self.diagnostics["seconds"]), 3),
+            # --background mesh: the share of the fitted pixels kept as sky (None without)
+            "sky_share": None
+            if self.diagnostics.get("sky_share") is None
+            else round(float(self.diagnostics["sky_share"]), 4),
         }
 
 
@@ -211,7 +227,11 @@ class MemoryFrames:
     """Frames held in memory: an (N, H, W) array or a sequence of (H, W) arrays of one shape."""
 
     def __init__(
-        self, images: np.ndarray | Sequence[np.ndarray], mask: np.ndarray | None = None, where: str = "images"
+        self,
+        images: np.ndarray | Sequence[np.ndarray],
+        mask: np.ndarray | None = None,
+        where: str = "images",
+        mesh: MeshBackground | None = None,
     ):
         if isinstance(images, np.ndarray):
             if images.ndim != 3:
@@ -237,6 +257,7 @@ class MemoryFrames:
         self.shape = (int(self.frames.shape[1]), int(self.frames.shape[2]))
         self.dtype = self.frames.dtype
         self.mask = check_mask(mask, self.n, self.shape)
+        self.mesh = mesh
 
     def grid(
         self, indices: np.ndarray, layout: GridLayout, saturation: float | None, chunk: int
@@ -265,9 +286,30 @@ class MemoryFrames:
             else self.frames[int(indices[0]) : int(indices[-1]) + 1]
         )
         try:
-            return block_means(frames, layout, saturation, mask)
+            return frame_block_means(frames, layout, saturation, mask, self.mesh, int(indices[0]))
         except EstimateError as exc:
             raise EstimateError(f"images {int(indices[0])}–{int(indices[-1])}: {exc}") from None
+
+
+def frame_block_means(
+    frames: np.ndarray,
+    layout: GridLayout,
+    saturation: float | None,
+    mask: np.ndarray | None,
+    mesh: MeshBackground | None,
+    first: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`~shadeflow.core.estimate.grid.block_means` of a chunk of frames, their sources left out first
+    when ``mesh`` is given (``core.estimate.mesh_background``); ``first``: the chunk's first frame index."""
+    if mesh is None:
+        return block_means(frames, layout, saturation, mask)
+    # one frame at a time: the weights are per frame, and a chunk's worth in float64 would be GBs at 4k²
+    parts = []
+    for i in range(len(frames)):
+        frame = np.asarray(frames[i : i + 1])
+        own = mask if mask is None or mask.ndim == 2 else mask[i : i + 1]
+        parts.append(block_means(frame, layout, saturation, sky_weights(frame, own, mesh, first + i)))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _is_range(indices: np.ndarray) -> bool:
@@ -350,10 +392,8 @@ def estimate_shading(
     Nat. Commun. 8, 14836 (2017). Smith, K. et al. CIDRE: an illumination-correction method for optical
     microscopy. Nat. Methods 12, 404–406 (2015).
     """
-    source = MemoryFrames(images, mask, where)
-    return run_estimate(
-        source, resolve_settings(settings, darkfield, known_darkfield), known_darkfield, where
-    )
+    settings = resolve_settings(settings, darkfield, known_darkfield)
+    return run_estimate(MemoryFrames(images, mask, where, settings.mesh()), settings, known_darkfield, where)
 
 
 def resolve_settings(settings: EstimateSettings | None, darkfield: bool, known_darkfield) -> EstimateSettings:
@@ -368,6 +408,15 @@ def choose_frames(n: int, max_frames: int, seed: int) -> np.ndarray:
     if n <= max_frames:
         return np.arange(n)
     return np.sort(np.random.default_rng([seed, n, 7]).choice(n, max_frames, replace=False))
+
+
+def check_mesh_box(settings: EstimateSettings, shape: tuple[int, int], where: str) -> None:
+    """``--mesh-box`` must leave at least 2×2 boxes in the images."""
+    if settings.background == "mesh" and settings.mesh_box is not None and 2 * settings.mesh_box > min(shape):
+        raise EstimateError(
+            f"{where}: --mesh-box {settings.mesh_box} is more than half the images' shorter side "
+            f"({shape[0]}×{shape[1]}); the mesh needs at least 2×2 boxes"
+        )
 
 
 class ContentError(EstimateError):
@@ -401,6 +450,7 @@ def run_estimate(
         )
     if source.dtype.kind not in "biuf":
         raise EstimateError(f"{where}: dtype {source.dtype} is not a real number type")
+    check_mesh_box(settings, source.shape, where)
     if settings.method != "auto":
         return _note_spread(_estimate_with(source, settings, known_darkfield, where, started))
     if settings.darkfield:
@@ -486,6 +536,7 @@ def _estimate_with(
     except EstimateError as exc:  # a frame that cannot be read: the input's fault, whatever the method
         raise ContentError(str(exc)) from None
     _check_content(Y, V, where)
+    sky_share = float(V.mean())
     surface = settings.method == "surface"
     surface_settings = settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0))
 
@@ -537,8 +588,14 @@ def _estimate_with(
         )
     seconds = time.perf_counter() - started
     rejected = [int(i) for i in np.flatnonzero(~used)]  # outliers, frames with no background or no light
+    mesh = settings.mesh()
     diagnostics = {
-        "method": SURFACE_METHOD if surface else METHOD,
+        "method": (SURFACE_METHOD if surface else METHOD)
+        + (f"; {mesh.describe(source.shape)}" if mesh else ""),
+        "background": settings.background,
+        "mesh_box_px": mesh.box_for(source.shape) if mesh else None,
+        # share of the fitted frames' pixels that entered the fit (sources, masks, saturation left out)
+        "sky_share": sky_share if mesh else None,
         "method_used": settings.method,
         "grid": describe_layout(layout),
         "block_px": layout.block,
