@@ -46,10 +46,15 @@ def test_auto_falls_back_to_quantile_lines_where_the_polynomial_is_refused_and_s
     assert result.flatfield.min() > 0
 
 
-def test_lines_fit_a_confluent_layer_and_keep_the_darkfield_below_the_data():
+@pytest.fixture(scope="module")
+def confluent():
+    return small_case(0, "confluent", "radial", "flat", "steps")
+
+
+def test_lines_fit_a_confluent_layer_and_keep_the_darkfield_below_the_data(confluent):
     """A confluent layer (no background anywhere) with a flat camera offset: 1.29 % off (bound 2.5 %); on the
     grid the darkfield is below the darkest 1 % of the data at every block, by construction."""
-    images, truth = small_case(0, "confluent", "radial", "flat", "steps")
+    images, truth = confluent
     result = estimate_shading(images, darkfield=True, settings=EstimateSettings(method="lines"))
     assert 100 * relative_rms(result.flatfield.astype(np.float64), truth.flatfield) <= 2.5
     layout = grid_layout(images.shape[1:], 96)

@@ -397,9 +397,10 @@ def run_estimate(
     surfaces converged on 6, and 2 of those were 7–8 % off with no sign that would let us refuse them.
     There it tries quantile lines instead, which assume no dark background but stationary content, and
     answers only when their flatfield hardly moves between alternate halves of the frames (split-half
-    spread within the limit); otherwise a refusal with advice. Choosing between methods by the split-half
-    spread where the floor answers was tried (with surfaces) and made the sweep worse (BENCHMARKS.md): the
-    spread flags, it does not choose."""
+    spread within the limit); otherwise a refusal with advice. Where the floor answers, it answers, even
+    when flagged: preferring well-determined lines to a flagged polynomial helped 5 of 6 such sweep answers
+    but made two of the test suite's hard cases (sparse at 7 counts, empty with level steps) 3–4 % off
+    from within 1.5 % (BENCHMARKS.md)."""
     started = time.perf_counter()
     need = frames_needed(settings.darkfield)
     if source.n < need:

@@ -218,15 +218,21 @@ class _Grid:
     weights: np.ndarray
     sigma: float = 0.0
     noise: float = 0.0
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def part(self, frames: slice) -> _Grid:
         return _Grid(self.Y[frames], self.V[frames], self.layout, self.weights, self.sigma, self.noise)
 
     def lines(self) -> tuple[np.ndarray, np.ndarray]:
-        return lines(self.Y, self.V, self.weights)
+        if "lines" not in self._cache:  # one sort of every block's values per set of frames
+            self._cache["lines"] = lines(self.Y, self.V, self.weights)
+        return self._cache["lines"]
 
     def alpha(self) -> np.ndarray:
-        return smooth(self.lines()[0], self.layout, self.sigma, self.noise)
+        key = ("alpha", self.sigma, self.noise)
+        if key not in self._cache:
+            self._cache[key] = smooth(self.lines()[0], self.layout, self.sigma, self.noise)
+        return self._cache[key]
 
     def basis(self, degree: int) -> np.ndarray:
         return basis_matrix(*self.layout.centres(), degree)
@@ -247,17 +253,27 @@ def fit_lines(
         the content is not stationary over the frames.
     """
     fine = _Grid(Y, V, layout, level_weights(Y, V))
-    halves = [fine.part(h).lines()[0] for h in (EVEN, ODD)]
+    even, odd = fine.part(EVEN), fine.part(ODD)
+    halves = [even.lines()[0], odd.lines()[0]]
     fine.noise = relative_noise(halves[0], halves[1]) if EDGE_PRESERVING else 0.0
     fine.sigma = choose_smoothing(halves[0], halves[1], layout, fine.noise)
     Yc, Vc, coarse_layout = slope_grid(Y, V, layout)
     coarse = _Grid(Yc, Vc, coarse_layout, level_weights(Yc, Vc))
-    degree = choose_degree([coarse.part(h).lines() for h in (EVEN, ODD)], coarse_layout) if darkfield else 0
+    coarse_halves = {"even": coarse.part(EVEN), "odd": coarse.part(ODD)}
+    degree = choose_degree([c.lines() for c in coarse_halves.values()], coarse_layout) if darkfield else 0
     S = _shading(fine, coarse, degree, darkfield, known)
     # split-half spread, and the same between the first and the second half (a fixed field drifts apart)
     n = len(Y)
-    parts = {"even": EVEN, "odd": ODD, "early": slice(0, n // 2), "late": slice(n // 2, None)}
-    flats = {k: _shading(fine.part(p), coarse.part(p), degree, darkfield, known) for k, p in parts.items()}
+    even.sigma = odd.sigma = fine.sigma
+    even.noise = odd.noise = fine.noise
+    parts = {"even": (even, EVEN), "odd": (odd, ODD)}
+    parts.update(
+        {k: (fine.part(p), p) for k, p in (("early", slice(0, n // 2)), ("late", slice(n // 2, None)))}
+    )
+    flats = {
+        k: _shading(f, coarse_halves[k] if k in coarse_halves else coarse.part(p), degree, darkfield, known)
+        for k, (f, p) in parts.items()
+    }
     spread = _flat_spread(flats["even"], flats["odd"])
     drift = _flat_spread(flats["early"], flats["late"])
     if drift > max(STATIONARY_RATIO * spread, STATIONARY_FLOOR):
