@@ -248,7 +248,10 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="held-out residuals only (no planted shading)")
     parser.add_argument(
-        "--method", default="auto", choices=("auto", "floor", "surface"), help="the estimator's method"
+        "--method",
+        default="auto",
+        choices=("auto", "floor", "surface", "lines"),
+        help="the estimator's method",
     )
     parser.add_argument(
         "--out", default=None, help="folder for results.json (default bench-output/real-<method>)"

@@ -429,11 +429,12 @@ class EstimateParameters(BaseModel):
         description="HDF5: the dataset holding the frames, e.g. /entry/data/data (found by itself when the "
         "file holds one image dataset)",
     )
-    method: Literal["auto", "floor", "surface"] = Field(
+    method: Literal["auto", "floor", "surface", "lines"] = Field(
         "auto",
         description="floor: smooth polynomials (fast); surface: free surfaces whose smoothness is chosen by "
-        "cross-validation (follows sharp aperture edges; slower); auto: floor, and without a darkfield to "
-        "estimate surface where the polynomial fit is refused or does not converge",
+        "cross-validation (follows sharp aperture edges; slower); lines: per-pixel quantile lines over the "
+        "frames (no dark background needed; frames must show varied positions); auto: floor, and where the "
+        "polynomial fit is refused surface (flatfield only) or lines (with --darkfield)",
     )
     degree: int = Field(6, ge=1, le=12, description="floor: total degree of the flatfield's polynomial")
     darkfield_degree: int = Field(

@@ -19,8 +19,10 @@ every frame, so memory depends on the grid, not on the number of frames.
 
 Which method answers (``EstimateSettings.method``): ``floor`` is the above; ``surface`` fits free
 surfaces with cross-validated smoothness (``core.estimate.surface_fit``), which follow a sharp aperture
-edge; ``auto``, the default, is the floor, falling back to surfaces for a flatfield-only fit the floor
-refuses or does not converge on (:func:`run_estimate`). Every fit is repeated on alternate halves of its
+edge; ``lines`` fits per-block quantile lines over the frames (``core.estimate.quantile_lines``: no dark
+background assumed, stationary content needed); ``auto``, the default, is the floor, falling back to
+surfaces for a flatfield-only fit the floor refuses or does not converge on, and to quantile lines for a
+darkfield fit the floor refuses (:func:`run_estimate`). Every fit is repeated on alternate halves of its
 frames, and a flatfield that moves between them is reported as poorly determined
 (``core.estimate.holdout``).
 
@@ -59,6 +61,7 @@ from .floor_fit import (
 )
 from .grid import (
     DEFAULT_GRID,
+    LINES_GRID,
     SURFACE_GRID,
     EstimateError,
     GridLayout,
@@ -73,6 +76,7 @@ from .grid import (
 )
 from .holdout import SPREAD_LIMIT, split_half_spread
 from .mesh_background import BACKGROUNDS, MeshBackground, sky_weights
+from .quantile_lines import fit_lines
 
 METHOD = (
     "shadeflow floor regression (robust IRLS on block means, Legendre basis, least-curvature darkfield gauge)"
@@ -82,7 +86,11 @@ SURFACE_METHOD = (
     "smoothness, "
     "bounded darkfield gauge)"
 )
-METHODS = ("auto", "floor", "surface")
+LINES_METHOD = (
+    "shadeflow quantile lines (per-block quantiles over frames regressed on their spatial means, darkfield "
+    "polynomial of cross-validated degree, least-curvature gauge capped below the data)"
+)
+METHODS = ("auto", "floor", "surface", "lines")
 
 __all__ = ["EstimateError", "EstimateSettings", "ShadingEstimate", "estimate_shading", "METHOD"]
 
@@ -92,8 +100,8 @@ class EstimateSettings:
     """Parameters of the estimator (all recorded with its outputs)."""
 
     darkfield: bool = False  # estimate a darkfield (else D = 0, or the known darkfield)
-    # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness; "auto": floor, else
-    # surface
+    # "floor": Legendre polynomials; "surface": free surfaces, cross-validated smoothness; "lines": per-block
+    # quantile lines (no dark background assumed); "auto": floor, else surface (flatfield only) or lines
     method: str = "auto"
     degree: int = 6  # floor: total degree of the flatfield's Legendre polynomial
     darkfield_degree: int = 2  # floor: total degree of the darkfield's polynomial (before the gauge)
@@ -103,7 +111,7 @@ class EstimateSettings:
     darkfield_smoothness: float = 16.0
     # surface: separate S and D by order statistics; None: when levels hardly vary
     order_statistics: bool | None = False
-    # blocks across the longer side; None: 64 (floor) or 128 (surface; auto per method used)
+    # blocks across the longer side; None: 64 (floor), 128 (surface) or 96 (lines; auto per method used)
     grid: int | None = None
     window: float = 3.0  # biweight half-width, in units of the floor's noise
     max_frames: int = 1000  # the robust fit uses at most this many frames (seeded subsample)
@@ -148,11 +156,9 @@ class EstimateSettings:
 
     @property
     def grid_blocks(self) -> int:
-        return (
-            self.grid
-            if self.grid is not None
-            else (SURFACE_GRID if self.method == "surface" else DEFAULT_GRID)
-        )
+        if self.grid is not None:
+            return self.grid
+        return {"surface": SURFACE_GRID, "lines": LINES_GRID}.get(self.method, DEFAULT_GRID)
 
     def fit_settings(self) -> FitSettings:
         return FitSettings(
@@ -437,10 +443,13 @@ def run_estimate(
     smooth). Without a darkfield to estimate, it falls back to free surfaces when that fit is refused (a
     polynomial cannot follow a sharp aperture edge) or does not converge; the notes say so. With
     ``--darkfield`` it does not: of the 13 darkfield fits the polynomial refused on the randomised sweep,
-    surfaces converged on 6, and 2 of those were 7–8 % off with no sign that would let us refuse them
-    — a refusal with advice is the honest answer there. Choosing between the two by the split-half
-    spread, and refusing darkfield answers above its limit, was tried and made the sweep worse
-    (BENCHMARKS.md): the spread flags, it does not choose."""
+    surfaces converged on 6, and 2 of those were 7–8 % off with no sign that would let us refuse them.
+    There it tries quantile lines instead, which assume no dark background but stationary content, and
+    answers only when their flatfield hardly moves between alternate halves of the frames (split-half
+    spread within the limit); otherwise a refusal with advice. Where the floor answers, it answers, even
+    when flagged: preferring well-determined lines to a flagged polynomial helped 5 of 6 such sweep answers
+    but made two of the test suite's hard cases (sparse at 7 counts, empty with level steps) 3–4 % off
+    from within 1.5 % (BENCHMARKS.md)."""
     started = time.perf_counter()
     need = frames_needed(settings.darkfield)
     if source.n < need:
@@ -451,6 +460,8 @@ def run_estimate(
     if source.dtype.kind not in "biuf":
         raise EstimateError(f"{where}: dtype {source.dtype} is not a real number type")
     check_mesh_box(settings, source.shape, where)
+    if settings.method == "lines":
+        return _note_spread(_estimate_lines(source, settings, known_darkfield, where, started))
     if settings.method != "auto":
         return _note_spread(_estimate_with(source, settings, known_darkfield, where, started))
     if settings.darkfield:
@@ -460,9 +471,27 @@ def run_estimate(
             raise
         except EstimateError as exc:
             reason = str(exc).removeprefix(where + ": ")
+        else:
+            return replace(_note_spread(floor), settings=settings)
+        try:
+            found = _estimate_lines(
+                source, replace(settings, method="lines"), known_darkfield, where, started
+            )
+        except EstimateError as exc:
             advice = "" if "--method surface" in reason else DARKFIELD_REFUSED_ADVICE
-            raise EstimateError(f"{where}: {reason}{advice}") from None
-        return replace(_note_spread(floor), settings=settings)
+            lines_reason = str(exc).removeprefix(where + ": ")
+            raise EstimateError(f"{where}: {reason}; quantile lines: {lines_reason}{advice}") from None
+        if not _determined(found):  # unstable between alternate halves: a refusal, as before this fallback
+            raise EstimateError(
+                f"{where}: {reason}; the quantile lines' flatfield moves by "
+                f"{found.diagnostics['split_half_spread_pct']:.1f} % between alternate halves of the frames"
+                f"{DARKFIELD_REFUSED_ADVICE}"
+            )
+        found.notes.insert(
+            0,
+            f"the polynomial fit was refused ({reason}); fitted with quantile lines instead (--method lines)",
+        )
+        return replace(found, settings=settings)
     try:
         floor = _estimate_with(source, replace(settings, method="floor"), known_darkfield, where, started)
         if floor.diagnostics["converged"]:
@@ -517,25 +546,91 @@ def _note_spread(result: ShadingEstimate) -> ShadingEstimate:
     return result
 
 
+def _saturation(settings: EstimateSettings, dtype: np.dtype) -> float | None:
+    if settings.saturation is not None:
+        return settings.saturation
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else None
+
+
+def _read_grid(source, frames: np.ndarray, layout: GridLayout, saturation, settings, where: str):
+    """Block means of ``frames``; a frame that cannot be read is the input's fault, whatever the method."""
+    try:
+        Y, V = source.grid(frames, layout, saturation, settings.chunk_frames)
+    except ContentError:
+        raise
+    except EstimateError as exc:
+        raise ContentError(str(exc)) from None
+    _check_content(Y, V, where)
+    return Y, V
+
+
+def _estimate_lines(
+    source, settings: EstimateSettings, known_darkfield, where: str, started: float
+) -> ShadingEstimate:
+    """The quantile lines' estimate (``core.estimate.quantile_lines``) on up to ``max_frames`` frames; each
+    frame's baseline is the median over blocks of (Y − D)/S (no background is assumed)."""
+    layout = grid_layout(source.shape, settings.grid_blocks)
+    saturation = _saturation(settings, source.dtype)
+    known_grid = _known_on_grid(known_darkfield, layout, where)
+    frames = choose_frames(source.n, settings.max_frames, settings.seed)
+    Y, V = _read_grid(source, frames, layout, saturation, settings, where)
+    try:
+        with single_threaded_blas():
+            fit = fit_lines(Y, V, layout, settings.darkfield, known_grid)
+    except EstimateError as exc:
+        raise EstimateError(f"{where}: {exc}") from None
+    flat = full_resolution(fit.flat, layout)
+    scale = float(flat.mean())
+    flat /= scale
+    if settings.darkfield:
+        dark = full_resolution(fit.dark, layout)
+    elif known_darkfield is not None:
+        dark = np.broadcast_to(np.asarray(known_darkfield, np.float64), source.shape).copy()
+    else:
+        dark = np.zeros(source.shape)
+    check_plausible(flat, dark, where)
+    levels = np.where(V > 0, (Y - fit.dark) / fit.flat, np.nan)
+    baseline = np.full(source.n, np.nan)
+    baseline[frames] = np.nanmedian(np.where(np.isfinite(levels), levels, np.nan), axis=1) * scale
+    diagnostics = {
+        "method": LINES_METHOD,
+        "method_used": "lines",
+        "grid": describe_layout(layout),
+        "block_px": layout.block,
+        "fit_frames": int(len(frames)),
+        "iterations": 1,
+        "converged": True,
+        "tau": float("nan"),
+        "baseline_spread": None,
+        "smoothness_px": fit.diagnostics["smoothing_blocks"] * layout.block,
+        "order_statistics": True,
+        "offset_probe": None,
+        "seconds": time.perf_counter() - started,
+        "saturation": saturation,
+        **fit.diagnostics,
+    }
+    rejected = [int(i) for i in np.setdiff1d(np.arange(source.n), frames)]
+    return ShadingEstimate(
+        flat.astype(np.float32),
+        dark.astype(np.float32),
+        baseline,
+        len(frames),
+        rejected,
+        diagnostics,
+        settings,
+        list(fit.notes),
+    )
+
+
 def _estimate_with(
     source, settings: EstimateSettings, known_darkfield, where: str, started: float
 ) -> ShadingEstimate:
     """One method's estimate (``settings.method`` is floor or surface): robust fit, final pass, fields."""
     layout = grid_layout(source.shape, settings.grid_blocks)
-    saturation = (
-        settings.saturation
-        if settings.saturation is not None
-        else (float(np.iinfo(source.dtype).max) if source.dtype.kind in "ui" else None)
-    )
+    saturation = _saturation(settings, source.dtype)
     known_grid = _known_on_grid(known_darkfield, layout, where)
     fit_frames = choose_frames(source.n, settings.max_frames, settings.seed)
-    try:
-        Y, V = source.grid(fit_frames, layout, saturation, settings.chunk_frames)
-    except ContentError:
-        raise
-    except EstimateError as exc:  # a frame that cannot be read: the input's fault, whatever the method
-        raise ContentError(str(exc)) from None
-    _check_content(Y, V, where)
+    Y, V = _read_grid(source, fit_frames, layout, saturation, settings, where)
     sky_share = float(V.mean())
     surface = settings.method == "surface"
     surface_settings = settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0))

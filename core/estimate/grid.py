@@ -31,6 +31,8 @@ from ..errors import InputError
 DEFAULT_GRID = 64
 #: blocks across the longer side of a frame (surface method: fine enough for a sharp aperture edge)
 SURFACE_GRID = 128
+#: blocks across the longer side of a frame (lines method: α carries an aperture edge at this resolution)
+LINES_GRID = 96
 #: fewest blocks along either side
 MIN_BLOCKS = 8
 
