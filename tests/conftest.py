@@ -24,6 +24,16 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("SHADEFLOW_TEST_MODE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_flow_heartbeats():
+    """Flow runs here send no heartbeats: a heartbeat thread sleeps in one-second steps and the run waits
+    for it to notice the end (≈ 1 s per flow run, measured); nothing in a test watches heartbeats."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A temporary Prefect API (own database) for the whole session."""
