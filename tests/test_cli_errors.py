@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
+from cli_zygote import run_code
 from conftest import tree
 from correct_support import make_model, make_tile
 from test_cli import clean_env
@@ -53,18 +53,11 @@ sys.exit(code)
 
 
 def run(tmp_path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
-    """``shadeflow ARGS…`` in a subprocess; returns the result and what it had imported and started by its
-    end."""
+    """``shadeflow ARGS…`` in a process of its own (a fork of a pre-imported command line:
+    ``cli_zygote``); returns the result and what it had imported and started by its end."""
     report = tmp_path / f"report-{len(list(tmp_path.glob('report-*')))}.json"
     environment = {**(env or clean_env()), "SHADEFLOW_TEST_REPORT": str(report)}
-    result = subprocess.run(
-        [sys.executable, "-c", RUNNER, *args],
-        env=environment,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_code(RUNNER, list(args), environment, tmp_path, timeout=300)
     return result, json.loads(report.read_text())
 
 

@@ -89,3 +89,22 @@ def test_bad_files_and_datasets_are_named(stack, tmp_path):
     assert open_images([str(h5)], dataset="/entry/data/data").n_frames == CONFIG.n
     with pytest.raises(EstimateError, match=r"--dataset names the frames inside an HDF5 file"):
         open_images([str(write_fits(tmp_path / "m.fits", frames[:3]))], dataset="/x")
+
+
+def test_the_command_estimates_from_an_hdf5_dataset(stack, tmp_path, prefect_server):
+    """The whole command (subprocess, Prefect run, Dask) on a detector stack named by ``--dataset``; the
+    readers' other formats reach the same flow through ``open_images`` (above)."""
+    from prefect.settings import PREFECT_API_URL
+    from test_cli import clean_env, shadeflow
+
+    frames, truth = stack
+    scan = write_hdf5(tmp_path / "scan.h5", frames)
+    env = clean_env(PREFECT_API_URL=PREFECT_API_URL.value(), PREFECT_HOME=str(tmp_path / "prefect-home"))
+    run = shadeflow(
+        "estimate", str(scan), "--dataset", "/entry/data/data", "--out", str(tmp_path / "est"),
+        "--workers", "1", "--memory", "4GiB", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"{CONFIG.n} frames" in run.stdout
+    flat = tifffile.imread(tmp_path / "est" / "flatfield.tiff")
+    assert relative_rms(flat, truth["flatfield"]) < 0.02
