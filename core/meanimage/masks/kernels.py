@@ -3,12 +3,18 @@
 A Vectra field is 35 layers of 1004×1344 pixels. The numpy forms of the steps below make a dozen
 full-resolution passes over memory per layer (presmooth, two Laplacian sums, quotient, two block
 means); these kernels stream each layer row by row through buffers that stay in the CPU cache and
-write only the working-grid results. Each reproduces its numpy/scipy reference *bit for bit* — the
-same float32/float64 operations in the same order (``tests/test_core_mask_kernels.py`` checks it on
-random fields) — so masks do not change.
+write only the working-grid results.
 
+- :func:`normalized_laplacian_layer`, :func:`block_mean_layer`, :func:`gaussian_layer` reproduce
+  their numpy/scipy versions *bit for bit* — the same float32/float64 operations in the same order —
+  so the masks do not change;
+- :func:`window_sum_rows` (the 45-px window mean) replaced a float32 FFT convolution; it is the exact
+  average to float64 rounding, and differs from the FFT by float32 rounding only.
+
+``tests/test_core_mask_kernels.py`` checks each against its numpy/scipy version on random fields.
 Kernels run single-threaded and release the GIL (``nogil``): Dask already runs a field per thread.
-They are compiled on first use and cached next to this file (``__pycache__``, git-ignored).
+They compile on first use (≈ 10 s once) and are cached next to this file (``__pycache__``,
+git-ignored; numba falls back to a per-user cache where that is read-only).
 """
 
 from __future__ import annotations
