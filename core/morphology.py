@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from skimage import morphology
 
 from . import buffers
+
+# Dask runs one field per thread already: OpenCV's own thread pool would only oversubscribe the cores
+cv2.setNumThreads(1)
 
 
 def ellipse(size: float) -> np.ndarray:
@@ -72,31 +76,32 @@ def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.gaussian_filter(image.astype(np.float32, copy=False), sigmas, mode="nearest", truncate=4.0)
 
 
-def _shifted_reduce(mask: np.ndarray, footprint: np.ndarray, reduce, start: bool) -> np.ndarray:
-    """Combine edge-padded shifted views of ``mask``, one per footprint element (AND: erosion, OR: dilation).
+def _min_max_filter(mask: np.ndarray, footprint: np.ndarray, erode_: bool) -> np.ndarray:
+    """Binary erosion (minimum) or dilation (maximum) of each 2-D plane by OpenCV, edges replicated.
 
-    The same result as ``scipy.ndimage.binary_erosion``/``binary_dilation`` on an edge-padded array,
-    but vectorised over the whole stack: ~15× faster for the small ellipses used here.
+    Bit for bit ``scipy.ndimage.binary_erosion``/``binary_dilation`` of the edge-padded plane (checked
+    in ``tests/test_core_morphology.py``); ~6× faster than the numpy form (an AND/OR of shifted views)
+    on the working grid's masks.
     """
     if footprint.size == 1:
         return mask.copy()
-    r = footprint.shape[0] // 2
-    h, w = mask.shape[-2:]
-    padded = np.pad(mask, [(0, 0)] * (mask.ndim - 2) + [(r, r), (r, r)], mode="edge")
-    out = np.full(mask.shape, start, dtype=bool)
-    for dy, dx in zip(*np.nonzero(footprint)):
-        reduce(out, padded[..., dy : dy + h, dx : dx + w], out=out)
-    return out
+    planes = np.ascontiguousarray(mask, dtype=bool).reshape(-1, *mask.shape[-2:]).view(np.uint8)
+    out = np.empty(planes.shape, np.uint8)
+    operation = cv2.erode if erode_ else cv2.dilate
+    kernel = footprint.astype(np.uint8)
+    for plane, target in zip(planes, out):
+        operation(plane, kernel, dst=target, borderType=cv2.BORDER_REPLICATE)
+    return out.view(bool).reshape(mask.shape)
 
 
 def dilate(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """Binary dilation of the last two axes by a symmetric footprint; edges replicated."""
-    return _shifted_reduce(mask, footprint, np.logical_or, False)
+    return _min_max_filter(mask, footprint, erode_=False)
 
 
 def erode(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """Binary erosion of the last two axes by a symmetric footprint; edges replicated."""
-    return _shifted_reduce(mask, footprint, np.logical_and, True)
+    return _min_max_filter(mask, footprint, erode_=True)
 
 
 def close(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:

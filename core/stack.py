@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 
 from . import buffers
@@ -167,21 +168,8 @@ class CountAccumulator:
         for group, mask in zip(groups, masks):
             if not mask.any() or mask.mean() < min_pixel_fraction:
                 continue
-            everywhere = bool(mask.all())  # common for bulk fields: skip the masking passes
             for layer in range(group.first - 1, group.last):
-                kept = (
-                    image[layer]
-                    if everywhere
-                    else np.multiply(
-                        image[layer], mask, out=buffers.scratch("stack-kept", mask.shape, np.uint16)
-                    )
-                )
-                self.sum[layer] += kept
-                # exact
-                self.sum_sq[layer] += np.square(
-                    kept, dtype=np.uint64, out=buffers.scratch("stack-square", kept.shape, np.uint64)
-                )
-                self.count[layer] += 1 if everywhere else mask
+                _stack_layer(image[layer], mask, self.sum[layer], self.sum_sq[layer], self.count[layer])
                 self.n_images[layer] += 1
                 stacked.append(layer + 1)
         return tuple(stacked)
@@ -209,3 +197,19 @@ class CountAccumulator:
             n_images=self.n_images.copy(),
             fields=list(self.fields),
         )
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _stack_layer(image, mask, total, total_sq, count):
+    """Add one (H, W) layer's masked pixels to its sums, sums of squares and counts, in one pass.
+
+    The same exact integer result as ``total += image·mask; total_sq += (image·mask)²; count += mask``
+    (numpy needs a masked copy and a uint64 square of the layer first: 3× the memory traffic).
+    """
+    for y in range(image.shape[0]):
+        values, kept, t, t2, n = image[y], mask[y], total[y], total_sq[y], count[y]
+        for x in range(values.size):
+            v = np.uint64(values[x]) * np.uint64(kept[x])
+            t[x] += v
+            t2[x] += v * v
+            n[x] += kept[x]

@@ -46,6 +46,20 @@ def test_erode_and_dilate_match_scipy_on_edge_padded_array(size, shape):
     np.testing.assert_array_equal(morph.dilate(mask, fp), _ref_dilate(mask, fp))
 
 
+@pytest.mark.parametrize("size", [3.75, 11.25, 30.0])  # the last is larger than the planes
+@pytest.mark.parametrize("shape", [(1, 1), (2, 7), (9, 1), (2, 4, 3)])
+def test_erode_and_dilate_match_scipy_on_tiny_planes(size, shape):
+    fp = morph.ellipse(size)
+    mask = np.random.default_rng(len(shape) + int(size)).random(shape) < 0.5
+    np.testing.assert_array_equal(morph.erode(mask, fp), _ref_erode(mask, fp))
+    np.testing.assert_array_equal(morph.dilate(mask, fp), _ref_dilate(mask, fp))
+    # a strided view filters like its copy, and is not modified
+    view = np.concatenate([mask, mask], axis=-1)[..., ::2]
+    before = view.copy()
+    np.testing.assert_array_equal(morph.erode(view, fp), _ref_erode(before, fp))
+    np.testing.assert_array_equal(view, before)
+
+
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("shape", [(37, 41), (3, 29, 33)])
 def test_close_and_open_compose_the_reference_operations(size, shape):
