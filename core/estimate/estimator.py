@@ -501,6 +501,17 @@ def run_estimate(
         raise
     except EstimateError as exc:
         floor, why = None, f"the polynomial fit was refused: {str(exc).removeprefix(where + ': ')}"
+        # no floor under the frames (brightfield, confluent, an aperture's dark surround): the quantile
+        # lines assume no background; they answer if the frames determine them (BENCHMARKS.md, sweep)
+        try:
+            found = _estimate_lines(
+                source, replace(settings, method="lines"), known_darkfield, where, started
+            )
+        except EstimateError:
+            found = None
+        if found is not None and _determined(found):
+            found.notes.insert(0, f"{why}; fitted with quantile lines instead (--method lines)")
+            return replace(found, settings=settings)
     try:
         surface = _estimate_with(source, replace(settings, method="surface"), known_darkfield, where, started)
     except EstimateError as exc:
