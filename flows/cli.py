@@ -490,6 +490,9 @@ def estimate(values: dict, memory: str | None = None, workers: int | None = None
             dataset=params.dataset,
             memory=memory,
             workers=workers,
+            recorded=params.recorded(),
+            overwrite=params.overwrite,
+            grid_blocks=params.settings().grid_blocks,
         )
     _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
