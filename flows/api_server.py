@@ -188,6 +188,7 @@ class EarlyServer:
 
     def _launch(self) -> None:
         self.port = _free_port()
+        self.launched = time.monotonic()
         start = lambda: _uvicorn(self.port, self.settings_env)  # noqa: E731
         self.process = start() if threading.current_thread() is threading.main_thread() else (
             _from_a_lasting_thread(start)
@@ -200,7 +201,6 @@ class EarlyServer:
         import httpx
 
         steps = iter(meanwhile)
-        deadline = time.monotonic() + self.timeout
         with httpx.Client() as client:
             while not self.ready:
                 if self.process.poll() is not None:
@@ -220,7 +220,7 @@ class EarlyServer:
                     step()
                     continue  # ask again before the next step
                 if not self.ready:
-                    if time.monotonic() > deadline:
+                    if time.monotonic() > self.launched + self.timeout:  # as Prefect counts: from the launch
                         raise RuntimeError(
                             f"Prefect's temporary API server did not answer within {self.timeout:g} s "
                             "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)"
