@@ -1,7 +1,12 @@
 """Where a small local run's wall time goes: the fixed cost of ``shadeflow estimate``, ``correct`` and
 ``meanimage`` (issue 14 item 3).
 
-    .venv/bin/python bench/startup.py [--repeats 3] [--verbs estimate,correct,meanimage] [--out DIR]
+    .venv/bin/python bench/startup.py [--repeats 3] [--verbs estimate,correct,meanimage,missing-tile]
+        [--out DIR] [--python LABEL=PATH ...] [--json FILE] [--sample PREFIX]
+
+``--python before=/path/to/other/venv/bin/python --python after=.venv/bin/python`` measures two
+checkouts side by side (their runs interleaved); ``--sample`` writes the command's main-thread stack
+every 0.25 s, to look inside a phase.
 
 Each run is the real command line in a subprocess of its own (``shadeflow.flows.cli.main``, as the
 ``shadeflow`` script calls it), on small inputs made once under ``--out``:
@@ -22,12 +27,14 @@ critical path:
 
 ``interpreter + CLI import`` · ``input checks`` · ``flow import (Prefect, Dask)`` · ``plan + settings``
 (until the flow is called) · ``API start, waited`` (the time the command waited for Prefect's API server
-after it had nothing else to do) · ``run set-up`` (the flow run created, until the cluster starts) ·
+after it had nothing else to do; with the early server of ``flows/api_server.py`` this includes the
+imports made meanwhile) · ``run set-up`` (the flow run created, until the cluster starts) ·
 ``cluster start`` · ``work`` · ``writing`` (estimate, meanimage: the output writing task; correct writes
 inside its work) · ``after writing`` (artifacts, results) · ``cluster close`` · ``run end`` (final
-state, until the flow call returns) · ``report`` (the summary lines) · ``exit`` (exit handlers: the API
-server's stop, log flushing) — then the wall total, the CPU time of the command and its children, and
-the API server's own start time (spawn to first answer, in the background).
+state, until the flow call returns) · ``report`` (the summary lines) · ``exit handlers`` (the API
+server's stop, log flushing) · ``interpreter exit`` (after the last exit handler) — then the wall
+total, the CPU time of the command and its children, and the API server's own start time (launch to
+first answer, in the background).
 
 All runs share one Prefect home under ``--out`` (as a user's ``~/.prefect``); the very first run, on a
 fresh home (the database is created and migrated), is reported on its own. The machine's load average
@@ -242,18 +249,21 @@ def make_inputs(folder: str, env: dict[str, str]) -> dict[str, str]:
         "slide": os.path.join(folder, "slides", "SYN1_1"),
     }
     if not os.path.exists(inputs["stack"]):
-        import numpy as np
-        import zarr
-
         if os.path.exists(REAL_STACK):
-            images = np.load(REAL_STACK)["images"]
-        else:  # a synthetic stack of the same size
-            from shadeflow.core.synth.stacks import StackConfig, synth_stack
+            import numpy as np
+            import zarr
 
-            images = synth_stack(StackConfig(kind="tissue", size=128, n=63, seed=0))["images"]
-        array = zarr.create_array(inputs["stack"], shape=images.shape, chunks=(16, *images.shape[1:]),
-                                  dtype=images.dtype)  # fmt: skip
-        array[:] = images
+            images = np.load(REAL_STACK)["images"]
+            array = zarr.create_array(inputs["stack"], shape=images.shape, chunks=(16, *images.shape[1:]),
+                                      dtype=images.dtype)  # fmt: skip
+            array[:] = images
+        else:  # a synthetic stack of the same size
+            from shadeflow.core.synth.stacks import StackConfig, write_stack
+
+            synthetic = os.path.join(folder, "synthetic-stack")
+            inputs["stack"] = write_stack(synthetic, StackConfig(kind="tissue", size=128, n=63, seed=0))[
+                "images"
+            ]
     if not os.path.exists(inputs["tile"]):
         shadeflow("synth", "tile", "--out", os.path.join(folder, "tiles"), "--shape", "8,128,128",
                   "--chunks", "8,128,128", env=env)  # fmt: skip
