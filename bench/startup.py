@@ -248,22 +248,21 @@ def make_inputs(folder: str, env: dict[str, str]) -> dict[str, str]:
         "flatfield": os.path.join(folder, "tiles", "truth", "tile_flatfield.npy"),
         "slide": os.path.join(folder, "slides", "SYN1_1"),
     }
-    if not os.path.exists(inputs["stack"]):
-        if os.path.exists(REAL_STACK):
-            import numpy as np
-            import zarr
+    if not os.path.exists(REAL_STACK):  # a synthetic stack of the same size
+        from shadeflow.core.synth.stacks import STACK_NAME, StackConfig, write_stack
 
-            images = np.load(REAL_STACK)["images"]
-            array = zarr.create_array(inputs["stack"], shape=images.shape, chunks=(16, *images.shape[1:]),
-                                      dtype=images.dtype)  # fmt: skip
-            array[:] = images
-        else:  # a synthetic stack of the same size
-            from shadeflow.core.synth.stacks import StackConfig, write_stack
+        synthetic = os.path.join(folder, "synthetic-stack")
+        inputs["stack"] = os.path.join(synthetic, STACK_NAME)
+        if not os.path.exists(inputs["stack"]):
+            write_stack(synthetic, StackConfig(kind="tissue", size=128, n=63, seed=0))
+    elif not os.path.exists(inputs["stack"]):
+        import numpy as np
+        import zarr
 
-            synthetic = os.path.join(folder, "synthetic-stack")
-            inputs["stack"] = write_stack(synthetic, StackConfig(kind="tissue", size=128, n=63, seed=0))[
-                "images"
-            ]
+        images = np.load(REAL_STACK)["images"]
+        array = zarr.create_array(inputs["stack"], shape=images.shape, chunks=(16, *images.shape[1:]),
+                                  dtype=images.dtype)  # fmt: skip
+        array[:] = images
     if not os.path.exists(inputs["tile"]):
         shadeflow("synth", "tile", "--out", os.path.join(folder, "tiles"), "--shape", "8,128,128",
                   "--chunks", "8,128,128", env=env)  # fmt: skip
