@@ -2,15 +2,16 @@
 started it.
 
 **Started early** (issue 14 item 3). Prefect starts its temporary server inside the flow call, when
-the run needs its first client, and then waits for it: 5–6 s of CPU in the server process (most of
-it importing Prefect's server) plus, in the command itself, another 2–3 s to import that server
-module only to launch it. :func:`start_api_server`, called by the command line as soon as its input
-checks pass, launches the same ``uvicorn`` command itself and points this process's Prefect at it
-(``PREFECT_API_URL``): the server comes up while the command imports the flow, plans the run and
-starts its cluster; :func:`wait_for_api`, just before the flow is called, waits only for the rest.
-Prefect then sees a configured API: the run is recorded in the same database (``PREFECT_HOME``), and
-this process never imports the server module. The server is stopped as Prefect stops its own, by
-``SIGTERM`` at exit and a wait for its orderly shutdown (which writes what it still holds).
+the run needs its first client, and then waits for it: about 4.5 s of CPU in the server process
+before it answers (most of it importing Prefect's server), after the command itself has imported
+that server module only to launch it (7.6 s of ``-X importtime`` on a busy 2-core machine).
+:func:`start_api_server`, called by the command line as soon as its input checks pass, launches
+the same ``uvicorn`` command itself and points this process's Prefect at it (``PREFECT_API_URL``):
+the server comes up while the command imports the flow, plans the run and starts its cluster;
+:func:`wait_for_api`, just before the flow is called, waits only for the rest. Prefect then sees a
+configured API: the run is recorded in the same database (``PREFECT_HOME``), and this process never
+imports the server module. The server is stopped as Prefect stops its own, by ``SIGTERM`` at exit
+and a wait for its orderly shutdown (which writes what it still holds).
 
 When no Prefect API is configured (no ``PREFECT_API_URL``), Prefect 3 starts an ephemeral API server
 the first time a client is needed: a ``uvicorn`` subprocess (``SubprocessASGIServer``) that it stops

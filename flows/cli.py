@@ -667,7 +667,7 @@ def main() -> None:
 
 def _light_exit() -> None:
     """After a run: the interpreter's last garbage collections at exit walk every object that Prefect,
-    Dask and SciPy made (1–3 s on a busy 2-core machine, ``bench/startup.py``); frozen, those objects
+    Dask and SciPy made (2–6 s on a busy 2-core machine, ``bench/startup.py``); frozen, those objects
     are left to the operating system, which frees the whole process anyway. Exit handlers still run."""
     if "prefect" in sys.modules:
         import gc
