@@ -69,6 +69,15 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
+def _start_prefect() -> None:
+    """Once the input checks out: Prefect's settings, and its temporary API server launched now, to come
+    up while the command imports the flow and plans the run (:mod:`shadeflow.flows.api_server`)."""
+    _prefect_defaults()
+    from .api_server import start_api_server
+
+    start_api_server()
+
+
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
@@ -267,7 +276,7 @@ def meanimage(values: dict, memory: str | None = None, workers: int | None = Non
         preflight.meanimage(
             params.slides, memory=memory, workers=workers, overwrite=params.overwrite, source=params.source()
         )
-    _prefect_defaults()
+    _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .meanimage import meanimage as flow
 
@@ -289,7 +298,7 @@ def model_build(values: dict, memory: str | None = None, workers: int | None = N
             memory=memory,
             source=params.source(),
         )
-    _prefect_defaults()
+    _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .model import model_build as flow
 
@@ -348,7 +357,7 @@ def model_compare(values: dict, memory: str | None = None, workers: int | None =
             params.min_images_stacked,
             source=params.source(),
         )
-    _prefect_defaults()
+    _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .model_compare import compare_command
 
@@ -364,7 +373,7 @@ def applied_test(values: dict, memory: str | None = None, workers: int | None = 
         preflight.applied_test(
             params.roots, params.out, params.slides, params.overwrite, memory=memory, source=params.source()
         )
-    _prefect_defaults()
+    _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .model import applied_test as flow
 
@@ -481,8 +490,11 @@ def estimate(values: dict, memory: str | None = None, workers: int | None = None
             dataset=params.dataset,
             memory=memory,
             workers=workers,
+            recorded=params.recorded(),
+            overwrite=params.overwrite,
+            grid_blocks=params.settings().grid_blocks,
         )
-    _prefect_defaults()
+    _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .estimate import estimate_command
 
@@ -520,7 +532,7 @@ def correct(values: dict, memory: str | None = None, workers: int | None = None)
     with _reported(up_front=True):
         params = checked_parameters(CorrectParameters, **values)
         preflight.correct(params, memory=memory, workers=workers)
-    _prefect_defaults()
+    _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)
     from .correct import correct_command
 
@@ -642,7 +654,7 @@ def demo(
     out: str = typer.Option("demo-output", "--out", help="Folder for the synthetic cohort and all outputs"),
 ) -> None:
     """Synthetic cohort → mean images, with a short report on how close they are to the known shading."""
-    _prefect_defaults()
+    _start_prefect()
     from .api_server import tie_ephemeral_server
     from .demo import run_demo
 
@@ -652,7 +664,20 @@ def demo(
 
 
 def main() -> None:
-    app(prog_name="shadeflow")
+    try:
+        app(prog_name="shadeflow")
+    finally:
+        _light_exit()
+
+
+def _light_exit() -> None:
+    """After a run: the interpreter's last garbage collections at exit walk every object that Prefect,
+    Dask and SciPy made (2–6 s on a busy 2-core machine, ``bench/startup.py``); frozen, those objects
+    are left to the operating system, which frees the whole process anyway. Exit handlers still run."""
+    if "prefect" in sys.modules:
+        import gc
+
+        gc.freeze()
 
 
 if __name__ == "__main__":

@@ -200,8 +200,14 @@ def estimate(
     dataset: str | None = None,
     memory: str | None = None,
     workers: int | None = None,
+    recorded: dict | None = None,
+    overwrite: bool = False,
+    grid_blocks: int | None = None,
 ) -> None:
-    """The inputs open as one stack (headers only) with enough frames, and ``--out`` can be written."""
+    """The inputs open as one stack (headers only) with enough frames, and ``--out`` can be written.
+    Given the run's ``recorded`` parameters (and ``grid_blocks``, the working grid), also what the
+    run's plan decides (``tasks/estimate.make_plan``): the frames cover the grid, and ``--out`` holds
+    nothing in the way (a folder that is not an estimate, one made otherwise without ``overwrite``)."""
     from ..core.estimate.grid import EstimateError, frames_needed
     from ..core.estimate.inputs import open_images
 
@@ -217,6 +223,14 @@ def estimate(
         )
     _real_numbers_stored(stack, component)
     storage.check_output_folder(out, "--out")
+    if grid_blocks is not None:
+        from ..core.estimate.grid import grid_layout
+
+        grid_layout(stack.shape, grid_blocks)
+    if recorded is not None:
+        from ..core.estimate.outputs import output_state
+
+        output_state(out, recorded, stack.inputs, overwrite)
     settings(memory, workers)
 
 

@@ -49,11 +49,31 @@ def newest_per_key(artifacts: list[Any]) -> list[str]:
     return list(latest.values())
 
 
+def _load_prefect_collections() -> None:
+    # Prefect loads its installed collections (prefect-aws: ~1 s) the first time a task's context is
+    # rebuilt on a worker, which every run does; cached after the first time
+    from prefect.plugins import load_prefect_collections
+
+    load_prefect_collections()
+
+
+def _import_report_pages() -> None:
+    # matplotlib (~1 s), for the previews and reports every job publishes at its end
+    from ..core import report_pages  # noqa: F401
+
+
+#: what a run does later anyway, done while the command waits for the API server it launched
+_WARM_UPS = (_load_prefect_collections, _import_report_pages)
+
+
 def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) -> Any:
     """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar counts its ``unit`` (fields,
     slides…)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from .api_server import wait_for_api
+
+    wait_for_api(_WARM_UPS)  # the API server the command launched early, if it did, is up by now or nearly
     run: dict[str, UUID] = {}
 
     def remember_run(_flow, flow_run, _state) -> None:

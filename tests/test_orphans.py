@@ -2,7 +2,8 @@
 
 Prefect's own ephemeral API server (a ``uvicorn`` subprocess, ~260 MB) is stopped from an ``atexit``
 hook, which ``SIGKILL`` never runs: every killed command left one running with PPID 1. The command
-line now has Prefect start that server with a parent-death signal (``shadeflow.flows.api_server``).
+line now starts that server with a parent-death signal (``shadeflow.flows.api_server``: launched
+early by the command itself, or by Prefect when something else needs it first).
 Without that change both cases fail (checked by disabling it: the ``uvicorn`` server is left).
 
 Each case runs the real command in a subprocess with no ``PREFECT_API_URL`` (so it needs its own API

@@ -1,0 +1,110 @@
+"""The API server the command line launches early (``shadeflow.flows.api_server.start_api_server``,
+issue 14 item 3): a run still goes to a Prefect API and is recorded there, the command never imports
+Prefect's server module, the server is gone when the command ends, and nothing is launched when an
+API is configured.
+
+Each case is a fresh interpreter (as a command is), with its own ``PREFECT_HOME`` and no
+``PREFECT_API_URL``; nothing is asserted about time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from test_cli import clean_env
+
+COMMAND = """
+import json, os, sys
+from shadeflow.flows import api_server
+
+api_server.start_api_server()
+launched = api_server._early is not None
+url = os.environ.get("PREFECT_API_URL")
+steps = []
+api_server.wait_for_api([lambda: steps.append("a"), lambda: steps.append("b")])
+
+from prefect import flow
+from prefect.client.orchestration import get_client
+
+@flow(name="early-api-check")
+def check() -> int:
+    return 42
+
+result = check()
+with get_client(sync_client=True) as client:
+    client_url = str(client.api_url)
+    runs = [(r.name, r.flow_id, r.state.type.value) for r in client.read_flow_runs(limit=10)]
+    flows = {str(f.id): f.name for f in client.read_flows(limit=10)}
+print(json.dumps({
+    "launched": launched,
+    "url": url,
+    "client_url": client_url,
+    "result": result,
+    "runs": [(flows.get(str(flow_id)), state) for _, flow_id, state in runs],
+    "steps": steps,
+    "server_module_imported": "prefect.server.api.server" in sys.modules,
+    "server_pid": api_server._early.process.pid if launched else None,
+}))
+"""
+
+
+def run(tmp_path, **env: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", COMMAND],
+        # the command line's patience (a fresh database is migrated first)
+        env=clean_env(
+            PREFECT_HOME=str(tmp_path / "prefect-home"),
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+            **env,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(")")[-1].split()[0] == "Z"  # a zombie is gone too
+    except FileNotFoundError:
+        return True
+
+
+def test_a_run_goes_to_the_early_server_and_is_recorded(tmp_path):
+    report = run(tmp_path)
+    assert report["launched"]
+    assert report["url"].startswith("http://127.0.0.1:") and report["url"].endswith("/api")
+    assert report["client_url"].rstrip("/") == report["url"]  # Prefect uses it: no server of its own
+    assert report["result"] == 42
+    assert ["early-api-check", "COMPLETED"] in report["runs"]
+    assert not report["server_module_imported"]
+    assert report["steps"] in ([], ["a"], ["a", "b"])  # in order, only while the server did not answer
+    if sys.platform.startswith("linux"):
+        assert gone(report["server_pid"]), "the API server outlived the command"
+
+
+def test_nothing_is_launched_when_an_api_is_configured(tmp_path):
+    code = (
+        "import json, os\n"
+        "from shadeflow.flows import api_server\n"
+        "api_server.start_api_server()\n"
+        "api_server.wait_for_api([lambda: 1 / 0])\n"  # nothing to wait for: the steps do not run
+        "print(json.dumps([api_server._early is None, os.environ['PREFECT_API_URL']]))\n"
+    )
+    url = "http://127.0.0.1:9/api"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean_env(PREFECT_HOME=str(tmp_path / "home"), PREFECT_API_URL=url),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [True, url]
+    assert not os.path.exists(tmp_path / "home" / "prefect.db")
