@@ -285,3 +285,8 @@ def wait_for_api(meanwhile: Iterable[Callable[[], object]] = ()) -> None:
     anyway)."""
     if _early is not None:
         _early.wait(meanwhile)
+
+
+def launched_api_server() -> bool:
+    """Whether this command launched Prefect's temporary API server (:func:`start_api_server`)."""
+    return _early is not None

@@ -66,6 +66,21 @@ def _import_report_pages() -> None:
 _WARM_UPS = (_load_prefect_collections, _import_report_pages)
 
 
+def _heartbeats_where_watched():
+    """No flow-run heartbeats on the temporary API server this command launched: it ends with the
+    command, so nothing could ever see a heartbeat stop, and the run waits about a second at its end for
+    the heartbeat thread's one-second sleep. A configured, lasting API (``PREFECT_API_URL``) gets them."""
+    from contextlib import nullcontext
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from .api_server import launched_api_server
+
+    if not launched_api_server():
+        return nullcontext()
+    return temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+
+
 def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) -> Any:
     """Call ``flow(**parameters)`` on ``task_runner`` while a progress bar counts its ``unit`` (fields,
     slides…)."""
@@ -104,7 +119,8 @@ def run_with_progress(flow, parameters: dict[str, Any], task_runner, unit: str) 
         follower = threading.Thread(target=follow, name="shadeflow-progress", daemon=True)
         follower.start()
         try:
-            return flow.with_options(task_runner=task_runner, on_running=[remember_run])(**parameters)
+            with _heartbeats_where_watched():
+                return flow.with_options(task_runner=task_runner, on_running=[remember_run])(**parameters)
         finally:
             stop.set()
             follower.join(timeout=5)
