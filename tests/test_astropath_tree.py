@@ -138,6 +138,34 @@ def one_line_error(root: str, sharded: str) -> str:
     return message
 
 
+def test_the_names_and_forms_astropaths_shredding_writes_read_the_same(cohorts, tree_copy):
+    """``<SlideID>.full.xml``, ``….SpectralBasisInfo.Exposure.Protocol.DarkCurrentSettings.xml`` per field
+    and a ``DarkCurrent`` entry instead of ``DarkCurrentSettings``' ``Mean``: the same slide."""
+    root, sharded = tree_copy
+    expected = load_sample(
+        source_of(cohorts["astropath"], os.path.join(cohorts["astropath"], SHARDED_DIR)), SLIDE
+    )
+    folder = xml_folder(root)
+    full = os.path.join(folder, SLIDE + ".Full.xml")
+    with open(full) as handle:
+        text = handle.read()
+    assert '<D name="Mean"' in text
+    os.remove(full)
+    with open(os.path.join(folder, SLIDE + ".full.xml"), "w") as handle:
+        handle.write(text.replace('<D name="Mean"', '<D name="DarkCurrent"'))
+    for name in os.listdir(folder):
+        if name.endswith(".SpectralBasisInfo.Exposure.xml"):
+            new = name.replace(".Exposure.xml", ".Exposure.Protocol.DarkCurrentSettings.xml")
+            os.rename(os.path.join(folder, name), os.path.join(folder, new))
+    slide = load_sample(source_of(root, sharded), SLIDE)
+    assert (slide.shape, slide.layer_groups, slide.dark_current) == (
+        expected.shape,
+        expected.layer_groups,
+        expected.dark_current,
+    )
+    assert [f.exposure_ms for f in slide.fields] == [f.exposure_ms for f in expected.fields]
+
+
 @pytest.mark.parametrize("suffix", [".Parameters.xml", ".Full.xml"])
 def test_a_missing_slide_xml_is_named(tree_copy, suffix):
     root, sharded = tree_copy

@@ -21,13 +21,15 @@ What is read from where:
 * **shape** — ``Parameters.xml``'s ``Shape`` (width, height, layers) and ``MillimetersPerPixel``
   (the field size in µm);
 * **dark current** — ``Full.xml``'s ``DarkCurrent`` entry (the first ``D`` element of that name; the mean
-  when it holds one value per layer);
+  when it holds one value per layer), or the ``Mean`` of its ``DarkCurrentSettings`` (where AstroPath's
+  documentation puts it; ``<SlideID>.full.xml``, as AstroPath's shredding names the file, is read too);
 * **layer groups** — ``Full.xml``'s ``Filter`` groups in document order, each with a ``Name`` and the
   ``Wavelengths`` of its layers (one per layer); names are lower-cased without spaces or punctuation
   ("Texas Red" → ``texasred``, "Opal 780" → ``opal780``). Without filters in ``Full.xml``, the groups
   are the exposure files' filters with AstroPath's own names for its 35- and 43-layer panels;
-* **exposure times** — each field's ``.SpectralBasisInfo.Exposure.xml``: one ``Exposure`` element per
-  filter, holding the exposure time (ms) of each of its layers;
+* **exposure times** — each field's ``.SpectralBasisInfo.Exposure.xml`` (or, as AstroPath's shredding
+  names it, ``.SpectralBasisInfo.Exposure.Protocol.DarkCurrentSettings.xml``): one ``Exposure`` element
+  per filter, holding the exposure time (ms) of each of its layers;
 * **field centres** — the ``[cx,cy]`` (µm) in the file names;
 * **fields' order** — raster order (by ``cy``, then ``cx``), as the microscope scans; the field's
   ``acquired`` time is its ``.Data.dat`` file's modification time (the shredded tree keeps no
@@ -54,8 +56,12 @@ SAMPLEDEF_CSV = "sampledef.csv"
 SAMPLEDEF_COLUMNS = ("SampleID", "SlideID", "Project", "Cohort", "Scan", "BatchID", "isGood")
 DATA_SUFFIX = ".Data.dat"
 EXPOSURE_SUFFIX = ".SpectralBasisInfo.Exposure.xml"
+#: the name AstroPath's shredding (``flatw``) gives the same per-field file; either is read
+EXPOSURE_SUFFIXES = (EXPOSURE_SUFFIX, ".SpectralBasisInfo.Exposure.Protocol.DarkCurrentSettings.xml")
 PARAMETERS_SUFFIX = ".Parameters.xml"
 FULL_SUFFIX = ".Full.xml"
+#: AstroPath's shredding writes ``<SlideID>.full.xml``; its Python reads ``<SlideID>.Full.xml``
+FULL_SUFFIXES = (FULL_SUFFIX, ".full.xml")
 #: AstroPath's broadband filters of its 35- (Vectra) and 43-layer (Polaris) panels, used when ``Full.xml``
 #: names no filters (AstroPath itself assumes these)
 STANDARD_FILTERS = {
@@ -265,9 +271,12 @@ def parse_full_xml(text: str, what: str) -> tuple[float, list[tuple[str, int]]]:
     The filters are empty when the file names none (:func:`load_sample` then uses the exposure files').
     """
     root = _parse_xml(text, what)
-    dark = _named(root, "D", "DarkCurrent")
+    dark = _named(root, "D", "DarkCurrent") or [
+        mean for settings in root.iter() if (settings.get("name") or "").lower() == "darkcurrentsettings"
+        for mean in _named(settings, "D", "Mean")
+    ]  # fmt: skip
     if not dark:
-        raise SlideError(f"{what}: no DarkCurrent entry")
+        raise SlideError(f"{what}: no dark current (a DarkCurrent entry, or DarkCurrentSettings with a Mean)")
     values = _numbers(dark[0], f"{what}: DarkCurrent")
     dark_current = sum(values) / len(values)
     if dark_current < 0:
@@ -315,11 +324,24 @@ def field_centre(name: str) -> tuple[str, float, float] | None:
 # one slide
 
 
-def _find_xml(source: AstroPathSource, slide_id: str, name: str, listings: dict[str, dict[str, int]]) -> str:
+def _find_xml(
+    source: AstroPathSource, slide_id: str, names: str | Sequence[str], listings: dict[str, dict[str, int]]
+) -> str | None:
+    """The first of ``names`` (alternative names of one file) in the slide's XML folders."""
+    names = (names,) if isinstance(names, str) else tuple(names)
     for folder in source.xml_folders(slide_id):
-        if name in listings[folder]:
-            return storage.join(folder, name)
-    raise SlideError(f"slide {slide_id}: {name} not found in {' or '.join(source.xml_folders(slide_id))}")
+        for name in names:
+            if name in listings[folder]:
+                return storage.join(folder, name)
+    return None
+
+
+def _require_xml(source: AstroPathSource, slide_id: str, suffixes: Sequence[str], listings) -> str:
+    found = _find_xml(source, slide_id, [slide_id + suffix for suffix in suffixes], listings)
+    if found is None:
+        folders = " or ".join(source.xml_folders(slide_id))
+        raise SlideError(f"slide {slide_id}: {slide_id}{suffixes[0]} not found in {folders}")
+    return found
 
 
 def sample_layout(
@@ -328,8 +350,8 @@ def sample_layout(
     """A sample's field shape ``(H, W, L)`` and layer groups, from its XML metadata only (the fields are
     not listed; without filters in ``Full.xml``, one exposure file gives the filters' sizes)."""
     listings = {folder: _top_level(folder) for folder in source.xml_folders(slide_id)}
-    params_url = _find_xml(source, slide_id, slide_id + PARAMETERS_SUFFIX, listings)
-    full_url = _find_xml(source, slide_id, slide_id + FULL_SUFFIX, listings)
+    params_url = _require_xml(source, slide_id, (PARAMETERS_SUFFIX,), listings)
+    full_url = _require_xml(source, slide_id, FULL_SUFFIXES, listings)
     shape, _ = parse_parameters_xml(storage.read_text(params_url), f"slide {slide_id}: {params_url}")
     _, filters = parse_full_xml(storage.read_text(full_url), f"slide {slide_id}: {full_url}")
     sizes = [n for _, n in filters]
@@ -339,7 +361,7 @@ def sample_layout(
                 storage.join(folder, name)
                 for folder, names in listings.items()
                 for name in sorted(names)
-                if name.startswith(slide_id + "_[") and name.endswith(EXPOSURE_SUFFIX)
+                if name.startswith(slide_id + "_[") and name.endswith(EXPOSURE_SUFFIXES)
             ),
             None,
         )
@@ -404,8 +426,8 @@ def load_sample(source: AstroPathSource, slide_id: str, check_files: bool = True
     listings = {folder: _top_level(folder) for folder in folders}
     if not listings[data_url]:
         raise SlideError(f"slide {slide_id}: no fields — {data_url} is missing or empty")
-    params_url = _find_xml(source, slide_id, slide_id + PARAMETERS_SUFFIX, listings)
-    full_url = _find_xml(source, slide_id, slide_id + FULL_SUFFIX, listings)
+    params_url = _require_xml(source, slide_id, (PARAMETERS_SUFFIX,), listings)
+    full_url = _require_xml(source, slide_id, FULL_SUFFIXES, listings)
     shape, um_per_px = parse_parameters_xml(storage.read_text(params_url), f"slide {slide_id}: {params_url}")
     dark_current, filters = parse_full_xml(storage.read_text(full_url), f"slide {slide_id}: {full_url}")
     h, w, n_layers = shape
@@ -429,14 +451,7 @@ def load_sample(source: AstroPathSource, slide_id: str, check_files: bool = True
     fields = []
     for n, (cy, cx, key, name) in enumerate(found, start=1):
         exposure_name = key + EXPOSURE_SUFFIX
-        exposure_url = next(
-            (
-                storage.join(f, exposure_name)
-                for f in source.xml_folders(slide_id)
-                if exposure_name in listings[f]
-            ),
-            None,
-        )
+        exposure_url = _find_xml(source, slide_id, [key + suffix for suffix in EXPOSURE_SUFFIXES], listings)
         if exposure_url is None:
             raise SlideError(
                 f"slide {slide_id}: field {key}: no exposure file {exposure_name} in "
@@ -558,7 +573,7 @@ def full_xml_text(dark_current: float, filters: Sequence[tuple[str, Sequence[flo
     lines += [
         "  </G>",
         '  <G name="DarkCurrentSettings">',
-        f'    <D name="DarkCurrent" type="double">{dark_current!r}</D>',
+        f'    <D name="Mean" type="double">{dark_current!r}</D>',
         "  </G>",
         "</IM3>",
     ]
