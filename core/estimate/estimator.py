@@ -585,6 +585,15 @@ def _estimate_lines(
     known_grid = _known_on_grid(known_darkfield, layout, where)
     frames = choose_frames(source.n, settings.max_frames, settings.seed)
     Y, V = _read_grid(source, frames, layout, saturation, settings, where)
+    if known_grid is not None:
+        # the lines take any offset for structure: with a given darkfield, most frames must rise above it
+        above = np.where(V > 0, Y - known_grid, np.nan)
+        live = int((np.nanmedian(above, axis=1) > 0).sum())
+        if live < len(frames) / 2:
+            raise EstimateError(
+                f"{where}: only {live} of {len(frames)} images hold light above the darkfield; a flatfield "
+                "cannot be estimated from them"
+            )
     try:
         with single_threaded_blas():
             fit = fit_lines(Y, V, layout, settings.darkfield, known_grid)
