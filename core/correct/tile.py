@@ -564,22 +564,9 @@ def run_tile(
             storage.remove(plan.output)
     if plan.is_tiff:
         return _finish(report, plan, _write_tiff(plan, flat, background, compute, on_block, started))
-    roles = image.roles
-    keep = [i for i, r in enumerate(CANONICAL) if r in roles]  # the tile's axes among t, c, z, y, x
-    canonical = tuple(image.size(r, level.index) for r in CANONICAL)
-    pyramid = select_axes(
-        plan_pyramid(
-            canonical,
-            _canonical(level.scale, roles, 1.0),
-            _canonical(level.translation, roles, 0.0),
-            plan.recorded["levels"],
-        ),
-        keep,
-    )
+    pyramid = _output_pyramid(plan)
     source = da.from_zarr(image.array(level), chunks=level.blocks)  # the tile's own axes: no reshaping layers
-    # (C, Y, X) fields as arrays broadcastable to the tile: size 1 along t and z, C along c
-    ff = flat.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
-    bg = background.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
+    ff, bg = _in_tile_axes(image.roles, flat.fields), _in_tile_axes(image.roles, background.fields)
     provenance = _provenance(plan, flat, background, pyramid, status="writing")
     try:
         group = create_image_group(plan.output, plan.zarr_format, {PROVENANCE_KEY: provenance})
@@ -633,25 +620,31 @@ def _finish(report: TileReport, plan: TilePlan, seconds: float) -> TileReport:
     return report
 
 
+def _output_pyramid(plan: TilePlan, halve_z: bool = True) -> list:
+    """The output levels in the tile's own axes (those of t, c, z, y, x it has)."""
+    image, level = plan.image, plan.level
+    roles = image.roles
+    levels = plan_pyramid(
+        tuple(image.size(r, level.index) for r in CANONICAL),
+        _canonical(level.scale, roles, 1.0),
+        _canonical(level.translation, roles, 0.0),
+        plan.recorded["levels"],
+        halve_z=halve_z,
+    )
+    return select_axes(levels, [i for i, r in enumerate(CANONICAL) if r in roles])
+
+
+def _in_tile_axes(roles, fields: np.ndarray) -> np.ndarray:
+    """(C, Y, X) fields as an array broadcastable to the tile: size 1 along t and z, C along c."""
+    return fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
+
+
 def _write_tiff(plan: TilePlan, flat: Flatfield, background: Background, compute, on_block, started) -> float:
     """A TIFF tile's correction, written as one OME-TIFF (:mod:`.tiff_output`); returns the seconds taken."""
-    image, level = plan.image, plan.level
+    image = plan.image
     assert isinstance(image, TiffImage)
-    roles = image.roles
-    keep = [i for i, r in enumerate(CANONICAL) if r in roles]
-    canonical = tuple(image.size(r, level.index) for r in CANONICAL)
-    pyramid = select_axes(
-        plan_pyramid(
-            canonical,
-            _canonical(level.scale, roles, 1.0),
-            _canonical(level.translation, roles, 0.0),
-            plan.recorded["levels"],
-            halve_z=False,
-        ),
-        keep,
-    )
-    ff = flat.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
-    bg = background.fields[None, :, None][tuple(slice(None) if r in roles else 0 for r in CANONICAL)]
+    pyramid = _output_pyramid(plan, halve_z=False)  # an OME-TIFF sub-resolution holds one plane
+    ff, bg = _in_tile_axes(image.roles, flat.fields), _in_tile_axes(image.roles, background.fields)
     # the file carries its provenance from the first write on, so it is complete when it appears
     provenance = {**_provenance(plan, flat, background, pyramid, status="complete"), "inputs": [plan.tile]}
     description = (
