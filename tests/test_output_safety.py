@@ -160,6 +160,21 @@ def test_commit_publishes_nothing_when_staged_files_went_missing(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_commit_leaves_out_the_temporary_of_a_writer_killed_before_its_rename(tmp_path):
+    """A worker lost mid-write leaves ``<name>.tmp-<hex>`` in staging; the recomputed step writes the file
+    again. Seen in tests/faults/test_fault_meanimage.py: the temporary was published and listed."""
+    final = tmp_path / "out"
+    with StagedOutput(str(final)) as out:
+        storage.write_bytes(out.url("masks", "f1.bin"), b"m" * 3)
+        with open(out.url("masks", "f1.bin.tmp-3a822134"), "wb") as handle:
+            handle.write(b"m")  # the killed writer's half
+        manifest = out.commit("test", {}, [], expected=["masks/f1.bin"])
+    assert set(manifest["files"]) == {"masks/f1.bin"}
+    assert os.listdir(final / "masks") == ["f1.bin"]
+    assert complete_means_whole(final)
+    assert partials(tmp_path, "out") == []
+
+
 def test_commit_marks_nothing_complete_when_a_file_is_lost_while_publishing(tmp_path, monkeypatch):
     final = tmp_path / "out"
     place = outputs._place

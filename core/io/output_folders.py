@@ -175,10 +175,12 @@ class StagedOutput:
         (e.g. AstroPath's ``flatfield_<V>.bin`` beside ``flatfield_<V>/``); they are moved last.
         """
         outside = outside or {}
+        # a temporary left by a writer killed before its rename (a lost worker; the step was recomputed)
+        # is not part of the output: it goes with the staging folder
         staged = {
             name: size
             for name, size in storage.file_sizes(self.staging).items()
-            if not name.startswith(LEASE)
+            if not name.startswith(LEASE) and not _TEMPORARY.search(name)
         }
         present = set(staged) | {parent for name in staged for parent in _parents(name)}
         missing = [name for name in [*expected, *outside] if name.strip("/") not in present]
