@@ -93,17 +93,35 @@ def level_weights(Y: np.ndarray, V: np.ndarray) -> np.ndarray:
 
 
 def lines(Y: np.ndarray, V: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """α (the weighted mean level) and the slope of every block's line, both (G,)."""
+    """α (the weighted mean level) and the slope of every block's line, both (G,). A block saturated at a
+    used level (≤ 1 % of blocks, :func:`level_weights`) has no line of its own: it takes its neighbours'."""
     q = level_images(Y, V)
     use = weights > 0
     q, w = q[use], weights[use][:, None]
-    m = q.mean(axis=1, keepdims=True)
+    whole = np.isfinite(q).all(axis=0)
+    if not whole.any():
+        raise EstimateError(
+            "every block is saturated at some quantile level; the lines need unsaturated ones"
+        )
+    m = q[:, whole].mean(axis=1, keepdims=True)
     centred = m - (w * m).sum()
-    alpha = (w * q).sum(axis=0)
     spread = float((w * centred**2).sum())
     if not spread > 0:
         raise EstimateError("the frames' quantile levels do not differ; the lines have no slope")
-    return alpha, (w * (q - alpha) * centred).sum(axis=0) / spread
+    q = np.where(whole, q, 0.0)
+    alpha = (w * q).sum(axis=0)
+    slope = (w * (q - alpha) * centred).sum(axis=0) / spread
+    return _fill(alpha, whole), _fill(slope, whole)
+
+
+def _fill(values: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Unknown entries take the value of the nearest known one (block order is row-major; a saturated
+    block is rare and isolated, so the nearest in index is a neighbour in the row or the one above)."""
+    if known.all():
+        return values
+    index = np.flatnonzero(known)
+    nearest = index[np.clip(np.searchsorted(index, np.arange(values.size)), 0, index.size - 1)]
+    return np.where(known, values, values[nearest])
 
 
 def smooth(values: np.ndarray, layout: GridLayout, sigma: float, noise: float = 0.0) -> np.ndarray:
@@ -276,11 +294,19 @@ def fit_lines(
     }
     spread = _flat_spread(flats["even"], flats["odd"])
     drift = _flat_spread(flats["early"], flats["late"])
+    notes = []
     if drift > max(STATIONARY_RATIO * spread, STATIONARY_FLOOR):
-        raise EstimateError(
+        moving = (
             f"the content is not stationary over the frames: fits on the first and the second half of the "
             f"frames differ by {drift:.1f} % against {spread:.1f} % for alternate frames (a fixed field, a "
-            "timelapse?), which the quantile lines need"
+            "timelapse?)"
+        )
+        if darkfield:  # the slopes, and so the darkfield, need every block to see the same mix of content
+            raise EstimateError(f"{moving}, which the quantile lines need to separate a darkfield")
+        # flatfield only, S is the frames' robust mean level: still right where the content averages out
+        notes.append(
+            f"{moving}: specimen that stays in place is taken for shading — check the flatfield for "
+            "structure, or fit frames from varied positions"
         )
     if not (np.isfinite(S).all() and (S > 0).all()):
         raise EstimateError(
@@ -306,4 +332,4 @@ def fit_lines(
     else:
         D = np.zeros_like(S) if known is None else np.asarray(known, np.float64)
     diagnostics.update(split_half_spread_pct=spread, early_late_spread_pct=drift)
-    return LinesFit(S, D, layout, diagnostics)
+    return LinesFit(S, D, layout, diagnostics, notes)
