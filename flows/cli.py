@@ -274,7 +274,12 @@ def meanimage(values: dict, memory: str | None = None, workers: int | None = Non
     with _reported(up_front=True):
         params = checked_parameters(MeanImageParameters, **values)
         preflight.meanimage(
-            params.slides, memory=memory, workers=workers, overwrite=params.overwrite, source=params.source()
+            params.slides,
+            memory=memory,
+            workers=workers,
+            overwrite=params.overwrite,
+            source=params.source(),
+            skip_masking=params.skip_masking,
         )
     _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)

@@ -75,14 +75,17 @@ def meanimage(
     workers: int | None = None,
     overwrite: bool = False,
     source: AstroPathSource | None = None,
+    skip_masking: bool = False,
 ) -> None:
     """Every slide folder holds a valid ``slide.json`` and ``fields.csv`` with its field files (inside
     the slide folder) — or, with an AstroPath ``source``, every SlideID is a good sample of its
-    ``sampledef.csv`` with its XML metadata, exposure files and ``.Data.dat`` fields — and its
-    ``meanimage/`` output can be written: without ``overwrite``, an unfinished ``meanimage/`` holds
-    nothing shadeflow did not write."""
+    ``sampledef.csv`` with its XML metadata, exposure files and ``.Data.dat`` fields —, its fields'
+    layout has bulk fields to stack and edge fields to threshold on, and its ``meanimage/`` output can
+    be written: without ``overwrite``, an unfinished ``meanimage/`` holds nothing shadeflow did not
+    write."""
     from ..core.io.astropath_tree import open_slide, sample_ids
     from ..core.io.output_folders import refuse_foreign
+    from ..core.meanimage.geometry import plannable_fields
 
     if source is None:
         no_credentials(("slide", slides))
@@ -93,6 +96,7 @@ def meanimage(
     spelling(memory)
     for url in sample_ids(source, slides) if source else slides:
         slide = open_slide(url, source)
+        plannable_fields(slide, skip_masking)
         # meanimage/ and its staging folder go into the slide folder (the mean-image module itself is
         # not imported for its name: it pulls in the mask modules, ~0.7 s)
         storage.check_output_folder(

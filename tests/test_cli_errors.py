@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import numpy as np
@@ -148,6 +149,27 @@ def test_meanimage_missing_slide(tmp_path):
         absent=[tmp_path / "cohort"],
     )
     assert line.startswith("error: slide NOPE_7: ")
+
+
+def test_meanimage_slide_without_bulk_fields_is_refused_before_anything_starts(tmp_path, meanimage_cohort):
+    """Only the first row of fields: none has 8 overlapping neighbours, nothing to stack. The layout is
+    in fields.csv, so the command says so before Prefect or Dask start (the flow found it after ~1 min)."""
+    import csv as csvlib
+
+    slide = tmp_path / "cohort" / os.path.basename(meanimage_cohort["urls"][0])
+    shutil.copytree(meanimage_cohort["urls"][0], slide, ignore=shutil.ignore_patterns("meanimage"))
+    with open(slide / "fields.csv", newline="") as handle:
+        reader = csvlib.DictReader(handle)
+        header, rows = reader.fieldnames, list(reader)
+    top = min(float(r["cy"]) for r in rows)
+    with open(slide / "fields.csv", "w", newline="") as handle:
+        writer = csvlib.DictWriter(handle, header)
+        writer.writeheader()
+        writer.writerows(r for r in rows if float(r["cy"]) == top)
+    line = expect_error(
+        tmp_path, ["meanimage", str(slide)], slide.name, "no bulk fields", absent=[slide / "meanimage"]
+    )
+    assert line.startswith(f"error: slide {slide.name}: no bulk fields")
 
 
 def test_model_build_missing_models_csv(tmp_path):

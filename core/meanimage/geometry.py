@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.slide import Slide
+from ..io.slide import Slide, SlideError
 
 #: AstroPath's native pixel size (Vectra 3.0 / Polaris, µm per pixel); mask parameters are defined at it.
 NATIVE_PIXEL_UM = 0.4976
@@ -65,3 +65,19 @@ def classify_fields(slide: Slide) -> np.ndarray:
     cx = np.array([f.cx for f in slide.fields])
     cy = np.array([f.cy for f in slide.fields])
     return bulk_fields(cx, cy, w, h)
+
+
+def plannable_fields(slide: Slide, skip_masking: bool = False) -> np.ndarray:
+    """:func:`classify_fields`, refusing a slide that cannot make a mean image: no bulk field to stack, or
+    (unless masking is skipped) no edge field to compute background thresholds from. Reads no image, so
+    the command checks it before anything starts."""
+    bulk = classify_fields(slide)
+    if not bulk.any():
+        w, h = field_size_um(slide)
+        raise SlideError(
+            f"slide {slide.slide_id}: no bulk fields — none of its {len(bulk)} fields has 8 overlapping "
+            f"neighbours (field size {w:g}×{h:g} µm), so there is nothing to stack"
+        )
+    if bulk.all() and not skip_masking:
+        raise SlideError(f"slide {slide.slide_id}: no edge fields to compute background thresholds from")
+    return bulk

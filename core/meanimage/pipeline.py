@@ -23,7 +23,7 @@ from ..io import storage
 from ..io.slide import Field, Slide, SlideError, read_field
 from ..stack import CountAccumulator, FieldLogRow, MeanImageStack
 from .exposure import correct_exposure, corrected_ceiling
-from .geometry import classify_fields, field_size_um, pixel_scale
+from .geometry import pixel_scale, plannable_fields
 from .masks.combined import (
     FieldMasks,
     MaskRegion,
@@ -95,16 +95,7 @@ def plan_slide(
             params.fold_cut(group.name)
     except ValueError as exc:
         raise SlideError(f"slide {slide.slide_id}: {exc}") from None
-    bulk = tuple(bool(b) for b in classify_fields(slide))
-    if not any(bulk):
-        w, h = field_size_um(slide)
-        raise SlideError(
-            f"slide {slide.slide_id}: no bulk fields — none of its {len(bulk)} fields has 8 overlapping "
-            "neighbours "
-            f"(field size {w:g}×{h:g} µm), so there is nothing to stack"
-        )
-    if all(bulk) and not skip_masking:
-        raise SlideError(f"slide {slide.slide_id}: no edge fields to compute background thresholds from")
+    bulk = tuple(bool(b) for b in plannable_fields(slide, skip_masking))
     if binning is not None and binning not in (1, 2, 4, 8):
         raise ValueError(f"mask binning must be 1, 2, 4 or 8, got {binning}")
     grid = WorkingGrid.auto(pixel_scale(slide), binning)
