@@ -474,20 +474,10 @@ def run_estimate(
             reason = str(exc).removeprefix(where + ": ")
         else:
             return replace(_note_spread(floor), settings=settings)
-        try:
-            found = _estimate_lines(
-                source, replace(settings, method="lines"), known_darkfield, where, started
-            )
-        except EstimateError as exc:
+        found, lines_reason = _determined_lines(source, settings, known_darkfield, where, started)
+        if found is None:
             advice = "" if "--method surface" in reason else DARKFIELD_REFUSED_ADVICE
-            lines_reason = str(exc).removeprefix(where + ": ")
-            raise EstimateError(f"{where}: {reason}; quantile lines: {lines_reason}{advice}") from None
-        if not _determined(found):  # unstable between alternate halves: a refusal, as before this fallback
-            raise EstimateError(
-                f"{where}: {reason}; the quantile lines' flatfield moves by "
-                f"{found.diagnostics['split_half_spread_pct']:.1f} % between alternate halves of the frames"
-                f"{DARKFIELD_REFUSED_ADVICE}"
-            )
+            raise EstimateError(f"{where}: {reason}; {lines_reason}{advice}")
         found.notes.insert(
             0,
             f"the polynomial fit was refused ({reason}); fitted with quantile lines instead (--method lines)",
@@ -506,13 +496,8 @@ def run_estimate(
         floor, why = None, f"the polynomial fit was refused: {str(exc).removeprefix(where + ': ')}"
         # no floor under the frames (brightfield, confluent, an aperture's dark surround): the quantile
         # lines assume no background; they answer if the frames determine them (BENCHMARKS.md, sweep)
-        try:
-            found = _estimate_lines(
-                source, replace(settings, method="lines"), known_darkfield, where, started
-            )
-        except EstimateError:
-            found = None
-        if found is not None and _determined(found):
+        found, _ = _determined_lines(source, settings, known_darkfield, where, started)
+        if found is not None:
             found.notes.insert(0, f"{why}; fitted with quantile lines instead (--method lines)")
             return replace(found, settings=settings)
     try:
@@ -542,11 +527,8 @@ def _prefer_lines_under_an_offset(
     probe = floor.diagnostics.get("offset_probe")
     if not (probe and probe["clear"]):
         return floor
-    try:
-        found = _estimate_lines(source, replace(settings, method="lines"), None, where, time.perf_counter())
-    except EstimateError:
-        return floor
-    if not _determined(found):
+    found, _ = _determined_lines(source, settings, None, where, time.perf_counter())
+    if found is None:
         return floor
     offset_notes = [n for n in floor.notes if n.startswith("the images hold an offset")]
     found.notes[:0] = offset_notes + [
@@ -563,6 +545,23 @@ DARKFIELD_REFUSED_ADVICE = (
     "darkfield is less "
     "reliable: check it)"
 )
+
+
+def _determined_lines(
+    source, settings: EstimateSettings, known_darkfield, where: str, started: float
+) -> tuple[ShadingEstimate | None, str]:
+    """``auto``'s fallback: the quantile lines' estimate if it answers and the frames determine it (its
+    flatfield hardly moves between alternate halves), else None and why not."""
+    try:
+        found = _estimate_lines(source, replace(settings, method="lines"), known_darkfield, where, started)
+    except EstimateError as exc:
+        return None, f"quantile lines: {str(exc).removeprefix(where + ': ')}"
+    if not _determined(found):
+        spread = found.diagnostics["split_half_spread_pct"]
+        return None, (
+            f"the quantile lines' flatfield moves by {spread:.1f} % between alternate halves of the frames"
+        )
+    return found, ""
 
 
 def _determined(result: ShadingEstimate) -> bool:
