@@ -82,7 +82,7 @@ def level_weights(Y: np.ndarray, V: np.ndarray) -> np.ndarray:
     """Each level's precision: 1 / the mean squared difference of its quantile images on alternate frames."""
     a, b = level_images(Y[0::2], V[0::2]), level_images(Y[1::2], V[1::2])
     ok = np.isfinite(a) & np.isfinite(b)
-    difference = np.where(ok, a - b, 0.0)
+    difference = np.where(ok, a, 0.0) - np.where(ok, b, 0.0)  # no ∞ − ∞ at saturated blocks
     variance = (difference**2).sum(axis=1) / np.maximum(ok.sum(axis=1), 1)
     weights = np.where(ok.mean(axis=1) > 0.99, 1 / np.maximum(variance, 1e-30), 0.0)
     if not weights.any():
