@@ -208,3 +208,18 @@ def test_flatfield_only_auto_under_a_clear_offset_folds_it_in_evenly_so_planted_
     planted = estimate_shading(images.astype(np.float32) * shading.astype(np.float32))
     ratio = planted.flatfield.astype(np.float64) / original.flatfield.astype(np.float64)
     assert relative_rms(ratio, shading) <= 0.01
+
+
+def test_a_darkfield_below_zero_on_unsigned_images_is_noted_with_advice():
+    """nanog with --darkfield: the polynomial answers on every frame with a darkfield of about −30 counts,
+    which uint8 images cannot read (the background brightens faster than the frames' levels). The answer
+    stays, but its notes and diagnostics say the darkfield is not the camera's. A stack with a real
+    offset (sparse cells over 100 counts) gets no such note."""
+    images = real_stack("timelapse_nanog")
+    result = estimate_shading(images, darkfield=True)
+    assert result.darkfield.min() < -3
+    assert any("below zero, which images of type uint8 cannot read" in n for n in result.notes), result.notes
+    assert result.diagnostics["negative_darkfield_counts"] == pytest.approx(float(result.darkfield.min()))
+    with_offset, _ = generate_stack(StackConfig(kind="sparse", size=128, n=60, seed=5, darkfield=True))
+    clean = estimate_shading(with_offset, darkfield=True)
+    assert clean.darkfield.min() > 0 and not any("below zero" in n for n in clean.notes), clean.notes

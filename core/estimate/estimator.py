@@ -433,7 +433,38 @@ class ContentError(EstimateError):
 def run_estimate(
     source, settings: EstimateSettings, known_darkfield, where: str = "images"
 ) -> ShadingEstimate:
-    """The estimator over any frame source (memory or Dask): checks, then the chosen method's fit.
+    """The estimator over any frame source (memory or Dask): checks, then the chosen method's fit
+    (:func:`_fit`), whose darkfield is then checked against what the images' type can hold."""
+    return _note_negative_darkfield(_fit(source, settings, known_darkfield, where), source.dtype)
+
+
+#: a fitted darkfield this far below zero (counts, and share of the background level) is noted
+NEGATIVE_DARKFIELD_COUNTS = 3.0
+NEGATIVE_DARKFIELD_SHARE = 0.02
+
+
+def _note_negative_darkfield(result: ShadingEstimate, dtype: np.dtype) -> ShadingEstimate:
+    """Images of an unsigned type cannot read below zero, so no camera offset is negative: a fitted
+    darkfield clearly below zero (BaSiC's nanog timelapse: −34 … −29 counts, from a background that
+    brightens faster than the frames' levels) is not the camera's and has taken part of the signal —
+    said in the notes, with the advice, and recorded in the diagnostics."""
+    if not result.settings.darkfield or np.dtype(dtype).kind != "u":
+        return result
+    lowest = float(np.min(result.darkfield))
+    level = float(np.nanmedian(result.baseline)) if np.isfinite(result.baseline).any() else 0.0
+    if lowest >= -max(NEGATIVE_DARKFIELD_COUNTS, NEGATIVE_DARKFIELD_SHARE * abs(level)):
+        return result
+    result.diagnostics["negative_darkfield_counts"] = lowest
+    result.notes.append(
+        f"the darkfield reaches {lowest:.3g} counts, below zero, which images of type {np.dtype(dtype)} "
+        "cannot read: it is not the camera's offset and the flatfield may be off with it — give the camera "
+        "offset if you know it, or fit without --darkfield"
+    )
+    return result
+
+
+def _fit(source, settings: EstimateSettings, known_darkfield, where: str) -> ShadingEstimate:
+    """Checks, then the chosen method's fit.
 
     Every fit is refitted on alternate halves of its frames (``core.estimate.holdout``); a flatfield
     that moves by more than :data:`~shadeflow.core.estimate.holdout.SPREAD_LIMIT` % between the halves is
