@@ -114,14 +114,43 @@ def downsample_block(block: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
     rounded half to even for integer dtypes.
     """
     out_shape = tuple(n // f for n, f in zip(block.shape, factors))
-    acc = np.zeros(out_shape, np.float32)
-    for offsets in np.ndindex(*factors):
-        view = block[tuple(slice(o, o + f * m, f) for o, f, m in zip(offsets, factors, out_shape))]
-        np.add(acc, view, out=acc, dtype=np.float32)
+    if _exact_sums(block.dtype, factors):
+        acc = _axis_sums(block, factors, out_shape)
+    else:
+        acc = np.zeros(out_shape, np.float32)
+        for offsets in np.ndindex(*factors):
+            view = block[tuple(slice(o, o + f * m, f) for o, f, m in zip(offsets, factors, out_shape))]
+            np.add(acc, view, out=acc, dtype=np.float32)
     acc *= np.float32(1.0 / math.prod(factors))
     if np.dtype(block.dtype).kind in "ui":
         np.rint(acc, out=acc)
     return acc.astype(block.dtype, copy=False)
+
+
+def _exact_sums(dtype: np.dtype, factors: tuple[int, ...]) -> bool:
+    """Whether every float32 sum of ``prod(factors)`` values of ``dtype`` is exact (integers of at most
+    16 bits, at most 256 of them: below 2**24), so the order of the additions cannot change it."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "ui" and dtype.itemsize <= 2 and math.prod(factors) <= 256
+
+
+def _axis_sums(block: np.ndarray, factors: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 block sums, one axis at a time (each pass reads a smaller array than the last, where
+    summing the ``prod(factors)`` strided views one by one reads the whole block every time). Only for
+    :func:`_exact_sums` dtypes: the additions are in another order than :func:`downsample_block`'s
+    general loop, which cannot matter when every sum is exact."""
+    acc: np.ndarray = block[tuple(slice(0, m * f) for m, f in zip(out_shape, factors))]
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        views = [acc[(slice(None),) * axis + (slice(o, None, f),)] for o in range(f)]
+        total = np.add(views[0], views[1], dtype=np.float32)
+        for view in views[2:]:
+            np.add(total, view, out=total)
+        acc = total
+    if acc.dtype != np.float32:  # every factor was 1
+        acc = acc.astype(np.float32)
+    return acc
 
 
 @dataclass(frozen=True)
@@ -302,6 +331,20 @@ def correction_pyramid(
         one fails the computation with a :class:`~shadeflow.core.io.omezarr.TileError` that starts
         with ``where`` (e.g. ``tile URL level 0``) and names the voxels by ``axis_names``.
     """
+    corrected = corrected_level(source, flatfield, background, on_block, where, axis_names)
+    return reduced_levels(corrected, levels, chunks)
+
+
+def corrected_level(
+    source,
+    flatfield: np.ndarray,
+    background: np.ndarray,
+    on_block: Callable[[], None] | None = None,
+    where: str | None = None,
+    axis_names: tuple[str, ...] | None = None,
+):
+    """The corrected level 0 as a Dask array chunked like ``source`` (parameters as
+    :func:`correction_pyramid`)."""
     import dask.array as da
 
     dtype = source.dtype
@@ -313,14 +356,86 @@ def correction_pyramid(
         else None
     )
     if on_block is None and check is None:
-        corrected = da.map_blocks(
-            correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct"
+        return da.map_blocks(correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct")
+    # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
+    chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
+    return da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
+
+
+def stored_pyramid(level0, levels: list[PyramidLevel], targets: list) -> list:
+    """Dask arrays whose computation writes ``level0`` and the coarser ``levels`` into ``targets`` (zarr
+    arrays, one per level); they hold no data (every block is empty), so computing them returns
+    nothing worth gathering.
+
+    The same levels as :func:`reduced_levels` (stored with ``dask.array.store``), in fewer tasks: the
+    task that writes a block of level k also reduces it to its piece of level k+1 (so a corrected
+    chunk is read, corrected, written and halved in one task, and the pyramid never goes back to
+    storage). Each level is handed over in blocks of its target's shards (or chunks), so no two tasks
+    write into the same one; where a level's blocks cannot be reduced whole (a block size not a
+    multiple of the next factor), that level is written by its own tasks and reduced from aligned
+    blocks, as :func:`reduced_levels` does.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    dtype = level0.dtype
+    # given, so Dask does not call the writing functions on empty arrays to find out what they return
+    meta = np.empty((0,) * level0.ndim, dtype)
+    sinks = []
+    current = level0
+    for k, (level, target) in enumerate(zip(levels, targets)):
+        blocks = da.core.normalize_chunks(
+            tuple(max(1, min(c, n)) for c, n in zip(target.shards or target.chunks, level.shape)), level.shape
         )
-    else:
-        # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
-        chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
-        corrected = da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
-    return reduced_levels(corrected, levels, chunks)
+        if current.chunks != blocks:
+            current = current.rechunk(blocks)
+        name = f"shadeflow-write-{tokenize(current.name, str(target.store_path), level.shape)}"
+        following = levels[k + 1] if k + 1 < len(levels) else None
+        if following is None or not _reducible(current.chunks, following.factors):
+            empty = tuple((0,) * len(sizes) for sizes in current.chunks)
+            write = functools.partial(_write_block, target=target, factors=None)
+            sinks.append(da.map_blocks(write, current, chunks=empty, meta=meta, name=name))
+            if following is None:
+                break
+            aligned = current.rechunk(_aligned_chunks(current.chunks, following.factors))
+            down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(aligned.chunks, following.factors))
+            reduced = da.map_blocks(
+                downsample_block,
+                aligned,
+                following.factors,
+                chunks=down,
+                dtype=dtype,
+                token="shadeflow-downsample",
+            )
+            # an odd last block drops its trailing row (floor); drop the empty blocks a 1-pixel remainder
+            # leaves (only their reduction is culled: their data is written by the tasks above)
+            if any(0 in sizes for sizes in down):
+                reduced = reduced[tuple(slice(0, n) for n in following.shape)]
+        else:
+            down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(current.chunks, following.factors))
+            write = functools.partial(_write_block, target=target, factors=following.factors)
+            reduced = da.map_blocks(write, current, chunks=down, meta=meta, name=name)
+        current = reduced
+    return sinks
+
+
+def _reducible(chunks: tuple[tuple[int, ...], ...], factors: tuple[int, ...]) -> bool:
+    """Every block reduces on its own to a non-empty piece of the next level: all blocks but the last
+    along each axis are multiples of that axis's factor, and the last is at least the factor. (An empty
+    piece would be dropped from the next level, and with it the task that writes its block.)"""
+    return all(
+        f == 1 or (all(s % f == 0 for s in sizes[:-1]) and sizes[-1] >= f)
+        for sizes, f in zip(chunks, factors)
+    )
+
+
+def _write_block(block: np.ndarray, *, target, factors, block_info=None) -> np.ndarray:
+    """Write ``block`` where it belongs in ``target``; return its block mean over ``factors`` (the next
+    level's piece), or an empty array when there is no next level."""
+    target[tuple(slice(lo, hi) for lo, hi in block_info[0]["array-location"])] = block
+    if factors is None:
+        return np.empty((0,) * block.ndim, block.dtype)
+    return downsample_block(block, factors)
 
 
 def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:
