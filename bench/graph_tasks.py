@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/graph_tasks.py [--rate]
 
-Builds the graph ``correct`` computes for a tile (``core.correct.graph.corrected_level`` written by
-``stored_pyramid`` into zarr arrays, 4 output levels, z halved from level 2, chunks 64×256×256 uint16 = 8 MiB)
-for three tile shapes, lets Dask optimise it as ``compute`` would, and prints the tasks per input chunk.
+Builds the graph ``correct`` computes for a tile (``core.correct.graph.stored_correction``: corrected
+and written into zarr arrays, 4 output levels, z halved from level 2, chunks 64×256×256 uint16 =
+8 MiB) for three tile shapes, lets Dask optimise it as ``compute`` would, and prints the tasks per
+input chunk (the flatfield's pieces, literals in the graph, are counted too).
 With ``--rate`` it also times a graph of tiny independent tasks on a local scheduler with two
 single-thread worker processes: tasks per second the scheduler sustains on this machine (a lower bound
 when other work shares the cores; the load average is printed).
@@ -21,7 +22,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from shadeflow.core.correct.graph import corrected_level, plan_pyramid, select_axes, stored_pyramid
+from shadeflow.core.correct.graph import plan_pyramid, select_axes, stored_correction
 
 CHUNKS = (64, 256, 256)
 
@@ -35,7 +36,7 @@ def tasks_per_chunk(shape: tuple[int, int, int]) -> tuple[int, int]:
         zarr.zeros(store=zarr.storage.MemoryStore(), shape=lv.shape, chunks=CHUNKS, dtype=np.uint16)
         for lv in levels
     ]
-    sinks = stored_pyramid(corrected_level(source, plane, 0 * plane), levels, targets)
+    sinks = stored_correction(source, plane, 0 * plane, levels, targets)
     graph: dict = {}
     for collection in dask.optimize(*sinks):
         graph.update(dict(collection.__dask_graph__()))

@@ -16,12 +16,14 @@ from shadeflow.core.correct.flatfield_sources import (
     resample_field,
 )
 from shadeflow.core.correct.graph import (
+    correct_and_reduce_block,
     correct_block,
     corrected_level,
     correction_pyramid,
     downsample_block,
     plan_pyramid,
     select_axes,
+    stored_correction,
     stored_pyramid,
 )
 
@@ -114,12 +116,39 @@ def test_stored_pyramid_writes_the_levels_of_correction_pyramid(shape, chunks, z
     outputs = correction_pyramid(source, ff, bg, levels, [t.chunks for t in expected])
     dask.compute(da.store(outputs, expected, lock=False, compute=False), scheduler="threads")
     sinks = stored_pyramid(corrected_level(source, ff, bg), levels, written)
+    fused = targets()  # correction, level 0 and its reduction in one task per chunk where it can
+    sinks += stored_correction(source, ff, bg, levels, fused)
     assert all(0 in sink.shape for sink in sinks)  # nothing to gather
     dask.compute(*sinks, scheduler="threads")
     np.testing.assert_array_equal(written[0][...], correct_block(x, ff, bg))
-    for level, want, got in zip(levels, expected, written):
-        assert got.shape == level.shape
+    for level, want, got, got_fused in zip(levels, expected, written, fused):
+        assert got.shape == got_fused.shape == level.shape
         np.testing.assert_array_equal(got[...], want[...])
+        np.testing.assert_array_equal(got_fused[...], want[...])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("factors", [(1, 1, 1, 2, 2), (1, 1, 2, 2, 2), (1, 1, 2, 1, 2)])
+def test_correct_and_reduce_block_is_correct_then_downsample(dtype, factors):
+    # a (t, c, z, y, x) block with one flatfield and background per channel, odd z, y and x (the
+    # trailing plane, row and column are dropped from the reduction), and values that clip at both ends
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(6)
+    x = rng.integers(info.min, info.max, (2, 3, 5, 17, 19), endpoint=True).astype(dtype)
+    ff = rng.uniform(0.2, 1.8, (1, 3, 1, 17, 19)).astype(np.float32)
+    bg = rng.uniform(0, 50, (1, 3, 1, 1, 1)).astype(np.float32)
+    out, piece = correct_and_reduce_block(x, ff, bg, factors)
+    expected = correct_block(x, ff, bg)
+    assert (expected == info.max).any() and (expected == info.min).any()
+    np.testing.assert_array_equal(out, expected)
+    assert piece.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(piece, downsample_block(expected, factors))
+
+
+def test_correct_and_reduce_block_refuses_sums_that_are_not_exact():
+    x = np.ones((2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="not exact"):
+        correct_and_reduce_block(x, np.ones((1, 4, 4), np.float32), 0.0, (2, 2, 2))
 
 
 def test_pyramid_halves_z_only_while_voxels_stay_within_2_to_1():

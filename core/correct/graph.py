@@ -82,13 +82,46 @@ def correct_block(
     >>> correct_block(np.array([[110, 210]], np.uint16), np.array([[0.5, 2.0]], np.float32), 10.0)
     array([[200, 100]], dtype=uint16)
     """
+    return _correct_planes(block, flatfield, background, np.dtype(dtype or block.dtype), None)[0]
+
+
+def correct_and_reduce_block(
+    block: np.ndarray,
+    flatfield: np.ndarray,
+    background: np.ndarray | float,
+    factors: tuple[int, ...],
+    dtype: np.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``correct_block(block, …)`` and ``downsample_block`` of it over ``factors``, in one pass: each
+    corrected plane is reduced while it is in the cache instead of reading the corrected chunk again.
+
+    Only for outputs whose block sums are exact in float32 (integers of at most 16 bits): the sums
+    are then gathered plane by plane, in another order than :func:`downsample_block`'s, with the same
+    result.
+    """
     dtype = np.dtype(dtype or block.dtype)
+    if not _exact_sums(dtype, factors):
+        raise ValueError(f"block sums of {dtype} over {factors} are not exact in float32; reduce separately")
+    out, acc = _correct_planes(block, flatfield, background, dtype, factors)
+    acc *= np.float32(1.0 / math.prod(factors))
+    np.rint(acc, out=acc)
+    return out, acc.astype(dtype)
+
+
+def _correct_planes(block, flatfield, background, dtype: np.dtype, factors) -> tuple[np.ndarray, np.ndarray]:
+    """The corrected block and, for ``factors``, the float32 block sums of it (else ``None``)."""
     flatfield, background = (
         _leading_ones(np.asarray(a, np.float32), block.ndim) for a in (flatfield, background)
     )
     limits = dtype_range(dtype)
     out = np.empty(block.shape, dtype)
     plane = np.empty(block.shape[-2:], np.float32)
+    acc = None
+    if factors is not None:
+        reduced = tuple(n // f for n, f in zip(block.shape, factors))
+        acc = np.zeros(reduced, np.float32)
+        lead, yx = factors[:-2], factors[-2:]
+        kept = tuple(m * f for m, f in zip(reduced[:-2], lead))  # planes past the last whole block: dropped
     for index in np.ndindex(block.shape[:-2]):
         # pick the matching (y, x) plane of the flatfield and background (size-1 axes broadcast)
         ff = flatfield[tuple(i if n > 1 else 0 for i, n in zip(index, flatfield.shape[:-2]))]
@@ -99,7 +132,11 @@ def correct_block(
             np.rint(plane, out=plane)
             np.clip(plane, limits[0], limits[1], out=plane)
         out[index] = plane
-    return out
+        if acc is not None and all(i < k for i, k in zip(index, kept)):
+            # sums of the stored values (exact), added to the block they belong to
+            slot = acc[tuple(i // f for i, f in zip(index, lead))]
+            np.add(slot, _axis_sums(out[index], yx, slot.shape), out=slot)
+    return out, acc
 
 
 def _leading_ones(a: np.ndarray, ndim: int) -> np.ndarray:
@@ -360,6 +397,64 @@ def corrected_level(
     # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
     chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
     return da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
+
+
+def stored_correction(
+    source,
+    flatfield: np.ndarray,
+    background: np.ndarray,
+    levels: list[PyramidLevel],
+    targets: list,
+    on_block: Callable[[], None] | None = None,
+    where: str | None = None,
+    axis_names: tuple[str, ...] | None = None,
+) -> list:
+    """Dask arrays whose computation corrects ``source`` and writes it and its coarser ``levels`` into
+    ``targets`` (zarr arrays, one per level); parameters as :func:`correction_pyramid`, result as
+    :func:`stored_pyramid`.
+
+    Where it can, one task per chunk reads it, corrects it, writes it and reduces it to its piece of
+    level 1 (:func:`correct_and_reduce_block`: integer tiles of at most 16 bits, the input's blocks
+    those of level 0's target, and blocks that halve whole); otherwise the corrected level is handed
+    to :func:`stored_pyramid`.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    dtype = np.dtype(source.dtype)
+    target = targets[0]
+    blocks = da.core.normalize_chunks(
+        tuple(max(1, min(c, n)) for c, n in zip(target.shards or target.chunks, source.shape)), source.shape
+    )
+    factors = levels[1].factors if len(levels) > 1 else None
+    if (
+        factors is None
+        or source.chunks != blocks
+        or not _exact_sums(dtype, factors)
+        or not _reducible(source.chunks, factors)
+    ):
+        corrected = corrected_level(source, flatfield, background, on_block, where, axis_names)
+        return stored_pyramid(corrected, levels, targets)
+    ff = chunked_constant(np.asarray(flatfield, np.float32), source.chunks)
+    bg = chunked_constant(np.asarray(background, np.float32), source.chunks)
+    down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(source.chunks, factors))
+    name = f"shadeflow-correct-write-{tokenize(source.name, ff.name, bg.name, str(target.store_path))}"
+    task = functools.partial(_correct_write_block, target=target, factors=factors, on_block=on_block)
+    pieces = da.map_blocks(
+        task, source, ff, bg, chunks=down, meta=np.empty((0,) * source.ndim, dtype), name=name
+    )
+    return stored_pyramid(pieces, levels[1:], targets[1:])
+
+
+def _correct_write_block(
+    block, flatfield, background, *, target, factors, on_block, block_info=None
+) -> np.ndarray:
+    """Correct a chunk, write it where it belongs in ``target`` and return its piece of the next level."""
+    out, piece = correct_and_reduce_block(block, flatfield, background, factors)
+    target[tuple(slice(lo, hi) for lo, hi in block_info[0]["array-location"])] = out
+    if on_block is not None:
+        on_block()
+    return piece
 
 
 def stored_pyramid(level0, levels: list[PyramidLevel], targets: list) -> list:

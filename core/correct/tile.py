@@ -64,7 +64,7 @@ from .flatfield_sources import (
     model_flatfield,
     parse_channel_map,
 )
-from .graph import corrected_level, graph_constants_allowed, plan_pyramid, select_axes, stored_pyramid
+from .graph import graph_constants_allowed, plan_pyramid, select_axes, stored_correction
 from .tiff_output import (
     read_tiff_manifest,
     remove_tiff_output,
@@ -579,11 +579,11 @@ def run_tile(
         # written in blocks of the arrays' shards (or chunks), so no two tasks write into the same one;
         # float tiles: each chunk checked for NaN / ±inf as it streams
         where = f"tile {plan.tile} level {level.path}"
-        corrected = corrected_level(
-            source, ff, bg, on_block=on_block, where=where, axis_names=image.axis_names
+        stores = stored_correction(
+            source, ff, bg, pyramid, targets, on_block=on_block, where=where, axis_names=image.axis_names
         )
         with graph_constants_allowed():
-            compute(*stored_pyramid(corrected, pyramid, targets))
+            compute(*stores)
         write_multiscales(
             group,
             image.axes,
