@@ -13,6 +13,11 @@ The pyramid halves y and x at every level and z too where the voxel size allows 
 rounded back to the tile's dtype. Level k is built from level k−1's Dask array, so level 0 is read
 from storage once and never held whole: every task touches one chunk (or the few chunks of one
 coarser chunk).
+
+Two ways to the same voxels: :func:`correction_pyramid` returns every level as a Dask array (the
+OME-TIFF writer takes level 0 from it); :func:`stored_correction` writes the levels into zarr arrays
+itself, the task that writes a block also reducing it for the next level, so that a chunk is read,
+corrected, written and halved in one task (the OME-Zarr path).
 """
 
 from __future__ import annotations
