@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/graph_tasks.py [--rate]
 
-Builds the graph ``correct`` computes for a tile (``core.correct.graph.correction_pyramid`` stored with
-``da.store`` into zarr arrays, 4 output levels, z halved from level 2, chunks 64×256×256 uint16 = 8 MiB)
-for three tile shapes, lets Dask optimise it as ``compute`` would, and prints the tasks per input chunk.
+Builds the graph ``correct`` computes for a tile (``core.correct.graph.stored_correction``: corrected
+and written into zarr arrays, 4 output levels, z halved from level 2, chunks 64×256×256 uint16 =
+8 MiB) for three tile shapes, lets Dask optimise it as ``compute`` would, and prints the tasks per
+input chunk (the flatfield's pieces, literals in the graph, are counted too).
 With ``--rate`` it also times a graph of tiny independent tasks on a local scheduler with two
 single-thread worker processes: tasks per second the scheduler sustains on this machine (a lower bound
 when other work shares the cores; the load average is printed).
@@ -21,7 +22,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from shadeflow.core.correct.graph import correction_pyramid, plan_pyramid, select_axes
+from shadeflow.core.correct.graph import plan_pyramid, select_axes, stored_correction
 
 CHUNKS = (64, 256, 256)
 
@@ -31,14 +32,13 @@ def tasks_per_chunk(shape: tuple[int, int, int]) -> tuple[int, int]:
     levels = select_axes(plan_pyramid((1, 1, *shape), (1, 1, 2.0, 0.75, 0.75), (0.0,) * 5, 4), [2, 3, 4])
     source = da.zeros(shape, dtype=np.uint16, chunks=CHUNKS)
     plane = np.ones((1, *shape[1:]), np.float32)
-    outputs = correction_pyramid(source, plane, 0 * plane, levels, CHUNKS)
     targets = [
-        zarr.zeros(store=zarr.storage.MemoryStore(), shape=o.shape, chunks=CHUNKS, dtype=o.dtype)
-        for o in outputs
+        zarr.zeros(store=zarr.storage.MemoryStore(), shape=lv.shape, chunks=CHUNKS, dtype=np.uint16)
+        for lv in levels
     ]
-    stored = da.store(outputs, targets, lock=False, compute=False)
+    sinks = stored_correction(source, plane, 0 * plane, levels, targets)
     graph: dict = {}
-    for collection in dask.optimize(*(stored if isinstance(stored, tuple) else (stored,))):
+    for collection in dask.optimize(*sinks):
         graph.update(dict(collection.__dask_graph__()))
     return source.npartitions, len(graph)
 

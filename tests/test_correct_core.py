@@ -15,7 +15,17 @@ from shadeflow.core.correct.flatfield_sources import (
     parse_channel_map,
     resample_field,
 )
-from shadeflow.core.correct.graph import correct_block, downsample_block, plan_pyramid
+from shadeflow.core.correct.graph import (
+    correct_and_reduce_block,
+    correct_block,
+    corrected_level,
+    correction_pyramid,
+    downsample_block,
+    plan_pyramid,
+    select_axes,
+    stored_correction,
+    stored_pyramid,
+)
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
@@ -47,6 +57,98 @@ def test_downsample_block_means_keep_dtype_and_floor():
     np.testing.assert_array_equal(out, expected)
     f = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
     assert downsample_block(f, (2, 2, 2))[0, 0, 0] == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16"])
+@pytest.mark.parametrize("factors", [(1, 2, 2), (2, 2, 2), (2, 1, 2), (2, 2, 1), (1, 1, 1)])
+def test_downsample_block_of_16_bit_data_is_the_exact_rounded_mean(dtype, factors):
+    # integer data up to 16 bits takes a shortcut (sums one axis at a time); its float32 sums must be
+    # exact, so it must equal the mean computed in float64 and rounded half to even, extremes included
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(4)
+    x = rng.integers(info.min, int(info.max) + 1, (7, 10, 13), dtype=np.int64).astype(dtype)
+    x[:2, :2, :2] = info.max  # the largest sums
+    x[2:4, 2:4, 2:4] = info.min
+    out = downsample_block(x, factors)
+    m = tuple(n // f for n, f in zip(x.shape, factors))
+    trimmed = x[tuple(slice(0, n * f) for n, f in zip(m, factors))].astype(np.float64)
+    blocks = trimmed.reshape(m[0], factors[0], m[1], factors[1], m[2], factors[2])
+    assert out.dtype == np.dtype(dtype) and out.shape == m
+    np.testing.assert_array_equal(out, np.rint(blocks.mean(axis=(1, 3, 5))).astype(dtype))
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunks", "z_scale", "dtype"),
+    [
+        ((32, 64, 64), (16, 16, 16), 2.0, "uint16"),  # z kept at level 1, halved from level 2
+        ((33, 50, 67), (16, 16, 16), 2.0, "uint16"),  # odd remainders, a 1-plane last block
+        ((33, 50, 67), (15, 15, 16), 1.0, "uint16"),  # blocks that do not halve: aligned by rechunking
+        ((33, 50, 67), (16, 16, 16), 1.0, "float32"),
+    ],
+)
+def test_stored_pyramid_writes_the_levels_of_correction_pyramid(shape, chunks, z_scale, dtype):
+    """The fused graph (each task writes its block and reduces it for the next level) writes exactly
+    what the level-by-level graph stored with dask.array.store writes."""
+    import dask
+    import dask.array as da
+    import zarr
+
+    rng = np.random.default_rng(5)
+    x = (rng.random(shape) * 3000).astype(dtype)
+    ff = rng.uniform(0.5, 1.5, (1, *shape[1:])).astype(np.float32)
+    bg = np.full((1, 1, 1), 100, np.float32)
+    levels = select_axes(plan_pyramid((1, 1, *shape), (1, 1, z_scale, 1.0, 1.0), (0.0,) * 5, 4), [2, 3, 4])
+
+    def targets():
+        return [
+            zarr.create_array(
+                zarr.storage.MemoryStore(),
+                shape=lv.shape,
+                chunks=tuple(min(c, n) for c, n in zip(chunks, lv.shape)),
+                dtype=dtype,
+                fill_value=0,
+            )
+            for lv in levels
+        ]
+
+    source = da.from_array(x, chunks=chunks)
+    expected, written = targets(), targets()
+    outputs = correction_pyramid(source, ff, bg, levels, [t.chunks for t in expected])
+    dask.compute(da.store(outputs, expected, lock=False, compute=False), scheduler="threads")
+    sinks = stored_pyramid(corrected_level(source, ff, bg), levels, written)
+    fused = targets()  # correction, level 0 and its reduction in one task per chunk where it can
+    sinks += stored_correction(source, ff, bg, levels, fused)
+    assert all(0 in sink.shape for sink in sinks)  # nothing to gather
+    dask.compute(*sinks, scheduler="threads")
+    np.testing.assert_array_equal(written[0][...], correct_block(x, ff, bg))
+    for level, want, got, got_fused in zip(levels, expected, written, fused):
+        assert got.shape == got_fused.shape == level.shape
+        np.testing.assert_array_equal(got[...], want[...])
+        np.testing.assert_array_equal(got_fused[...], want[...])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+@pytest.mark.parametrize("factors", [(1, 1, 1, 2, 2), (1, 1, 2, 2, 2), (1, 1, 2, 1, 2)])
+def test_correct_and_reduce_block_is_correct_then_downsample(dtype, factors):
+    # a (t, c, z, y, x) block with one flatfield and background per channel, odd z, y and x (the
+    # trailing plane, row and column are dropped from the reduction), and values that clip at both ends
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(6)
+    x = rng.integers(info.min, info.max, (2, 3, 5, 17, 19), endpoint=True).astype(dtype)
+    ff = rng.uniform(0.2, 1.8, (1, 3, 1, 17, 19)).astype(np.float32)
+    bg = rng.uniform(0, 50, (1, 3, 1, 1, 1)).astype(np.float32)
+    out, piece = correct_and_reduce_block(x, ff, bg, factors)
+    expected = correct_block(x, ff, bg)
+    assert (expected == info.max).any() and (expected == info.min).any()
+    np.testing.assert_array_equal(out, expected)
+    assert piece.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(piece, downsample_block(expected, factors))
+
+
+def test_correct_and_reduce_block_refuses_sums_that_are_not_exact():
+    x = np.ones((2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="not exact"):
+        correct_and_reduce_block(x, np.ones((1, 4, 4), np.float32), 0.0, (2, 2, 2))
 
 
 def test_pyramid_halves_z_only_while_voxels_stay_within_2_to_1():

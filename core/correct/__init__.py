@@ -6,7 +6,7 @@
   itself (``model_flatfield``, ``file_flatfield``, ``estimate_flatfield``).
 - :mod:`.background`: the background subtracted before dividing (``estimate_background``).
 - :mod:`.graph`: the correction chunk by chunk and its pyramid, as one Dask graph
-  (``correction_pyramid``).
+  (``stored_correction`` writes it into zarr arrays; ``correction_pyramid`` returns its levels).
 - :mod:`.tiff_output`: a TIFF tile's output, one OME-TIFF file with its pyramid in SubIFDs, renamed
   into place when whole (``write_corrected_tiff``, ``tiff_output_state``).
 """

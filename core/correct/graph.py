@@ -13,6 +13,11 @@ The pyramid halves y and x at every level and z too where the voxel size allows 
 rounded back to the tile's dtype. Level k is built from level k−1's Dask array, so level 0 is read
 from storage once and never held whole: every task touches one chunk (or the few chunks of one
 coarser chunk).
+
+Two ways to the same voxels: :func:`correction_pyramid` returns every level as a Dask array (the
+OME-TIFF writer takes level 0 from it); :func:`stored_correction` writes the levels into zarr arrays
+itself, the task that writes a block also reducing it for the next level, so that a chunk is read,
+corrected, written and halved in one task (the OME-Zarr path).
 """
 
 from __future__ import annotations
@@ -82,13 +87,46 @@ def correct_block(
     >>> correct_block(np.array([[110, 210]], np.uint16), np.array([[0.5, 2.0]], np.float32), 10.0)
     array([[200, 100]], dtype=uint16)
     """
+    return _correct_planes(block, flatfield, background, np.dtype(dtype or block.dtype), None)[0]
+
+
+def correct_and_reduce_block(
+    block: np.ndarray,
+    flatfield: np.ndarray,
+    background: np.ndarray | float,
+    factors: tuple[int, ...],
+    dtype: np.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``correct_block(block, …)`` and ``downsample_block`` of it over ``factors``, in one pass: each
+    corrected plane is reduced while it is in the cache instead of reading the corrected chunk again.
+
+    Only for outputs whose block sums are exact in float32 (integers of at most 16 bits): the sums
+    are then gathered plane by plane, in another order than :func:`downsample_block`'s, with the same
+    result.
+    """
     dtype = np.dtype(dtype or block.dtype)
+    if not _exact_sums(dtype, factors):
+        raise ValueError(f"block sums of {dtype} over {factors} are not exact in float32; reduce separately")
+    out, acc = _correct_planes(block, flatfield, background, dtype, factors)
+    acc *= np.float32(1.0 / math.prod(factors))
+    np.rint(acc, out=acc)
+    return out, acc.astype(dtype)
+
+
+def _correct_planes(block, flatfield, background, dtype: np.dtype, factors) -> tuple[np.ndarray, np.ndarray]:
+    """The corrected block and, for ``factors``, the float32 block sums of it (else ``None``)."""
     flatfield, background = (
         _leading_ones(np.asarray(a, np.float32), block.ndim) for a in (flatfield, background)
     )
     limits = dtype_range(dtype)
     out = np.empty(block.shape, dtype)
     plane = np.empty(block.shape[-2:], np.float32)
+    acc = None
+    if factors is not None:
+        reduced = tuple(n // f for n, f in zip(block.shape, factors))
+        acc = np.zeros(reduced, np.float32)
+        lead, yx = factors[:-2], factors[-2:]
+        kept = tuple(m * f for m, f in zip(reduced[:-2], lead))  # planes past the last whole block: dropped
     for index in np.ndindex(block.shape[:-2]):
         # pick the matching (y, x) plane of the flatfield and background (size-1 axes broadcast)
         ff = flatfield[tuple(i if n > 1 else 0 for i, n in zip(index, flatfield.shape[:-2]))]
@@ -99,7 +137,11 @@ def correct_block(
             np.rint(plane, out=plane)
             np.clip(plane, limits[0], limits[1], out=plane)
         out[index] = plane
-    return out
+        if acc is not None and all(i < k for i, k in zip(index, kept)):
+            # sums of the stored values (exact), added to the block they belong to
+            slot = acc[tuple(i // f for i, f in zip(index, lead))]
+            np.add(slot, _axis_sums(out[index], yx, slot.shape), out=slot)
+    return out, acc
 
 
 def _leading_ones(a: np.ndarray, ndim: int) -> np.ndarray:
@@ -114,14 +156,43 @@ def downsample_block(block: np.ndarray, factors: tuple[int, ...]) -> np.ndarray:
     rounded half to even for integer dtypes.
     """
     out_shape = tuple(n // f for n, f in zip(block.shape, factors))
-    acc = np.zeros(out_shape, np.float32)
-    for offsets in np.ndindex(*factors):
-        view = block[tuple(slice(o, o + f * m, f) for o, f, m in zip(offsets, factors, out_shape))]
-        np.add(acc, view, out=acc, dtype=np.float32)
+    if _exact_sums(block.dtype, factors):
+        acc = _axis_sums(block, factors, out_shape)
+    else:
+        acc = np.zeros(out_shape, np.float32)
+        for offsets in np.ndindex(*factors):
+            view = block[tuple(slice(o, o + f * m, f) for o, f, m in zip(offsets, factors, out_shape))]
+            np.add(acc, view, out=acc, dtype=np.float32)
     acc *= np.float32(1.0 / math.prod(factors))
     if np.dtype(block.dtype).kind in "ui":
         np.rint(acc, out=acc)
     return acc.astype(block.dtype, copy=False)
+
+
+def _exact_sums(dtype: np.dtype, factors: tuple[int, ...]) -> bool:
+    """Whether every float32 sum of ``prod(factors)`` values of ``dtype`` is exact (integers of at most
+    16 bits, at most 256 of them: below 2**24), so the order of the additions cannot change it."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "ui" and dtype.itemsize <= 2 and math.prod(factors) <= 256
+
+
+def _axis_sums(block: np.ndarray, factors: tuple[int, ...], out_shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 block sums, one axis at a time (each pass reads a smaller array than the last, where
+    summing the ``prod(factors)`` strided views one by one reads the whole block every time). Only for
+    :func:`_exact_sums` dtypes: the additions are in another order than :func:`downsample_block`'s
+    general loop, which cannot matter when every sum is exact."""
+    acc: np.ndarray = block[tuple(slice(0, m * f) for m, f in zip(out_shape, factors))]
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        views = [acc[(slice(None),) * axis + (slice(o, None, f),)] for o in range(f)]
+        total = np.add(views[0], views[1], dtype=np.float32)
+        for view in views[2:]:
+            np.add(total, view, out=total)
+        acc = total
+    if acc.dtype != np.float32:  # every factor was 1
+        acc = acc.astype(np.float32)
+    return acc
 
 
 @dataclass(frozen=True)
@@ -302,6 +373,20 @@ def correction_pyramid(
         one fails the computation with a :class:`~shadeflow.core.io.omezarr.TileError` that starts
         with ``where`` (e.g. ``tile URL level 0``) and names the voxels by ``axis_names``.
     """
+    corrected = corrected_level(source, flatfield, background, on_block, where, axis_names)
+    return reduced_levels(corrected, levels, chunks)
+
+
+def corrected_level(
+    source,
+    flatfield: np.ndarray,
+    background: np.ndarray,
+    on_block: Callable[[], None] | None = None,
+    where: str | None = None,
+    axis_names: tuple[str, ...] | None = None,
+):
+    """The corrected level 0 as a Dask array chunked like ``source`` (parameters as
+    :func:`correction_pyramid`)."""
     import dask.array as da
 
     dtype = source.dtype
@@ -313,14 +398,144 @@ def correction_pyramid(
         else None
     )
     if on_block is None and check is None:
-        corrected = da.map_blocks(
-            correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct"
+        return da.map_blocks(correct_block, source, ff, bg, dtype, dtype=dtype, token="shadeflow-correct")
+    # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
+    chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
+    return da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
+
+
+def stored_correction(
+    source,
+    flatfield: np.ndarray,
+    background: np.ndarray,
+    levels: list[PyramidLevel],
+    targets: list,
+    on_block: Callable[[], None] | None = None,
+    where: str | None = None,
+    axis_names: tuple[str, ...] | None = None,
+) -> list:
+    """Dask arrays whose computation corrects ``source`` and writes it and its coarser ``levels`` into
+    ``targets`` (zarr arrays, one per level); parameters as :func:`correction_pyramid`, result as
+    :func:`stored_pyramid`.
+
+    Where it can, one task per chunk reads it, corrects it, writes it and reduces it to its piece of
+    level 1 (:func:`correct_and_reduce_block`: integer tiles of at most 16 bits, the input's blocks
+    those of level 0's target, and blocks that halve whole); otherwise the corrected level is handed
+    to :func:`stored_pyramid`.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    dtype = np.dtype(source.dtype)
+    target = targets[0]
+    blocks = da.core.normalize_chunks(
+        tuple(max(1, min(c, n)) for c, n in zip(target.shards or target.chunks, source.shape)), source.shape
+    )
+    factors = levels[1].factors if len(levels) > 1 else None
+    if (
+        factors is None
+        or source.chunks != blocks
+        or not _exact_sums(dtype, factors)
+        or not _reducible(source.chunks, factors)
+    ):
+        corrected = corrected_level(source, flatfield, background, on_block, where, axis_names)
+        return stored_pyramid(corrected, levels, targets)
+    ff = chunked_constant(np.asarray(flatfield, np.float32), source.chunks)
+    bg = chunked_constant(np.asarray(background, np.float32), source.chunks)
+    down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(source.chunks, factors))
+    name = f"shadeflow-correct-write-{tokenize(source.name, ff.name, bg.name, str(target.store_path))}"
+    task = functools.partial(_correct_write_block, target=target, factors=factors, on_block=on_block)
+    pieces = da.map_blocks(
+        task, source, ff, bg, chunks=down, meta=np.empty((0,) * source.ndim, dtype), name=name
+    )
+    return stored_pyramid(pieces, levels[1:], targets[1:])
+
+
+def _correct_write_block(
+    block, flatfield, background, *, target, factors, on_block, block_info=None
+) -> np.ndarray:
+    """Correct a chunk, write it where it belongs in ``target`` and return its piece of the next level."""
+    out, piece = correct_and_reduce_block(block, flatfield, background, factors)
+    target[tuple(slice(lo, hi) for lo, hi in block_info[0]["array-location"])] = out
+    if on_block is not None:
+        on_block()
+    return piece
+
+
+def stored_pyramid(level0, levels: list[PyramidLevel], targets: list) -> list:
+    """Dask arrays whose computation writes ``level0`` and the coarser ``levels`` into ``targets`` (zarr
+    arrays, one per level); they hold no data (every block is empty), so computing them returns
+    nothing worth gathering.
+
+    The same levels as :func:`reduced_levels` (stored with ``dask.array.store``), in fewer tasks: the
+    task that writes a block of level k also reduces it to its piece of level k+1 (so a corrected
+    chunk is read, corrected, written and halved in one task, and the pyramid never goes back to
+    storage). Each level is handed over in blocks of its target's shards (or chunks), so no two tasks
+    write into the same one; where a level's blocks cannot be reduced whole (a block size not a
+    multiple of the next factor), that level is written by its own tasks and reduced from aligned
+    blocks, as :func:`reduced_levels` does.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    dtype = level0.dtype
+    # given, so Dask does not call the writing functions on empty arrays to find out what they return
+    meta = np.empty((0,) * level0.ndim, dtype)
+    sinks = []
+    current = level0
+    for k, (level, target) in enumerate(zip(levels, targets)):
+        blocks = da.core.normalize_chunks(
+            tuple(max(1, min(c, n)) for c, n in zip(target.shards or target.chunks, level.shape)), level.shape
         )
-    else:
-        # bound, not passed as arguments: Dask would walk a tuple argument looking for tasks and keys
-        chunk = functools.partial(_correct_chunk, dtype=dtype, on_block=on_block, check=check)
-        corrected = da.map_blocks(chunk, source, ff, bg, dtype=dtype, token="shadeflow-correct")
-    return reduced_levels(corrected, levels, chunks)
+        if current.chunks != blocks:
+            current = current.rechunk(blocks)
+        name = f"shadeflow-write-{tokenize(current.name, str(target.store_path), level.shape)}"
+        following = levels[k + 1] if k + 1 < len(levels) else None
+        if following is None or not _reducible(current.chunks, following.factors):
+            empty = tuple((0,) * len(sizes) for sizes in current.chunks)
+            write = functools.partial(_write_block, target=target, factors=None)
+            sinks.append(da.map_blocks(write, current, chunks=empty, meta=meta, name=name))
+            if following is None:
+                break
+            aligned = current.rechunk(_aligned_chunks(current.chunks, following.factors))
+            down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(aligned.chunks, following.factors))
+            reduced = da.map_blocks(
+                downsample_block,
+                aligned,
+                following.factors,
+                chunks=down,
+                dtype=dtype,
+                token="shadeflow-downsample",
+            )
+            # an odd last block drops its trailing row (floor); drop the empty blocks a 1-pixel remainder
+            # leaves (only their reduction is culled: their data is written by the tasks above)
+            if any(0 in sizes for sizes in down):
+                reduced = reduced[tuple(slice(0, n) for n in following.shape)]
+        else:
+            down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(current.chunks, following.factors))
+            write = functools.partial(_write_block, target=target, factors=following.factors)
+            reduced = da.map_blocks(write, current, chunks=down, meta=meta, name=name)
+        current = reduced
+    return sinks
+
+
+def _reducible(chunks: tuple[tuple[int, ...], ...], factors: tuple[int, ...]) -> bool:
+    """Every block reduces on its own to a non-empty piece of the next level: all blocks but the last
+    along each axis are multiples of that axis's factor, and the last is at least the factor. (An empty
+    piece would be dropped from the next level, and with it the task that writes its block.)"""
+    return all(
+        f == 1 or (all(s % f == 0 for s in sizes[:-1]) and sizes[-1] >= f)
+        for sizes, f in zip(chunks, factors)
+    )
+
+
+def _write_block(block: np.ndarray, *, target, factors, block_info=None) -> np.ndarray:
+    """Write ``block`` where it belongs in ``target``; return its block mean over ``factors`` (the next
+    level's piece), or an empty array when there is no next level."""
+    target[tuple(slice(lo, hi) for lo, hi in block_info[0]["array-location"])] = block
+    if factors is None:
+        return np.empty((0,) * block.ndim, block.dtype)
+    return downsample_block(block, factors)
 
 
 def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:

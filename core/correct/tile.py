@@ -64,7 +64,7 @@ from .flatfield_sources import (
     model_flatfield,
     parse_channel_map,
 )
-from .graph import correction_pyramid, graph_constants_allowed, plan_pyramid, select_axes
+from .graph import graph_constants_allowed, plan_pyramid, select_axes, stored_correction
 from .tiff_output import (
     read_tiff_manifest,
     remove_tiff_output,
@@ -576,16 +576,14 @@ def run_tile(
             create_level_array(group, p, lv.shape, level.chunks, level.dtype, image.axis_names, shards)
             for p, lv in zip(paths, pyramid)
         ]
-        # Dask blocks = the arrays' shards (or chunks), so no two tasks ever write into the same one
-        write_blocks = [target.shards or target.chunks for target in targets]
+        # written in blocks of the arrays' shards (or chunks), so no two tasks write into the same one;
         # float tiles: each chunk checked for NaN / ±inf as it streams
         where = f"tile {plan.tile} level {level.path}"
-        outputs = correction_pyramid(
-            source, ff, bg, pyramid, write_blocks, on_block=on_block, where=where, axis_names=image.axis_names
+        stores = stored_correction(
+            source, ff, bg, pyramid, targets, on_block=on_block, where=where, axis_names=image.axis_names
         )
-        stored = da.store(outputs, targets, lock=False, compute=False)
         with graph_constants_allowed():
-            compute(*(stored if isinstance(stored, tuple) else (stored,)))
+            compute(*stores)
         write_multiscales(
             group,
             image.axes,
