@@ -56,7 +56,7 @@ from .pipeline import (
     MASK_DIR,
     FieldSummary,
     MeanImageResult,
-    read_corrected_field,
+    read_corrected_layers,
     read_mask_file,
 )
 
@@ -587,9 +587,8 @@ def _example_sheet(
     """One field: the brightest layer of each group (counts) beside that group's masks."""
     slide = result.plan.slide
     groups = slide.layer_groups
-    image = read_corrected_field(result.plan, field)
-    # fancy indexing copies: ``image`` is this thread's scratch buffer
-    layers = downsample(image[list(brightest)])
+    # only the layers shown: a sheet needs 5 of a Vectra field's 35
+    layers = downsample(read_corrected_layers(result.plan, field, brightest))
     categories = mask_categories(out, summary.key, (slide.height, slide.width), len(groups))
     # the factor of ``downsample``; masks are sampled, not averaged
     step = math.ceil(max(slide.height, slide.width) / MAX_PANEL_PX)
