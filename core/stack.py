@@ -90,6 +90,12 @@ def mean_and_std_err(
     where pixels with N = 0 use the smallest non-zero count (so their mean is 0).
     """
     count = np.ascontiguousarray(count)
+    if np.shape(total) != count.shape or np.shape(total_sq) != count.shape:
+        # the pass below indexes all three alike (unchecked): no broadcasting
+        raise ValueError(
+            f"sums {np.shape(total)}, sums of squares {np.shape(total_sq)} and counts {count.shape} "
+            "differ in shape"
+        )
     smallest = _smallest_nonzero(count.reshape(-1))
     if smallest == 0:
         warnings.warn("empty mean-image stack: nothing was stacked", RuntimeWarning, stacklevel=2)

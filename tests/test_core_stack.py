@@ -280,3 +280,11 @@ def test_mean_and_std_err_are_the_numpy_formula_bit_for_bit(count_dtype):
     want_strided = _numpy_mean_and_std_err(total[:, ::2, ::3], total_sq[:, ::2, ::3], count[:, ::2, ::3])
     for got, want in zip(strided, want_strided):
         np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+def test_mean_and_std_err_refuse_arrays_of_different_shapes():
+    count = np.ones((2, 3, 4), np.uint32)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mean_and_std_err(np.ones((2, 3, 5)), np.ones((2, 3, 4)), count)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mean_and_std_err(np.ones((2, 3, 4)), np.ones((3, 4)), count)
