@@ -23,13 +23,19 @@ def _compressor():
     return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle")
 
 
-def write_stack(url: str, stack: MeanImageStack, attributes: dict[str, Any]) -> None:
+def write_stack(
+    url: str,
+    stack: MeanImageStack,
+    attributes: dict[str, Any],
+    mean_and_error: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Write ``stack`` (and its mean and standard error) as a Zarr v3 group at ``url``.
 
     Arrays are (layer, y, x), one chunk per layer; ``attributes`` (slide, layer groups, parameters,
     inputs, …) are stored with the format name, units and the per-layer image counts and field log.
+    ``mean_and_error`` is ``mean_and_std_err`` of the stack when the caller already has it.
     """
-    mean, std_err = mean_and_std_err(stack.sum, stack.sum_sq, stack.count)
+    mean, std_err = mean_and_error or mean_and_std_err(stack.sum, stack.sum_sq, stack.count)
     group = zarr.open_group(
         url, mode="w", storage_options=storage.storage_options(url) or None, zarr_format=3
     )

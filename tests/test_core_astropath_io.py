@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shadeflow.core.io.astropath import BinFormatError, decode_bin, encode_bin, read_bin, write_bin
+from shadeflow.core.io.astropath import (
+    INTERLEAVE_ROWS,
+    BinFormatError,
+    decode_bin,
+    encode_bin,
+    read_bin,
+    write_bin,
+)
 
 L, H, W = 3, 4, 5
 
@@ -60,3 +67,16 @@ def test_write_and_read_file(tmp_path):
         read_bin(url, (H, W, L + 1), "float64")
     with pytest.raises(FileNotFoundError):
         read_bin(str(tmp_path / "missing.bin"), (H, W, L), "float64")
+
+
+@pytest.mark.parametrize(
+    ("source", "dtype"), [("float64", "float64"), ("uint32", "uint64"), (">f8", "float64")]
+)
+def test_interleaving_by_blocks_of_rows_is_the_whole_array_transpose(tmp_path, source, dtype):
+    # more rows than one block, and a last block cut short
+    layers = (np.random.default_rng(2).random((5, 2 * INTERLEAVE_ROWS + 3, 7)) * 1e5).astype(source)
+    expected = np.ascontiguousarray(np.moveaxis(layers, 0, -1), dtype=np.dtype(dtype).newbyteorder("<"))
+    assert encode_bin(layers, dtype) == expected.tobytes()
+    url = str(tmp_path / "x.bin")
+    write_bin(url, layers, dtype)
+    assert (tmp_path / "x.bin").read_bytes() == expected.tobytes()

@@ -348,3 +348,26 @@ def test_no_fields(slide_dir):
     header, _ = _read_csv(slide_dir)
     _write_csv(slide_dir, header, [])
     _assert_rejected(slide_dir, "no fields")
+
+
+def test_read_field_of_some_layers_is_those_layers_of_the_whole(slide_dir):
+    slide = load_slide(str(slide_dir))
+    field = slide.fields[2]
+    whole = read_field(slide, field)
+    chosen = [7, 0, 9, 3]
+    some = read_field(slide, field, layers=chosen)
+    assert some.shape == (4, *whole.shape[1:]) and some.flags.c_contiguous
+    np.testing.assert_array_equal(some, whole[chosen])
+    # the scratch buffers of a reused read are not handed out
+    reused = read_field(slide, field, reuse_buffers=True, layers=chosen)
+    read_field(slide, slide.fields[3], reuse_buffers=True)
+    np.testing.assert_array_equal(reused, whole[chosen])
+    header, rows = _read_csv(slide_dir)
+    tiff = rows[2]["file"].replace(".Data.dat", ".tif")
+    tifffile.imwrite(slide_dir / tiff, whole)
+    rows[2]["file"] = tiff
+    _write_csv(slide_dir, header, rows)
+    tiff_slide = load_slide(str(slide_dir))
+    np.testing.assert_array_equal(
+        read_field(tiff_slide, tiff_slide.field_by_key(field.key), layers=chosen), some
+    )

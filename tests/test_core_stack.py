@@ -245,3 +245,46 @@ def test_no_warning_for_non_empty_stack():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         _stack_of(va, ma, "A").mean()
+
+
+def _numpy_mean_and_std_err(total, total_sq, count):
+    """The whole-array numpy form :func:`mean_and_std_err` computes in one pass."""
+    n = count.astype(np.float64)
+    n[count == 0] = count[count > 0].min()
+    mean = total / n
+    return mean, np.sqrt(np.abs(total_sq / n - mean**2) / n)
+
+
+@pytest.mark.parametrize("count_dtype", [np.uint16, np.uint32, np.uint64])
+def test_mean_and_std_err_are_the_numpy_formula_bit_for_bit(count_dtype):
+    rng = np.random.default_rng(7)
+    shape = (3, 37, 41)
+    count = rng.integers(0, 9, shape).astype(count_dtype)
+    count[0, :5] = 0
+    count[1] = np.where(count[1] > 0, 2, 0)  # no pixel of this layer has the slide's smallest count
+    values = rng.integers(0, 65536, (8, *shape)).astype(np.uint64)
+    kept = np.arange(8)[:, None, None, None] < count[None]
+    exposure = np.array([37.0, 113.0, 3.3])[:, None, None]  # counts/ms sums, as the stacks hold them
+    total = (values * kept).sum(axis=0) / exposure
+    total_sq = (values**2 * kept).sum(axis=0) / exposure**2
+    expected = _numpy_mean_and_std_err(total, total_sq, count)
+    for got, want in zip(mean_and_std_err(total, total_sq, count), expected):
+        assert got.shape == shape and got.dtype == np.float64
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+    # a layer of a stack (as the reports take them) and strided inputs give the same bits
+    layer = mean_and_std_err(total[2], total_sq[2], count[2])
+    want_layer = _numpy_mean_and_std_err(total[2], total_sq[2], count[2])
+    for got, want in zip(layer, want_layer):
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+    strided = mean_and_std_err(total[:, ::2, ::3], total_sq[:, ::2, ::3], count[:, ::2, ::3])
+    want_strided = _numpy_mean_and_std_err(total[:, ::2, ::3], total_sq[:, ::2, ::3], count[:, ::2, ::3])
+    for got, want in zip(strided, want_strided):
+        np.testing.assert_array_equal(got.view(np.uint64), want.view(np.uint64))
+
+
+def test_mean_and_std_err_refuse_arrays_of_different_shapes():
+    count = np.ones((2, 3, 4), np.uint32)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mean_and_std_err(np.ones((2, 3, 5)), np.ones((2, 3, 4)), count)
+    with pytest.raises(ValueError, match="differ in shape"):
+        mean_and_std_err(np.ones((2, 3, 4)), np.ones((3, 4)), count)

@@ -202,3 +202,19 @@ def test_example_fields_of_a_small_slide_are_all_its_fields():
     summaries = [summary(n) for n in range(1, 8)]
     assert sorted(example_fields(summaries, total=20)) == sorted(s.key for s in summaries)
     assert example_fields(summaries, total=0) == []
+
+
+def test_example_sheets_read_the_layers_they_show_as_the_masking_reads_them(ten_layers):
+    _, result, _ = ten_layers
+    plan = result.plan
+    # fields whose exposure differs from the slide's in some layers, so the correction changes values
+    for field in plan.slide.fields[:4]:
+        chosen = [9, 2, 5]
+        whole = meanimage.read_corrected_field(plan, field)[chosen]
+        np.testing.assert_array_equal(meanimage.read_corrected_layers(plan, field, chosen), whole)
+    changed = [
+        f
+        for f in plan.slide.fields
+        if np.any(plan.slide.exposure_per_layer(f)[chosen] != plan.exposure_ms[chosen])
+    ]
+    assert changed, "no field of the test slide needs exposure correction in the chosen layers"

@@ -21,9 +21,28 @@ class BinFormatError(ValueError):
     """A ``.bin`` file whose size does not match the expected shape and dtype."""
 
 
+#: rows of an (L, H, W) array interleaved at a time: every layer's rows of a block stay in the CPU cache
+INTERLEAVE_ROWS = 16
+
+
+def interleave(layers: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """An (L, H, W) array as a C-contiguous little-endian (H, W, L) array of ``dtype``: the bytes of
+    AstroPath's ``.bin`` layout.
+
+    A block of rows at a time: a whole-array transposed copy reads each pixel's layers from L places a
+    whole layer apart (10 MB for a Vectra field), so every value it writes misses the cache; a block of
+    rows keeps all layers' rows of the block in cache. The values (and bytes) are the same.
+    """
+    l, h, w = layers.shape
+    out = np.empty((h, w, l), np.dtype(dtype).newbyteorder("<"))
+    for y in range(0, h, INTERLEAVE_ROWS):
+        out[y : y + INTERLEAVE_ROWS] = np.moveaxis(layers[:, y : y + INTERLEAVE_ROWS], 0, -1)
+    return out
+
+
 def encode_bin(layers: np.ndarray, dtype: str | np.dtype) -> bytes:
     """Bytes of an (L, H, W) array in AstroPath's interleaved (H, W, L) layout."""
-    return np.ascontiguousarray(np.moveaxis(layers, 0, -1), dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    return interleave(layers, dtype).tobytes()
 
 
 def decode_bin(
@@ -43,7 +62,8 @@ def decode_bin(
 
 
 def write_bin(url: str, layers: np.ndarray, dtype: str | np.dtype) -> None:
-    storage.write_bytes(url, encode_bin(layers, dtype))
+    """Write an (L, H, W) array as an interleaved ``.bin`` (without a bytes copy of it)."""
+    storage.write_bytes(url, memoryview(interleave(layers, dtype)).cast("B"))
 
 
 def read_bin(url: str, shape: tuple[int, int, int], dtype: str | np.dtype) -> np.ndarray:

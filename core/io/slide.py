@@ -15,6 +15,7 @@ import math
 import os
 import posixpath
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -244,12 +245,16 @@ def _check_inside(slide: Slide, field: Field, root: str) -> None:
         )
 
 
-def read_field(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.ndarray:
+def read_field(
+    slide: Slide, field: Field, reuse_buffers: bool = False, layers: Sequence[int] | None = None
+) -> np.ndarray:
     """A field's raw image as a layer-major (L, H, W) array of the slide's dtype.
 
     ``.Data.dat`` files are headerless little-endian, C-order (H, W, L); TIFF files hold L pages of (H, W).
     With ``reuse_buffers`` the result lives in this thread's scratch memory (see ``core.buffers``) and
-    is overwritten by the thread's next call: use it for one field at a time.
+    is overwritten by the thread's next call: use it for one field at a time. With ``layers`` (0-based)
+    only those layers are returned, in that order, as a new array: the file is still read whole (its
+    layers are interleaved), but only they are transposed.
     """
     h, w, l = slide.shape
     where = f"slide {slide.slide_id}: field {field.key} ({field.file})"
@@ -265,7 +270,7 @@ def read_field(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.nd
             raise SlideError(
                 f"{where}: TIFF holds {image.shape} {image.dtype}, expected ({l}, {h}, {w}) {slide.dtype}"
             )
-        return np.ascontiguousarray(image)
+        return np.ascontiguousarray(image if layers is None else image[list(layers)])
     dtype = np.dtype(slide.dtype).newbyteorder("<")
     raw = buffers.scratch("raw-field", (h, w, l), dtype) if reuse_buffers else np.empty((h, w, l), dtype)
     fs, path = storage.filesystem(url)
@@ -277,6 +282,8 @@ def read_field(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.nd
         raise SlideError(
             f"{where}: {size} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}"
         )
+    if layers is not None:
+        return interleaved_to_layers(raw[:, :, list(layers)])
     out = buffers.scratch("field-layers", (l, h, w), slide.dtype) if reuse_buffers else None
     return interleaved_to_layers(raw, out)
 

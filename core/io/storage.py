@@ -110,9 +110,10 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
-def write_bytes(url: str, data: bytes) -> None:
+def write_bytes(url: str, data: bytes | memoryview) -> None:
     """Write a whole file. Never half-written: locally via a temporary name and an atomic rename;
-    object stores replace objects atomically anyway."""
+    object stores replace objects atomically anyway. ``data`` may be a byte ``memoryview`` (of an array:
+    no copy is made locally)."""
     fs, path = filesystem(url)
     if isinstance(fs, LocalFileSystem):
         fs.makedirs(posixpath.dirname(path), exist_ok=True)
@@ -125,7 +126,7 @@ def write_bytes(url: str, data: bytes) -> None:
             if os.path.exists(temporary):
                 os.remove(temporary)
         return
-    fs.pipe_file(path, data)
+    fs.pipe_file(path, bytes(data))  # object-store clients take bytes
 
 
 def write_text(url: str, text: str) -> None:

@@ -99,11 +99,12 @@ def write_meanimage_outputs(
         "parameters": parameters,
         "inputs": inputs,
     }
-    write_stack(out.url(f"{sid}-meanimage.zarr"), stack, attributes)
+    # the mean and its error once, for the .bin files, the zarr copy and the reports
+    write_stack(out.url(f"{sid}-meanimage.zarr"), stack, attributes, (mean, std_err))
 
     from . import report as meanimage_report  # matplotlib: imported only when writing
 
-    meanimage_report.write_reports(out, result, parameters, seed=seed)
+    meanimage_report.write_reports(out, result, parameters, seed=seed, mean_and_error=(mean, std_err))
     return out.commit(
         KIND,
         parameters,

@@ -12,7 +12,7 @@ The order of work for one slide:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -112,6 +112,20 @@ def read_corrected_field(plan: SlidePlan, field: Field) -> np.ndarray:
         read_field(slide, field, reuse_buffers=True),
         slide.exposure_per_layer(field),
         plan.exposure_ms,
+        slide.dark_current,
+        inplace=True,
+    )
+
+
+def read_corrected_layers(plan: SlidePlan, field: Field, layers: Sequence[int]) -> np.ndarray:
+    """Some layers (0-based) of a field, exposure-time corrected as :func:`read_corrected_field` corrects
+    them, (len(layers), H, W) uint16 in a new array: for a report that shows a few layers of a field,
+    without transposing and correcting all of them."""
+    slide, layers = plan.slide, list(layers)
+    return correct_exposure(
+        read_field(slide, field, layers=layers),
+        slide.exposure_per_layer(field)[layers],
+        plan.exposure_ms[layers],
         slide.dark_current,
         inplace=True,
     )

@@ -56,7 +56,7 @@ from .pipeline import (
     MASK_DIR,
     FieldSummary,
     MeanImageResult,
-    read_corrected_field,
+    read_corrected_layers,
     read_mask_file,
 )
 
@@ -89,7 +89,13 @@ def _provenance(result: MeanImageResult, parameters: dict) -> ReportHeader:
     return ReportHeader.of(slide.slide_id, parameters, context)
 
 
-def write_reports(out: StagedOutput, result: MeanImageResult, parameters: dict, seed: int = 0) -> None:
+def write_reports(
+    out: StagedOutput,
+    result: MeanImageResult,
+    parameters: dict,
+    seed: int = 0,
+    mean_and_error: tuple[np.ndarray, np.ndarray] | None = None,
+) -> None:
     """Write the thresholding, masking and mean-image summaries of one slide into ``out``.
 
     Parameters
@@ -100,9 +106,11 @@ def write_reports(out: StagedOutput, result: MeanImageResult, parameters: dict, 
         The run's parameters, recorded in every PDF.
     seed
         Seed of the random example fields of the masking summary.
+    mean_and_error
+        The stack's mean image and standard error (``mean_and_std_err``), when the caller has them.
     """
     provenance = _provenance(result, parameters)
-    preview = StackPreview.of(result)
+    preview = StackPreview.of(result, mean_and_error)
     sid = result.slide_id
     write_pdf(
         out.url(f"{sid}-thresholding_summary.pdf"),
@@ -141,7 +149,11 @@ class StackPreview:
     count_max: np.ndarray  # (L,)
 
     @classmethod
-    def of(cls, result: MeanImageResult) -> StackPreview:
+    def of(
+        cls, result: MeanImageResult, mean_and_error: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> StackPreview:
+        """The preview of ``result``'s stack; ``mean_and_error`` are its mean and standard error if the
+        caller has them (else they are computed here, a layer at a time)."""
         stack = result.stack
         n_layers = stack.shape[0]
         means, errors = [], []
@@ -150,8 +162,11 @@ class StackPreview:
         for layer, count in enumerate(stack.count):
             if count.any():
                 # a layer at a time gives stack.mean() and stack.std_err() (pixels never stacked are 0 either
-                # way) without their whole-stack float64 temporaries, which cost seconds on a Vectra slide
-                mean, std_err = mean_and_std_err(stack.sum[layer], stack.sum_sq[layer], count)
+                # way) without holding both whole at once
+                if mean_and_error is None:
+                    mean, std_err = mean_and_std_err(stack.sum[layer], stack.sum_sq[layer], count)
+                else:
+                    mean, std_err = mean_and_error[0][layer], mean_and_error[1][layer]
                 values = mean[count > 0]
                 stats[:, layer] = values.mean(), values.min(), values.max()
             else:
@@ -572,9 +587,8 @@ def _example_sheet(
     """One field: the brightest layer of each group (counts) beside that group's masks."""
     slide = result.plan.slide
     groups = slide.layer_groups
-    image = read_corrected_field(result.plan, field)
-    # fancy indexing copies: ``image`` is this thread's scratch buffer
-    layers = downsample(image[list(brightest)])
+    # only the layers shown: a sheet needs 5 of a Vectra field's 35
+    layers = downsample(read_corrected_layers(result.plan, field, brightest))
     categories = mask_categories(out, summary.key, (slide.height, slide.width), len(groups))
     # the factor of ``downsample``; masks are sampled, not averaged
     step = math.ceil(max(slide.height, slide.width) / MAX_PANEL_PX)
