@@ -108,15 +108,28 @@ def copy_cohort(small_cohort, tmp_path):
     }
 
 
+def without_meanimage_reports():
+    """Within this block, meanimage outputs are written without their PDF summaries (for fixtures whose
+    mean images are only the input of another job)."""
+    from unittest import mock
+
+    return mock.patch("shadeflow.core.meanimage.report.write_reports")
+
+
 def write_mean_image(url: str) -> None:
-    """meanimage outputs for one synthetic slide, computed in-process (the reference path, no Prefect)."""
+    """meanimage outputs for one synthetic slide, computed in-process (the reference path, no Prefect).
+
+    Without the three PDF summaries: they are for people, no tool reads them (``expected_files`` in
+    ``core/meanimage/outputs.py``), and drawing them was most of this function's CPU time (about 60 %,
+    matplotlib). Tests that use these outputs as input to model build, compare or the applied test read
+    the data files only; the meanimage tests run the real path, reports included."""
     from shadeflow.core.io.output_folders import StagedOutput
     from shadeflow.core.io.slide import load_slide
     from shadeflow.core.meanimage.outputs import output_url, write_meanimage_outputs
     from shadeflow.core.meanimage.pipeline import MASK_DIR, MEANIMAGE_METHOD, compute_mean_image, plan_slide
 
     staged = StagedOutput(output_url(url))
-    with staged:
+    with staged, without_meanimage_reports():
         result = compute_mean_image(plan_slide(load_slide(url)), staged.url(MASK_DIR))
         write_meanimage_outputs(
             staged,
@@ -172,3 +185,41 @@ def flow_run_artifacts(flow_run_id) -> list:
     run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
     with get_client(sync_client=True) as client:
         return client.read_artifacts(artifact_filter=run, limit=50, offset=0, sort=ArtifactSort.CREATED_DESC)
+
+
+# --- CPU time per test phase (opt-in) ---------------------------------------------------------------
+# The machine running the suite is often shared, so wall-clock durations mislead; with
+# SHADEFLOW_CPU_DURATIONS=<file> each test's setup / call / teardown CPU time (this process plus
+# children it has reaped) and wall time are written to that file, one tab-separated line per phase.
+_CPU_LOG = os.environ.get("SHADEFLOW_CPU_DURATIONS")
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+if _CPU_LOG:
+    import time
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(item):
+        yield from _timed(item, "setup")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(item):
+        yield from _timed(item, "call")
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(item):
+        yield from _timed(item, "teardown")
+
+    def _timed(item, phase):
+        cpu, wall = _cpu_seconds(), time.perf_counter()
+        yield
+        cpu, wall = _cpu_seconds() - cpu, time.perf_counter() - wall
+        with open(_CPU_LOG, "a") as handle:
+            handle.write(f"{cpu:.2f}\t{wall:.2f}\t{phase}\t{item.nodeid}\n")

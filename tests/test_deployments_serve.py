@@ -77,7 +77,7 @@ def serving(api_url: str, prefect_file: Path, work: Path, **extra_env: str) -> I
         work / "home",
         PREFECT_API_URL=api_url,
         SHADEFLOW_MEMORY=SERVE_MEMORY,
-        PREFECT_RUNNER_POLL_FREQUENCY="2",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",  # the least (whole seconds): a run waits for the next poll
         **extra_env,
     )
     with started(

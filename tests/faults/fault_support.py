@@ -289,7 +289,7 @@ def wait_no_processes(marker: str, groups: set[int], timeout: float = 30) -> Non
         if time.monotonic() > deadline:
             listing = "\n".join(left)
             raise AssertionError(f"processes of the test still run after {timeout:.0f} s:\n{listing}")
-        time.sleep(0.5)
+        time.sleep(0.1)  # reads /proc only: cheap, and every fault test waits here twice
 
 
 def last_error_line(log: Path) -> str:
