@@ -67,7 +67,7 @@ def test_the_cores_defaults_are_the_models(core, model):
 def test_the_cores_inputs_are_taken_by_name(tmp_path):
     params = CorrectParameters(tiles=["t.ome.zarr"], out=str(tmp_path), flatfield="f.tif", levels=3)
     request = params.request()
-    assert {f.name for f in dataclasses.fields(CorrectRequest)} == set(params.model_fields) - {"tiles"}
+    assert {f.name for f in dataclasses.fields(CorrectRequest)} == set(type(params).model_fields) - {"tiles"}
     assert (request.flatfield, request.levels, request.background) == ("f.tif", 3, "estimate")
     settings = EstimateParameters(images=["x"], out="o", degree=4, darkfield_degree=9, seed=3).settings()
     assert (settings.degree, settings.darkfield_degree, settings.seed) == (4, 4, 3)
