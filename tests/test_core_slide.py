@@ -212,14 +212,15 @@ def test_missing_field_file(slide_dir):
     _assert_rejected(slide_dir, rows[4]["field"], "row 5", rows[4]["file"])
 
 
-def _tiff_slide(slide_dir: Path, image: np.ndarray):
+def _tiff_slide(slide_dir: Path, image: np.ndarray, row: int = 0):
+    """The slide with the field of fields.csv's ``row`` replaced by a TIFF of ``image``."""
     header, rows = _read_csv(slide_dir)
-    tiff = rows[0]["file"].replace(".Data.dat", ".tif")
+    tiff = rows[row]["file"].replace(".Data.dat", ".tif")
     tifffile.imwrite(slide_dir / tiff, image)
-    rows[0]["file"] = tiff
+    rows[row]["file"] = tiff
     _write_csv(slide_dir, header, rows)
     slide = load_slide(str(slide_dir))
-    return slide, slide.field_by_key(rows[0]["field"])
+    return slide, slide.field_by_key(rows[row]["field"])
 
 
 @pytest.mark.parametrize(
@@ -362,12 +363,6 @@ def test_read_field_of_some_layers_is_those_layers_of_the_whole(slide_dir):
     reused = read_field(slide, field, reuse_buffers=True, layers=chosen)
     read_field(slide, slide.fields[3], reuse_buffers=True)
     np.testing.assert_array_equal(reused, whole[chosen])
-    header, rows = _read_csv(slide_dir)
-    tiff = rows[2]["file"].replace(".Data.dat", ".tif")
-    tifffile.imwrite(slide_dir / tiff, whole)
-    rows[2]["file"] = tiff
-    _write_csv(slide_dir, header, rows)
-    tiff_slide = load_slide(str(slide_dir))
-    np.testing.assert_array_equal(
-        read_field(tiff_slide, tiff_slide.field_by_key(field.key), layers=chosen), some
-    )
+    tiff_slide, tiff_field = _tiff_slide(slide_dir, whole, row=2)
+    assert tiff_field.key == field.key
+    np.testing.assert_array_equal(read_field(tiff_slide, tiff_field, layers=chosen), some)

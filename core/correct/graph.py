@@ -497,20 +497,8 @@ def stored_pyramid(level0, levels: list[PyramidLevel], targets: list) -> list:
             sinks.append(da.map_blocks(write, current, chunks=empty, meta=meta, name=name))
             if following is None:
                 break
-            aligned = current.rechunk(_aligned_chunks(current.chunks, following.factors))
-            down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(aligned.chunks, following.factors))
-            reduced = da.map_blocks(
-                downsample_block,
-                aligned,
-                following.factors,
-                chunks=down,
-                dtype=dtype,
-                token="shadeflow-downsample",
-            )
-            # an odd last block drops its trailing row (floor); drop the empty blocks a 1-pixel remainder
-            # leaves (only their reduction is culled: their data is written by the tasks above)
-            if any(0 in sizes for sizes in down):
-                reduced = reduced[tuple(slice(0, n) for n in following.shape)]
+            # only the reductions of empty remainder blocks are culled: their data is written above
+            reduced = _block_means(current, following)
         else:
             down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(current.chunks, following.factors))
             write = functools.partial(_write_block, target=target, factors=following.factors)
@@ -538,12 +526,30 @@ def _write_block(block: np.ndarray, *, target, factors, block_info=None) -> np.n
     return downsample_block(block, factors)
 
 
+def _block_means(previous, level: PyramidLevel):
+    """The Dask array of ``level``: block means of ``previous`` over the level's factors, its blocks first
+    aligned to them. The last block along an axis may be odd: its trailing row is dropped (floor), which
+    the chunk sizes say; the empty blocks a 1-pixel remainder would leave are dropped."""
+    import dask.array as da
+
+    aligned = previous.rechunk(_aligned_chunks(previous.chunks, level.factors))
+    down = tuple(tuple(s // f for s in sizes) for sizes, f in zip(aligned.chunks, level.factors))
+    reduced = da.map_blocks(
+        downsample_block,
+        aligned,
+        level.factors,
+        chunks=down,
+        dtype=previous.dtype,
+        token="shadeflow-downsample",
+    )
+    if any(0 in sizes for sizes in down):
+        reduced = reduced[tuple(slice(0, n) for n in level.shape)]
+    return reduced
+
+
 def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:
     """``[level0, level1, …]``: each level the block mean of the previous one's Dask array, rechunked
     to ``chunks`` (one shape for all levels, or one per level)."""
-    import dask.array as da
-
-    dtype = level0.dtype
     per_level = (
         list(chunks) if chunks and isinstance(chunks[0], (tuple, list)) else [tuple(chunks)] * len(levels)
     )
@@ -553,21 +559,7 @@ def reduced_levels(level0, levels: list[PyramidLevel], chunks) -> list:
         else level0.rechunk(per_level[0])
     ]
     for level, target_chunks in zip(levels[1:], per_level[1:]):
-        prev = outputs[-1]
-        prev = prev.rechunk(_aligned_chunks(prev.chunks, level.factors))
-        down_chunks = tuple(tuple(s // f for s in sizes) for sizes, f in zip(prev.chunks, level.factors))
-        # the last block along an axis may be odd: its trailing row is dropped (floor), which the
-        # chunk sizes above already say; drop empty blocks that a 1-pixel remainder would leave
-        reduced = da.map_blocks(
-            downsample_block,
-            prev,
-            level.factors,
-            chunks=down_chunks,
-            dtype=dtype,
-            token="shadeflow-downsample",
-        )
-        if any(0 in sizes for sizes in down_chunks):
-            reduced = reduced[tuple(slice(0, n) for n in level.shape)]
+        reduced = _block_means(outputs[-1], level)
         target = tuple(max(1, min(c, n)) for c, n in zip(target_chunks, level.shape))
         outputs.append(reduced.rechunk(target))
     return outputs
