@@ -437,8 +437,12 @@ class EstimateParameters(BaseModel):
         "polynomial fit is refused surface (flatfield only) or lines (with --darkfield)",
     )
     degree: int = Field(6, ge=1, le=12, description="floor: total degree of the flatfield's polynomial")
-    darkfield_degree: int = Field(
-        2, ge=0, le=12, description="floor: total degree of the darkfield's polynomial"
+    darkfield_degree: int | None = Field(
+        None,
+        ge=0,
+        le=12,
+        description="floor: total degree of the darkfield's polynomial (default: chosen from 0–4 by "
+        "cross-validation over the frames; 2 unless another degree predicts held-out frames clearly better)",
     )
     smoothness: float | None = Field(
         None,
@@ -484,7 +488,8 @@ class EstimateParameters(BaseModel):
 
         shared = {f.name for f in fields(EstimateSettings)} & set(type(self).model_fields)
         values = {name: getattr(self, name) for name in shared}
-        values["darkfield_degree"] = min(self.darkfield_degree, self.degree)
+        if self.darkfield_degree is not None:
+            values["darkfield_degree"] = min(self.darkfield_degree, self.degree)
         return EstimateSettings(**values)
 
     def recorded(self) -> dict:

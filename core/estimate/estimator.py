@@ -10,7 +10,8 @@ Method (a methods-section paragraph). Each frame is reduced to block means on a 
 blocks across (``core.estimate.grid``). On that grid the *floor* of the stack — the blocks that show
 no specimen — is fitted by iteratively reweighted least squares with Tukey's biweight on relative
 residuals, scaled by the noise of the floor (``core.estimate.floor_fit``): S and D are low-order Legendre
-polynomials (degree 6 and 2), B is a per-frame level, and the specimen, saturated blocks and outlier
+polynomials (degree 6, and 2–4 for D: chosen by how well it predicts held-out frames,
+``core.estimate.darkfield_degree``), B is a per-frame level, and the specimen, saturated blocks and outlier
 frames get no weight. The fit starts from low quantiles and a per-frame quadratic detrending that finds
 the floor before the darkfield is known. The darkfield's component along the flatfield, which images
 alone cannot determine, is fixed by requiring the least-curved darkfield. Larger stacks are fitted on a
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from . import surface_fit
+from .darkfield_degree import choose_darkfield_degree
 from .floor_fit import (
     FitSettings,
     GridModel,
@@ -74,7 +76,7 @@ from .grid import (
     grid_layout,
     single_threaded_blas,
 )
-from .holdout import SPREAD_LIMIT, split_half_spread
+from .holdout import SPREAD_LIMIT, split_half_spread, spread_of_halves
 from .mesh_background import BACKGROUNDS, MeshBackground, sky_weights
 from .quantile_lines import fit_lines
 
@@ -95,6 +97,10 @@ METHODS = ("auto", "floor", "surface", "lines")
 __all__ = ["EstimateError", "EstimateSettings", "ShadingEstimate", "estimate_shading", "METHOD"]
 
 
+#: the floor darkfield's degree where it is not chosen by cross-validation (``darkfield_degree`` None)
+DEFAULT_DARKFIELD_DEGREE = 2
+
+
 @dataclass(frozen=True)
 class EstimateSettings:
     """Parameters of the estimator (all recorded with its outputs)."""
@@ -104,7 +110,8 @@ class EstimateSettings:
     # quantile lines (no dark background assumed); "auto": floor, else surface (flatfield only) or lines
     method: str = "auto"
     degree: int = 6  # floor: total degree of the flatfield's Legendre polynomial
-    darkfield_degree: int = 2  # floor: total degree of the darkfield's polynomial (before the gauge)
+    # floor: total degree of the darkfield's polynomial (before the gauge); None: chosen by cross-validation
+    darkfield_degree: int | None = None
     # surface: the flatfield's smoothing length in pixels; None: cross-validated
     smoothness: float | None = None
     # surface: the darkfield's smoothing length in units of the flatfield's
@@ -135,7 +142,7 @@ class EstimateSettings:
             raise EstimateError(
                 f"smoothness {self.smoothness} must be a length in pixels between 0 and 1000 (or automatic)"
             )
-        if not 0 <= self.darkfield_degree <= self.degree <= 12:
+        if not 0 <= (self.darkfield_degree or 0) <= self.degree <= 12:
             raise EstimateError(
                 f"degrees must satisfy 0 ≤ darkfield_degree ({self.darkfield_degree}) ≤ degree "
                 f"({self.degree}) ≤ 12"
@@ -164,7 +171,7 @@ class EstimateSettings:
         return FitSettings(
             self.darkfield,
             self.degree,
-            self.darkfield_degree,
+            DEFAULT_DARKFIELD_DEGREE if self.darkfield_degree is None else self.darkfield_degree,
             self.window,
             self.max_iterations,
             self.tolerance,
@@ -714,17 +721,29 @@ def _estimate_with(
     surface = settings.method == "surface"
     surface_settings = settings.surface_settings(source.dtype, layout, bool(Y[V > 0].min() >= 0))
 
-    def fit(Y: np.ndarray, V: np.ndarray) -> GridModel | surface_fit.GridModel:
-        if surface:
-            return surface_fit.fit_grid(Y, V, layout, surface_settings, known_grid)
-        model = fit_grid(Y, V, layout, settings.fit_settings(), known_grid)
+    floor_settings = settings.fit_settings()
+
+    def fit_floor(Y: np.ndarray, V: np.ndarray, floor_settings: FitSettings) -> GridModel:
+        model = fit_grid(Y, V, layout, floor_settings, known_grid)
         if settings.darkfield:
             check_darkfield_below_data(model, Y, V, where)
         return model
 
+    def fit(Y: np.ndarray, V: np.ndarray) -> GridModel | surface_fit.GridModel:
+        if surface:
+            return surface_fit.fit_grid(Y, V, layout, surface_settings, known_grid)
+        return fit_floor(Y, V, floor_settings)
+
     with single_threaded_blas():
+        choice = None
+        if not surface and settings.darkfield and settings.darkfield_degree is None:
+            choice = choose_darkfield_degree(Y, V, floor_settings, fit_floor)
+            floor_settings = replace(floor_settings, darkfield_degree=choice.degree)
         fitted = fit(Y, V)
-        spread = split_half_spread(Y, V, lambda Y, V: fit(Y, V).fields()[0])
+        if choice is not None and choice.half_models is not None:
+            spread = spread_of_halves(*(m.fields()[0] for m in choice.half_models))
+        else:
+            spread = split_half_spread(Y, V, lambda Y, V: fit(Y, V).fields()[0])
         offset = (
             None if settings.darkfield or known_grid is not None else offset_probe(Y, V, layout, settings)
         )
@@ -753,6 +772,13 @@ def _estimate_with(
     check_plausible(flat, dark, where)
     baseline = np.where(used, baseline * scale, np.nan)
     notes = list(model.notes)
+    if choice is not None and choice.rescued:
+        notes.append(
+            f"the darkfield's polynomial of degree {choice.default} is refused on "
+            f"one of two halves of the frames; degree {choice.degree}, which predicts the frames left out "
+            "better, answers: the darkfield is more curved than that, and the flatfield rests on the "
+            "polynomial's fit of it — check it, or give the darkfield if you know it"
+        )
     if offset is not None and offset["clear"]:
         notes.append(
             f"the images hold an offset of about {offset['counts']:.3g} counts ({offset['share']:.0%} of "
@@ -782,6 +808,11 @@ def _estimate_with(
         "order_statistics": model.order_statistics if surface else False,
         "offset_probe": offset,
         "split_half_spread_pct": spread,
+        "darkfield_degree": None if surface or not settings.darkfield else floor_settings.darkfield_degree,
+        # held-out floor loss of each darkfield degree tried (∞: refused on a half); None: not chosen so
+        "darkfield_degree_losses": None
+        if choice is None
+        else {str(d): (round(v, 6) if math.isfinite(v) else None) for d, v in choice.losses.items()},
         "seconds": seconds,
         "saturation": saturation,
     }

@@ -50,12 +50,21 @@ def split_half_spread(
     flats = []
     for half in (slice(0, None, 2), slice(1, None, 2)):
         try:
-            flat = np.asarray(fit(Y[half], V[half]), np.float64)
+            flats.append(fit(Y[half], V[half]))
         except EstimateError:
             return float("inf")
+    return spread_of_halves(*flats)
+
+
+def spread_of_halves(even: np.ndarray, odd: np.ndarray) -> float:
+    """The split-half spread (%) of the flatfields fitted on the even and on the odd frames; ``inf`` when
+    either is not positive."""
+    logs = []
+    for flat in (even, odd):
+        flat = np.asarray(flat, np.float64)
         if not (np.isfinite(flat).all() and (flat > 0).all()):
             return float("inf")
-        flats.append(np.log(flat))
-    difference = flats[0] - flats[1]
+        logs.append(np.log(flat))
+    difference = logs[0] - logs[1]
     difference -= difference.mean()
     return 100 * float(np.sqrt(np.mean(difference * difference))) / 2
