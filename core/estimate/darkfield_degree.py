@@ -17,8 +17,9 @@ degree is chosen by the frames:
    standard errors of the per-frame differences, and its flatfield moves between the halves no more than
    the default's (or than the split-half limit); a candidate refused on a half (its flatfield not
    positive, its darkfield above the data) is not a candidate. Where the default itself is refused on a
-   half, the higher degree of least loss whose halves agree within the limit answers, and the estimator
-   says so with a warning (on the sweep one such rescue was 0.5 % off, another 3.6 %).
+   half, the higher degree of least loss whose halves agree within the limit answers. A degree other than
+   the default is said with a warning: a polynomial may not hold a glow's shape (on the sweep two such
+   answers were 0.4 and 0.5 % off, one 3.6 %).
 
 The two half-fits of the chosen degree are also the fits of the split-half check
 (``core.estimate.holdout``), so that check costs nothing more.
