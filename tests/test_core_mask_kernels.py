@@ -15,8 +15,10 @@ from scipy import ndimage as ndi
 from scipy import signal
 
 from shadeflow.core import morphology as morph
+from shadeflow.core.io.slide import interleaved_to_layers
+from shadeflow.core.meanimage.exposure import correct_exposure, exposure_tables
 from shadeflow.core.meanimage.masks.blur import normalized_laplacian, window_mean
-from shadeflow.core.meanimage.masks.combined import working_smoothed
+from shadeflow.core.meanimage.masks.combined import working_smoothed, working_smoothed_interleaved
 from shadeflow.core.meanimage.masks.parameters import MaskParameters, WorkingGrid
 from shadeflow.core.stack import _stack_layer
 
@@ -73,6 +75,24 @@ def test_working_smoothed_is_bin_mean_then_scipy_gaussian_bit_for_bit(shape, bin
     grid, params = WorkingGrid(scale=1.0, binning=binning), MaskParameters(microscope="vectra")
     expected = morph.smooth(morph.bin_mean(image, binning), grid.sigma(params.smoothing_sigma))
     np.testing.assert_array_equal(working_smoothed(image, grid, params), expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 61, 83), (5, 7, 3), (2, 1, 9)])
+@pytest.mark.parametrize("binning", [1, 2, 4, 8])
+def test_working_smoothed_of_the_stored_field_is_that_of_the_corrected_layers(shape, binning):
+    """Binning the (H, W, L) file layout with the exposure tables applied on the way: the same bits as
+    transposing, correcting, then :func:`working_smoothed`."""
+    image = _field(shape, seed=20 + binning)
+    raw = np.ascontiguousarray(np.moveaxis(image, 0, -1))
+    exposure = np.array([50.0, 80.0, 50.0, 200.0, 80.0][: shape[0]])  # repeated and unchanged layers
+    target = np.full(shape[0], 80.0)
+    grid, params = WorkingGrid(scale=1.0, binning=binning), MaskParameters(microscope="vectra")
+    tables, table_of = exposure_tables(exposure, target, 8.0)
+    assert tables.shape[0] == len(set(exposure[exposure != 80.0]))
+    expected = working_smoothed(
+        correct_exposure(interleaved_to_layers(raw), exposure, target, 8.0), grid, params
+    )
+    np.testing.assert_array_equal(working_smoothed_interleaved(raw, tables, table_of, grid, params), expected)
 
 
 @pytest.mark.parametrize("everywhere", [True, False])

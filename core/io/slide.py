@@ -259,7 +259,7 @@ def read_field(
     h, w, l = slide.shape
     where = f"slide {slide.slide_id}: field {field.key} ({field.file})"
     url = slide.field_url(field)
-    if field.file.lower().endswith((".tif", ".tiff")):
+    if not is_interleaved(field):
         import tifffile
 
         try:
@@ -271,6 +271,23 @@ def read_field(
                 f"{where}: TIFF holds {image.shape} {image.dtype}, expected ({l}, {h}, {w}) {slide.dtype}"
             )
         return np.ascontiguousarray(image if layers is None else image[list(layers)])
+    raw = read_interleaved(slide, field, reuse_buffers)
+    if layers is not None:
+        return interleaved_to_layers(raw[:, :, list(layers)])
+    out = buffers.scratch("field-layers", (l, h, w), slide.dtype) if reuse_buffers else None
+    return interleaved_to_layers(raw, out)
+
+
+def is_interleaved(field: Field) -> bool:
+    """Whether the field's file is a ``.Data.dat`` (pixel-interleaved (H, W, L)), not a TIFF."""
+    return not field.file.lower().endswith((".tif", ".tiff"))
+
+
+def read_interleaved(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.ndarray:
+    """A ``.Data.dat`` field as stored, (H, W, L) little-endian, not transposed (see :func:`read_field`)."""
+    h, w, l = slide.shape
+    where = f"slide {slide.slide_id}: field {field.key} ({field.file})"
+    url = slide.field_url(field)
     dtype = np.dtype(slide.dtype).newbyteorder("<")
     raw = buffers.scratch("raw-field", (h, w, l), dtype) if reuse_buffers else np.empty((h, w, l), dtype)
     fs, path = storage.filesystem(url)
@@ -282,10 +299,7 @@ def read_field(
         raise SlideError(
             f"{where}: {size} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}"
         )
-    if layers is not None:
-        return interleaved_to_layers(raw[:, :, list(layers)])
-    out = buffers.scratch("field-layers", (l, h, w), slide.dtype) if reuse_buffers else None
-    return interleaved_to_layers(raw, out)
+    return raw
 
 
 def interleaved_to_layers(interleaved: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

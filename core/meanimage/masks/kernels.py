@@ -311,3 +311,33 @@ def block_mean_layer(layer, binning, out):
             for k in range(1, binning):
                 block += rows[j * binning + k]
             target[j] = np.float32(block) * scale
+
+
+@_jit
+def block_mean_interleaved(raw, tables, table_of, binning, out):
+    """:func:`block_mean_layer` of every exposure-corrected layer, straight from the (H, W, L) file layout.
+
+    The thresholds pass needs only the working grid of its edge fields: summing the interleaved pixels
+    in place skips the transpose to (L, H, W) and the corrected copy, which cost more than the binning.
+    Layer ``l`` is corrected by ``tables[table_of[l]]`` (−1: as it is; see ``exposure.exposure_tables``).
+    Block sums are exact integers, so this gives :func:`block_mean_layer`'s bits; out is (L, ⌈H/b⌉, ⌈W/b⌉).
+    """
+    h, w, n = raw.shape
+    _, hb, wb = out.shape
+    corrected = np.flatnonzero(table_of >= 0)
+    acc = np.empty((wb, n), np.int64)  # a block row's sums, block by layer (the file's order)
+    scale = np.float32(1.0 / (binning * binning))
+    for yb in range(hb):
+        acc[:] = 0
+        for i in range(binning):
+            row = raw[min(yb * binning + i, h - 1)]
+            for x in range(wb * binning):  # columns past the edge repeat the last one
+                pixel, block = row[min(x, w - 1)], acc[x // binning]
+                for l in range(n):
+                    block[l] += pixel[l]
+                for l in corrected:  # the table's value instead of the raw one (exact integers)
+                    block[l] += np.int64(tables[table_of[l], pixel[l]]) - np.int64(pixel[l])
+        for l in range(n):
+            target = out[l, yb]
+            for j in range(wb):
+                target[j] = np.float32(acc[j, l]) * scale
