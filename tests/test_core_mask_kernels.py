@@ -114,6 +114,18 @@ def test_stacking_kernel_is_the_numpy_sums(everywhere, narrow):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("shape", [(3, 70, 90), (1, 1, 9), (2, 2, 1), (1, 5, 3)])
+@pytest.mark.parametrize("size", [3.75, 2.0, 4.0])  # the 15-px window on the 4×-binned grid, and others
+def test_small_window_mean_is_scipy_correlate_bit_for_bit(shape, size):
+    rng = np.random.default_rng(13)
+    stack = (rng.standard_normal(shape) ** 2 * 1e3).astype(np.float32)
+    stack[:, :1] = 0
+    footprint = morph.ellipse(size)
+    assert 1 < footprint.sum() <= 16
+    expected = ndi.correlate(stack, (footprint / footprint.sum()).astype(np.float32)[None], mode="mirror")
+    np.testing.assert_array_equal(window_mean(stack, footprint), expected)
+
+
 def _window_mean_fft(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     """The FFT window mean the row-sum kernel replaced (float32 FFT convolution of a reflected pad)."""
     kernel = (footprint / footprint.sum()).astype(np.float32)

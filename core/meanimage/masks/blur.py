@@ -8,7 +8,6 @@ resolution (the cut values refer to it), then averaged over large elliptical win
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ... import morphology as morph
 from ...io.slide import LayerGroup
@@ -66,8 +65,15 @@ def window_mean(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     if footprint.size == 1:
         return stack
     kernel = (footprint / footprint.sum()).astype(np.float32)
-    if footprint.sum() <= _DIRECT_WINDOW_MAX:
-        return ndi.correlate(stack, kernel[None], mode="mirror")
+    if footprint.sum() <= _DIRECT_WINDOW_MAX:  # scipy's correlate, bit for bit
+        weights = kernel.astype(np.float64)
+        dy, dx = np.nonzero(np.abs(weights) > np.finfo(np.float64).eps)  # scipy's taps, raster order
+        out = np.empty(stack.shape, np.float32)
+        c = np.array(kernel.shape) // 2
+        kernels.correlate_mirror(
+            np.ascontiguousarray(stack, np.float32), dy - c[0], dx - c[1], weights[dy, dx], out
+        )
+        return out
     r = footprint.shape[0] // 2
     _, h, w = stack.shape
     mode = "reflect" if min(h, w) > r else "symmetric"

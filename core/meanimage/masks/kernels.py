@@ -341,3 +341,35 @@ def block_mean_interleaved(raw, tables, table_of, binning, out):
             target = out[l, yb]
             for j in range(wb):
                 target[j] = np.float32(acc[j, l]) * scale
+
+
+@_jit
+def correlate_mirror(stack, dy, dx, weights, out):
+    """``ndimage.correlate(stack, kernel[None], mode="mirror")`` of a float32 (L, H, W) stack, bit for bit.
+
+    ``dy``, ``dx``, ``weights`` (float64) are the kernel's non-zero taps in raster order, offsets from
+    its centre. As scipy does, each pixel sums ``value × weight`` in float64 in that order and stores
+    float32; here the sums run over whole rows at a time (they vectorise, scipy's per-pixel loop does
+    not: ~10× faster on the 3×3 window).
+    """
+    n, h, w = stack.shape
+    r = 0
+    for k in range(dx.size):
+        r = max(r, abs(dx[k]))
+    padded = np.empty((h, w + 2 * r), np.float64)  # the layer with mirrored columns
+    acc = np.empty(w, np.float64)
+    for l in range(n):
+        layer = stack[l]
+        for y in range(h):
+            for x in range(-r, w + r):
+                padded[y, x + r] = layer[y, _mirror(x, w)]
+        for y in range(h):
+            acc[:] = 0.0
+            for k in range(weights.size):
+                row, weight = padded[_mirror(y + dy[k], h)], weights[k]
+                src = row[r + dx[k] : r + dx[k] + w]
+                for x in range(w):
+                    acc[x] += src[x] * weight
+            target = out[l, y]
+            for x in range(w):
+                target[x] = np.float32(acc[x])
