@@ -42,10 +42,11 @@ def normalized_laplacian(
     nl_binned, nl2_binned = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
     # kernel to 3σ: OpenCV's 9-tap σ=1 kernel has ±4 taps of 1.3e-4; 7 taps are ~20 % faster
     taps = kernels.gaussian_taps(presmooth_sigma, 3.0) if presmooth_sigma > 0 else np.ones(1)
+    small_int = image.dtype.kind in "ui" and image.dtype.itemsize <= 2  # exact int32 pair sums
     for i, layer in enumerate(image):
         # one streamed pass per layer; the same float32 arithmetic as the numpy steps
         # (scipy's presmooth, the shared 4-neighbour sum, the quotient, two bin_means), bit for bit
-        kernels.normalized_laplacian_layer(layer, taps, binning, nl_binned[i], nl2_binned[i])
+        kernels.normalized_laplacian_layer(layer, taps, binning, nl_binned[i], nl2_binned[i], small_int)
     return nl_binned, nl2_binned
 
 
