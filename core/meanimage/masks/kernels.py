@@ -399,8 +399,12 @@ def correlate_mirror(stack, dy, dx, weights, out):
     for l in range(n):
         layer = stack[l]
         for y in range(h):
-            for x in range(-r, w + r):
-                padded[y, x + r] = layer[y, _mirror(x, w)]
+            src, dst = layer[y], padded[y, r : r + w]
+            for x in range(w):
+                dst[x] = src[x]
+            for x in range(1, r + 1):
+                padded[y, r - x] = src[_mirror(-x, w)]
+                padded[y, r + w - 1 + x] = src[_mirror(w - 1 + x, w)]
         for y in range(h):
             acc[:] = 0.0
             for k in range(weights.size):
