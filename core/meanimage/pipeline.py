@@ -18,9 +18,11 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import buffers
 from ..io import astropath as astropath_io
 from ..io import storage
 from ..io.slide import Field, Slide, SlideError, is_interleaved, read_field, read_interleaved
+from ..io.transpose import layers_from_interleaved
 from ..stack import CountAccumulator, FieldLogRow, MeanImageStack
 from .exposure import correct_exposure, corrected_ceiling, exposure_tables
 from .geometry import pixel_scale, plannable_fields
@@ -109,6 +111,14 @@ def read_corrected_field(plan: SlidePlan, field: Field) -> np.ndarray:
     The array is this thread's scratch buffer: valid until the thread reads its next field.
     """
     slide = plan.slide
+    if is_interleaved(field):  # transposed and corrected in one pass
+        h, w, l = slide.shape
+        tables, table_of = exposure_tables(
+            slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current
+        )
+        image = buffers.scratch("field-layers", (l, h, w), slide.dtype)
+        layers_from_interleaved(read_interleaved(slide, field, reuse_buffers=True), tables, table_of, image)
+        return image
     return correct_exposure(
         read_field(slide, field, reuse_buffers=True),
         slide.exposure_per_layer(field),
