@@ -19,7 +19,7 @@ _HEAVY_GROUPS = ("dapi", "fitc")
 
 
 def normalized_laplacian(
-    image: np.ndarray, presmooth_sigma: float, binning: int, binned: np.ndarray | None = None
+    image: np.ndarray, presmooth_sigma: float, binning: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Block means of NL and NL² on the working grid, where NL = Laplacian ÷ local mean.
 
@@ -36,9 +36,6 @@ def normalized_laplacian(
         σ (data pixels) of the smoothing before the Laplacian; 0 for none.
     binning
         Block size of the working grid.
-    binned
-        (L, h, w) float32 to receive the block means of the layers themselves as a by-product
-        (``morphology.bin_mean``'s bits; uint16 or smaller integer images only), or None.
     """
     n_layers, h, w = image.shape
     out_shape = (n_layers, -(-h // binning), -(-w // binning))
@@ -46,20 +43,10 @@ def normalized_laplacian(
     # kernel to 3σ: OpenCV's 9-tap σ=1 kernel has ±4 taps of 1.3e-4; 7 taps are ~20 % faster
     taps = kernels.gaussian_taps(presmooth_sigma, 3.0) if presmooth_sigma > 0 else np.ones(1)
     small_int = image.dtype.kind in "ui" and image.dtype.itemsize <= 2  # exact int32 pair sums
-    if binned is not None and not small_int:
-        raise TypeError(f"block means by the way need integer layers of ≤ 16 bits, got {image.dtype}")
     for i, layer in enumerate(image):
         # one streamed pass per layer; the same float32 arithmetic as the numpy steps
         # (scipy's presmooth, the shared 4-neighbour sum, the quotient, two bin_means), bit for bit
-        kernels.normalized_laplacian_layer(
-            layer,
-            taps,
-            binning,
-            nl_binned[i],
-            nl2_binned[i],
-            small_int,
-            None if binned is None else binned[i],
-        )
+        kernels.normalized_laplacian_layer(layer, taps, binning, nl_binned[i], nl2_binned[i], small_int)
     return nl_binned, nl2_binned
 
 

@@ -183,14 +183,9 @@ def compute_field_masks(
         Per layer, the corrected value of a clipped raw pixel
         (:func:`~shadeflow.core.meanimage.exposure.corrected_ceiling`): pixels at or above it are saturated.
     """
-    if image.dtype == np.uint16:  # the working grid's block means as a by-product of the Laplacian pass
-        binned = np.empty((image.shape[0], *grid.shape(image.shape[1:])), np.float32)
-        nl, nl2 = normalized_laplacian(image, params.cuts.presmooth_sigma, grid.binning, binned)
-        smoothed = smooth_working(binned, grid, params)
-    else:
-        nl, nl2 = normalized_laplacian(image, params.cuts.presmooth_sigma, grid.binning)
-        smoothed = working_smoothed(image, grid, params)
+    smoothed = working_smoothed(image, grid, params)
     tissue = tissue_mask(smoothed, thresholds, groups, grid, params, dark_current)
+    nl, nl2 = normalized_laplacian(image, params.cuts.presmooth_sigma, grid.binning)
     blur = blur_mask(nl, nl2, tissue, groups, grid, params)
     clipped = None if ceiling is None else clipped_cells(image, ceiling, grid.binning)
     saturation = saturation_masks(smoothed, exposure_ms, groups, grid, params, clipped)
@@ -235,16 +230,12 @@ def working_smoothed_interleaved(
     ``tables``/``table_of`` (``exposure.exposure_tables``) as it is binned: the same bits, without
     transposing or correcting the field at full resolution first."""
     h, w, n = raw.shape
-    binned = np.empty((n, *grid.shape((h, w))), np.float32)
-    kernels.block_mean_interleaved(raw, tables, table_of, grid.binning, binned)
-    return smooth_working(binned, grid, params)
-
-
-def smooth_working(binned: np.ndarray, grid: WorkingGrid, params: MaskParameters) -> np.ndarray:
-    """The second half of :func:`working_smoothed`: (L, h, w) block means smoothed to σ = 5 native px."""
+    b = grid.binning
+    binned = np.empty((n, -(-h // b), -(-w // b)), np.float32)
+    kernels.block_mean_interleaved(raw, tables, table_of, b, binned)
     smoothed = np.empty_like(binned)
     taps = _smoothing_taps(grid, params)
-    for i in range(binned.shape[0]):
+    for i in range(n):
         kernels.gaussian_layer(binned[i], taps, kernels.NEAREST, smoothed[i])
     return smoothed
 

@@ -233,27 +233,7 @@ def _fold_rows(nl, r, h, binning, acc, acc2, out, out2):
 
 
 @_jit
-def _fold_counts(row, r, h, binning, sums, out):
-    """Add integer row ``r`` to its block row's column sums; finish the block row (:func:`block_mean_layer`'s
-    exact integer sums and scaling, rows and columns past the edge repeating the last one)."""
-    w = row.size
-    if r % binning == 0:
-        sums[:] = 0
-    last = r == h - 1
-    repeat = 1 + (binning - 1 - r % binning if last else 0)
-    for c in range(w):
-        sums[c] += repeat * np.int64(row[c])
-    if r % binning == binning - 1 or last:
-        scale = np.float32(1.0 / (binning * binning))
-        for j in range(out.size):
-            block = np.int64(0)
-            for k in range(j * binning, j * binning + binning):
-                block += sums[min(k, w - 1)]
-            out[j] = np.float32(block) * scale
-
-
-@_jit
-def normalized_laplacian_layer(layer, taps, binning, out, out2, small_int=False, binned=None):
+def normalized_laplacian_layer(layer, taps, binning, out, out2, small_int=False):
     """Block means of NL and NL² of one layer (see ``blur.normalized_laplacian``), into ``out``, ``out2``.
 
     Parameters
@@ -266,9 +246,6 @@ def normalized_laplacian_layer(layer, taps, binning, out, out2, small_int=False,
         Block size; ``out`` and ``out2`` are (⌈H/b⌉, ⌈W/b⌉) float32.
     small_int
         The layer holds integers of ≤ 16 bits: a 7-tap presmooth takes :func:`_smoothed_row_7_int`.
-    binned
-        If given ((⌈H/b⌉, ⌈W/b⌉) float32, integer layers only), also :func:`block_mean_layer` of the
-        layer, from the rows this pass reads anyway: the working grid without a second read of the layer.
     """
     h, w = layer.shape
     scratch = _scratch(layer, taps)
@@ -279,10 +256,7 @@ def normalized_laplacian_layer(layer, taps, binning, out, out2, small_int=False,
     acc = np.empty(wb * binning, np.float32)
     acc2 = np.empty(wb * binning, np.float32)
     four, five, tiny = np.float32(4), np.float32(5), np.float32(np.finfo(np.float32).tiny)
-    sums = np.empty(w, np.int64)
     for r in range(h):
-        if binned is not None:
-            _fold_counts(layer[r], r, h, binning, sums, binned[r // binning])
         rows = (_mirror(r - 1, h), r, _mirror(r + 1, h))
         for q in rows:
             if made[q % 3] != q:

@@ -148,10 +148,6 @@ class WorkingGrid:
     def length(self, native_px: float) -> float:
         return native_px * self.factor
 
-    def shape(self, field_shape: tuple[int, int]) -> tuple[int, int]:
-        """The working grid of an (H, W) field: ⌈H/b⌉ × ⌈W/b⌉ (edge blocks padded)."""
-        return -(-field_shape[0] // self.binning), -(-field_shape[1] // self.binning)
-
     def area(self, native_px: float) -> float:
         return native_px * self.factor**2
 
