@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shadeflow.core.meanimage.exposure import correct_exposure, exposure_lut
+from shadeflow.core.io.transpose import NO_TABLES, layers_from_interleaved
+from shadeflow.core.meanimage.exposure import correct_exposure, exposure_lut, exposure_tables
 
 VALUES = np.arange(65536)
 
@@ -118,3 +119,18 @@ def test_corrected_ceiling_is_where_a_clipped_raw_pixel_lands(exposure, target, 
     if target < exposure:  # scaled down: only raw values within exposure/target counts of the top reach it
         lut = exposure_lut(exposure, target, offset)
         assert (lut[: 65535 - int(np.ceil(exposure / target))] < ceiling[0]).all()
+
+
+def test_transposing_with_the_exposure_tables_is_transposing_then_correcting():
+    """The compiled transpose (``core.io.transpose``) applies each layer's table on the way: the same
+    values as numpy's transpose followed by :func:`correct_exposure`."""
+    rng = np.random.default_rng(5)
+    raw = rng.integers(0, 65536, (23, 41, 5), dtype=np.uint16)
+    exposure, target = np.array([40.0, 80.0, 40.0, 20.0, 80.0]), np.full(5, 80.0)
+    tables, table_of = exposure_tables(exposure, target, 8.0)
+    assert table_of.tolist() == [0, -1, 0, 1, -1]
+    out = np.empty((5, 23, 41), np.uint16)
+    layers_from_interleaved(raw, tables, table_of, out)
+    np.testing.assert_array_equal(out, correct_exposure(raw.transpose(2, 0, 1).copy(), exposure, target, 8.0))
+    layers_from_interleaved(raw, NO_TABLES, np.full(5, -1), out)
+    np.testing.assert_array_equal(out, raw.transpose(2, 0, 1))

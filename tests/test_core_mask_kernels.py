@@ -15,8 +15,10 @@ from scipy import ndimage as ndi
 from scipy import signal
 
 from shadeflow.core import morphology as morph
+from shadeflow.core.io.slide import interleaved_to_layers
+from shadeflow.core.meanimage.exposure import correct_exposure, exposure_tables
 from shadeflow.core.meanimage.masks.blur import normalized_laplacian, window_mean
-from shadeflow.core.meanimage.masks.combined import working_smoothed
+from shadeflow.core.meanimage.masks.combined import working_smoothed, working_smoothed_interleaved
 from shadeflow.core.meanimage.masks.parameters import MaskParameters, WorkingGrid
 from shadeflow.core.stack import _stack_layer
 
@@ -57,9 +59,10 @@ def _field(shape: tuple[int, int, int], seed: int) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(2, 61, 83), (1, 32, 32), (1, 2, 5), (1, 9, 2)])
 @pytest.mark.parametrize("binning", [1, 2, 4, 8])
 @pytest.mark.parametrize("sigma", [1.0, 0.0, 2.5])
-def test_normalized_laplacian_is_the_numpy_version_bit_for_bit(shape, binning, sigma):
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])  # integer pair sums / float64 row copies
+def test_normalized_laplacian_is_the_numpy_version_bit_for_bit(shape, binning, sigma, dtype):
     image = _field(shape, seed=binning)
-    nl, nl2 = normalized_laplacian(image, sigma, binning)
+    nl, nl2 = normalized_laplacian(image.astype(dtype), sigma, binning)
     ref, ref2 = _nl_numpy(image, sigma, binning)
     assert nl.dtype == nl2.dtype == np.float32
     np.testing.assert_array_equal(nl, ref)
@@ -73,6 +76,24 @@ def test_working_smoothed_is_bin_mean_then_scipy_gaussian_bit_for_bit(shape, bin
     grid, params = WorkingGrid(scale=1.0, binning=binning), MaskParameters(microscope="vectra")
     expected = morph.smooth(morph.bin_mean(image, binning), grid.sigma(params.smoothing_sigma))
     np.testing.assert_array_equal(working_smoothed(image, grid, params), expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 61, 83), (5, 7, 3), (2, 1, 9)])
+@pytest.mark.parametrize("binning", [1, 2, 4, 8])
+def test_working_smoothed_of_the_stored_field_is_that_of_the_corrected_layers(shape, binning):
+    """Binning the (H, W, L) file layout with the exposure tables applied on the way: the same bits as
+    transposing, correcting, then :func:`working_smoothed`."""
+    image = _field(shape, seed=20 + binning)
+    raw = np.ascontiguousarray(np.moveaxis(image, 0, -1))
+    exposure = np.array([50.0, 80.0, 50.0, 200.0, 80.0][: shape[0]])  # repeated and unchanged layers
+    target = np.full(shape[0], 80.0)
+    grid, params = WorkingGrid(scale=1.0, binning=binning), MaskParameters(microscope="vectra")
+    tables, table_of = exposure_tables(exposure, target, 8.0)
+    assert tables.shape[0] == len(set(exposure[exposure != 80.0]))
+    expected = working_smoothed(
+        correct_exposure(interleaved_to_layers(raw), exposure, target, 8.0), grid, params
+    )
+    np.testing.assert_array_equal(working_smoothed_interleaved(raw, tables, table_of, grid, params), expected)
 
 
 @pytest.mark.parametrize("everywhere", [True, False])
@@ -92,6 +113,18 @@ def test_stacking_kernel_is_the_numpy_sums(everywhere, narrow):
     for got, want in zip((total, total_sq, count), expected):
         assert got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("shape", [(3, 70, 90), (1, 1, 9), (2, 2, 1), (1, 5, 3)])
+@pytest.mark.parametrize("size", [3.75, 2.0, 4.0])  # the 15-px window on the 4×-binned grid, and others
+def test_small_window_mean_is_scipy_correlate_bit_for_bit(shape, size):
+    rng = np.random.default_rng(13)
+    stack = (rng.standard_normal(shape) ** 2 * 1e3).astype(np.float32)
+    stack[:, :1] = 0
+    footprint = morph.ellipse(size)
+    assert 1 < footprint.sum() <= 16
+    expected = ndi.correlate(stack, (footprint / footprint.sum()).astype(np.float32)[None], mode="mirror")
+    np.testing.assert_array_equal(window_mean(stack, footprint), expected)
 
 
 def _window_mean_fft(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from shadeflow.core.meanimage.thresholds import (
     _CumulativeMoments,
     iterated_otsu_threshold,
     otsu_bin,
+    otsu_bin_skimage,
     slide_thresholds,
 )
 from shadeflow.core.morphology import smooth
@@ -34,6 +35,22 @@ def test_otsu_bin_two_single_bins_splits_after_the_first():
     hist = np.zeros(10, np.int64)
     hist[2], hist[7] = 5, 7
     assert 2 <= otsu_bin(hist) < 7
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_otsu_kernel_is_scikit_image_on_every_prefix(seed):
+    """The compiled Otsu gives scikit-image's bin on realistic histograms (a background peak, a tissue
+    tail, gaps, empty ends) and on the prefixes the iterated threshold walks down."""
+    rng = np.random.default_rng(seed)
+    values = np.concatenate(
+        [rng.normal(300 + 50 * seed, 20, 60_000), rng.gamma(2.0, 800.0 * (seed + 1), 25_000) + 400]
+    )
+    hist = _histogram(values[rng.random(values.size) < 0.9])
+    hist[rng.integers(0, 65536, 40)] += rng.integers(1, 3, 40)  # isolated bins, far out
+    ends = np.flatnonzero(hist)[:: max(1, np.count_nonzero(hist) // 60)] + 1
+    for end in [N_BINS, *ends]:
+        assert otsu_bin(hist[:end]) == otsu_bin_skimage(hist[:end])
+    assert iterated_otsu_threshold(hist) > 0
 
 
 @pytest.mark.parametrize("occupied", [[], [5]])

@@ -24,6 +24,7 @@ import numpy as np
 from .. import buffers
 from ..errors import InputError
 from . import storage
+from .transpose import NO_TABLES, layers_from_interleaved
 
 SLIDE_JSON = "slide.json"
 FIELDS_CSV = "fields.csv"
@@ -259,7 +260,7 @@ def read_field(
     h, w, l = slide.shape
     where = f"slide {slide.slide_id}: field {field.key} ({field.file})"
     url = slide.field_url(field)
-    if field.file.lower().endswith((".tif", ".tiff")):
+    if not is_interleaved(field):
         import tifffile
 
         try:
@@ -271,6 +272,23 @@ def read_field(
                 f"{where}: TIFF holds {image.shape} {image.dtype}, expected ({l}, {h}, {w}) {slide.dtype}"
             )
         return np.ascontiguousarray(image if layers is None else image[list(layers)])
+    raw = read_interleaved(slide, field, reuse_buffers)
+    if layers is not None:
+        return interleaved_to_layers(raw[:, :, list(layers)])
+    out = buffers.scratch("field-layers", (l, h, w), slide.dtype) if reuse_buffers else None
+    return interleaved_to_layers(raw, out)
+
+
+def is_interleaved(field: Field) -> bool:
+    """Whether the field's file is a ``.Data.dat`` (pixel-interleaved (H, W, L)), not a TIFF."""
+    return not field.file.lower().endswith((".tif", ".tiff"))
+
+
+def read_interleaved(slide: Slide, field: Field, reuse_buffers: bool = False) -> np.ndarray:
+    """A ``.Data.dat`` field as stored, (H, W, L) little-endian, not transposed (see :func:`read_field`)."""
+    h, w, l = slide.shape
+    where = f"slide {slide.slide_id}: field {field.key} ({field.file})"
+    url = slide.field_url(field)
     dtype = np.dtype(slide.dtype).newbyteorder("<")
     raw = buffers.scratch("raw-field", (h, w, l), dtype) if reuse_buffers else np.empty((h, w, l), dtype)
     fs, path = storage.filesystem(url)
@@ -282,10 +300,7 @@ def read_field(
         raise SlideError(
             f"{where}: {size} bytes, expected {slide.field_nbytes} for shape {h}x{w}x{l} {slide.dtype}"
         )
-    if layers is not None:
-        return interleaved_to_layers(raw[:, :, list(layers)])
-    out = buffers.scratch("field-layers", (l, h, w), slide.dtype) if reuse_buffers else None
-    return interleaved_to_layers(raw, out)
+    return raw
 
 
 def interleaved_to_layers(interleaved: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -293,6 +308,9 @@ def interleaved_to_layers(interleaved: np.ndarray, out: np.ndarray | None = None
     faster)."""
     h, w, l = interleaved.shape
     layers = out if out is not None else np.empty((l, h, w), dtype=interleaved.dtype.newbyteorder("="))
+    if interleaved.dtype == np.uint16 and interleaved.flags.c_contiguous:  # the compiled loop (~15 % faster)
+        layers_from_interleaved(interleaved, NO_TABLES, np.full(l, -1, np.int64), layers)
+        return layers
     for row in range(0, h, 64):
         layers[:, row : row + 64, :] = interleaved[row : row + 64].transpose(2, 0, 1)
     return layers

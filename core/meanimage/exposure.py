@@ -41,6 +41,25 @@ def corrected_ceiling(exposure_ms: np.ndarray, target_ms: np.ndarray, offset: fl
     return np.clip(np.where(exposure_ms == target_ms, 65535.0, ceiling), 0, 65535).astype(np.uint16)
 
 
+def exposure_tables(
+    exposure_ms: np.ndarray, target_ms: np.ndarray, offset: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tables :func:`correct_exposure` applies, for kernels that correct as they read.
+
+    Returns the distinct tables, (T, 65536) uint16, and per layer the row of its table or −1 where
+    the layer is left as it is (its exposure is the target).
+    """
+    keys: dict[tuple[float, float], int] = {}
+    table_of = np.full(len(exposure_ms), -1, np.int64)
+    for layer, (exposure, target) in enumerate(zip(exposure_ms, target_ms)):
+        if exposure != target:
+            table_of[layer] = keys.setdefault((float(exposure), float(target)), len(keys))
+    tables = np.empty((len(keys), 65536), np.uint16)
+    for (exposure, target), row in keys.items():
+        tables[row] = exposure_lut(exposure, target, offset)
+    return tables, table_of
+
+
 def correct_exposure(
     image: np.ndarray, exposure_ms: np.ndarray, target_ms: np.ndarray, offset: float, inplace: bool = False
 ) -> np.ndarray:

@@ -18,11 +18,13 @@ from functools import cached_property
 
 import numpy as np
 
+from .. import buffers
 from ..io import astropath as astropath_io
 from ..io import storage
-from ..io.slide import Field, Slide, SlideError, read_field
+from ..io.slide import Field, Slide, SlideError, is_interleaved, read_field, read_interleaved
+from ..io.transpose import layers_from_interleaved
 from ..stack import CountAccumulator, FieldLogRow, MeanImageStack
-from .exposure import correct_exposure, corrected_ceiling
+from .exposure import correct_exposure, corrected_ceiling, exposure_tables
 from .geometry import pixel_scale, plannable_fields
 from .masks.combined import (
     FieldMasks,
@@ -30,6 +32,7 @@ from .masks.combined import (
     compute_field_masks,
     pack_tissue_mask,
     working_smoothed,
+    working_smoothed_interleaved,
 )
 from .masks.parameters import MaskParameters, WorkingGrid
 from .thresholds import N_BINS, slide_thresholds, thresholds_from_histograms
@@ -108,6 +111,14 @@ def read_corrected_field(plan: SlidePlan, field: Field) -> np.ndarray:
     The array is this thread's scratch buffer: valid until the thread reads its next field.
     """
     slide = plan.slide
+    if is_interleaved(field):  # transposed and corrected in one pass
+        h, w, l = slide.shape
+        tables, table_of = exposure_tables(
+            slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current
+        )
+        image = buffers.scratch("field-layers", (l, h, w), slide.dtype)
+        layers_from_interleaved(read_interleaved(slide, field, reuse_buffers=True), tables, table_of, image)
+        return image
     return correct_exposure(
         read_field(slide, field, reuse_buffers=True),
         slide.exposure_per_layer(field),
@@ -134,8 +145,16 @@ def read_corrected_layers(plan: SlidePlan, field: Field, layers: Sequence[int]) 
 def field_thresholds(plan: SlidePlan, field: Field) -> tuple[np.ndarray, np.ndarray]:
     """Background threshold of each layer of one (edge) field, in counts, shape (L,),
     and the histograms they came from, (L, 65536) int64."""
-    image = read_corrected_field(plan, field)
-    smoothed = np.clip(np.rint(working_smoothed(image, plan.grid, plan.params)), 0, 65535).astype(np.uint16)
+    slide = plan.slide
+    if is_interleaved(field):  # binned as stored: no full-resolution transpose or corrected copy
+        tables, table_of = exposure_tables(
+            slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current
+        )
+        raw = read_interleaved(slide, field, reuse_buffers=True)
+        smoothed = working_smoothed_interleaved(raw, tables, table_of, plan.grid, plan.params)
+    else:
+        smoothed = working_smoothed(read_corrected_field(plan, field), plan.grid, plan.params)
+    smoothed = np.clip(np.rint(smoothed), 0, 65535).astype(np.uint16)
     histograms = np.stack([np.bincount(layer.ravel(), minlength=N_BINS) for layer in smoothed])
     return thresholds_from_histograms(histograms), histograms
 

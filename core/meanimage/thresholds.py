@@ -9,6 +9,7 @@ layer is the median of its edge fields' non-zero thresholds.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from skimage.filters import threshold_otsu
 
@@ -18,11 +19,58 @@ N_BINS = 65536
 def otsu_bin(hist: np.ndarray) -> int:
     """Otsu threshold of a histogram over bin indices: the last bin of the lower class, or −1.
 
-    −1 means no split exists (fewer than two occupied bins).
+    −1 means no split exists (fewer than two occupied bins). scikit-image's ``threshold_otsu`` of
+    ``hist=(counts, arange)``, computed by :func:`_otsu_kernel` (see :func:`otsu_bin_skimage`).
     """
     if np.count_nonzero(hist) < 2:
         return -1
+    return int(_otsu_kernel(np.ascontiguousarray(hist, np.float64)))
+
+
+def otsu_bin_skimage(hist: np.ndarray) -> int:
+    """:func:`otsu_bin` by scikit-image itself (the reference the kernel is tested against)."""
+    if np.count_nonzero(hist) < 2:
+        return -1
     return int(threshold_otsu(hist=(hist.astype(np.float64), np.arange(hist.size))))
+
+
+@numba.njit(cache=True, nogil=True)
+def _otsu_kernel(hist):
+    """scikit-image's ``threshold_otsu(hist=(hist, arange))`` with its arithmetic, bit for bit.
+
+    The iterated threshold calls Otsu ~6 times per layer on histograms of up to 65,536 bins; numpy's
+    dozen temporaries per call made it a fifth of the thresholds pass, this loop ~1/20 of that. As
+    scikit-image does: empty end bins trimmed; counts as float32, their running sums float32 and
+    sequential; count × bin in float64; between-class variance ``(w₁·w₂)₃₂ · (μ₁ − μ₂)²`` in float64;
+    the first maximum. Needs ≥ 2 occupied bins.
+    """
+    start, end = 0, hist.size
+    while hist[start] == 0:
+        start += 1
+    while hist[end - 1] == 0:
+        end -= 1
+    n = end - start
+    counts = np.empty(n, np.float32)
+    for i in range(n):
+        counts[i] = np.float32(hist[start + i])
+    w2 = np.empty(n, np.float32)  # counts summed from the top down, as cumsum of the reversed array
+    m2 = np.empty(n, np.float64)  # their count × bin sums over weight: the upper class's mean
+    acc32, acc64 = np.float32(0), 0.0
+    for i in range(n - 1, -1, -1):
+        acc32 += counts[i]
+        acc64 += np.float64(counts[i]) * np.float64(start + i)
+        w2[i] = acc32
+        m2[i] = acc64 / np.float64(acc32)
+    best, best_i = -np.inf, 0
+    acc32, acc64 = np.float32(0), 0.0
+    for i in range(n - 1):
+        acc32 += counts[i]
+        acc64 += np.float64(counts[i]) * np.float64(start + i)
+        d = acc64 / np.float64(acc32) - m2[i + 1]
+        v = np.float64(acc32 * w2[i + 1]) * (d * d)
+        if v > best:
+            best, best_i = v, i
+    return start + best_i
 
 
 class _CumulativeMoments:

@@ -8,7 +8,6 @@ resolution (the cut values refer to it), then averaged over large elliptical win
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from ... import morphology as morph
 from ...io.slide import LayerGroup
@@ -43,10 +42,11 @@ def normalized_laplacian(
     nl_binned, nl2_binned = np.empty(out_shape, np.float32), np.empty(out_shape, np.float32)
     # kernel to 3σ: OpenCV's 9-tap σ=1 kernel has ±4 taps of 1.3e-4; 7 taps are ~20 % faster
     taps = kernels.gaussian_taps(presmooth_sigma, 3.0) if presmooth_sigma > 0 else np.ones(1)
+    small_int = image.dtype.kind in "ui" and image.dtype.itemsize <= 2  # exact int32 pair sums
     for i, layer in enumerate(image):
         # one streamed pass per layer; the same float32 arithmetic as the numpy steps
         # (scipy's presmooth, the shared 4-neighbour sum, the quotient, two bin_means), bit for bit
-        kernels.normalized_laplacian_layer(layer, taps, binning, nl_binned[i], nl2_binned[i])
+        kernels.normalized_laplacian_layer(layer, taps, binning, nl_binned[i], nl2_binned[i], small_int)
     return nl_binned, nl2_binned
 
 
@@ -66,8 +66,15 @@ def window_mean(stack: np.ndarray, footprint: np.ndarray) -> np.ndarray:
     if footprint.size == 1:
         return stack
     kernel = (footprint / footprint.sum()).astype(np.float32)
-    if footprint.sum() <= _DIRECT_WINDOW_MAX:
-        return ndi.correlate(stack, kernel[None], mode="mirror")
+    if footprint.sum() <= _DIRECT_WINDOW_MAX:  # scipy's correlate, bit for bit
+        weights = kernel.astype(np.float64)
+        dy, dx = np.nonzero(np.abs(weights) > np.finfo(np.float64).eps)  # scipy's taps, raster order
+        out = np.empty(stack.shape, np.float32)
+        c = np.array(kernel.shape) // 2
+        kernels.correlate_mirror(
+            np.ascontiguousarray(stack, np.float32), dy - c[0], dx - c[1], weights[dy, dx], out
+        )
+        return out
     r = footprint.shape[0] // 2
     _, h, w = stack.shape
     mode = "reflect" if min(h, w) > r else "symmetric"

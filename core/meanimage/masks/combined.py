@@ -214,14 +214,35 @@ def working_smoothed(image: np.ndarray, grid: WorkingGrid, params: MaskParameter
     """
     n, h, w = image.shape
     b = grid.binning
-    sigma = grid.sigma(params.smoothing_sigma)
-    taps = kernels.gaussian_taps(sigma, 4.0) if sigma > 1e-15 else np.ones(1)  # scipy skips σ ≈ 0
     binned = np.empty((-(-h // b), -(-w // b)), np.float32)
     smoothed = np.empty((n, *binned.shape), np.float32)
+    taps = _smoothing_taps(grid, params)
     for i, layer in enumerate(image):
         kernels.block_mean_layer(layer, b, binned)
         kernels.gaussian_layer(binned, taps, kernels.NEAREST, smoothed[i])
     return smoothed
+
+
+def working_smoothed_interleaved(
+    raw: np.ndarray, tables: np.ndarray, table_of: np.ndarray, grid: WorkingGrid, params: MaskParameters
+) -> np.ndarray:
+    """:func:`working_smoothed` of a field as stored, (H, W, L) raw counts, exposure-corrected by
+    ``tables``/``table_of`` (``exposure.exposure_tables``) as it is binned: the same bits, without
+    transposing or correcting the field at full resolution first."""
+    h, w, n = raw.shape
+    b = grid.binning
+    binned = np.empty((n, -(-h // b), -(-w // b)), np.float32)
+    kernels.block_mean_interleaved(raw, tables, table_of, b, binned)
+    smoothed = np.empty_like(binned)
+    taps = _smoothing_taps(grid, params)
+    for i in range(n):
+        kernels.gaussian_layer(binned[i], taps, kernels.NEAREST, smoothed[i])
+    return smoothed
+
+
+def _smoothing_taps(grid: WorkingGrid, params: MaskParameters) -> np.ndarray:
+    sigma = grid.sigma(params.smoothing_sigma)
+    return kernels.gaussian_taps(sigma, 4.0) if sigma > 1e-15 else np.ones(1)  # scipy skips σ ≈ 0
 
 
 def pack_tissue_mask(tissue: np.ndarray) -> bytes:
