@@ -355,6 +355,40 @@ def test_partial_output_written_by_hand_is_redone(tmp_path):
     assert os.path.exists(os.path.join(target, "shadeflow.json"))
 
 
+def test_a_chunk_write_left_by_a_lost_writer_is_removed_before_the_marker(tmp_path):
+    """A Dask worker killed inside zarr's atomic chunk write leaves ``<chunk>.<uuid hex>.partial`` (seen in a
+    fault test); the retried task writes the chunk, and the stray file must not stay in a complete output
+    nor count in its marker."""
+    tile, truth = make_tile(tmp_path / "in", shape=(16, 64, 64), chunks=(8, 32, 32))
+    request = dict(flatfield=truth["flatfield"], background="100", levels=2)
+    _, clean = correct(tile, out=str(tmp_path / "clean"), **request)
+    target = tmp_path / "out" / "tile.ome.zarr"
+    stray = target / "0" / "c" / "0" / "0" / ("0." + "4c8206985e474806ae8c3377dcebc639" + ".partial")
+    user_file = target / "0" / "notes.partial"  # not zarr's pattern: not ours to remove
+
+    def lost_writer():
+        if not stray.exists():
+            stray.parent.mkdir(parents=True, exist_ok=True)
+            stray.write_bytes(b"half a chunk")
+            user_file.write_bytes(b"kept")
+
+    logged = []
+    plan = plan_tile(tile, CorrectRequest(out=str(tmp_path / "out"), **request))
+    report = run_tile(plan, on_block=lost_writer, log=logged.append)
+    assert report.status == "written" and not stray.exists() and user_file.exists()
+    assert any("left by a writer lost mid-chunk" in line for line in logged)
+    manifest = json.loads((target / "shadeflow.json").read_text())
+    on_disk = [p for p in target.rglob("*") if p.is_file() and p.name != "shadeflow.json"]
+    assert manifest["n_files"] == len(on_disk)
+    ours = {
+        k: v
+        for k, v in tree(str(target)).items()
+        if not k.endswith(("shadeflow.json", "zarr.json", ".partial"))
+    }
+    theirs = {k: v for k, v in tree(clean.output).items() if not k.endswith(("shadeflow.json", "zarr.json"))}
+    assert ours == theirs
+
+
 def test_synthetic_truth_round_trip(tmp_path):
     tile, truth = make_tile(tmp_path, shape=(20, 32, 32), chunks=(10, 32, 32), quiet_fraction=0.2)
     assert read_truth(tile)["quiet_planes"] == truth["quiet_planes"] == [0, 1, 2, 3, 16, 17, 18, 19]

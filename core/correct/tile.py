@@ -45,6 +45,7 @@ from ..io.omezarr import (
     missing_chunks,
     open_group,
     open_image,
+    remove_interrupted_chunk_writes,
     write_multiscales,
 )
 from ..io.output_folders import MANIFEST, is_complete, read_manifest, shadeflow_version
@@ -584,6 +585,8 @@ def run_tile(
         )
         with graph_constants_allowed():
             compute(*stores)
+        for stray in remove_interrupted_chunk_writes(plan.output):
+            log(f"{plan.name}: removed {stray}, left by a writer lost mid-chunk (its chunk was rewritten)")
         write_multiscales(
             group,
             image.axes,

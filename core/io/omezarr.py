@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -456,6 +457,21 @@ def shard_shape(shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[i
     """``shards`` no larger than needed to cover ``shape``, in whole chunks (a shard is a multiple of the
     chunk)."""
     return tuple(min(s, -(-n // c) * c) for n, c, s in zip(shape, chunks, shards))
+
+
+#: zarr's local store writes each chunk to ``<key>.<uuid4 hex>.partial`` and renames it into place
+_CHUNK_WRITE_IN_FLIGHT = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_interrupted_chunk_writes(url: str) -> list[str]:
+    """Remove what writers killed mid-chunk left below the image ``url`` (zarr's temporary files of a
+    local store; a Dask worker lost during a write leaves one, and the retried task writes the chunk
+    again under its own name). Call it only when no writer is running. Returns the removed paths,
+    relative to ``url``."""
+    stray = sorted(name for name in storage.file_sizes(url) if _CHUNK_WRITE_IN_FLIGHT.search(name))
+    for name in stray:
+        storage.remove(storage.join(url, name))
+    return stray
 
 
 def write_multiscales(
