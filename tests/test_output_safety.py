@@ -254,6 +254,29 @@ def test_meanimage_leaves_other_runs_staging_folders_and_removes_abandoned_ones(
     alive.lease.release(remove=True)
 
 
+def test_a_staging_folder_whose_maker_was_killed_before_its_lease_was_in_place_is_removed(tmp_path):
+    """Killed inside ``StagingLease.acquire`` (seen in a fault test under load): the folder empty, or holding
+    only the private lease not yet renamed. Removed when that proves its maker dead; kept otherwise."""
+    import fcntl
+
+    from shadeflow.core.io.staging_lease import LEASE, remove_stale_partials
+
+    out = str(tmp_path / "meanimage")
+    empty, private, live, legacy = (staging_url(out, t) for t in ("empty", "private", "live", "legacy"))
+    for folder in (empty, private, live, legacy):
+        os.makedirs(folder)
+    open(os.path.join(private, f"{LEASE}.1a2b3c4d"), "w").close()  # its locker died: unlocked
+    held = open(os.path.join(live, f"{LEASE}.5e6f7a8b"), "w")  # its maker is alive, about to rename it
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    storage.write_text(os.path.join(legacy, "x.bin"), "x")  # files and no lease: nothing proves it abandoned
+    try:
+        left = remove_stale_partials(out)
+        assert not os.path.exists(empty) and not os.path.exists(private)
+        assert sorted(left) == sorted([live, legacy]) and os.path.isfile(os.path.join(legacy, "x.bin"))
+    finally:
+        held.close()
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. files shadeflow did not write: refused without --overwrite, kept with it
 

@@ -6,7 +6,9 @@ behind, and another run may remove it only when it is provably not in use:
 
 * on a local disk the owner holds an ``flock`` on ``<staging>/.lease`` for as long as it may write
   there; the operating system drops the lock when the owner's process dies, so a lease that can be
-  locked belongs to a dead run (NFSv4 clients share these locks across machines);
+  locked belongs to a dead run (NFSv4 clients share these locks across machines); a run killed while
+  making its folder leaves it empty or with only its private, unrenamed lease, which is removed the same
+  way;
 * on object stores there is no such lock, and a staging folder without a lease (still being made, or
   left by an older shadeflow) proves nothing: those are left in place, and the caller names them so a
   person can remove them once no run writes that output.
@@ -128,11 +130,41 @@ def _remove_if_abandoned(url: str) -> bool:
     try:
         handle = open(os.path.join(url, LEASE), "r+")
     except OSError:  # no lease: still being made, or left by a run that held none
-        return False
+        return _remove_if_unfinished(url)
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             return False  # its run is alive
         storage.remove(url)  # removed while we hold its lease
+    return True
+
+
+def _remove_if_unfinished(url: str) -> bool:
+    """A run killed while it made its staging folder (:meth:`StagingLease.acquire`) leaves the folder empty,
+    or holding only the private lease it had locked but not yet renamed. Empty: ``rmdir``, which fails,
+    harmlessly, once its maker has put anything in it (a live maker loses at most its own run). Only a
+    private lease: removed if it can be locked, as its maker is then dead. Anything else proves nothing."""
+    try:
+        names = os.listdir(url)
+    except OSError:
+        return False
+    if not names:
+        try:
+            os.rmdir(url)
+        except OSError:
+            return False
+        return True
+    if len(names) != 1 or not names[0].startswith(LEASE + "."):
+        return False
+    try:
+        handle = open(os.path.join(url, names[0]), "r+")
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # its maker is alive, about to rename it
+        storage.remove(url)
     return True
