@@ -22,7 +22,7 @@ degree is chosen by the frames:
    answers were 0.4 and 0.5 % off, one 3.6 %).
 
 The two half-fits of the chosen degree are also the fits of the split-half check
-(``core.estimate.holdout``), so that check costs nothing more.
+(``core.estimate.holdout``): their spread is returned, so that check costs nothing more.
 """
 
 from __future__ import annotations
@@ -56,11 +56,12 @@ HALVES = (slice(0, None, 2), slice(1, None, 2))
 
 @dataclass
 class DegreeChoice:
-    """The chosen degree, each candidate's held-out loss (∞: refused on a half) and the chosen half-fits."""
+    """The chosen degree, each candidate's held-out loss (∞: refused on a half) and the split-half spread
+    (%) of the chosen degree's half-fits (None when no candidate was fitted on both halves)."""
 
     degree: int
     losses: dict[int, float]
-    half_models: tuple[GridModel, GridModel] | None
+    spread: float | None
     default: int
 
     @property
@@ -112,7 +113,7 @@ def choose_darkfield_degree(
         d: folds for d, folds in per_frame.items() if spreads[d] <= limit or d == settings.darkfield_degree
     }
     best = _clearly_better(eligible, settings.darkfield_degree)
-    return DegreeChoice(best, losses, halves.get(best), settings.darkfield_degree)
+    return DegreeChoice(best, losses, spreads.get(best), settings.darkfield_degree)
 
 
 def _clearly_better(per_frame: dict[int, tuple[np.ndarray, np.ndarray]], default: int) -> int:

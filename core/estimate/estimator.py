@@ -76,7 +76,7 @@ from .grid import (
     grid_layout,
     single_threaded_blas,
 )
-from .holdout import SPREAD_LIMIT, split_half_spread, spread_of_halves
+from .holdout import SPREAD_LIMIT, split_half_spread
 from .mesh_background import BACKGROUNDS, MeshBackground, sky_weights
 from .quantile_lines import fit_lines
 
@@ -740,8 +740,8 @@ def _estimate_with(
             choice = choose_darkfield_degree(Y, V, floor_settings, fit_floor)
             floor_settings = replace(floor_settings, darkfield_degree=choice.degree)
         fitted = fit(Y, V)
-        if choice is not None and choice.half_models is not None:
-            spread = spread_of_halves(*(m.fields()[0] for m in choice.half_models))
+        if choice is not None and choice.spread is not None:
+            spread = choice.spread
         else:
             spread = split_half_spread(Y, V, lambda Y, V: fit(Y, V).fields()[0])
         offset = (

@@ -113,9 +113,7 @@ def read_corrected_field(plan: SlidePlan, field: Field) -> np.ndarray:
     slide = plan.slide
     if is_interleaved(field):  # transposed and corrected in one pass
         h, w, l = slide.shape
-        tables, table_of = exposure_tables(
-            slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current
-        )
+        tables, table_of = _exposure_tables(plan, field)
         image = buffers.scratch("field-layers", (l, h, w), slide.dtype)
         layers_from_interleaved(read_interleaved(slide, field, reuse_buffers=True), tables, table_of, image)
         return image
@@ -142,14 +140,19 @@ def read_corrected_layers(plan: SlidePlan, field: Field, layers: Sequence[int]) 
     )
 
 
+def _exposure_tables(plan: SlidePlan, field: Field) -> tuple[np.ndarray, np.ndarray]:
+    """The exposure correction of ``field`` to the plan's exposure times, as lookup tables for kernels that
+    correct as they read (``exposure.exposure_tables``)."""
+    slide = plan.slide
+    return exposure_tables(slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current)
+
+
 def field_thresholds(plan: SlidePlan, field: Field) -> tuple[np.ndarray, np.ndarray]:
     """Background threshold of each layer of one (edge) field, in counts, shape (L,),
     and the histograms they came from, (L, 65536) int64."""
     slide = plan.slide
     if is_interleaved(field):  # binned as stored: no full-resolution transpose or corrected copy
-        tables, table_of = exposure_tables(
-            slide.exposure_per_layer(field), plan.exposure_ms, slide.dark_current
-        )
+        tables, table_of = _exposure_tables(plan, field)
         raw = read_interleaved(slide, field, reuse_buffers=True)
         smoothed = working_smoothed_interleaved(raw, tables, table_of, plan.grid, plan.params)
     else:
