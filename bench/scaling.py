@@ -23,9 +23,10 @@ fresh copy of the inputs (hard links: the flows only read their inputs) at the s
 that record their input's path compare byte for byte; every output file is compared with the
 in-process run's (``shadeflow.core.io.output_digest``: without time stamps and PDF bytes).
 
-It prints fields/s (meanimage) and MB/s (uncompressed input, correct) per cluster, the efficiency of
-two worker processes against one (throughput with 2 ÷ (2 × throughput with 1); target ≥ 0.8), and
-whether every output file is identical to the in-process reference.
+It prints fields/s (meanimage) and MB/s (uncompressed input, correct) per cluster with the CPU seconds
+each role used during the run (the flow's process, Prefect's API server, the scheduler, the workers),
+the efficiency of two worker processes against one (throughput with 2 ÷ (2 × throughput with 1);
+target ≥ 0.8), and whether every output file is identical to the in-process reference.
 
 Worker processes get the memory settings Kubernetes worker pods get (``infra/allocator.py``, through
 the nanny's pre-spawn environment) and half of this machine's memory each, as ``--workers 2`` would size
@@ -185,10 +186,45 @@ def dask_processes(n_workers: int, folder: pathlib.Path, memory: int) -> Iterato
             )  # fmt: skip
         with Client(address, timeout=60) as client:
             client.wait_for_workers(n_workers, timeout=120)
+        PROCESSES.update(scheduler=started[:1], workers=started[1:])
         yield address
     finally:
+        PROCESSES.clear()
         for process in reversed(started):
             _stop(process)
+
+
+#: the running external cluster's processes (:func:`dask_processes`), for :func:`cpu_by_role`
+PROCESSES: dict[str, list[subprocess.Popen]] = {}
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each role: this process (the flow: Prefect's client,
+    the Dask client — and, in-process, the workers' threads), Prefect's API server (this process's
+    ``uvicorn`` child), the Dask scheduler and the workers (each with its nanny). Differences of two
+    calls say where a run's CPU went: what the workers do is the work, the rest is orchestration."""
+    import psutil
+
+    def tree(pid: int) -> float:
+        try:
+            root = psutil.Process(pid)
+            return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            return 0.0
+
+    me = psutil.Process()
+    api = [c.pid for c in me.children() if "uvicorn" in " ".join(c.cmdline())]
+    return {
+        "flow process": sum(me.cpu_times()[:2]),
+        "API server": sum(tree(pid) for pid in api),
+        "scheduler": sum(tree(p.pid) for p in PROCESSES.get("scheduler", [])),
+        "workers": sum(tree(p.pid) for p in PROCESSES.get("workers", [])),
+    }
+
+
+def cpu_during(before: dict[str, float]) -> str:
+    after = cpu_by_role()
+    return ", ".join(f"{role} {after[role] - before[role]:.1f}" for role in after)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -370,8 +406,11 @@ def main() -> None:
                 run_meanimage(tiny_slides, base / "run" / "tiny-cohort")
                 run_correct(tiny_tiles, base / "run" / "tiny-tiles")
                 warm = time.perf_counter() - start
+                cpu = cpu_by_role()
                 t_mean, d_mean = run_meanimage(slides_in, base / "run" / "cohort")
+                cpu_mean, cpu = cpu_during(cpu), cpu_by_role()
                 t_corr, d_corr = run_correct(tiles_in, base / "run" / "tiles")
+                cpu_corr = cpu_during(cpu)
                 stages = dict(STAGES)
             finally:
                 os.environ.pop("SHADEFLOW_CLUSTER", None)
@@ -381,7 +420,9 @@ def main() -> None:
             f"{mb / t_corr:5.0f} MB/s ({t_corr:5.1f} s); warm-up on tiny inputs {warm:.1f} s"
             + (f" ({address})" if address else "")
             + f"\n    meanimage tasks: {describe_stages(stages['meanimage'])}"
-            + f"\n    correct tasks: {describe_stages(stages['correct'])}",
+            + f"\n    meanimage CPU s: {cpu_mean}"
+            + f"\n    correct tasks: {describe_stages(stages['correct'])}"
+            + f"\n    correct CPU s: {cpu_corr}",
             flush=True,
         )
     if files_of(slides_in) != before["cohort"] or files_of(tiles_in) != before["tiles"]:

@@ -157,6 +157,7 @@ def child(argv: list[str]) -> None:
 
     def api_server(module) -> None:  # this checkout's own API start, if it has one
         for name, start, end in (
+            ("prelaunch_api_server", "api_spawn", "api_spawned"),  # the first of the two counts
             ("start_api_server", "api_spawn", "api_spawned"),
             ("wait_for_api", "api_wait", "api_ready"),
         ):

@@ -69,9 +69,19 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
 
 
+def _prelaunch_prefect() -> None:
+    """Once the parameters parse, before the input checks: Prefect's temporary API server launched, to
+    come up while the command checks its input, imports the flow and plans the run; nothing of Prefect
+    is imported yet (:func:`shadeflow.flows.api_server.prelaunch_api_server`)."""
+    _prefect_defaults()
+    from .api_server import prelaunch_api_server
+
+    prelaunch_api_server()
+
+
 def _start_prefect() -> None:
-    """Once the input checks out: Prefect's settings, and its temporary API server launched now, to come
-    up while the command imports the flow and plans the run (:mod:`shadeflow.flows.api_server`)."""
+    """Once the input checks out: Prefect's settings, and its temporary API server confirmed or launched
+    now (:mod:`shadeflow.flows.api_server`)."""
     _prefect_defaults()
     from .api_server import start_api_server
 
@@ -79,6 +89,9 @@ def _start_prefect() -> None:
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    from .api_server import stop_api_server
+
+    stop_api_server()  # a refused input: the server launched before the checks is not needed
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -273,6 +286,7 @@ def synth_slides(
 def meanimage(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(MeanImageParameters, **values)
+        _prelaunch_prefect()
         preflight.meanimage(
             params.slides,
             memory=memory,
@@ -294,6 +308,7 @@ def meanimage(values: dict, memory: str | None = None, workers: int | None = Non
 def model_build(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(ModelBuildParameters, **values)
+        _prelaunch_prefect()
         preflight.model_build(
             params.version,
             params.models_csv,
@@ -352,6 +367,7 @@ def model_list(store: str = typer.Option(..., "--store", help="Model store")) ->
 def model_compare(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(ModelCompareParameters, **values)
+        _prelaunch_prefect()
         preflight.model_compare(
             params.roots,
             params.slides,
@@ -375,6 +391,7 @@ def model_compare(values: dict, memory: str | None = None, workers: int | None =
 def applied_test(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(AppliedTestParameters, **values)
+        _prelaunch_prefect()
         preflight.applied_test(
             params.roots, params.out, params.slides, params.overwrite, memory=memory, source=params.source()
         )
@@ -486,6 +503,7 @@ def synth_stack(
 def estimate(values: dict, memory: str | None = None, workers: int | None = None) -> None:
     with _reported(up_front=True):
         params = checked_parameters(EstimateParameters, **values)
+        _prelaunch_prefect()
         preflight.estimate(
             params.images,
             params.out,
@@ -536,6 +554,7 @@ def correct(values: dict, memory: str | None = None, workers: int | None = None)
     # every tile, its flatfield and the output checked before Prefect starts
     with _reported(up_front=True):
         params = checked_parameters(CorrectParameters, **values)
+        _prelaunch_prefect()
         preflight.correct(params, memory=memory, workers=workers)
     _start_prefect()
     # deferred until the input checks out: the flow module imports Prefect (~2 s)

@@ -14,12 +14,18 @@ import os
 import subprocess
 import sys
 
+import pytest
 from test_cli import clean_env
 
 COMMAND = """
 import json, os, sys
 from shadeflow.flows import api_server
 
+prelaunched = None
+if os.environ.get("PRELAUNCH"):  # as the command line does: before the input checks, then confirmed
+    api_server.prelaunch_api_server()
+    assert "prefect" not in sys.modules
+    prelaunched = api_server._early.process.pid
 api_server.start_api_server()
 launched = api_server._early is not None
 url = os.environ.get("PREFECT_API_URL")
@@ -47,6 +53,7 @@ print(json.dumps({
     "steps": steps,
     "server_module_imported": "prefect.server.api.server" in sys.modules,
     "server_pid": api_server._early.process.pid if launched else None,
+    "prelaunched_pid": prelaunched,
 }))
 """
 
@@ -76,9 +83,12 @@ def gone(pid: int) -> bool:
         return True
 
 
-def test_a_run_goes_to_the_early_server_and_is_recorded(tmp_path):
-    report = run(tmp_path)
+@pytest.mark.parametrize("prelaunch", [False, True], ids=["launched", "prelaunched"])
+def test_a_run_goes_to_the_early_server_and_is_recorded(tmp_path, prelaunch):
+    report = run(tmp_path, **({"PRELAUNCH": "1"} if prelaunch else {}))
     assert report["launched"]
+    if prelaunch:  # the prelaunched process is the one that serves
+        assert report["server_pid"] == report["prelaunched_pid"]
     assert report["url"].startswith("http://127.0.0.1:") and report["url"].endswith("/api")
     assert report["client_url"].rstrip("/") == report["url"]  # Prefect uses it: no server of its own
     assert report["result"] == 42
@@ -108,3 +118,51 @@ def test_nothing_is_launched_when_an_api_is_configured(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [True, url]
     assert not os.path.exists(tmp_path / "home" / "prefect.db")
+
+
+SERVE_WHEN_TOLD = """
+import atexit, json, sys
+bound = []
+sys.addaudithook(lambda event, args: event == "socket.bind" and args[1:] != (("::1", 0),) and bound.append(1))
+server = "prefect.server.api.server"
+atexit.register(lambda: print(json.dumps({"bound": len(bound), "imported": server in sys.modules})))
+from shadeflow.flows.api_server import serve_when_told
+serve_when_told()
+"""
+
+
+def serve_when_told(tmp_path, home, told: str) -> tuple[int, dict]:
+    result = subprocess.run(
+        [sys.executable, "-c", SERVE_WHEN_TOLD],
+        input=told,
+        env=clean_env(PREFECT_HOME=str(home)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_prelaunched_process_not_told_to_serve_starts_nothing(tmp_path):
+    """Launched before the input checks: it imports Prefect's server, and when the command ends without
+    telling it to serve (a refused input) it exits having bound no socket and opened no database."""
+    home = tmp_path / "home"
+    code, report = serve_when_told(tmp_path, home, told="")
+    assert code == 0
+    assert report == {"bound": 0, "imported": True}
+    assert not (home / "prefect.db").exists()
+
+
+def test_the_prelaunched_process_exits_when_a_profile_configures_an_api(tmp_path):
+    """The API may be configured where the command's first checks do not look (a Prefect profile): the
+    prelaunched process reads the settings as Prefect does, and exits without importing the server."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(
+        'active = "remote"\n[profiles.remote]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+    )
+    code, report = serve_when_told(tmp_path, home, told="serve 1\n")
+    assert code == 4
+    assert report == {"bound": 0, "imported": False}
+    assert not (home / "prefect.db").exists()

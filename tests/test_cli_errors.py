@@ -31,11 +31,15 @@ HEAVY = ("prefect", "prefect_dask", "distributed")
 STARTING = ("socket.bind", "subprocess.Popen", "os.fork", "os.posix_spawn")
 
 RUNNER = """
-import json, os, sys
-started = []
+import glob, json, os, sys
+started, prelaunched = [], []
 def audit(event, args):
+    # the process that imports Prefect's server while the command checks its input starts nothing
+    # itself (no socket, no database: test_api_server_early.py); it must be gone when the command ends
+    if event == "subprocess.Popen" and "serve_when_told" in " ".join(map(str, args[1] or ())):
+        prelaunched.append(event)
     # urllib3 binds ('::1', 0) when imported, to learn whether IPv6 works; that starts nothing
-    if event in %r and not (event == "socket.bind" and args[1:] == (("::1", 0),)):
+    elif event in %r and not (event == "socket.bind" and args[1:] == (("::1", 0),)):
         started.append(event)
 sys.addaudithook(audit)
 from shadeflow.flows.cli import main
@@ -47,8 +51,10 @@ except SystemExit as exc:
     code = exc.code
 finally:
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in %r)
+    children = [p for f in glob.glob("/proc/self/task/*/children") for p in open(f).read().split()]
     with open(os.environ["SHADEFLOW_TEST_REPORT"], "w") as handle:
-        json.dump({"modules": heavy, "started": sorted(set(started))}, handle)
+        json.dump({"modules": heavy, "started": sorted(set(started)), "prelaunched": len(prelaunched),
+                   "children": children}, handle)
 sys.exit(code)
 """ % (STARTING, HEAVY)  # noqa: UP031 — the template is Python source full of braces
 
@@ -85,6 +91,10 @@ def expect_error(
         problems.append(f"imported before failing: {report['modules'][:5]}")
     if report["started"]:
         problems.append(f"started something before failing: {report['started']}")
+    if report["children"]:
+        problems.append(
+            f"left {len(report['children'])} process(es) running (of {report['prelaunched']} prelaunched)"
+        )
     problems += [f"{p} was written" for p in absent if os.path.exists(p)]
     problems += [f"{p} changed" for p in untouched if tree(p) != before[str(p)]]
     assert not problems, "\n".join(problems)

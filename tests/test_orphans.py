@@ -2,8 +2,8 @@
 
 Prefect's own ephemeral API server (a ``uvicorn`` subprocess, ~260 MB) is stopped from an ``atexit``
 hook, which ``SIGKILL`` never runs: every killed command left one running with PPID 1. The command
-line now starts that server with a parent-death signal (``shadeflow.flows.api_server``: launched
-early by the command itself, or by Prefect when something else needs it first).
+line now starts that server with a parent-death signal (``shadeflow.flows.api_server``: prelaunched
+by the command itself before its input checks, or by Prefect when something else needs it first).
 Without that change both cases fail (checked by disabling it: the ``uvicorn`` server is left).
 
 Each case runs the real command in a subprocess with no ``PREFECT_API_URL`` (so it needs its own API
@@ -81,8 +81,8 @@ def stack(tmp_path_factory):
 @pytest.mark.parametrize(
     "when, extra, marker",
     [
-        # as soon as the command has a child: its API server, starting
-        ("server-started", [], "uvicorn"),
+        # as soon as the command has a child: its API server, starting (prelaunched before the checks)
+        ("server-started", [], "serve_when_told"),
         # once the run is underway with Dask worker processes (--workers 2): more children to lose
         ("workers-started", ["--workers", "2"], "spawn_main"),
     ],
@@ -124,7 +124,10 @@ def test_kill_9_of_the_command_leaves_no_process(stack, tmp_path, when, extra, m
             )
             time.sleep(0.1)
         described = {pid: command_line(pid) for pid in children}
-        assert any("uvicorn" in text or "prefect" in text for text in described.values()), described
+        assert any(
+            any(name in text for name in ("uvicorn", "prefect", "serve_when_told"))
+            for text in described.values()
+        ), described
 
         os.kill(command.pid, signal.SIGKILL)
         command.wait(30)
