@@ -41,6 +41,7 @@ def estimate(params: EstimateParameters) -> dict:
         params.recorded(),
         params.overwrite,
         params.dataset,
+        params.camera_offset,
     ).result()
     names = plan.stack.channel_names
     if plan.action == "skip":
@@ -83,6 +84,7 @@ def estimate_command(memory: str | None = None, workers: int | None = None, **va
         params.recorded(),
         params.overwrite,
         params.dataset,
+        params.camera_offset,
     )
     check_settings(memory=memory, workers=workers)
     return run_with_progress(

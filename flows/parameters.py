@@ -417,6 +417,13 @@ class EstimateParameters(BaseModel):
     darkfield: bool = Field(
         False, description="Estimate a darkfield too (else none, or a slide's dark current)"
     )
+    camera_offset: float | None = Field(
+        None,
+        ge=0,
+        description="Counts every pixel reads without light (the camera's offset, from dark frames or its "
+        "specification): subtracted as a known flat darkfield instead of estimating one (not with "
+        "--darkfield); replaces a slide's recorded dark current",
+    )
     channels: int = Field(
         1,
         ge=1,
@@ -481,6 +488,15 @@ class EstimateParameters(BaseModel):
         False, description="Replace a complete output made with other parameters or inputs"
     )
 
+    @model_validator(mode="after")
+    def _one_darkfield(self) -> EstimateParameters:
+        if self.darkfield and self.camera_offset is not None:
+            raise ValueError(
+                "--camera-offset gives the darkfield, --darkfield estimates it: use one (a known offset is "
+                "the better-determined answer)"
+            )
+        return self
+
     def settings(self) -> EstimateSettings:
         """The estimator's settings: the fields it shares with these parameters, by name (the rest keep
         the estimator's own defaults)."""
@@ -496,6 +512,7 @@ class EstimateParameters(BaseModel):
         """The parameters recorded with (and compared against) the output."""
         return {
             "darkfield": self.darkfield,
+            "camera_offset": self.camera_offset,
             "channels": self.channels,
             "component": self.component,
             "dataset": self.dataset,

@@ -51,11 +51,20 @@ def make_plan(
     recorded: dict[str, Any],
     overwrite: bool,
     dataset: str | None = None,
+    camera_offset: float | None = None,
 ) -> EstimatePlan:
     """Open and check the inputs (headers only) and the output location; nothing is written or read in
-    bulk. The command line calls this before the run starts; the flow's first task calls it again."""
+    bulk. The command line calls this before the run starts; the flow's first task calls it again.
+    ``camera_offset``: a known flat darkfield, in place of what the inputs record (a slide's dark current)."""
 
     stack = open_images(images, channels, component, dataset)
+    if camera_offset is not None:
+        if stack.known_darkfield is not None and stack.known_darkfield != camera_offset:
+            stack.notes.append(
+                f"camera offset {camera_offset:g} counts (--camera-offset) subtracted in place of the dark "
+                f"current the slides record ({stack.known_darkfield:g})"
+            )
+        stack.known_darkfield = float(camera_offset)
     need = frames_needed(settings.darkfield)
     if stack.n_frames < need:
         raise EstimateError(
@@ -78,9 +87,10 @@ def plan_estimate(
     recorded: dict[str, Any],
     overwrite: bool,
     dataset: str | None = None,
+    camera_offset: float | None = None,
 ) -> EstimatePlan:
     """:func:`make_plan`, logged."""
-    plan = make_plan(images, out, channels, component, settings, recorded, overwrite, dataset)
+    plan = make_plan(images, out, channels, component, settings, recorded, overwrite, dataset, camera_offset)
     logger = get_run_logger()
     logger.info("estimate: %s → %s (%s)", plan.stack.describe(), plan.out, plan.action)
     for note in plan.notes:

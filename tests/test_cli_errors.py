@@ -506,6 +506,26 @@ def test_estimate_output_that_is_a_file(tmp_path, frames):
     )
 
 
+def test_estimate_camera_offset_with_darkfield_or_negative(tmp_path, frames):
+    out = tmp_path / "est"
+    line = expect_error(
+        tmp_path,
+        ["estimate", str(frames), "--out", str(out), "--darkfield", "--camera-offset", "100"],
+        "--camera-offset",
+        "--darkfield",
+        absent=[out],
+        light=False,
+    )
+    assert "use one" in line
+    expect_error(
+        tmp_path,
+        ["estimate", str(frames), "--out", str(out), "--camera-offset", "-5"],
+        "--camera-offset",
+        absent=[out],
+        light=False,
+    )
+
+
 def test_estimate_bad_option_value_and_foreign_output(tmp_path, frames):
     out = tmp_path / "est"
     expect_error(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -75,3 +77,32 @@ def test_synth_stack_rejects_an_unknown_kind(tmp_path):
     run = shadeflow("synth", "stack", "--out", str(tmp_path / "st"), "--kind", "galaxy", cwd=tmp_path)
     assert run.returncode != 0 and "galaxy" in run.stderr and "tissue" in run.stderr
     assert not (tmp_path / "st").exists()
+
+
+def test_a_known_camera_offset_is_subtracted_instead_of_folded_into_the_flatfield(tmp_path, server_env):
+    """Tissue frames on a flat 300-count camera offset: fitted flatfield-only, the offset folds into the
+    flatfield (8.8 % off, with a note saying so, in-process); given with ``--camera-offset`` it is
+    subtracted first (0.6 %). The output records the offset as its darkfield and parameter."""
+    from shadeflow.core.estimate.outputs import read_estimate
+    from shadeflow.core.synth.stacks import StackConfig, generate_stack
+
+    images, truth = generate_stack(
+        StackConfig(kind="tissue", size=96, n=40, darkfield=False, seed=5), workers=1
+    )
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(images):
+        tifffile.imwrite(folder / f"f{i:02d}.tif", (frame.astype(np.int32) + 300).astype(np.uint16))
+    run = shadeflow(
+        "estimate", str(folder), "--out", str(tmp_path / "est"), "--camera-offset", "300", "--workers", "1",
+        env=server_env, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "note:" not in run.stdout  # none that an offset was folded in
+    found = read_estimate(str(tmp_path / "est"))
+    assert (
+        np.sqrt(np.mean((found["flatfield"][0] / found["flatfield"][0].mean() - truth["flatfield"]) ** 2))
+        < 0.015
+    )
+    assert np.all(found["darkfield_tiff"] == 300)
+    assert '"camera_offset": 300.0' in json.dumps(found["attrs"])

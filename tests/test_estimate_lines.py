@@ -74,6 +74,10 @@ def test_lines_fit_a_confluent_layer_and_keep_the_darkfield_below_the_data(confl
     darkest = np.quantile(np.where(V > 0, Y, np.inf), 0.01, axis=0, method="lower")
     assert np.all(fit.dark <= darkest + 1e-9) and np.all(fit.flat > 0)
     assert fit.diagnostics["split_half_spread_pct"] < 1.5
+    # its level is the gauge's choice, and the answer says so; the flatfield does not depend on it
+    assert any(note.startswith("the quantile lines fix the darkfield only up to") for note in result.notes)
+    without = estimate_shading(images, darkfield=False, settings=EstimateSettings(method="lines"))
+    assert not any("fix the darkfield" in note for note in without.notes), without.notes
     # the flow's path (frames reduced chunk by chunk on Dask) gives the same answer
     lazy = da.from_array(images, chunks=(40, 96, 96))
     chunked = estimate_shading_dask(lazy, darkfield=True, settings=EstimateSettings(method="lines"))

@@ -465,7 +465,7 @@ def _note_negative_darkfield(result: ShadingEstimate, dtype: np.dtype) -> Shadin
     result.notes.append(
         f"the darkfield reaches {lowest:.3g} counts, below zero, which images of type {np.dtype(dtype)} "
         "cannot read: it is not the camera's offset and the flatfield may be off with it — give the camera "
-        "offset if you know it, or fit without --darkfield"
+        "offset if you know it (--camera-offset), or fit without --darkfield"
     )
     return result
 
@@ -579,7 +579,8 @@ def _prefer_lines_under_an_offset(
 
 #: what a refused darkfield fit under ``auto`` suggests
 DARKFIELD_REFUSED_ADVICE = (
-    "; give the camera offset if you know it, fit without --darkfield, or try --method surface (whose "
+    "; give the camera offset if you know it (--camera-offset), fit without --darkfield, or try --method "
+    "surface (whose "
     "darkfield is less "
     "reliable: check it)"
 )
@@ -788,7 +789,7 @@ def _estimate_with(
             f"the images hold an offset of about {offset['counts']:.3g} counts ({offset['share']:.0%} of "
             "the mean signal) that a "
             "flatfield-only fit folds into the flatfield; estimate it with --darkfield or give the camera "
-            "offset"
+            "offset (--camera-offset)"
         )
     seconds = time.perf_counter() - started
     rejected = [int(i) for i in np.flatnonzero(~used)]  # outliers, frames with no background or no light
@@ -887,8 +888,8 @@ def check_darkfield_below_data(model: GridModel, Y: np.ndarray, V: np.ndarray, w
         raise EstimateError(
             f"{where}: the estimated darkfield rises above the darkest 1 % of the images on "
             f"{above.mean():.0%} of the field, "
-            "which no darkfield can; the images do not determine it — give the camera offset, raise "
-            "--darkfield-degree, or try --method surface"
+            "which no darkfield can; the images do not determine it — give the camera offset "
+            "(--camera-offset), raise --darkfield-degree, or try --method surface"
         )
 
 

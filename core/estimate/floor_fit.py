@@ -258,7 +258,7 @@ def fit_grid(
         notes.append(
             f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not "
             "identifiable from these images and rests on the "
-            "least-curvature prior; give a darkfield or a camera offset if you know it"
+            "least-curvature prior; give the camera offset if you know it (--camera-offset)"
         )
     used = int((w_final.sum(axis=1) > 0).sum())
     return GridModel(

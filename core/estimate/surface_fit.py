@@ -554,7 +554,7 @@ def fit_grid(
         notes.append(
             f"the frames' background levels vary by only {spread:.2%} (RMS): the darkfield is not "
             "identifiable from these images and rests on the "
-            "least-roughness prior; give a darkfield or a camera offset if you know it"
+            "least-roughness prior; give the camera offset if you know it (--camera-offset)"
         )
     used = int(((state.B > 0) & ~state.rejected).sum())
     return GridModel(
