@@ -156,6 +156,9 @@ def serve_when_told() -> None:
     standard input), serve on that port as :func:`_uvicorn` would; otherwise exit. The settings are read
     here as the command reads them (same environment, folder and Prefect home), and the server's
     environment is made as Prefect makes it."""
+    # Ctrl-C in the terminal reaches this process too: the command handles it and stops this one, which
+    # must not print a traceback of its own meanwhile (uvicorn installs its handlers when it serves)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()

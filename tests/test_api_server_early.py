@@ -166,3 +166,36 @@ def test_the_prelaunched_process_exits_when_a_profile_configures_an_api(tmp_path
     assert code == 4
     assert report == {"bound": 0, "imported": False}
     assert not (home / "prefect.db").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_in_the_terminal_leaves_the_prelaunched_process_to_the_command(tmp_path):
+    """Ctrl-C reaches every process of the terminal's foreground group: the prelaunched process ignores
+    it (the command handles it and ends the process), so no second traceback is printed."""
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from shadeflow.flows.api_server import serve_when_told; serve_when_told()"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(PREFECT_HOME=str(tmp_path / "home")),
+        cwd=tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 120  # bounds the wait; nothing is asserted about time
+        while not _ignores_sigint(process.pid):
+            assert process.poll() is None and time.monotonic() < deadline, "SIGINT never ignored"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(b"", timeout=300)  # the command ends: standard input closes
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert b"Traceback" not in stderr and b"KeyboardInterrupt" not in stderr
+
+
+def _ignores_sigint(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as handle:
+        ignored = next(line for line in handle if line.startswith("SigIgn:")).split()[1]
+    return bool(int(ignored, 16) & (1 << (2 - 1)))  # SIGINT is signal 2
