@@ -370,6 +370,8 @@ def start_api_server() -> None:
     Prefect — in this process and in any it starts — at it; otherwise stop the prelaunched one. Returns
     at once; :func:`wait_for_api` waits for the server to answer."""
     global _early
+    if _early is not None and _early.settings_env is not None:
+        return  # launched, or confirmed, already
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()

@@ -28,6 +28,9 @@ if os.environ.get("PRELAUNCH"):  # as the command line does: before the input ch
     prelaunched = api_server._early.process.pid
 api_server.start_api_server()
 launched = api_server._early is not None
+first = api_server._early.process.pid if launched else None
+api_server.start_api_server()  # a second call changes nothing
+assert api_server._early is None or api_server._early.process.pid == first
 url = os.environ.get("PREFECT_API_URL")
 steps = []
 api_server.wait_for_api([lambda: steps.append("a"), lambda: steps.append("b")])
